@@ -1,0 +1,1116 @@
+//! Configuration: YAML plus environment → a validated, typed [`Config`].
+//!
+//! Three stages, kept apart so each can be tested from a string:
+//! 1. the document is parsed into `serde_yaml::Value`, `${VAR}` / `${VAR:-default}` are
+//!    expanded, and `BEARERD_CONFIG__<ID>__<FIELD>` variables are merged in (environment wins);
+//! 2. each part is deserialized into a raw struct with `deny_unknown_fields`;
+//! 3. validation turns raw structs into runtime types (URLs parsed, durations parsed,
+//!    secrets wrapped), collecting every problem before giving up.
+//!
+//! A file with any problem yields a [`LoadError`] listing all of them, each naming the file,
+//! the auth config and the field. Nothing is half-loaded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+use url::Url;
+
+use crate::routes::{HostPattern, Route, RouteKind};
+use crate::secret::ClientSecret;
+
+/// The environment as configuration sees it: a snapshot, so tests never touch the real one.
+pub type Env = BTreeMap<String, String>;
+
+const ENV_CONFIG_PREFIX: &str = "BEARERD_CONFIG__";
+const MAX_DESCRIPTION_CHARS: usize = 1024;
+const MAX_SCOPES: usize = 500;
+const MAX_SCOPE_CHARS: usize = 250;
+const MAX_ID_CHARS: usize = 128;
+/// Token request parameters that bearerd itself sets; `extra_params` may not override them.
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+];
+
+/// The whole, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from, for messages.
+    pub source: String,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub default_action: DefaultAction,
+    pub connect: ConnectPolicy,
+    /// Connect plus time until the upstream's response headers arrive.
+    pub upstream_timeout: Duration,
+    /// Extra trusted roots (PEM) for upstreams and token endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// In file order.
+    pub auth_configs: Vec<Arc<AuthConfig>>,
+    /// In file order; the first match wins.
+    pub routes: Vec<Route>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Config {
+    #[must_use]
+    pub fn auth_config(&self, id: &str) -> Option<Arc<AuthConfig>> {
+        self.by_id.get(id).map(|&i| Arc::clone(&self.auth_configs[i]))
+    }
+
+    /// Reads and validates `path`, with `env` as the environment.
+    pub fn load(path: &Path, env: &Env) -> Result<Self, LoadError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            LoadError(vec![ConfigError::new(
+                &source,
+                None,
+                "(file)",
+                format!("cannot read: {err}"),
+            )])
+        })?;
+        Self::from_yaml(&source, &text, env)
+    }
+
+    /// Validates a YAML document; `source` names it in messages.
+    pub fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Self, LoadError> {
+        let mut loader = Loader {
+            source,
+            env,
+            errors: Vec::new(),
+            from_env: HashMap::new(),
+        };
+        let config = loader.load(text);
+        match config {
+            Some(config) if loader.errors.is_empty() => Ok(config),
+            _ => Err(LoadError(loader.errors)),
+        }
+    }
+}
+
+/// One auth config: how to get a token and where it may go.
+#[derive(Debug)]
+pub struct AuthConfig {
+    pub id: String,
+    pub description: Option<String>,
+    pub grant: Grant,
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub client_auth: ClientAuth,
+    pub scopes: Vec<String>,
+    pub extra_params: Vec<(String, String)>,
+    pub inject: Inject,
+    pub allowed_hosts: Vec<HostPattern>,
+    pub refresh_before: Duration,
+    pub default_ttl: Duration,
+    /// The whole token request.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    #[default]
+    ClientCredentials,
+}
+
+impl Grant {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// Where the token goes on the forwarded request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inject {
+    /// `name: prefix token` (or the bare token when `prefix` is empty).
+    Header { name: HeaderName, prefix: String },
+    /// `?name=token`, added to any existing query.
+    Query { name: String },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    #[default]
+    Passthrough,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectPolicy {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// One problem with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub config_id: Option<String>,
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(source: &str, config_id: Option<&str>, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            source: source.to_owned(),
+            config_id: config_id.map(str::to_owned),
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.config_id {
+            Some(id) => write!(
+                f,
+                "{}: auth config `{id}`: {}: {}",
+                self.source, self.field, self.message
+            ),
+            None => write!(f, "{}: {}: {}", self.source, self.field, self.message),
+        }
+    }
+}
+
+/// Every problem found in one load.
+#[derive(Debug)]
+pub struct LoadError(pub Vec<ConfigError>);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration ({} problem{})",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for error in &self.0 {
+            write!(f, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+// ---------------------------------------------------------------------------------------
+// Raw shapes, straight from serde.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    #[serde(default)]
+    default_action: DefaultAction,
+    #[serde(default)]
+    connect: ConnectPolicy,
+    upstream_timeout: Option<RawDuration>,
+    tls: Option<RawTls>,
+    // Taken out of the document before this struct is read; listed so they are not "unknown".
+    #[serde(default)]
+    #[allow(dead_code)]
+    auth_configs: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    routes: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthConfig {
+    #[allow(dead_code)] // read from the Value before deserializing
+    id: Value,
+    description: Option<String>,
+    #[serde(default)]
+    grant: Grant,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<ClientSecret>,
+    client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    client_auth: ClientAuth,
+    scopes: Option<RawScopes>,
+    #[serde(default)]
+    extra_params: BTreeMap<String, Value>,
+    inject: Option<RawInject>,
+    allowed_hosts: Option<Vec<String>>,
+    refresh_before: Option<RawDuration>,
+    default_ttl: Option<RawDuration>,
+    timeout: Option<RawDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawScopes {
+    List(Vec<String>),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInject {
+    header: Option<String>,
+    prefix: Option<String>,
+    query: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
+    auth_config: Option<String>,
+    upstream_tls: Option<bool>,
+    upstream: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    host: Option<String>,
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading.
+
+struct Loader<'a> {
+    source: &'a str,
+    env: &'a Env,
+    errors: Vec<ConfigError>,
+    /// (config id, top-level field) → the variable that set it, for messages.
+    from_env: HashMap<(String, String), String>,
+}
+
+/// A route, validated, before auth configs are final.
+struct PendingRoute {
+    host: Option<HostPattern>,
+    path_prefix: String,
+    methods: Vec<Method>,
+    auth_config: String,
+    kind: RouteKind,
+}
+
+impl Loader<'_> {
+    fn error(&mut self, config_id: Option<&str>, field: &str, message: impl Into<String>) {
+        let mut field = field.to_owned();
+        if let Some(id) = config_id {
+            let top = field.split(['.', '[']).next().unwrap_or_default().to_owned();
+            if let Some(var) = self.from_env.get(&(id.to_owned(), top)) {
+                field = format!("{field} (from {var})");
+            }
+        }
+        self.errors
+            .push(ConfigError::new(self.source, config_id, &field, message));
+    }
+
+    fn load(&mut self, text: &str) -> Option<Config> {
+        let document: Value = match serde_yaml::from_str(text) {
+            Ok(Value::Null) => Value::Mapping(Mapping::new()),
+            Ok(value) => value,
+            Err(err) => {
+                self.error(None, "(document)", format!("not valid YAML: {err}"));
+                return None;
+            }
+        };
+        let Value::Mapping(mut top) = document else {
+            self.error(None, "(document)", "expected a mapping of settings at the top level");
+            return None;
+        };
+        let raw_configs = self.take_sequence(&mut top, "auth_configs");
+        let raw_routes = self.take_sequence(&mut top, "routes");
+
+        let mut top = Value::Mapping(top);
+        self.expand(&mut top, None, "");
+        let raw_top: Option<RawTop> = self.deserialize(top, None, "");
+
+        let mut configs = self.expanded_configs(raw_configs);
+        self.apply_env_overrides(&mut configs);
+        let mut validated = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, (id, value)) in configs.into_iter().enumerate() {
+            let Some(id) = id else {
+                self.error(
+                    None,
+                    &format!("auth_configs[{index}].id"),
+                    "missing: every auth config needs an id",
+                );
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                self.error(Some(&id), "id", "duplicate id: each auth config id must be unique");
+                continue;
+            }
+            if let Some(raw) = self.deserialize::<RawAuthConfig>(value, Some(&id), "") {
+                validated.push(self.auth_config(id, raw));
+            }
+        }
+
+        let routes: Vec<PendingRoute> = raw_routes
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, mut value)| {
+                let field = format!("routes[{index}]");
+                self.expand(&mut value, None, &field);
+                let raw = self.deserialize::<RawRoute>(value, None, &field)?;
+                self.route(&field, raw, &seen)
+            })
+            .collect();
+
+        let raw_top = raw_top?;
+        let listen = self.socket_addr("listen", "BEARERD_LISTEN", raw_top.listen.as_deref(), "127.0.0.1:8080");
+        let admin_listen = self.socket_addr(
+            "admin_listen",
+            "BEARERD_ADMIN_LISTEN",
+            raw_top.admin_listen.as_deref(),
+            "127.0.0.1:9090",
+        );
+        let upstream_timeout = self.duration(
+            None,
+            "upstream_timeout",
+            raw_top.upstream_timeout,
+            Duration::from_mins(1),
+        );
+        let ca_file = raw_top.tls.and_then(|tls| tls.ca_file);
+        if let Some(path) = &ca_file
+            && let Err(err) = std::fs::metadata(path)
+        {
+            self.error(None, "tls.ca_file", format!("cannot read {}: {err}", path.display()));
+        }
+
+        let auth_configs = self.finish_auth_configs(validated, &routes);
+        let by_id: HashMap<String, usize> = auth_configs
+            .iter()
+            .enumerate()
+            .map(|(i, config)| (config.id.clone(), i))
+            .collect();
+        let routes = routes
+            .into_iter()
+            .filter_map(|route| {
+                let auth_config = Arc::clone(&auth_configs[*by_id.get(&route.auth_config)?]);
+                Some(Route {
+                    host: route.host,
+                    path_prefix: route.path_prefix,
+                    methods: route.methods,
+                    auth_config,
+                    kind: route.kind,
+                })
+            })
+            .collect();
+
+        Some(Config {
+            source: self.source.to_owned(),
+            listen: listen?,
+            admin_listen: admin_listen?,
+            default_action: raw_top.default_action,
+            connect: raw_top.connect,
+            upstream_timeout,
+            ca_file,
+            auth_configs,
+            routes,
+            by_id,
+        })
+    }
+
+    fn take_sequence(&mut self, top: &mut Mapping, key: &str) -> Vec<Value> {
+        match top.remove(key) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items,
+            Some(_) => {
+                self.error(None, key, "expected a list");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Each auth config's id (when it has a usable one) and its expanded document.
+    fn expanded_configs(&mut self, raw: Vec<Value>) -> Vec<(Option<String>, Value)> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(index, mut value)| {
+                let id = match value.get("id") {
+                    Some(Value::String(id)) => Some(id.clone()),
+                    Some(_) => {
+                        self.error(None, &format!("auth_configs[{index}].id"), "must be a string");
+                        None
+                    }
+                    None => None,
+                };
+                self.expand(&mut value, id.as_deref(), "");
+                (id, value)
+            })
+            .collect()
+    }
+
+    /// Expands `${VAR}` and `${VAR:-default}` in every string below `value`.
+    fn expand(&mut self, value: &mut Value, config_id: Option<&str>, path: &str) {
+        match value {
+            Value::String(text) => match expand_vars(text, self.env) {
+                Ok(expanded) => *text = expanded,
+                Err(message) => self.error(config_id, path.trim_start_matches('.'), message),
+            },
+            Value::Sequence(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.expand(item, config_id, &format!("{path}[{i}]"));
+                }
+            }
+            Value::Mapping(map) => {
+                for (key, item) in map.iter_mut() {
+                    let key = key.as_str().unwrap_or("?");
+                    self.expand(item, config_id, &format!("{path}.{key}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Merges `BEARERD_CONFIG__<ID>__<FIELD>` variables, creating configs that only the
+    /// environment defines.
+    fn apply_env_overrides(&mut self, configs: &mut Vec<(Option<String>, Value)>) {
+        for (name, value) in self.env.range(ENV_CONFIG_PREFIX.to_owned()..) {
+            let Some(rest) = name.strip_prefix(ENV_CONFIG_PREFIX) else {
+                break;
+            };
+            let Some((id, field)) = rest.split_once("__") else {
+                self.error(None, name, "expected BEARERD_CONFIG__<ID>__<FIELD>");
+                continue;
+            };
+            let id = id.to_ascii_lowercase();
+            let index = if let Some(index) = configs
+                .iter()
+                .position(|(existing, _)| existing.as_deref() == Some(id.as_str()))
+            {
+                index
+            } else {
+                let mut map = Mapping::new();
+                map.insert("id".into(), Value::String(id.clone()));
+                configs.push((Some(id.clone()), Value::Mapping(map)));
+                configs.len() - 1
+            };
+            let Value::Mapping(map) = &mut configs[index].1 else {
+                continue;
+            };
+            let (top, nested, value) = env_field(field, value);
+            match nested {
+                None => {
+                    map.insert(Value::String(top.clone()), value);
+                }
+                Some(key) => {
+                    let entry = map
+                        .entry(Value::String(top.clone()))
+                        .or_insert_with(|| Value::Mapping(Mapping::new()));
+                    if let Value::Mapping(inner) = entry {
+                        inner.insert(Value::String(key), value);
+                    }
+                }
+            }
+            self.from_env.insert((id, top), name.clone());
+        }
+    }
+
+    /// Deserializes with the path of the first problem in the error.
+    fn deserialize<T: DeserializeOwned>(&mut self, value: Value, config_id: Option<&str>, base: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(raw) => Some(raw),
+            Err(err) => {
+                let path = err.path().to_string();
+                let message = err.inner().to_string();
+                let mut field = base.to_owned();
+                if path != "." {
+                    push_field(&mut field, &path);
+                }
+                // serde names unknown and missing fields in the message, not the path.
+                if let Some(name) = named_field(&message).filter(|name| !path.ends_with(name)) {
+                    push_field(&mut field, name);
+                }
+                if field.is_empty() {
+                    field.push_str("(document)");
+                }
+                self.error(config_id, &field, message);
+                None
+            }
+        }
+    }
+
+    fn auth_config(&mut self, id: String, raw: RawAuthConfig) -> PendingConfig {
+        let cid = Some(id.as_str());
+        if !valid_id(&id) {
+            self.error(cid, "id", "must match [a-z0-9][a-z0-9_.-]{0,127}");
+        }
+        if let Some(description) = &raw.description
+            && description.chars().count() > MAX_DESCRIPTION_CHARS
+        {
+            self.error(
+                cid,
+                "description",
+                format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
+            );
+        }
+        let token_url = match raw.token_url.as_deref() {
+            None => {
+                self.error(cid, "token_url", "missing: set token_url");
+                None
+            }
+            Some(text) => self.token_url(cid, text),
+        };
+        let client_id = match raw.client_id {
+            Some(client_id) if !client_id.is_empty() => Some(client_id),
+            Some(_) => {
+                self.error(cid, "client_id", "must not be empty");
+                None
+            }
+            None => {
+                self.error(cid, "client_id", "missing: set client_id");
+                None
+            }
+        };
+        let client_secret = match (raw.client_secret, raw.client_secret_file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    cid,
+                    "client_secret",
+                    "set client_secret or client_secret_file, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(cid, "client_secret", "missing: set client_secret or client_secret_file");
+                None
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(path)) => match read_secret_file(&path) {
+                Ok(secret) => Some(secret),
+                Err(message) => {
+                    self.error(cid, "client_secret_file", message);
+                    None
+                }
+            },
+        };
+        let scopes = self.scopes(cid, raw.scopes);
+        let extra_params = self.extra_params(cid, raw.extra_params);
+        let inject = self.inject(cid, raw.inject);
+        let listed_hosts = raw.allowed_hosts.as_ref().map_or(0, Vec::len);
+        let allowed_hosts: Option<Vec<HostPattern>> = raw.allowed_hosts.map(|hosts| {
+            hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, host)| {
+                    HostPattern::parse(host, true)
+                        .map_err(|message| self.error(cid, &format!("allowed_hosts[{i}]"), message))
+                        .ok()
+                })
+                .collect()
+        });
+        let hosts_invalid = listed_hosts > 0 && allowed_hosts.as_ref().is_some_and(Vec::is_empty);
+        let refresh_before = self.duration(cid, "refresh_before", raw.refresh_before, Duration::from_mins(1));
+        let default_ttl = self.duration(cid, "default_ttl", raw.default_ttl, Duration::from_mins(5));
+        let timeout = self.duration(cid, "timeout", raw.timeout, Duration::from_secs(10));
+        if timeout.is_zero() {
+            self.error(cid, "timeout", "must be more than 0s");
+        }
+        if default_ttl.is_zero() {
+            self.error(cid, "default_ttl", "must be more than 0s");
+        }
+
+        let (Some(token_url), Some(client_id), Some(client_secret)) = (token_url, client_id, client_secret) else {
+            return PendingConfig {
+                id,
+                allowed_hosts,
+                hosts_invalid,
+                config: None,
+            };
+        };
+        let config = AuthConfig {
+            id: id.clone(),
+            description: raw.description,
+            grant: raw.grant,
+            token_url,
+            client_id,
+            client_secret,
+            client_auth: raw.client_auth,
+            scopes,
+            extra_params,
+            inject,
+            allowed_hosts: Vec::new(),
+            refresh_before,
+            default_ttl,
+            timeout,
+        };
+        PendingConfig {
+            id,
+            allowed_hosts,
+            hosts_invalid,
+            config: Some(config),
+        }
+    }
+
+    fn token_url(&mut self, cid: Option<&str>, text: &str) -> Option<Url> {
+        let url = match Url::parse(text) {
+            Ok(url) => url,
+            Err(err) => {
+                self.error(cid, "token_url", format!("not a valid URL: {err}"));
+                return None;
+            }
+        };
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => Some(url),
+            "http" if loopback => Some(url),
+            "http" => {
+                self.error(
+                    cid,
+                    "token_url",
+                    "must be https:// (http:// is allowed only for loopback, for development)",
+                );
+                None
+            }
+            other => {
+                self.error(cid, "token_url", format!("scheme `{other}` is not https"));
+                None
+            }
+        }
+    }
+
+    fn scopes(&mut self, cid: Option<&str>, raw: Option<RawScopes>) -> Vec<String> {
+        let scopes: Vec<String> = match raw {
+            None => Vec::new(),
+            Some(RawScopes::Text(text)) => text.split_whitespace().map(str::to_owned).collect(),
+            Some(RawScopes::List(list)) => list,
+        };
+        if scopes.len() > MAX_SCOPES {
+            self.error(
+                cid,
+                "scopes",
+                format!("{} scopes; at most {MAX_SCOPES} are allowed", scopes.len()),
+            );
+        }
+        for (i, scope) in scopes.iter().enumerate() {
+            if scope.chars().count() > MAX_SCOPE_CHARS {
+                self.error(
+                    cid,
+                    &format!("scopes[{i}]"),
+                    format!("longer than {MAX_SCOPE_CHARS} characters"),
+                );
+            } else if scope.is_empty() || !scope.bytes().all(is_scope_char) {
+                // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+                self.error(
+                    cid,
+                    &format!("scopes[{i}]"),
+                    "not a valid scope token (RFC 6749 §3.3: printable ASCII, no space, `\"` or `\\`)",
+                );
+            }
+        }
+        scopes
+    }
+
+    fn extra_params(&mut self, cid: Option<&str>, raw: BTreeMap<String, Value>) -> Vec<(String, String)> {
+        let mut params = Vec::with_capacity(raw.len());
+        for (name, value) in raw {
+            let field = format!("extra_params.{name}");
+            if RESERVED_PARAMS.contains(&name.as_str()) {
+                self.error(cid, &field, "is set by bearerd itself and cannot be overridden");
+                continue;
+            }
+            match value {
+                Value::String(s) => params.push((name, s)),
+                Value::Number(n) => params.push((name, n.to_string())),
+                Value::Bool(b) => params.push((name, b.to_string())),
+                _ => self.error(cid, &field, "must be a string, number or boolean"),
+            }
+        }
+        params
+    }
+
+    fn inject(&mut self, cid: Option<&str>, raw: Option<RawInject>) -> Inject {
+        let default = Inject::Header {
+            name: http::header::AUTHORIZATION,
+            prefix: "Bearer".to_owned(),
+        };
+        let Some(raw) = raw else { return default };
+        match (raw.header, raw.prefix, raw.query) {
+            (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
+                self.error(cid, "inject", "set either header (with prefix) or query, not both");
+                default
+            }
+            (None, None, Some(query)) if query.is_empty() => {
+                self.error(cid, "inject.query", "must not be empty");
+                default
+            }
+            (None, None, Some(query)) => Inject::Query { name: query },
+            (header, prefix, None) => {
+                let name = match header.as_deref().map(|h| HeaderName::from_bytes(h.as_bytes())) {
+                    None => http::header::AUTHORIZATION,
+                    Some(Ok(name)) if crate::inject::is_hop_by_hop(&name) || name == http::header::HOST => {
+                        self.error(cid, "inject.header", format!("`{name}` cannot carry a token"));
+                        return default;
+                    }
+                    Some(Ok(name)) => name,
+                    Some(Err(_)) => {
+                        self.error(cid, "inject.header", "not a valid HTTP header name");
+                        return default;
+                    }
+                };
+                let prefix = prefix.unwrap_or_else(|| "Bearer".to_owned());
+                if http::HeaderValue::from_str(&prefix).is_err() {
+                    self.error(cid, "inject.prefix", "not a valid header value");
+                }
+                Inject::Header { name, prefix }
+            }
+        }
+    }
+
+    fn duration(&mut self, cid: Option<&str>, field: &str, raw: Option<RawDuration>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(RawDuration::Seconds(secs)) => Duration::from_secs(secs),
+            Some(RawDuration::Text(text)) => parse_duration(&text).unwrap_or_else(|| {
+                self.error(
+                    cid,
+                    field,
+                    format!("`{text}` is not a duration (like 500ms, 30s, 5m, 1h)"),
+                );
+                default
+            }),
+        }
+    }
+
+    fn socket_addr(&mut self, field: &str, var: &str, file: Option<&str>, default: &str) -> Option<SocketAddr> {
+        let (text, origin) = match (self.env.get(var), file) {
+            (Some(value), _) => (value.as_str(), format!("{field} (from {var})")),
+            (None, Some(value)) => (value, field.to_owned()),
+            (None, None) => (default, field.to_owned()),
+        };
+        if let Ok(addr) = text.parse() {
+            Some(addr)
+        } else {
+            self.error(None, &origin, format!("`{text}` is not an address like 127.0.0.1:8080"));
+            None
+        }
+    }
+
+    fn route(&mut self, field: &str, raw: RawRoute, known: &HashSet<String>) -> Option<PendingRoute> {
+        let matcher = raw.matcher.unwrap_or_default();
+        let auth_config = match raw.auth_config {
+            Some(id) if known.contains(&id) => Some(id),
+            Some(id) => {
+                self.error(Some(&id), &format!("{field}.auth_config"), "names no auth config");
+                None
+            }
+            None => {
+                self.error(
+                    None,
+                    &format!("{field}.auth_config"),
+                    "missing: a route names the auth config it uses",
+                );
+                None
+            }
+        };
+        let cid = auth_config.as_deref();
+        let host = matcher.host.as_deref().and_then(|host| {
+            HostPattern::parse(host, false)
+                .map_err(|m| self.error(cid, &format!("{field}.match.host"), m))
+                .ok()
+        });
+        let path_prefix = matcher.path_prefix.unwrap_or_else(|| "/".to_owned());
+        if !path_prefix.starts_with('/') {
+            self.error(cid, &format!("{field}.match.path_prefix"), "must start with /");
+        }
+        let methods = matcher
+            .methods
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|method| {
+                Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| {
+                        self.error(
+                            cid,
+                            &format!("{field}.match.methods"),
+                            format!("`{method}` is not an HTTP method"),
+                        )
+                    })
+                    .ok()
+            })
+            .collect();
+        let kind = match (raw.upstream, raw.upstream_tls) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    cid,
+                    &format!("{field}.upstream_tls"),
+                    "applies to forward routes only; a gateway route's upstream URL names its scheme",
+                );
+                return None;
+            }
+            (Some(upstream), None) => match Url::parse(&upstream) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https") && url.host().is_some() && url.query().is_none() =>
+                {
+                    RouteKind::Gateway { upstream: url }
+                }
+                Ok(_) => {
+                    self.error(
+                        cid,
+                        &format!("{field}.upstream"),
+                        "must be an http:// or https:// base URL without a query",
+                    );
+                    return None;
+                }
+                Err(err) => {
+                    self.error(cid, &format!("{field}.upstream"), format!("not a valid URL: {err}"));
+                    return None;
+                }
+            },
+            (None, tls) => RouteKind::Forward {
+                upstream_tls: tls.unwrap_or(false),
+            },
+        };
+        Some(PendingRoute {
+            host,
+            path_prefix,
+            methods,
+            auth_config: auth_config?,
+            kind,
+        })
+    }
+
+    /// Fills default `allowed_hosts` from the routes that name each config, and builds them.
+    fn finish_auth_configs(&mut self, pending: Vec<PendingConfig>, routes: &[PendingRoute]) -> Vec<Arc<AuthConfig>> {
+        let mut finished = Vec::with_capacity(pending.len());
+        for config in pending {
+            let allowed_hosts = config.allowed_hosts.unwrap_or_else(|| {
+                let mut hosts: Vec<HostPattern> = Vec::new();
+                for route in routes.iter().filter(|route| route.auth_config == config.id) {
+                    let host = match &route.kind {
+                        RouteKind::Gateway { upstream } => {
+                            upstream.host_str().and_then(|h| HostPattern::parse(h, false).ok())
+                        }
+                        RouteKind::Forward { .. } => route.host.as_ref().map(HostPattern::without_port),
+                    };
+                    if let Some(host) = host.filter(|host| !hosts.contains(host)) {
+                        hosts.push(host);
+                    }
+                }
+                hosts
+            });
+            if allowed_hosts.is_empty() && !config.hosts_invalid {
+                self.error(
+                    Some(&config.id),
+                    "allowed_hosts",
+                    "no host may receive this token: set allowed_hosts, or name this config in a route with match.host or upstream",
+                );
+                continue;
+            }
+            if let Some(mut auth_config) = config.config {
+                auth_config.allowed_hosts = allowed_hosts;
+                finished.push(Arc::new(auth_config));
+            }
+        }
+        finished
+    }
+}
+
+/// An auth config whose own fields are checked, waiting for its default `allowed_hosts`.
+struct PendingConfig {
+    id: String,
+    /// As configured; `None` takes the hosts of the routes naming this config.
+    allowed_hosts: Option<Vec<HostPattern>>,
+    /// `allowed_hosts` had entries but none was valid (each already reported).
+    hosts_invalid: bool,
+    /// `None` when a required part was invalid (already reported).
+    config: Option<AuthConfig>,
+}
+
+fn push_field(field: &mut String, part: &str) {
+    if !field.is_empty() && !part.starts_with('[') {
+        field.push('.');
+    }
+    field.push_str(part);
+}
+
+/// The field named in serde's "unknown field `x`" / "missing field `x`" messages.
+fn named_field(message: &str) -> Option<&str> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    rest.split('`').next()
+}
+
+/// Maps `FIELD` of `BEARERD_CONFIG__<ID>__<FIELD>` to (top-level key, nested key, value).
+fn env_field(field: &str, value: &str) -> (String, Option<String>, Value) {
+    let lower = field.to_ascii_lowercase();
+    let string = || Value::String(value.to_owned());
+    match lower.as_str() {
+        "allowed_hosts" => (
+            lower,
+            None,
+            Value::Sequence(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(|h| Value::String(h.to_owned()))
+                    .collect(),
+            ),
+        ),
+        "inject_header" => ("inject".into(), Some("header".into()), string()),
+        "inject_prefix" => ("inject".into(), Some("prefix".into()), string()),
+        "inject_query" => ("inject".into(), Some("query".into()), string()),
+        _ => match lower.strip_prefix("extra_params__") {
+            Some(param) => ("extra_params".into(), Some(param.to_owned()), string()),
+            None => (lower, None, string()),
+        },
+    }
+}
+
+/// `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`.
+fn expand_vars(text: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        if let Some(escaped) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = escaped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| "unterminated ${ in value".to_owned())?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("`${{{expr}}}` is not a variable reference"));
+            }
+            match (env.get(name), default) {
+                (Some(value), _) => out.push_str(value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn read_secret_file(path: &Path) -> Result<ClientSecret, String> {
+    let text = std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    // Files written by `echo` end in a newline that is not part of the secret.
+    let secret = text
+        .strip_suffix('\n')
+        .map_or(text.as_str(), |s| s.strip_suffix('\r').unwrap_or(s));
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(ClientSecret::new(secret))
+}
+
+fn valid_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    id.len() <= MAX_ID_CHARS
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn is_scope_char(b: u8) -> bool {
+    b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, `1m30s`, or a bare number of seconds.
+#[must_use]
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60)?),
+            "h" => Duration::from_secs(number.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(part)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// Is this address one that only this machine can reach?
+#[must_use]
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,394 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn load(yaml: &str) -> Result<Config, LoadError> {
+    Config::from_yaml("test.yaml", yaml, &Env::new())
+}
+
+fn errors(yaml: &str, environment: &Env) -> Vec<String> {
+    match Config::from_yaml("test.yaml", yaml, environment) {
+        Ok(_) => panic!("expected the config to be refused"),
+        Err(err) => err.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const FULL: &str = r#"
+listen: 127.0.0.1:18080
+admin_listen: 127.0.0.1:19090
+default_action: deny
+connect: deny
+upstream_timeout: 15s
+auth_configs:
+  - id: billing
+    description: Billing API
+    grant: client_credentials
+    token_url: https://idp.test/oauth2/token
+    client_id: ${BILLING_ID}
+    client_secret: "${BILLING_SECRET}"
+    client_auth: client_secret_post
+    scopes: [invoices.read, invoices.write]
+    extra_params: { audience: "https://api.billing.test", resource: 42 }
+    inject: { header: X-Api-Token, prefix: "" }
+    allowed_hosts: [api.billing.test, "*.billing.test", "10.0.0.1:8443"]
+    refresh_before: 90s
+    default_ttl: 10m
+    timeout: 1500ms
+  - id: crm
+    token_url: http://127.0.0.1:9999/token
+    client_id: crm-client
+    client_secret: ${CRM_SECRET:-fallback}
+    scopes: "a b  c"
+    inject: { query: access_token }
+routes:
+  - match: { host: api.crm.test, path_prefix: /v1/, methods: [get, POST] }
+    auth_config: crm
+    upstream_tls: true
+  - match: { path_prefix: /billing/ }
+    auth_config: billing
+    upstream: https://api.billing.test/base
+"#;
+
+#[test]
+fn a_full_file_loads_into_typed_config() {
+    let config = Config::from_yaml(
+        "f.yaml",
+        FULL,
+        &env(&[("BILLING_ID", "billing-client"), ("BILLING_SECRET", "s3cr3t")]),
+    )
+    .unwrap();
+    assert_eq!(config.listen, "127.0.0.1:18080".parse().unwrap());
+    assert_eq!(config.admin_listen, "127.0.0.1:19090".parse().unwrap());
+    assert_eq!(config.default_action, DefaultAction::Deny);
+    assert_eq!(config.connect, ConnectPolicy::Deny);
+    assert_eq!(config.upstream_timeout, Duration::from_secs(15));
+
+    let billing = config.auth_config("billing").unwrap();
+    assert_eq!(billing.description.as_deref(), Some("Billing API"));
+    assert_eq!(billing.token_url.as_str(), "https://idp.test/oauth2/token");
+    assert_eq!(billing.client_id, "billing-client");
+    assert_eq!(billing.client_secret.expose(), "s3cr3t");
+    assert_eq!(billing.client_auth, ClientAuth::ClientSecretPost);
+    assert_eq!(billing.scopes, ["invoices.read", "invoices.write"]);
+    assert_eq!(
+        billing.extra_params,
+        [
+            ("audience".to_owned(), "https://api.billing.test".to_owned()),
+            ("resource".to_owned(), "42".to_owned())
+        ]
+    );
+    assert_eq!(
+        billing.inject,
+        Inject::Header {
+            name: HeaderName::from_static("x-api-token"),
+            prefix: String::new()
+        }
+    );
+    let hosts: Vec<String> = billing.allowed_hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["api.billing.test", "*.billing.test", "10.0.0.1:8443"]);
+    assert_eq!(billing.refresh_before, Duration::from_secs(90));
+    assert_eq!(billing.default_ttl, Duration::from_secs(600));
+    assert_eq!(billing.timeout, Duration::from_millis(1500));
+
+    let crm = config.auth_config("crm").unwrap();
+    assert_eq!(crm.client_secret.expose(), "fallback");
+    assert_eq!(crm.client_auth, ClientAuth::ClientSecretBasic);
+    assert_eq!(crm.scopes, ["a", "b", "c"]);
+    assert_eq!(
+        crm.inject,
+        Inject::Query {
+            name: "access_token".into()
+        }
+    );
+    assert_eq!(crm.refresh_before, Duration::from_secs(60));
+    assert_eq!(crm.default_ttl, Duration::from_secs(300));
+    assert_eq!(crm.timeout, Duration::from_secs(10));
+    // Default allowed hosts: the hosts of the routes naming the config.
+    let hosts: Vec<String> = crm.allowed_hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["api.crm.test"]);
+
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(config.routes[0].methods, [Method::GET, Method::POST]);
+    assert!(matches!(
+        config.routes[0].kind,
+        RouteKind::Forward { upstream_tls: true }
+    ));
+    assert!(
+        matches!(&config.routes[1].kind, RouteKind::Gateway { upstream } if upstream.as_str() == "https://api.billing.test/base")
+    );
+    assert_eq!(config.routes[1].path_prefix, "/billing/");
+    assert!(config.auth_config("nope").is_none());
+}
+
+#[test]
+fn defaults_apply_to_an_empty_file() {
+    let config = load("").unwrap();
+    assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.default_action, DefaultAction::Passthrough);
+    assert_eq!(config.connect, ConnectPolicy::Allow);
+    assert!(config.auth_configs.is_empty());
+}
+
+#[test]
+fn listen_addresses_come_from_the_environment_first() {
+    let environment = env(&[
+        ("BEARERD_LISTEN", "0.0.0.0:7000"),
+        ("BEARERD_ADMIN_LISTEN", "[::1]:7001"),
+    ]);
+    let config = Config::from_yaml("t", "listen: 127.0.0.1:1\n", &environment).unwrap();
+    assert_eq!(config.listen, "0.0.0.0:7000".parse().unwrap());
+    assert_eq!(config.admin_listen, "[::1]:7001".parse().unwrap());
+    let errors = errors("", &env(&[("BEARERD_LISTEN", "nowhere")]));
+    assert_eq!(
+        errors,
+        ["test.yaml: listen (from BEARERD_LISTEN): `nowhere` is not an address like 127.0.0.1:8080"]
+    );
+}
+
+#[test]
+fn environment_only_configs_and_overrides() {
+    let environment = env(&[
+        ("BEARERD_CONFIG__PAYMENTS__TOKEN_URL", "https://idp.test/token"),
+        ("BEARERD_CONFIG__PAYMENTS__CLIENT_ID", "pay"),
+        ("BEARERD_CONFIG__PAYMENTS__CLIENT_SECRET", "${NOT_EXPANDED}"),
+        ("BEARERD_CONFIG__PAYMENTS__CLIENT_AUTH", "client_secret_post"),
+        ("BEARERD_CONFIG__PAYMENTS__SCOPES", "pay.read pay.write"),
+        ("BEARERD_CONFIG__PAYMENTS__ALLOWED_HOSTS", "api.pay.test, *.pay.test"),
+        ("BEARERD_CONFIG__PAYMENTS__INJECT_HEADER", "X-Token"),
+        ("BEARERD_CONFIG__PAYMENTS__INJECT_PREFIX", "Token"),
+        ("BEARERD_CONFIG__PAYMENTS__EXTRA_PARAMS__AUDIENCE", "pay-api"),
+        ("BEARERD_CONFIG__CRM__CLIENT_ID", "from-env"),
+    ]);
+    let config = Config::from_yaml("f.yaml", FULL, &{
+        let mut e = environment;
+        e.insert("BILLING_ID".into(), "b".into());
+        e.insert("BILLING_SECRET".into(), "s".into());
+        e
+    })
+    .unwrap();
+    let payments = config.auth_config("payments").unwrap();
+    assert_eq!(payments.token_url.as_str(), "https://idp.test/token");
+    assert_eq!(payments.client_id, "pay");
+    assert_eq!(
+        payments.client_secret.expose(),
+        "${NOT_EXPANDED}",
+        "environment values are taken literally"
+    );
+    assert_eq!(payments.client_auth, ClientAuth::ClientSecretPost);
+    assert_eq!(payments.scopes, ["pay.read", "pay.write"]);
+    let hosts: Vec<String> = payments.allowed_hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["api.pay.test", "*.pay.test"]);
+    assert_eq!(
+        payments.inject,
+        Inject::Header {
+            name: HeaderName::from_static("x-token"),
+            prefix: "Token".into()
+        }
+    );
+    assert_eq!(payments.extra_params, [("audience".to_owned(), "pay-api".to_owned())]);
+    // Environment wins over the file.
+    assert_eq!(config.auth_config("crm").unwrap().client_id, "from-env");
+}
+
+#[test]
+fn every_problem_is_reported_with_file_config_and_field() {
+    let yaml = r#"
+auth_configs:
+  - id: billing
+    token_url: http://idp.example.com/token
+    client_id: ""
+    client_secret: x
+    client_secret_file: /nonexistent
+    allowed_hosts: [api.test]
+  - id: billing
+    token_url: https://idp.test/token
+    client_id: a
+    client_secret: b
+    allowed_hosts: [api.test]
+  - id: crm
+    token_url: https://idp.test/token
+    tokne_url: https://typo.test
+  - id: NotValid
+    token_url: https://idp.test/token
+    client_id: a
+    client_secret: ${UNSET_SECRET}
+    allowed_hosts: [api.test]
+  - id: files
+    token_url: https://idp.test/token
+    client_id: a
+    client_secret_file: /nonexistent/secret
+    allowed_hosts: ["bad host"]
+    scopes: ["ok", "sp ace"]
+    extra_params: { grant_type: password }
+    refresh_before: soon
+  - id: lonely
+    token_url: ftp://idp.test/token
+    client_id: a
+  - id: both
+    token_url: https://idp.test/token
+    client_id: a
+    client_secret: b
+    inject: { header: Authorization, query: t }
+    allowed_hosts: [api.test]
+routes:
+  - match: { host: api.test }
+    auth_config: ghost
+  - match: { path_prefix: nope }
+    auth_config: both
+    upstream: https://api.test
+    upstream_tls: true
+"#;
+    let got = errors(yaml, &Env::new());
+    let expected = [
+        "test.yaml: auth config `NotValid`: client_secret: environment variable UNSET_SECRET is not set (write ${UNSET_SECRET:-default} for a default)",
+        "test.yaml: auth config `billing`: token_url: must be https:// (http:// is allowed only for loopback, for development)",
+        "test.yaml: auth config `billing`: client_id: must not be empty",
+        "test.yaml: auth config `billing`: client_secret: set client_secret or client_secret_file, not both",
+        "test.yaml: auth config `billing`: id: duplicate id: each auth config id must be unique",
+        "test.yaml: auth config `crm`: tokne_url: unknown field `tokne_url`, expected one of `id`, `description`, `grant`, `token_url`, `client_id`, `client_secret`, `client_secret_file`, `client_auth`, `scopes`, `extra_params`, `inject`, `allowed_hosts`, `refresh_before`, `default_ttl`, `timeout`",
+        "test.yaml: auth config `NotValid`: id: must match [a-z0-9][a-z0-9_.-]{0,127}",
+        "test.yaml: auth config `files`: client_secret_file: cannot read /nonexistent/secret: No such file or directory (os error 2)",
+        "test.yaml: auth config `files`: scopes[1]: not a valid scope token (RFC 6749 §3.3: printable ASCII, no space, `\"` or `\\`)",
+        "test.yaml: auth config `files`: extra_params.grant_type: is set by bearerd itself and cannot be overridden",
+        "test.yaml: auth config `files`: allowed_hosts[0]: `bad host` is not a valid host name or IP address",
+        "test.yaml: auth config `files`: refresh_before: `soon` is not a duration (like 500ms, 30s, 5m, 1h)",
+        "test.yaml: auth config `lonely`: token_url: scheme `ftp` is not https",
+        "test.yaml: auth config `lonely`: client_secret: missing: set client_secret or client_secret_file",
+        "test.yaml: auth config `both`: inject: set either header (with prefix) or query, not both",
+        "test.yaml: auth config `ghost`: routes[0].auth_config: names no auth config",
+        "test.yaml: auth config `both`: routes[1].match.path_prefix: must start with /",
+        "test.yaml: auth config `both`: routes[1].upstream_tls: applies to forward routes only; a gateway route's upstream URL names its scheme",
+        "test.yaml: auth config `lonely`: allowed_hosts: no host may receive this token: set allowed_hosts, or name this config in a route with match.host or upstream",
+    ];
+    for line in &expected {
+        assert!(
+            got.contains(&(*line).to_owned()),
+            "missing: {line}\n got:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "got:\n{}", got.join("\n"));
+}
+
+#[test]
+fn fields_set_from_the_environment_say_so() {
+    let environment = env(&[
+        ("BEARERD_CONFIG__X__TOKEN_URL", "http://idp.example.com/t"),
+        ("BEARERD_CONFIG__X__TOKNE", "1"),
+    ]);
+    let got = errors("", &environment);
+    assert!(
+        got.iter().any(|e| e
+            .starts_with("test.yaml: auth config `x`: tokne (from BEARERD_CONFIG__X__TOKNE): unknown field `tokne`")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn limits_are_enforced() {
+    let many: Vec<String> = (0..501).map(|i| format!("s{i}")).collect();
+    let long_scope = "s".repeat(251);
+    let yaml = format!(
+        "auth_configs:\n  - id: a\n    description: \"{}\"\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    scopes: [{}]\n  - id: b\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    scopes: [{long_scope}]\n  - id: {}\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n",
+        "d".repeat(1025),
+        many.join(", "),
+        "i".repeat(129),
+    );
+    let got = errors(&yaml, &Env::new());
+    assert!(
+        got.contains(&"test.yaml: auth config `a`: description: longer than 1024 characters".to_owned()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"test.yaml: auth config `a`: scopes: 501 scopes; at most 500 are allowed".to_owned()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"test.yaml: auth config `b`: scopes[0]: longer than 250 characters".to_owned()),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| e.ends_with("id: must match [a-z0-9][a-z0-9_.-]{0,127}")),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 4, "{got:?}");
+
+    // Exactly at the limits is fine.
+    let ok: Vec<String> = (0..500).map(|i| format!("s{i}")).collect();
+    let yaml = format!(
+        "auth_configs:\n  - id: a\n    description: \"{}\"\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    scopes: [{}, {}]\n",
+        "d".repeat(1024),
+        ok[..499].join(", "),
+        "s".repeat(250),
+    );
+    assert_eq!(load(&yaml).unwrap().auth_config("a").unwrap().scopes.len(), 500);
+}
+
+#[test]
+fn secret_files_and_loopback_token_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, "from-file\n").unwrap();
+    let yaml = format!(
+        "auth_configs:\n  - id: a\n    token_url: http://localhost:8080/t\n    client_id: c\n    client_secret_file: {}\n    allowed_hosts: [h.test]\n  - id: b\n    token_url: http://[::1]:1/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n",
+        path.display()
+    );
+    let config = load(&yaml).unwrap();
+    assert_eq!(config.auth_config("a").unwrap().client_secret.expose(), "from-file");
+    assert!(config.auth_config("b").is_some());
+}
+
+#[test]
+fn syntax_errors_and_unknown_top_level_fields() {
+    let got = errors("listen: [unclosed\n", &Env::new());
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("test.yaml: (document): not valid YAML:"), "{got:?}");
+    let got = errors("lisen: 127.0.0.1:1\n", &Env::new());
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("test.yaml: lisen: unknown field `lisen`"), "{got:?}");
+    let got = errors("tls: { ca_file: /nonexistent/ca.pem }\n", &Env::new());
+    assert!(
+        got[0].starts_with("test.yaml: tls.ca_file: cannot read /nonexistent/ca.pem"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn debug_output_never_shows_the_secret() {
+    let config = Config::from_yaml(
+        "f.yaml",
+        FULL,
+        &env(&[("BILLING_ID", "id"), ("BILLING_SECRET", "hunter2-very-secret")]),
+    )
+    .unwrap();
+    let shown = format!("{config:?} {config:#?}");
+    assert!(!shown.contains("hunter2-very-secret"));
+    assert!(shown.contains("ClientSecret([redacted])"));
+}
+
+#[test]
+fn variable_expansion() {
+    let e = env(&[("A", "1"), ("EMPTY", "")]);
+    assert_eq!(expand_vars("x${A}y", &e).unwrap(), "x1y");
+    assert_eq!(expand_vars("${B:-dflt}", &e).unwrap(), "dflt");
+    assert_eq!(expand_vars("${EMPTY:-dflt}", &e).unwrap(), "");
+    assert_eq!(expand_vars("cost $5 $${A}", &e).unwrap(), "cost $5 ${A}");
+    assert!(expand_vars("${A", &e).is_err());
+    assert!(expand_vars("${}", &e).is_err());
+    assert!(expand_vars("${B}", &e).unwrap_err().contains("B is not set"));
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+    for bad in ["", "s", "10x", "1.5s", "-1s"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}

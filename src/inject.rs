@@ -1,0 +1,211 @@
+//! Putting the token on the forwarded request, and taking off what must not travel on.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::config::Inject;
+use crate::secret::AccessToken;
+
+/// The header an app uses to name the auth config; never forwarded.
+pub const X_AUTH_CONFIG: HeaderName = HeaderName::from_static("x-auth-config");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// RFC 3986 unreserved characters stay as they are; everything else is percent-encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and `Keep-Alive`).
+#[must_use]
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+    .contains(name)
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Strips what an app's request must not carry upstream: hop-by-hop headers, bearerd's own
+/// `X-Auth-Config`, and `Expect` (bearerd already answered `100-continue` itself).
+pub fn strip_request_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(X_AUTH_CONFIG);
+    headers.remove(header::EXPECT);
+    headers.remove(header::HOST);
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("the access token contains characters that cannot go in an HTTP header")]
+    InvalidHeaderValue,
+    #[error("the request URI with the token added is not valid")]
+    InvalidUri,
+}
+
+/// Adds the token as configured, replacing any value the app sent under the same name.
+pub fn inject(how: &Inject, token: &AccessToken, headers: &mut HeaderMap, uri: &mut Uri) -> Result<(), InjectError> {
+    match how {
+        Inject::Header { name, prefix } => {
+            let mut value = if prefix.is_empty() {
+                HeaderValue::from_str(token.expose())
+            } else {
+                HeaderValue::from_str(&format!("{prefix} {}", token.expose()))
+            }
+            .map_err(|_| InjectError::InvalidHeaderValue)?;
+            value.set_sensitive(true);
+            headers.insert(name.clone(), value);
+        }
+        Inject::Query { name } => *uri = with_query_param(uri, name, token.expose())?,
+    }
+    Ok(())
+}
+
+/// `uri` with `name=value` appended to its query, dropping any `name=` the app sent.
+fn with_query_param(uri: &Uri, name: &str, value: &str) -> Result<Uri, InjectError> {
+    let path = uri.path();
+    let mut query = String::with_capacity(uri.query().map_or(0, str::len) + name.len() + value.len() + 2);
+    for pair in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let key = pair.split('=').next().unwrap_or_default();
+        let decoded = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+        if decoded != name {
+            query.push_str(pair);
+            query.push('&');
+        }
+    }
+    query.extend(utf8_percent_encode(name, QUERY_VALUE));
+    query.push('=');
+    query.extend(utf8_percent_encode(value, QUERY_VALUE));
+    let path_and_query = PathAndQuery::try_from(format!("{path}?{query}")).map_err(|_| InjectError::InvalidUri)?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|_| InjectError::InvalidUri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer() -> Inject {
+        Inject::Header {
+            name: header::AUTHORIZATION,
+            prefix: "Bearer".into(),
+        }
+    }
+
+    #[test]
+    fn header_replaces_the_apps_authorization() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Basic app"));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer app2"));
+        let mut uri = Uri::from_static("http://api.test/x");
+        inject(&bearer(), &AccessToken::new("tok"), &mut headers, &mut uri).unwrap();
+        let values: Vec<_> = headers.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(values, ["Bearer tok"]);
+        assert!(values[0].is_sensitive());
+    }
+
+    #[test]
+    fn empty_prefix_sends_the_bare_token() {
+        let how = Inject::Header {
+            name: HeaderName::from_static("x-api-key"),
+            prefix: String::new(),
+        };
+        let mut headers = HeaderMap::new();
+        let mut uri = Uri::from_static("/");
+        inject(&how, &AccessToken::new("tok"), &mut headers, &mut uri).unwrap();
+        assert_eq!(headers["x-api-key"], "tok");
+        assert!(headers.get(header::AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn query_keeps_the_existing_query_and_encodes_the_value() {
+        let how = Inject::Query {
+            name: "access_token".into(),
+        };
+        let mut headers = HeaderMap::new();
+        let mut uri = Uri::from_static("https://api.test/v1/x?a=1&access_token=old&b=%20c");
+        inject(&how, &AccessToken::new("t+k/=n&?"), &mut headers, &mut uri).unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://api.test/v1/x?a=1&b=%20c&access_token=t%2Bk%2F%3Dn%26%3F"
+        );
+        let mut uri = Uri::from_static("/v1/x");
+        inject(&how, &AccessToken::new("abc"), &mut headers, &mut uri).unwrap();
+        assert_eq!(uri.to_string(), "/v1/x?access_token=abc");
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_an_error() {
+        let mut headers = HeaderMap::new();
+        let mut uri = Uri::from_static("/");
+        let err = inject(&bearer(), &AccessToken::new("bad\ntoken"), &mut headers, &mut uri).unwrap_err();
+        assert_eq!(err, InjectError::InvalidHeaderValue);
+        assert!(!err.to_string().contains("token\n"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Custom-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic cHJveHk="),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-custom-hop", "1"),
+            ("x-auth-config", "billing"),
+            ("expect", "100-continue"),
+            ("host", "api.test"),
+            ("x-end-to-end", "kept"),
+            ("authorization", "Bearer app"),
+        ] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_request_headers(&mut headers);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-end-to-end", "authorization"]);
+    }
+}

@@ -1,0 +1,187 @@
+//! The proxy listener and the request path, step by step as in DESIGN.md
+//! "Handling one request": accept → choose the auth config → guard → token → inject → forward.
+
+mod connect;
+mod target;
+mod upstream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+pub use upstream::Upstream;
+
+use crate::config::{AuthConfig, Config};
+use crate::error::{ProxyError, respond};
+use crate::inject;
+use crate::routes::{self, RequestFacts, RouteKind, SelectError};
+use crate::token::TokenCache;
+use crate::{BoxError, ProxyBody};
+
+use target::Target;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    config: Arc<Config>,
+    tokens: TokenCache,
+    upstream: Upstream,
+}
+
+impl Proxy {
+    #[must_use]
+    pub fn new(config: Arc<Config>, tokens: TokenCache, upstream: Upstream) -> Self {
+        Self {
+            config,
+            tokens,
+            upstream,
+        }
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::error!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = Arc::clone(&self);
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let proxy = Arc::clone(&proxy);
+                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                });
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                if let Err(err) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, "connection ended: {err}");
+                }
+            });
+        }
+    }
+
+    /// Answers one request; every failure becomes bearerd's JSON error response.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        if request.method() == Method::CONNECT {
+            return connect::tunnel(&self.config, request).await;
+        }
+        let mut auth_config = None;
+        match self.forward(request, &mut auth_config).await {
+            Ok(response) => response,
+            Err(error) => respond(&error, auth_config.as_deref().map(|c: &AuthConfig| c.id.as_str())),
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        chosen: &mut Option<Arc<AuthConfig>>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let config = &self.config;
+
+        // 1. Where is it going, as the app wrote it?
+        let target = Target::of(request.uri(), request.headers())?;
+        let named = match request.headers().get(inject::X_AUTH_CONFIG) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| ProxyError::BadRequest("X-Auth-Config is not a valid auth config name".into()))?,
+            ),
+        };
+
+        // 2. Which auth config, and which route?
+        let facts = RequestFacts {
+            method: request.method(),
+            host: target.host_port(),
+            path: request.uri().path(),
+            origin_form: target.is_origin_form(),
+            named_config: named,
+        };
+        let selection = routes::select(config, facts).map_err(|err| match err {
+            SelectError::UnknownAuthConfig(name) => ProxyError::UnknownAuthConfig(printable(&name)),
+            SelectError::Denied => ProxyError::RouteDenied(err.to_string()),
+        })?;
+        chosen.clone_from(&selection.auth_config);
+        let uri = match selection.route.map(|route| &route.kind) {
+            Some(RouteKind::Gateway { upstream }) => {
+                let prefix = selection.route.map_or("/", |route| route.path_prefix.as_str());
+                target::gateway_uri(upstream, prefix, request.uri())?
+            }
+            Some(RouteKind::Forward { upstream_tls }) => target.forward_uri(request.uri(), *upstream_tls)?,
+            None => target.forward_uri(request.uri(), false)?,
+        };
+
+        // 3. Guard: a token only ever goes to the hosts its config allows.
+        let token = match &selection.auth_config {
+            None => None,
+            Some(auth_config) => {
+                let (host, port) = target::host_port_of(&uri)
+                    .ok_or_else(|| ProxyError::BadRequest("the request target has no host".into()))?;
+                if !routes::host_allowed(auth_config, &host, port) {
+                    return Err(ProxyError::HostNotAllowed {
+                        host: format!("{}:{port}", target::bracketed(&host)),
+                        auth_config: auth_config.id.clone(),
+                    });
+                }
+                // 4. Token, from the cache or the one fetch in flight.
+                Some(
+                    self.tokens
+                        .get(auth_config)
+                        .await
+                        .map_err(ProxyError::TokenUnavailable)?,
+                )
+            }
+        };
+
+        // 5. Inject, and take off what must not travel on.
+        let (mut parts, body) = request.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        inject::strip_request_headers(&mut parts.headers);
+        if let (Some(auth_config), Some(token)) = (&selection.auth_config, &token) {
+            inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri).map_err(|err| {
+                ProxyError::TokenUnavailable(Arc::new(crate::token::TokenError::Invalid(err.to_string())))
+            })?;
+        }
+
+        // 6. Forward, streaming both ways.
+        let body = body.map_err(|err| -> BoxError { Box::new(err) }).boxed_unsync();
+        let response = self
+            .upstream
+            .send(Request::from_parts(parts, body), config.upstream_timeout)
+            .await?;
+        let (mut parts, body) = response.into_parts();
+        inject::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(|err| -> BoxError { Box::new(err) }).boxed_unsync(),
+        ))
+    }
+}
+
+/// App-supplied text made safe to echo in a message.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(128).collect()
+}

@@ -1,0 +1,192 @@
+//! The request target: absolute-form (`HTTP_PROXY` use) or origin-form (gateway routes),
+//! and the upstream URI it turns into.
+
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use url::Url;
+
+use crate::error::ProxyError;
+
+#[derive(Debug)]
+pub enum Target {
+    /// `GET http://host:port/path` — the URI names the upstream.
+    Absolute { host: String, port: u16 },
+    /// `GET /path` with a `Host` header — addressed to bearerd itself.
+    Origin { host: Option<(String, u16)> },
+}
+
+impl Target {
+    pub fn of(uri: &Uri, headers: &http::HeaderMap) -> Result<Self, ProxyError> {
+        if uri.scheme().is_none() {
+            if uri.authority().is_some() || !uri.path().starts_with('/') {
+                return Err(ProxyError::BadRequest(
+                    "request target must be absolute-form or origin-form".into(),
+                ));
+            }
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Authority>().ok())
+                .map(|authority| (normalize_host(authority.host()), authority.port_u16().unwrap_or(80)));
+            return Ok(Self::Origin { host });
+        }
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            Some(other) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "scheme `{}` is not http or https",
+                    printable_scheme(other)
+                )));
+            }
+            None => unreachable!("checked above"),
+        }
+        host_port_of(uri)
+            .map(|(host, port)| Self::Absolute { host, port })
+            .ok_or_else(|| ProxyError::BadRequest("absolute-form request target has no host".into()))
+    }
+
+    pub fn is_origin_form(&self) -> bool {
+        matches!(self, Self::Origin { .. })
+    }
+
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        match self {
+            Self::Absolute { host, port } => Some((host, *port)),
+            Self::Origin { host } => host.as_ref().map(|(h, p)| (h.as_str(), *p)),
+        }
+    }
+
+    /// The URI to forward an absolute-form request to; `upstream_tls` turns http into https.
+    pub fn forward_uri(&self, uri: &Uri, upstream_tls: bool) -> Result<Uri, ProxyError> {
+        if self.is_origin_form() {
+            return Err(ProxyError::BadRequest(
+                "request addressed to bearerd itself (origin-form) matches no gateway route; \
+                 send absolute-form requests via HTTP_PROXY or add a route with `upstream`"
+                    .into(),
+            ));
+        }
+        if !(upstream_tls && uri.scheme() == Some(&Scheme::HTTP)) {
+            return Ok(uri.clone());
+        }
+        let mut parts = uri.clone().into_parts();
+        parts.scheme = Some(Scheme::HTTPS);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        Uri::from_parts(parts).map_err(|err| ProxyError::BadRequest(format!("cannot build upstream URI: {err}")))
+    }
+}
+
+/// The URI of an origin-form request through a gateway route: `prefix` of the request
+/// path is replaced by the upstream base URL; the query is kept.
+pub fn gateway_uri(upstream: &Url, prefix: &str, uri: &Uri) -> Result<Uri, ProxyError> {
+    let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
+    let base = upstream.path().trim_end_matches('/');
+    let mut target =
+        String::with_capacity(upstream.as_str().len() + uri.path().len() + uri.query().map_or(0, str::len) + 2);
+    target.push_str(upstream.scheme());
+    target.push_str("://");
+    target.push_str(&upstream[url::Position::BeforeHost..url::Position::AfterPort]);
+    target.push_str(base);
+    target.push('/');
+    target.push_str(rest.trim_start_matches('/'));
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
+        .parse()
+        .map_err(|err| ProxyError::BadRequest(format!("cannot build upstream URI: {err}")))
+}
+
+/// Lowercase host without brackets, and the effective port, of an absolute URI.
+pub fn host_port_of(uri: &Uri) -> Option<(String, u16)> {
+    let authority = uri.authority()?;
+    let default = if uri.scheme() == Some(&Scheme::HTTPS) { 443 } else { 80 };
+    let host = normalize_host(authority.host());
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, authority.port_u16().unwrap_or(default)))
+}
+
+fn normalize_host(host: &str) -> String {
+    host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+}
+
+/// IPv6 hosts in brackets, for `host:port` text.
+pub fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn printable_scheme(scheme: &str) -> String {
+    scheme.chars().filter(char::is_ascii_alphanumeric).take(16).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_replaces_the_prefix_and_keeps_the_query() {
+        let base = Url::parse("https://api.billing.test").unwrap();
+        let uri = Uri::from_static("/billing/v1/invoices?x=1&y=%20");
+        assert_eq!(
+            gateway_uri(&base, "/billing/", &uri).unwrap(),
+            "https://api.billing.test/v1/invoices?x=1&y=%20"
+        );
+        let base = Url::parse("http://127.0.0.1:9000/api/").unwrap();
+        assert_eq!(
+            gateway_uri(&base, "/billing", &uri).unwrap(),
+            "http://127.0.0.1:9000/api/v1/invoices?x=1&y=%20"
+        );
+        assert_eq!(
+            gateway_uri(&base, "/billing", &Uri::from_static("/billing")).unwrap(),
+            "http://127.0.0.1:9000/api/"
+        );
+        let v6 = Url::parse("http://[::1]:9000").unwrap();
+        assert_eq!(
+            gateway_uri(&v6, "/", &Uri::from_static("/x")).unwrap(),
+            "http://[::1]:9000/x"
+        );
+    }
+
+    #[test]
+    fn upstream_tls_upgrades_http_only() {
+        let target = Target::Absolute {
+            host: "api.test".into(),
+            port: 80,
+        };
+        let uri = Uri::from_static("http://api.test/v1?q=1");
+        assert_eq!(target.forward_uri(&uri, true).unwrap(), "https://api.test/v1?q=1");
+        assert_eq!(target.forward_uri(&uri, false).unwrap(), "http://api.test/v1?q=1");
+        let explicit = Uri::from_static("http://api.test:8443/v1");
+        assert_eq!(target.forward_uri(&explicit, true).unwrap(), "https://api.test:8443/v1");
+        assert_eq!(
+            host_port_of(&target.forward_uri(&uri, true).unwrap()),
+            Some(("api.test".into(), 443))
+        );
+    }
+
+    #[test]
+    fn targets_are_classified() {
+        let headers = http::HeaderMap::new();
+        assert!(matches!(
+            Target::of(&Uri::from_static("http://API.test:81/x"), &headers).unwrap(),
+            Target::Absolute { ref host, port: 81 } if host == "api.test"
+        ));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, "bearerd.local:8080".parse().unwrap());
+        assert!(matches!(
+            Target::of(&Uri::from_static("/x"), &headers).unwrap(),
+            Target::Origin { host: Some((ref h, 8080)) } if h == "bearerd.local"
+        ));
+        let err = Target::of(&Uri::from_static("ftp://files.test/x"), &headers).unwrap_err();
+        assert_eq!(err.to_string(), "scheme `ftp` is not http or https");
+        assert_eq!(err.code(), "bad_request");
+    }
+}

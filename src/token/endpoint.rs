@@ -1,0 +1,382 @@
+//! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials),
+//! client authentication (§2.3.1), and strict reading of the response (§5.1, §5.2).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::header;
+use serde::Deserialize;
+
+use crate::config::{AuthConfig, ClientAuth};
+use crate::secret::{AccessToken, ClientSecret};
+
+/// Token responses larger than this are refused: no identity provider needs more.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Provider text quoted in messages is cut to this many characters.
+const MAX_QUOTED_CHARS: usize = 300;
+
+/// What a successful token response gave.
+#[derive(Debug)]
+pub struct TokenResponse {
+    pub access_token: AccessToken,
+    pub expires_in: Option<Duration>,
+    /// The scopes granted, when the provider says (RFC 6749 §5.1).
+    pub scope: Option<String>,
+}
+
+/// Why no token came back. Messages name the cause and never a secret or token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token request to {endpoint} timed out after {timeout:?}")]
+    Timeout { endpoint: String, timeout: Duration },
+    #[error("token request to {endpoint} failed: {cause}")]
+    Transport { endpoint: String, cause: String },
+    #[error("the identity provider refused the token request (HTTP {status}): {error}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
+    #[error("token endpoint answered HTTP {status} ({content_type}) without an OAuth error{}", if *status >= 300 && *status < 400 { "; redirects are not followed" } else { "" })]
+    BadStatus { status: u16, content_type: String },
+    #[error("token endpoint answered HTTP {status} with content type {content_type}, not JSON")]
+    NotJson { status: u16, content_type: String },
+    #[error("token response is invalid: {0}")]
+    Invalid(String),
+    #[error("token response is larger than {} bytes", MAX_RESPONSE_BYTES)]
+    TooLarge,
+}
+
+/// Sends token requests: no redirects, bounded connect and total time.
+#[derive(Clone, Debug)]
+pub struct TokenClient {
+    http: reqwest::Client,
+}
+
+impl TokenClient {
+    pub fn new(tls: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .user_agent(concat!("bearerd/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http })
+    }
+
+    /// Requests a token for `config`.
+    pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
+        let endpoint = endpoint_name(&config.token_url);
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", config.grant.as_str())];
+        let scope = config.scopes.join(" ");
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        for (name, value) in &config.extra_params {
+            form.push((name, value));
+        }
+        let mut request = self.http.post(config.token_url.clone()).timeout(config.timeout);
+        match config.client_auth {
+            ClientAuth::ClientSecretBasic => {
+                request = request.header(
+                    header::AUTHORIZATION,
+                    basic_auth(&config.client_id, &config.client_secret),
+                );
+            }
+            ClientAuth::ClientSecretPost => {
+                form.push(("client_id", &config.client_id));
+                form.push(("client_secret", config.client_secret.expose()));
+            }
+        }
+        let request = request.header(header::ACCEPT, "application/json").form(&form);
+
+        let transport = |err: reqwest::Error| {
+            if err.is_timeout() {
+                TokenError::Timeout {
+                    endpoint: endpoint.clone(),
+                    timeout: config.timeout,
+                }
+            } else {
+                TokenError::Transport {
+                    endpoint: endpoint.clone(),
+                    cause: error_chain(&err.without_url()),
+                }
+            }
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no content type")
+            .to_owned();
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(TokenError::TooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(TokenError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        parse_response(status, &content_type, &body, &config.client_secret)
+    }
+}
+
+/// RFC 6749 §2.3.1: client id and secret are each form-urlencoded, then joined and base64'd.
+#[must_use]
+pub fn basic_auth(client_id: &str, secret: &ClientSecret) -> String {
+    let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
+    let secret: String = form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
+    format!("Basic {}", BASE64.encode(format!("{id}:{secret}")))
+}
+
+/// The endpoint as shown in messages: no query, no user info.
+fn endpoint_name(url: &url::Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: Option<serde_json::Value>,
+    token_type: Option<serde_json::Value>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<serde_json::Value>,
+    error_description: Option<serde_json::Value>,
+}
+
+/// Reads a token endpoint response (RFC 6749 §5.1 success, §5.2 error).
+pub fn parse_response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    secret: &ClientSecret,
+) -> Result<TokenResponse, TokenError> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if !(200..300).contains(&status) {
+        let error: Option<ErrorBody> = json.and_then(|json| serde_json::from_value(json).ok());
+        return match error.and_then(|e| Some((e.error?.as_str()?.to_owned(), e.error_description))) {
+            Some((error, description)) => Err(TokenError::Refused {
+                status,
+                error: quote(&error, secret),
+                description: description
+                    .as_ref()
+                    .and_then(serde_json::Value::as_str)
+                    .map(|d| quote(d, secret)),
+            }),
+            None => Err(TokenError::BadStatus {
+                status,
+                content_type: quote(content_type, secret),
+            }),
+        };
+    }
+    let Some(json) = json else {
+        return Err(TokenError::NotJson {
+            status,
+            content_type: quote(content_type, secret),
+        });
+    };
+    let body: SuccessBody =
+        serde_json::from_value(json).map_err(|_| TokenError::Invalid("expected a JSON object".into()))?;
+    let access_token = match body.access_token {
+        Some(serde_json::Value::String(token)) if !token.is_empty() => AccessToken::new(token),
+        Some(serde_json::Value::String(_)) => return Err(TokenError::Invalid("access_token is empty".into())),
+        Some(_) => return Err(TokenError::Invalid("access_token is not a string".into())),
+        None => return Err(TokenError::Invalid("no access_token".into())),
+    };
+    match &body.token_type {
+        None => {}
+        Some(serde_json::Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
+        Some(serde_json::Value::String(kind)) => {
+            return Err(TokenError::Invalid(format!(
+                "token_type `{}` is not Bearer",
+                quote(kind, secret)
+            )));
+        }
+        Some(_) => return Err(TokenError::Invalid("token_type is not a string".into())),
+    }
+    let expires_in = match &body.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(seconds(n.as_f64())?),
+        Some(serde_json::Value::String(s)) => Some(seconds(s.trim().parse::<f64>().ok())?),
+        Some(_) => return Err(TokenError::Invalid("expires_in is not a number".into())),
+    };
+    let scope = body
+        .scope
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .map(|s| quote(s, secret));
+    Ok(TokenResponse {
+        access_token,
+        expires_in,
+        scope,
+    })
+}
+
+fn seconds(value: Option<f64>) -> Result<Duration, TokenError> {
+    match value {
+        Some(secs) if secs.is_finite() && (0.0..1e10).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(TokenError::Invalid(
+            "expires_in is not a non-negative number of seconds".into(),
+        )),
+    }
+}
+
+/// Provider text made safe to repeat: printable, bounded, and never the client secret.
+fn quote(text: &str, secret: &ClientSecret) -> String {
+    let mut text: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_QUOTED_CHARS)
+        .collect();
+    if !secret.expose().is_empty() && text.contains(secret.expose()) {
+        text = text.replace(secret.expose(), "[redacted]");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> ClientSecret {
+        ClientSecret::new("p@ss:w0rd/+%=&?")
+    }
+
+    fn parse(status: u16, body: &str) -> Result<TokenResponse, TokenError> {
+        parse_response(status, "application/json", body.as_bytes(), &secret())
+    }
+
+    #[test]
+    fn basic_auth_form_encodes_each_part_first() {
+        // id "client:1" -> client%3A1, secret -> p%40ss%3Aw0rd%2F%2B%25%3D%26%3F
+        let value = basic_auth("client:1", &secret());
+        let decoded = BASE64.decode(value.strip_prefix("Basic ").unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "client%3A1:p%40ss%3Aw0rd%2F%2B%25%3D%26%3F"
+        );
+        let spaced = basic_auth("a b", &ClientSecret::new("é"));
+        let decoded = BASE64.decode(spaced.strip_prefix("Basic ").unwrap()).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "a+b:%C3%A9");
+    }
+
+    #[test]
+    fn success_with_numeric_or_string_expiry() {
+        let ok = parse(
+            200,
+            r#"{"access_token":"abc","token_type":"bearer","expires_in":3600,"scope":"a b"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.access_token.expose(), "abc");
+        assert_eq!(ok.expires_in, Some(Duration::from_hours(1)));
+        assert_eq!(ok.scope.as_deref(), Some("a b"));
+        let ok = parse(200, r#"{"access_token":"abc","expires_in":"120"}"#).unwrap();
+        assert_eq!(ok.expires_in, Some(Duration::from_mins(2)));
+        let ok = parse(200, r#"{"access_token":"abc"}"#).unwrap();
+        assert_eq!(ok.expires_in, None);
+    }
+
+    #[test]
+    fn malformed_successes_say_what_is_wrong() {
+        let cases = [
+            (
+                r#"{"token_type":"Bearer"}"#,
+                "token response is invalid: no access_token",
+            ),
+            (
+                r#"{"access_token":42}"#,
+                "token response is invalid: access_token is not a string",
+            ),
+            (
+                r#"{"access_token":""}"#,
+                "token response is invalid: access_token is empty",
+            ),
+            (
+                r#"{"access_token":"a","token_type":"DPoP"}"#,
+                "token response is invalid: token_type `DPoP` is not Bearer",
+            ),
+            (
+                r#"{"access_token":"a","expires_in":"soon"}"#,
+                "token response is invalid: expires_in is not a non-negative number of seconds",
+            ),
+            (
+                r#"{"access_token":"a","expires_in":-5}"#,
+                "token response is invalid: expires_in is not a non-negative number of seconds",
+            ),
+            (
+                r#"{"access_token":"a","expires_in":[1]}"#,
+                "token response is invalid: expires_in is not a number",
+            ),
+            ("[1,2]", "token response is invalid: expected a JSON object"),
+        ];
+        for (body, message) in cases {
+            assert_eq!(parse(200, body).unwrap_err().to_string(), message, "{body}");
+        }
+        let html = parse_response(200, "text/html", b"<html>", &secret()).unwrap_err();
+        assert_eq!(
+            html.to_string(),
+            "token endpoint answered HTTP 200 with content type text/html, not JSON"
+        );
+    }
+
+    #[test]
+    fn oauth_errors_carry_the_providers_words_but_never_the_secret() {
+        let err = parse(
+            401,
+            r#"{"error":"invalid_client","error_description":"bad secret p@ss:w0rd/+%=&? for client"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "the identity provider refused the token request (HTTP 401): invalid_client: bad secret [redacted] for client"
+        );
+        let err = parse(400, r#"{"error":"invalid_scope"}"#).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the identity provider refused the token request (HTTP 400): invalid_scope"
+        );
+        let err = parse_response(503, "text/html", b"<h1>down</h1>", &secret())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "token endpoint answered HTTP 503 (text/html) without an OAuth error"
+        );
+        let err = parse_response(302, "text/html", b"", &secret())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "token endpoint answered HTTP 302 (text/html) without an OAuth error; redirects are not followed"
+        );
+    }
+}
