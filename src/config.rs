@@ -610,28 +610,7 @@ impl Loader<'_> {
                 None
             }
         };
-        let client_secret = match (raw.client_secret, raw.client_secret_file) {
-            (Some(_), Some(_)) => {
-                self.error(
-                    cid,
-                    "client_secret",
-                    "set client_secret or client_secret_file, not both",
-                );
-                None
-            }
-            (None, None) => {
-                self.error(cid, "client_secret", "missing: set client_secret or client_secret_file");
-                None
-            }
-            (Some(secret), None) => Some(secret),
-            (None, Some(path)) => match read_secret_file(&path) {
-                Ok(secret) => Some(secret),
-                Err(message) => {
-                    self.error(cid, "client_secret_file", message);
-                    None
-                }
-            },
-        };
+        let client_secret = self.client_secret(cid, raw.client_secret, raw.client_secret_file);
         let scopes = self.scopes(cid, raw.scopes);
         let extra_params = self.extra_params(cid, raw.extra_params);
         let inject = self.inject(cid, raw.inject);
@@ -687,6 +666,36 @@ impl Loader<'_> {
             allowed_hosts,
             hosts_invalid,
             config: Some(config),
+        }
+    }
+
+    fn client_secret(
+        &mut self,
+        cid: Option<&str>,
+        secret: Option<ClientSecret>,
+        file: Option<PathBuf>,
+    ) -> Option<ClientSecret> {
+        match (secret, file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    cid,
+                    "client_secret",
+                    "set client_secret or client_secret_file, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(cid, "client_secret", "missing: set client_secret or client_secret_file");
+                None
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(path)) => match read_secret_file(&path) {
+                Ok(secret) => Some(secret),
+                Err(message) => {
+                    self.error(cid, "client_secret_file", message);
+                    None
+                }
+            },
         }
     }
 
@@ -877,7 +886,7 @@ impl Loader<'_> {
                             cid,
                             &format!("{field}.match.methods"),
                             format!("`{method}` is not an HTTP method"),
-                        )
+                        );
                     })
                     .ok()
             })

@@ -89,7 +89,7 @@ fn a_full_file_loads_into_typed_config() {
     let hosts: Vec<String> = billing.allowed_hosts.iter().map(ToString::to_string).collect();
     assert_eq!(hosts, ["api.billing.test", "*.billing.test", "10.0.0.1:8443"]);
     assert_eq!(billing.refresh_before, Duration::from_secs(90));
-    assert_eq!(billing.default_ttl, Duration::from_secs(600));
+    assert_eq!(billing.default_ttl, Duration::from_mins(10));
     assert_eq!(billing.timeout, Duration::from_millis(1500));
 
     let crm = config.auth_config("crm").unwrap();
@@ -102,8 +102,8 @@ fn a_full_file_loads_into_typed_config() {
             name: "access_token".into()
         }
     );
-    assert_eq!(crm.refresh_before, Duration::from_secs(60));
-    assert_eq!(crm.default_ttl, Duration::from_secs(300));
+    assert_eq!(crm.refresh_before, Duration::from_mins(1));
+    assert_eq!(crm.default_ttl, Duration::from_mins(5));
     assert_eq!(crm.timeout, Duration::from_secs(10));
     // Default allowed hosts: the hosts of the routes naming the config.
     let hosts: Vec<String> = crm.allowed_hosts.iter().map(ToString::to_string).collect();
@@ -387,7 +387,7 @@ fn durations() {
     assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
     assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
     assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-    assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("2h"), Some(Duration::from_hours(2)));
     for bad in ["", "s", "10x", "1.5s", "-1s"] {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
