@@ -70,11 +70,8 @@ impl Server {
     /// Binds both listeners (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let roots = Arc::new(tls::roots(config.ca_file.as_deref())?);
-        let upstream = Upstream::new(
-            tls::client_config(Arc::clone(&roots), &[b"http/1.1"])?,
-            config.upstream_timeout,
-        );
-        let tokens = TokenCache::new(TokenClient::new(tls::client_config(roots, &[b"http/1.1"])?)?);
+        let upstream = Upstream::new(tls::client_config(Arc::clone(&roots))?, config.upstream_timeout);
+        let tokens = TokenCache::new(TokenClient::new(tls::client_config(roots)?)?);
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await

@@ -49,13 +49,12 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// A client configuration trusting `roots`, with ALPN set to `alpn`.
-pub fn client_config(roots: Arc<RootCertStore>, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+/// A client configuration trusting `roots`; the HTTP client on top sets ALPN.
+pub fn client_config(roots: Arc<RootCertStore>) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

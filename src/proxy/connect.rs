@@ -19,7 +19,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn tunnel(config: &Config, request: Request<Incoming>) -> Response<ProxyBody> {
     match open(config, request).await {
         Ok(response) => response,
-        Err(error) => respond(&error, None),
+        Err(error) => {
+            // The client may already have sent tunnel bytes behind the CONNECT; they must
+            // not be read as HTTP, so the connection ends with this answer.
+            let mut response = respond(&error, None);
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            response
+        }
     }
 }
 

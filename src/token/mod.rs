@@ -8,6 +8,8 @@
 
 mod endpoint;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,18 +50,35 @@ pub fn lifetimes(
     (expires_at, expires_at - window)
 }
 
+/// Where tokens come from: the token endpoint ([`TokenClient`]), or a script in tests.
+pub trait FetchToken: Send + Sync + 'static {
+    fn fetch<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>>;
+}
+
+impl FetchToken for TokenClient {
+    fn fetch<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
+        Box::pin(TokenClient::fetch(self, config))
+    }
+}
+
 /// The token cache: one entry per auth config.
 pub struct TokenCache {
     cache: moka::future::Cache<String, Arc<CachedToken>>,
-    client: TokenClient,
+    source: Box<dyn FetchToken>,
 }
 
 impl TokenCache {
     #[must_use]
-    pub fn new(client: TokenClient) -> Self {
+    pub fn new(source: impl FetchToken) -> Self {
         Self {
             cache: moka::future::Cache::builder().max_capacity(100_000).build(),
-            client,
+            source: Box::new(source),
         }
     }
 
@@ -101,7 +120,7 @@ impl TokenCache {
 
     async fn fetch(&self, config: &AuthConfig) -> Result<Arc<CachedToken>, TokenError> {
         let started = Instant::now();
-        let result = self.client.fetch(config).await;
+        let result = self.source.fetch(config).await;
         let received = Instant::now();
         match result {
             Ok(response) => {
@@ -135,7 +154,113 @@ impl TokenCache {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::config::Config;
+
+    /// Answers after `delay` (on the tokio clock) with token `t<n>` and `expires_in`.
+    struct Scripted {
+        calls: Arc<AtomicUsize>,
+        delay: Duration,
+        expires_in: Option<Duration>,
+    }
+
+    impl FetchToken for Scripted {
+        fn fetch<'a>(
+            &'a self,
+            _config: &'a AuthConfig,
+        ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(self.delay).await;
+                Ok(TokenResponse {
+                    access_token: AccessToken::new(format!("t{n}")),
+                    expires_in: self.expires_in,
+                    scope: None,
+                })
+            })
+        }
+    }
+
+    fn auth_config(refresh_before: &str, default_ttl: &str) -> Arc<AuthConfig> {
+        let yaml = format!(
+            "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    refresh_before: {refresh_before}\n    default_ttl: {default_ttl}\n"
+        );
+        Config::from_yaml("t", &yaml, &crate::config::Env::new())
+            .unwrap()
+            .auth_config("a")
+            .unwrap()
+    }
+
+    fn cache(delay: Duration, expires_in: Option<Duration>) -> (TokenCache, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        (
+            TokenCache::new(Scripted {
+                calls: Arc::clone(&calls),
+                delay,
+                expires_in,
+            }),
+            calls,
+        )
+    }
+
+    async fn token(cache: &TokenCache, config: &AuthConfig) -> String {
+        cache.get(config).await.unwrap().token.expose().to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifty_concurrent_requests_on_a_cold_cache_share_one_fetch() {
+        let (cache, calls) = cache(Duration::from_secs(1), Some(Duration::from_secs(3600)));
+        let cache = Arc::new(cache);
+        let config = auth_config("60s", "300s");
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, config) = (Arc::clone(&cache), Arc::clone(&config));
+                tokio::spawn(async move { token(&cache, &config).await })
+            })
+            .collect();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), "t1");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_reused_until_expires_in_minus_refresh_before() {
+        let (cache, calls) = cache(Duration::ZERO, Some(Duration::from_secs(120)));
+        let config = auth_config("60s", "300s");
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(token(&cache, &config).await, "t1");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(token(&cache, &config).await, "t2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_ttl_applies_without_expires_in() {
+        let (cache, calls) = cache(Duration::ZERO, None);
+        let config = auth_config("60s", "300s");
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::advance(Duration::from_secs(239)).await;
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(token(&cache, &config).await, "t2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_counts_from_when_the_response_arrived() {
+        // The fetch takes 10 s; the 120 s lifetime starts when it answers, not when it was sent.
+        let (cache, calls) = cache(Duration::from_secs(10), Some(Duration::from_secs(120)));
+        let config = auth_config("60s", "300s");
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(token(&cache, &config).await, "t1");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn refresh_window_is_refresh_before_or_half_a_short_lifetime() {

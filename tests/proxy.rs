@@ -1,0 +1,679 @@
+//! The request path end to end, in-process, against real loopback servers: auth config
+//! choice, the allowed-hosts guard, token requests, injection, header hygiene, forwarding
+//! over HTTP and HTTPS, CONNECT, and every error bearerd answers with itself.
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use support::*;
+
+/// One auth config `billing` (`client_secret_basic`) allowed to send to 127.0.0.1.
+fn billing(tokens: &TokenServer, extra: &str) -> String {
+    format!(
+        "auth_configs:\n  - id: billing\n    token_url: {}\n    client_id: billing-client\n    client_secret: \"p@ss:w0rd/+%=&?\"\n    allowed_hosts: [127.0.0.1]\n{extra}",
+        tokens.url()
+    )
+}
+
+async fn get_with_config(proxy: &reqwest::Client, url: &str, config: &str) -> reqwest::Response {
+    proxy.get(url).header("x-auth-config", config).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn injects_the_token_and_sends_the_exact_token_request() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&billing(
+        &tokens,
+        "    scopes: [invoices.read, invoices.write]\n    extra_params: { audience: \"https://api.billing.test/\" }\n",
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+
+    let response = get_with_config(&proxy, &format!("http://{}/v1/invoices?page=2", echo.addr), "billing").await;
+    assert_eq!(response.status(), 200);
+    let seen = echoed(response).await;
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.uri, "/v1/invoices?page=2");
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    assert_eq!(seen.header("host"), Some(echo.addr.to_string().as_str()));
+    assert_eq!(seen.header("x-auth-config"), None);
+
+    let requests = tokens.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/oauth2/token");
+    assert_eq!(
+        request.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(request.header("accept"), Some("application/json"));
+    assert_eq!(
+        request.body,
+        "grant_type=client_credentials&scope=invoices.read+invoices.write&audience=https%3A%2F%2Fapi.billing.test%2F"
+    );
+    // RFC 6749 §2.3.1: each part form-urlencoded before base64.
+    let basic = request.header("authorization").unwrap().strip_prefix("Basic ").unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD.decode(basic).unwrap();
+    assert_eq!(
+        String::from_utf8(decoded).unwrap(),
+        "billing-client:p%40ss%3Aw0rd%2F%2B%25%3D%26%3F"
+    );
+
+    // The token is cached: a second request sends no token request.
+    let seen = echoed(get_with_config(&proxy, &format!("http://{}/again", echo.addr), "billing").await).await;
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    assert_eq!(tokens.count(), 1);
+}
+
+#[tokio::test]
+async fn client_secret_post_sends_credentials_in_the_body() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&billing(
+        &tokens,
+        "    client_auth: client_secret_post\n    scopes: \"a b\"\n",
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let seen = echoed(get_with_config(&proxy, &format!("http://{}/", echo.addr), "billing").await).await;
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    let request = &tokens.requests()[0];
+    assert_eq!(request.header("authorization"), None);
+    assert_eq!(
+        request.body,
+        "grant_type=client_credentials&scope=a+b&client_id=billing-client&client_secret=p%40ss%3Aw0rd%2F%2B%25%3D%26%3F"
+    );
+}
+
+#[tokio::test]
+async fn the_apps_authorization_and_hop_by_hop_headers_never_reach_the_upstream() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&billing(&tokens, "")).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let response = proxy
+        .post(format!("http://{}/submit", echo.addr))
+        .header("x-auth-config", "billing")
+        .header("authorization", "Bearer from-the-app")
+        .header("proxy-authorization", "Basic cHJveHk6cHc=")
+        .header("connection", "keep-alive, x-hop-secret")
+        .header("x-hop-secret", "must-not-pass")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("x-end-to-end", "kept")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let seen = echoed(response).await;
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.body_length, 5);
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    for gone in [
+        "proxy-authorization",
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "x-auth-config",
+    ] {
+        assert_eq!(seen.header(gone), None, "{gone} reached the upstream");
+    }
+    assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+}
+
+#[tokio::test]
+async fn inject_into_another_header_or_the_query() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!(
+        "auth_configs:
+  - id: apikey
+    token_url: {url}
+    client_id: c
+    client_secret: s
+    inject: {{ header: X-Api-Key, prefix: \"\" }}
+    allowed_hosts: [127.0.0.1]
+  - id: query
+    token_url: {url}
+    client_id: c
+    client_secret: s
+    inject: {{ query: access_token }}
+    allowed_hosts: [127.0.0.1]
+",
+        url = tokens.url()
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+
+    let response = proxy
+        .get(format!("http://{}/k", echo.addr))
+        .header("x-auth-config", "apikey")
+        .header("authorization", "Basic YXBwOmFwcA==")
+        .send()
+        .await
+        .unwrap();
+    let seen = echoed(response).await;
+    assert_eq!(seen.all("x-api-key"), ["tok-1"]);
+    assert_eq!(
+        seen.all("authorization"),
+        ["Basic YXBwOmFwcA=="],
+        "only the configured header is replaced"
+    );
+
+    let seen = echoed(
+        get_with_config(
+            &proxy,
+            &format!("http://{}/q?a=1&access_token=app&b=x%20y", echo.addr),
+            "query",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(seen.uri, "/q?a=1&b=x%20y&access_token=tok-2");
+    assert_eq!(seen.header("authorization"), None);
+}
+
+#[tokio::test]
+async fn routes_choose_the_config_and_default_action_decides_the_rest() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!(
+        "auth_configs:
+  - id: reports
+    token_url: {}
+    client_id: c
+    client_secret: s
+routes:
+  - match: {{ host: 127.0.0.1, path_prefix: /reports/, methods: [GET] }}
+    auth_config: reports
+",
+        tokens.url()
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+
+    let seen = echoed(
+        proxy
+            .get(format!("http://{}/reports/1", echo.addr))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    // Same host, other method or path: no route, default_action passthrough, no token.
+    let seen = echoed(
+        proxy
+            .post(format!("http://{}/reports/1", echo.addr))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen.header("authorization"), None);
+    let seen = echoed(proxy.get(format!("http://{}/other", echo.addr)).send().await.unwrap()).await;
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(tokens.count(), 1);
+    assert_eq!(echo.requests(), 3);
+}
+
+#[tokio::test]
+async fn default_action_deny_and_unknown_configs_send_nothing() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&billing(&tokens, "default_action: deny\n")).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+
+    let error = bearerd_error(proxy.get(format!("http://{}/x", echo.addr)).send().await.unwrap()).await;
+    assert_eq!((error.status, error.code.as_str()), (403, "route_denied"));
+    assert_eq!(error.header.as_deref(), Some("route_denied"));
+    assert_eq!(error.auth_config, None);
+
+    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "nosuch").await).await;
+    assert_eq!((error.status, error.code.as_str()), (400, "unknown_auth_config"));
+    assert_eq!(error.message, "no auth config named `nosuch`");
+    assert_eq!(echo.requests(), 0);
+    assert_eq!(tokens.count(), 0);
+}
+
+#[tokio::test]
+async fn a_token_never_leaves_for_a_host_it_was_not_allowed() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!(
+        "auth_configs:
+  - id: billing
+    token_url: {}
+    client_id: c
+    client_secret: s
+    allowed_hosts: [\"localhost:{}\", \"*.billing.test\"]
+",
+        tokens.url(),
+        echo.addr.port()
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    // 127.0.0.1 is not in the list (only localhost on that port).
+    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "billing").await).await;
+    assert_eq!((error.status, error.code.as_str()), (403, "host_not_allowed"));
+    assert_eq!(error.auth_config.as_deref(), Some("billing"));
+    assert_eq!(
+        error.message,
+        format!(
+            "host `127.0.0.1:{}` is not in allowed_hosts of auth config `billing`; nothing was sent",
+            echo.addr.port()
+        )
+    );
+    // host:port entries allow that port only.
+    let error = bearerd_error(get_with_config(&proxy, "http://localhost:1/x", "billing").await).await;
+    assert_eq!(error.code, "host_not_allowed");
+    assert_eq!(echo.requests(), 0);
+    assert_eq!(tokens.count(), 0, "the guard runs before any token is fetched");
+
+    // The allowed host:port passes.
+    let seen =
+        echoed(get_with_config(&proxy, &format!("http://localhost:{}/x", echo.addr.port()), "billing").await).await;
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+}
+
+#[tokio::test]
+async fn gateway_routes_replace_the_prefix_with_the_upstream() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!(
+        "auth_configs:
+  - id: billing
+    token_url: {}
+    client_id: c
+    client_secret: s
+routes:
+  - match: {{ path_prefix: /billing/ }}
+    auth_config: billing
+    upstream: http://127.0.0.1:{}/api
+",
+        tokens.url(),
+        echo.addr.port()
+    ))
+    .await;
+    let client = direct_client();
+    let response = client
+        .get(format!("http://{}/billing/v1/invoices?x=1", bearerd.proxy_addr))
+        .header("authorization", "Bearer app")
+        .send()
+        .await
+        .unwrap();
+    let seen = echoed(response).await;
+    assert_eq!(seen.uri, "/api/v1/invoices?x=1");
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    assert_eq!(seen.header("host"), Some(echo.addr.to_string().as_str()));
+
+    // Origin-form requests that match no gateway route are refused, not looped back.
+    let error = bearerd_error(
+        client
+            .get(format!("http://{}/elsewhere", bearerd.proxy_addr))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((error.status, error.code.as_str()), (400, "bad_request"));
+    assert_eq!(echo.requests(), 1);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_on_a_cold_cache_make_one_token_request() {
+    let tokens = TokenServer::with(Duration::from_millis(300), |n, _| ok_token(&format!("tok-{n}"), 3600)).await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&billing(&tokens, "")).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let url = format!("http://{}/x", echo.addr);
+    let requests = (0..50).map(|_| {
+        let (proxy, url) = (proxy.clone(), url.clone());
+        tokio::spawn(async move { echoed(get_with_config(&proxy, &url, "billing").await).await })
+    });
+    for request in requests.collect::<Vec<_>>() {
+        assert_eq!(request.await.unwrap().all("authorization"), ["Bearer tok-1"]);
+    }
+    assert_eq!(tokens.count(), 1);
+    assert_eq!(echo.requests(), 50);
+}
+
+#[tokio::test]
+async fn identity_provider_errors_become_token_unavailable_without_the_secret() {
+    let tokens = TokenServer::with(Duration::ZERO, |_, _| {
+        (
+            401,
+            "application/json",
+            r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#.to_owned(),
+        )
+    })
+    .await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&billing(&tokens, "")).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "billing").await).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
+    assert_eq!(error.header.as_deref(), Some("token_unavailable"));
+    assert_eq!(error.auth_config.as_deref(), Some("billing"));
+    assert_eq!(
+        error.message,
+        "no access token: the identity provider refused the token request (HTTP 401): invalid_client: Client authentication failed"
+    );
+    assert!(!error.message.contains("p@ss"));
+    assert_eq!(echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn malformed_token_responses_say_what_was_wrong() {
+    let cases: [(Reply, &str); 5] = [
+        (
+            (500, "text/html", "<h1>oops</h1>".into()),
+            "no access token: token endpoint answered HTTP 500 (text/html) without an OAuth error",
+        ),
+        (
+            (200, "text/plain", "access_token=abc".into()),
+            "no access token: token endpoint answered HTTP 200 with content type text/plain, not JSON",
+        ),
+        (
+            (200, "application/json", r#"{"token_type":"Bearer"}"#.into()),
+            "no access token: token response is invalid: no access_token",
+        ),
+        (
+            (
+                200,
+                "application/json",
+                r#"{"access_token":"a","token_type":"mac"}"#.into(),
+            ),
+            "no access token: token response is invalid: token_type `mac` is not Bearer",
+        ),
+        (
+            (302, "text/html", String::new()),
+            "no access token: token endpoint answered HTTP 302 (text/html) without an OAuth error; redirects are not followed",
+        ),
+    ];
+    let echo = Echo::start().await;
+    for (reply, message) in cases {
+        let tokens = TokenServer::with(Duration::ZERO, move |_, _| reply.clone()).await;
+        let bearerd = start_bearerd(&billing(&tokens, "")).await;
+        let proxy = proxied_client(bearerd.proxy_addr);
+        let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "billing").await).await;
+        assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
+        assert_eq!(error.message, message);
+        assert_eq!(tokens.count(), 1, "no retry, no redirect followed");
+    }
+    assert_eq!(echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn token_requests_time_out() {
+    let tokens = TokenServer::with(Duration::from_secs(30), |_, _| ok_token("late", 3600)).await;
+    let bearerd = start_bearerd(&billing(&tokens, "    timeout: 300ms\n")).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let error = bearerd_error(get_with_config(&proxy, "http://127.0.0.1:9/x", "billing").await).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
+    assert_eq!(
+        error.message,
+        format!(
+            "no access token: token request to {} timed out after 300ms",
+            tokens.url()
+        )
+    );
+}
+
+#[tokio::test]
+async fn unreachable_and_silent_upstreams() {
+    // A port with nothing listening: bind, note the port, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // A server that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let bearerd = start_bearerd("upstream_timeout: 300ms\n").await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+
+    let error = bearerd_error(proxy.get(format!("http://{closed}/x")).send().await.unwrap()).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "upstream_unreachable"));
+    assert!(
+        error.message.starts_with(&format!("upstream {closed} unreachable: ")),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("Connection refused"), "{}", error.message);
+
+    let error = bearerd_error(proxy.get(format!("http://{silent_addr}/x")).send().await.unwrap()).await;
+    assert_eq!((error.status, error.code.as_str()), (504, "upstream_timeout"));
+    assert_eq!(
+        error.message,
+        format!("upstream {silent_addr} did not answer within 300ms")
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_bad_request_not_a_panic() {
+    let tokens = TokenServer::start().await;
+    let bearerd = start_bearerd(&billing(&tokens, "")).await;
+    let addr = bearerd.proxy_addr;
+
+    let reply = raw_exchange(
+        addr,
+        b"GET ftp://files.test/x HTTP/1.1\r\nHost: files.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("x-bearerd-error: bad_request"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains(r#""message":"scheme `ftp` is not http or https""#),
+        "{reply}"
+    );
+
+    let reply = raw_exchange(
+        addr,
+        b"GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\nX-Auth-Config: bill\xffing\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains(r#""error":"bad_request""#), "{reply}");
+
+    // Not HTTP at all: hyper answers 400 and closes; bearerd keeps serving.
+    let reply = raw_exchange(addr, b"\x16\x03\x01 not http\r\n\r\n").await;
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let health = direct_client()
+        .get(format!("http://{}/healthz", bearerd.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(tokens.count(), 0);
+}
+
+#[tokio::test]
+async fn upstream_tls_turns_http_into_https_with_the_configured_ca() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(dir.path());
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start_tls(&ca).await;
+    let bearerd = start_bearerd(&format!(
+        "tls: {{ ca_file: {} }}
+auth_configs:
+  - id: secure
+    token_url: {}
+    client_id: c
+    client_secret: s
+routes:
+  - match: {{ host: localhost }}
+    auth_config: secure
+    upstream_tls: true
+",
+        ca_file.display(),
+        tokens.url()
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let response = proxy
+        .get(format!("http://localhost:{}/tls?x=1", echo.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    let seen = echoed(response).await;
+    assert_eq!(seen.scheme, "https");
+    assert_eq!(seen.uri, "/tls?x=1");
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_from_an_unknown_ca_is_refused() {
+    let ca = TestCa::new();
+    let echo = Echo::start_tls(&ca).await;
+    let bearerd = start_bearerd("").await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let error = bearerd_error(
+        proxy
+            .get(format!("http://localhost:{}/x", echo.addr.port()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Plain HTTP to a TLS port: the upstream hangs up.
+    assert_eq!(error.code, "upstream_unreachable");
+    // Absolute-form https:// (no CONNECT) is forwarded over TLS, which must verify.
+    let reply = raw_exchange(
+        bearerd.proxy_addr,
+        format!(
+            "GET https://localhost:{}/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            echo.addr.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    assert!(reply.contains("UnknownIssuer"), "{reply}");
+    assert_eq!(echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_kept_alive() {
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd("").await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    for i in 0..20 {
+        let seen = echoed(proxy.get(format!("http://{}/{i}", echo.addr)).send().await.unwrap()).await;
+        assert_eq!(seen.uri, format!("/{i}"));
+    }
+    assert_eq!(echo.requests(), 20);
+    assert_eq!(
+        echo.connections(),
+        1,
+        "20 sequential requests should share one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn connect_tunnels_bytes_unchanged_and_can_be_denied() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd("").await;
+    let mut stream = tokio::net::TcpStream::connect(bearerd.proxy_addr).await.unwrap();
+    let target = echo.addr;
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Auth-Config: ignored\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = vec![0_u8; 1024];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream
+        .write_all(
+            format!("GET /inside HTTP/1.1\r\nHost: {target}\r\nAuthorization: App\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let body = &reply[reply.find("\r\n\r\n").unwrap() + 4..];
+    let seen = Echoed::parse(body.as_bytes());
+    assert_eq!(seen.uri, "/inside");
+    assert_eq!(
+        seen.all("authorization"),
+        ["App"],
+        "bytes inside a tunnel pass unchanged"
+    );
+
+    let denied = start_bearerd("connect: deny\n").await;
+    let reply = raw_exchange(
+        denied.proxy_addr,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert!(reply.contains(r#""error":"route_denied""#), "{reply}");
+    assert!(reply.contains("connect: deny"), "{reply}");
+    assert_eq!(echo.connections(), 1);
+}
+
+#[tokio::test]
+async fn environment_only_configs_work_end_to_end() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let env: bearerd::config::Env = [
+        ("BEARERD_CONFIG__PAYMENTS__TOKEN_URL", tokens.url()),
+        ("BEARERD_CONFIG__PAYMENTS__CLIENT_ID", "pay".to_owned()),
+        ("BEARERD_CONFIG__PAYMENTS__CLIENT_SECRET", "pay-secret".to_owned()),
+        ("BEARERD_CONFIG__PAYMENTS__ALLOWED_HOSTS", "127.0.0.1".to_owned()),
+        ("BEARERD_CONFIG__PAYMENTS__SCOPES", "pay.read pay.write".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let bearerd = start_bearerd_env("", &env).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let seen = echoed(get_with_config(&proxy, &format!("http://{}/p", echo.addr), "payments").await).await;
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    assert_eq!(
+        tokens.requests()[0].body,
+        "grant_type=client_credentials&scope=pay.read+pay.write"
+    );
+}
+
+#[tokio::test]
+async fn healthz_answers_on_the_admin_listener() {
+    let bearerd = start_bearerd("").await;
+    let client = direct_client();
+    let response = client
+        .get(format!("http://{}/healthz", bearerd.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok\n");
+    let response = client
+        .get(format!("http://{}/nope", bearerd.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}

@@ -1,0 +1,467 @@
+//! Real servers on loopback for bearerd's black-box tests: a token endpoint that records
+//! every request, an echo upstream (plain and TLS) that reports what it received, and helpers
+//! to start bearerd on free ports.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use bearerd::config::{Config, Env};
+
+/// Every test's servers run only for the test; this bounds any wait on them.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// Token endpoint
+
+/// One request the token endpoint received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What the token endpoint answers: status, content type, body.
+pub type Reply = (u16, &'static str, String);
+
+type Responder = dyn Fn(usize, &Recorded) -> Reply + Send + Sync;
+
+/// A token endpoint on loopback that records every request and answers with `responder`
+/// (given the 1-based request number), after `delay`.
+pub struct TokenServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    task: JoinHandle<()>,
+}
+
+impl TokenServer {
+    /// Answers `{"access_token":"tok-<n>","token_type":"Bearer","expires_in":3600}`.
+    pub async fn start() -> Self {
+        Self::with(Duration::ZERO, |n, _| ok_token(&format!("tok-{n}"), 3600)).await
+    }
+
+    pub async fn with(delay: Duration, responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let responder: Arc<Responder> = Arc::new(responder);
+        let recorded = Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(http_body_util::Collected::to_bytes)
+                                .unwrap_or_default();
+                            let request = Recorded {
+                                method: parts.method.to_string(),
+                                path: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            };
+                            let n = {
+                                let mut all = recorded.lock().unwrap();
+                                all.push(request.clone());
+                                all.len()
+                            };
+                            tokio::time::sleep(delay).await;
+                            let (status, content_type, body) = responder(n, &request);
+                            let mut response = Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                            response
+                                .headers_mut()
+                                .insert("content-type", content_type.parse().unwrap());
+                            if status == 302 {
+                                response.headers_mut().insert("location", "/elsewhere".parse().unwrap());
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, requests, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/oauth2/token", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn ok_token(token: &str, expires_in: u64) -> Reply {
+    (
+        200,
+        "application/json",
+        format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{expires_in}}}"#),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Echo upstream
+
+/// An upstream on loopback (plain or TLS) that answers every request with JSON describing
+/// what it received: method, URI, headers (in order), body length, and whether the body is
+/// the test pattern. `GET /bytes/N` streams N pattern bytes instead; `/status/N` answers N.
+pub struct Echo {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Echo {
+    pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    pub async fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca.server_config())).await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (conn_count, req_count) = (Arc::clone(&connections), Arc::clone(&requests));
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                conn_count.fetch_add(1, Ordering::SeqCst);
+                let req_count = Arc::clone(&req_count);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let scheme = if acceptor.is_some() { "https" } else { "http" };
+                    let service = service_fn(move |request| {
+                        req_count.fetch_add(1, Ordering::SeqCst);
+                        echo(request, scheme)
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// HTTP requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn echo(request: Request<Incoming>, scheme: &'static str) -> Result<Response<EchoBody>, Infallible> {
+    let path = request.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        return Ok(Response::new(pattern_body(n)));
+    }
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|n| n.parse::<u16>().ok())
+        .unwrap_or(200);
+    let (parts, mut body) = request.into_parts();
+    // Check the body as it streams, never holding it whole.
+    let (mut length, mut pattern_ok) = (0_usize, true);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            pattern_ok &= data.iter().enumerate().all(|(i, b)| *b == pattern_byte(length + i));
+            length += data.len();
+        }
+    }
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let json = serde_json::json!({
+        "scheme": scheme,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "body_length": length,
+        "body_is_pattern": pattern_ok,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())).boxed());
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response.headers_mut().insert("x-echo", "1".parse().unwrap());
+    Ok(response)
+}
+
+/// Byte `i` of the test pattern (a prime period, so offsets are checked too).
+pub fn pattern_byte(i: usize) -> u8 {
+    u8::try_from(i % 251).expect("below 251")
+}
+
+/// `n` pattern bytes in 64 KiB chunks, generated as they are sent.
+pub fn pattern_body(n: usize) -> EchoBody {
+    BodyExt::boxed(PatternBody { sent: 0, total: n })
+}
+
+struct PatternBody {
+    sent: usize,
+    total: usize,
+}
+
+impl hyper::body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        const CHUNK: usize = 64 * 1024;
+        if self.sent == self.total {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (self.sent + CHUNK).min(self.total);
+        let data: Vec<u8> = (self.sent..end).map(pattern_byte).collect();
+        self.sent = end;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
+    }
+}
+
+/// What the echo upstream reported.
+#[derive(Debug)]
+pub struct Echoed {
+    pub scheme: String,
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body_length: usize,
+    pub body_is_pattern: bool,
+}
+
+impl Echoed {
+    pub fn parse(body: &[u8]) -> Self {
+        let json: serde_json::Value =
+            serde_json::from_slice(body).unwrap_or_else(|_| panic!("not an echo: {}", String::from_utf8_lossy(body)));
+        Self {
+            scheme: json["scheme"].as_str().unwrap().to_owned(),
+            method: json["method"].as_str().unwrap().to_owned(),
+            uri: json["uri"].as_str().unwrap().to_owned(),
+            headers: serde_json::from_value(json["headers"].clone()).unwrap(),
+            body_length: usize::try_from(json["body_length"].as_u64().unwrap()).unwrap(),
+            body_is_pattern: json["body_is_pattern"].as_bool().unwrap(),
+        }
+    }
+
+    /// Every value of header `name` (lowercase), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.all(name).first().copied()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS
+
+/// A throwaway CA and a server certificate for `localhost` and `127.0.0.1`.
+pub struct TestCa {
+    pub ca_pem: String,
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: rustls_pki_types::PrivatePkcs8KeyDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bearerd test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert: cert.der().clone(),
+            key: rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        }
+    }
+
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key().into())
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    pub fn write_ca(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// bearerd
+
+/// bearerd in-process, on free ports, from a YAML document (listen addresses are added).
+pub async fn start_bearerd(yaml: &str) -> bearerd::Server {
+    start_bearerd_env(yaml, &Env::new()).await
+}
+
+pub async fn start_bearerd_env(yaml: &str, env: &Env) -> bearerd::Server {
+    let yaml = format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{yaml}");
+    let config = Config::from_yaml("test.yaml", &yaml, env).unwrap_or_else(|err| panic!("{err}"));
+    bearerd::Server::start(config).await.unwrap()
+}
+
+/// An HTTP client that sends every request through bearerd, as `HTTP_PROXY` users do.
+pub fn proxied_client(proxy: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// A client that talks to bearerd directly (gateway routes, admin).
+pub fn direct_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(WAIT).build().unwrap()
+}
+
+/// A bearerd error response, parsed.
+#[derive(Debug)]
+pub struct BearerdError {
+    pub status: u16,
+    pub header: Option<String>,
+    pub code: String,
+    pub message: String,
+    pub auth_config: Option<String>,
+}
+
+pub async fn bearerd_error(response: reqwest::Response) -> BearerdError {
+    let status = response.status().as_u16();
+    let header = response
+        .headers()
+        .get("x-bearerd-error")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.bytes().await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not a bearerd error: {}", String::from_utf8_lossy(&body)));
+    BearerdError {
+        status,
+        header,
+        code: json["error"].as_str().unwrap().to_owned(),
+        message: json["message"].as_str().unwrap().to_owned(),
+        auth_config: json["auth_config"].as_str().map(str::to_owned),
+    }
+}
+
+pub async fn echoed(response: reqwest::Response) -> Echoed {
+    assert_eq!(
+        response.headers().get("x-echo").map(|v| v.to_str().unwrap()),
+        Some("1"),
+        "not from the echo upstream"
+    );
+    Echoed::parse(&response.bytes().await.unwrap())
+}
+
+/// Sends raw bytes to `addr` and reads the response head and body until the peer closes
+/// or `WAIT` passes.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
