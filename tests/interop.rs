@@ -1,0 +1,181 @@
+//! Interop with an independently written OAuth 2.0 / OpenID Connect server:
+//! panva/node-oidc-provider (OpenID-certified), installed from npm by `.ci/run`
+//! (`npm ci --prefix tests/interop`). bearerd fetches real tokens from it, and the test asks
+//! the provider itself (RFC 7662 introspection) whether the token bearerd injected is one it
+//! issued to that client.
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A secret that breaks naive Basic authentication: `:` `/` `+` `%` `=` `&` `?` and `@`.
+const HARD_SECRET: &str = "p@ss:w0rd/+%=&?";
+const POST_SECRET: &str = "post-secret-with space+plus";
+
+/// The provider, on a free loopback port; stopped when dropped.
+struct Provider {
+    issuer: String,
+    _child: tokio::process::Child,
+}
+
+impl Provider {
+    async fn start() -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "the interop server is not installed: run `npm ci --prefix tests/interop` (the README's test command does)"
+        );
+        let clients = serde_json::json!([
+            {
+                "client_id": "bearerd-basic",
+                "client_secret": HARD_SECRET,
+                "token_endpoint_auth_method": "client_secret_basic",
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "redirect_uris": [],
+                "scope": "api.read api.write",
+            },
+            {
+                "client_id": "bearerd-post",
+                "client_secret": POST_SECRET,
+                "token_endpoint_auth_method": "client_secret_post",
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "redirect_uris": [],
+                "scope": "api.read",
+            },
+        ]);
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .env("PORT", "0")
+            .env("INTEROP_CLIENTS", clients.to_string())
+            .stdin(Stdio::piped()) // the server exits when this closes
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node is needed for the interop tests");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the provider did not start")
+            .unwrap()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        Self {
+            issuer: json["issuer"].as_str().unwrap().to_owned(),
+            _child: child,
+        }
+    }
+
+    /// RFC 7662 introspection, authenticated as the client that owns the token.
+    async fn introspect(&self, token: &str, client_id: &str, secret: &str, basic: bool) -> serde_json::Value {
+        let client = direct_client();
+        let mut request = client.post(format!("{}/token/introspection", self.issuer));
+        let mut form = vec![("token", token.to_owned())];
+        if basic {
+            // Encoded independently of bearerd's code: percent-encode everything.
+            let id = utf8_percent_encode(client_id, NON_ALPHANUMERIC).to_string();
+            let secret = utf8_percent_encode(secret, NON_ALPHANUMERIC).to_string();
+            request = request.basic_auth(id, Some(secret));
+        } else {
+            form.push(("client_id", client_id.to_owned()));
+            form.push(("client_secret", secret.to_owned()));
+        }
+        request.form(&form).send().await.unwrap().json().await.unwrap()
+    }
+}
+
+fn config(provider: &Provider, client_id: &str, secret: &str, auth: &str) -> String {
+    format!(
+        "auth_configs:\n  - id: interop\n    token_url: {}/token\n    client_id: {client_id}\n    client_secret: '{secret}'\n    client_auth: {auth}\n    scopes: [api.read]\n    allowed_hosts: [127.0.0.1]\n",
+        provider.issuer
+    )
+}
+
+async fn token_through_bearerd(yaml: &str, echo: &Echo) -> reqwest::Response {
+    let bearerd = start_bearerd(yaml).await;
+    proxied_client(bearerd.proxy_addr)
+        .get(format!("http://{}/interop", echo.addr))
+        .header("x-auth-config", "interop")
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn injected_token(yaml: &str, echo: &Echo) -> String {
+    let seen = echoed(token_through_bearerd(yaml, echo).await).await;
+    let authorization = seen.header("authorization").expect("no token injected").to_owned();
+    authorization
+        .strip_prefix("Bearer ")
+        .expect("not a Bearer header")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn client_secret_basic_with_a_secret_that_needs_encoding() {
+    let provider = Provider::start().await;
+    let echo = Echo::start().await;
+    let token = injected_token(
+        &config(&provider, "bearerd-basic", HARD_SECRET, "client_secret_basic"),
+        &echo,
+    )
+    .await;
+    let info = provider.introspect(&token, "bearerd-basic", HARD_SECRET, true).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["client_id"], "bearerd-basic", "{info}");
+    assert_eq!(info["scope"], "api.read", "{info}");
+    assert_eq!(info["token_type"], "Bearer", "{info}");
+}
+
+#[tokio::test]
+async fn client_secret_post() {
+    let provider = Provider::start().await;
+    let echo = Echo::start().await;
+    let token = injected_token(
+        &config(&provider, "bearerd-post", POST_SECRET, "client_secret_post"),
+        &echo,
+    )
+    .await;
+    let info = provider.introspect(&token, "bearerd-post", POST_SECRET, false).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["client_id"], "bearerd-post", "{info}");
+    assert_eq!(info["scope"], "api.read", "{info}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_the_providers_invalid_client_and_sends_nothing_upstream() {
+    let provider = Provider::start().await;
+    let echo = Echo::start().await;
+    let response = token_through_bearerd(
+        &config(&provider, "bearerd-basic", "wrong-secret", "client_secret_basic"),
+        &echo,
+    )
+    .await;
+    let error = bearerd_error(response).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
+    assert!(
+        error
+            .message
+            .starts_with("no access token: the identity provider refused the token request (HTTP 401): invalid_client"),
+        "{}",
+        error.message
+    );
+    assert!(!error.message.contains("wrong-secret"));
+    assert_eq!(echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_scope_the_provider_knows_but_the_client_may_not_have_is_refused_by_name() {
+    let provider = Provider::start().await;
+    let echo = Echo::start().await;
+    let yaml = config(&provider, "bearerd-post", POST_SECRET, "client_secret_post")
+        .replace("[api.read]", "[api.read, api.write]");
+    let error = bearerd_error(token_through_bearerd(&yaml, &echo).await).await;
+    assert_eq!(error.code, "token_unavailable");
+    assert!(error.message.contains("invalid_scope"), "{}", error.message);
+}
