@@ -1,4 +1,4 @@
-//! Interop with an independently written OAuth 2.0 / OpenID Connect server:
+//! Interop with an independently written OAuth 2.0 / `OpenID` Connect server:
 //! panva/node-oidc-provider (OpenID-certified), installed from npm by `.ci/run`
 //! (`npm ci --prefix tests/interop`). bearerd fetches real tokens from it, and the test asks
 //! the provider itself (RFC 7662 introspection) whether the token bearerd injected is one it
