@@ -20,18 +20,52 @@ async fn get_with_config(proxy: &reqwest::Client, url: &str, config: &str) -> re
     proxy.get(url).header("x-auth-config", config).send().await.unwrap()
 }
 
+/// A token endpoint, an echo upstream, bearerd with the `billing` config (plus `extra`
+/// YAML), and a client that uses bearerd as its HTTP proxy.
+struct World {
+    tokens: TokenServer,
+    echo: Echo,
+    proxy: reqwest::Client,
+    bearerd: bearerd::Server,
+}
+
+impl World {
+    async fn billing(extra: &str) -> Self {
+        Self::with_tokens(TokenServer::start().await, extra).await
+    }
+
+    async fn with_tokens(tokens: TokenServer, extra: &str) -> Self {
+        let echo = Echo::start().await;
+        let bearerd = start_bearerd(&billing(&tokens, extra)).await;
+        let proxy = proxied_client(bearerd.proxy_addr);
+        Self {
+            tokens,
+            echo,
+            proxy,
+            bearerd,
+        }
+    }
+
+    /// The echo upstream's URL for `path`, as the app writes it.
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.echo.addr)
+    }
+
+    /// `GET path` on the echo upstream through bearerd, with `X-Auth-Config: billing`.
+    async fn get(&self, path: &str) -> reqwest::Response {
+        get_with_config(&self.proxy, &self.url(path), "billing").await
+    }
+}
+
 #[tokio::test]
 async fn injects_the_token_and_sends_the_exact_token_request() {
-    let tokens = TokenServer::start().await;
-    let echo = Echo::start().await;
-    let bearerd = start_bearerd(&billing(
-        &tokens,
+    let world = World::billing(
         "    scopes: [invoices.read, invoices.write]\n    extra_params: { audience: \"https://api.billing.test/\" }\n",
-    ))
+    )
     .await;
-    let proxy = proxied_client(bearerd.proxy_addr);
+    let (tokens, echo) = (&world.tokens, &world.echo);
 
-    let response = get_with_config(&proxy, &format!("http://{}/v1/invoices?page=2", echo.addr), "billing").await;
+    let response = world.get("/v1/invoices?page=2").await;
     assert_eq!(response.status(), 200);
     let seen = echoed(response).await;
     assert_eq!(seen.method, "GET");
@@ -63,24 +97,17 @@ async fn injects_the_token_and_sends_the_exact_token_request() {
     );
 
     // The token is cached: a second request sends no token request.
-    let seen = echoed(get_with_config(&proxy, &format!("http://{}/again", echo.addr), "billing").await).await;
+    let seen = echoed(world.get("/again").await).await;
     assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
     assert_eq!(tokens.count(), 1);
 }
 
 #[tokio::test]
 async fn client_secret_post_sends_credentials_in_the_body() {
-    let tokens = TokenServer::start().await;
-    let echo = Echo::start().await;
-    let bearerd = start_bearerd(&billing(
-        &tokens,
-        "    client_auth: client_secret_post\n    scopes: \"a b\"\n",
-    ))
-    .await;
-    let proxy = proxied_client(bearerd.proxy_addr);
-    let seen = echoed(get_with_config(&proxy, &format!("http://{}/", echo.addr), "billing").await).await;
+    let world = World::billing("    client_auth: client_secret_post\n    scopes: \"a b\"\n").await;
+    let seen = echoed(world.get("/").await).await;
     assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
-    let request = &tokens.requests()[0];
+    let request = &world.tokens.requests()[0];
     assert_eq!(request.header("authorization"), None);
     assert_eq!(
         request.body,
@@ -90,12 +117,10 @@ async fn client_secret_post_sends_credentials_in_the_body() {
 
 #[tokio::test]
 async fn the_apps_authorization_and_hop_by_hop_headers_never_reach_the_upstream() {
-    let tokens = TokenServer::start().await;
-    let echo = Echo::start().await;
-    let bearerd = start_bearerd(&billing(&tokens, "")).await;
-    let proxy = proxied_client(bearerd.proxy_addr);
-    let response = proxy
-        .post(format!("http://{}/submit", echo.addr))
+    let world = World::billing("").await;
+    let response = world
+        .proxy
+        .post(world.url("/submit"))
         .header("x-auth-config", "billing")
         .header("authorization", "Bearer from-the-app")
         .header("proxy-authorization", "Basic cHJveHk6cHc=")
@@ -222,21 +247,18 @@ routes:
 
 #[tokio::test]
 async fn default_action_deny_and_unknown_configs_send_nothing() {
-    let tokens = TokenServer::start().await;
-    let echo = Echo::start().await;
-    let bearerd = start_bearerd(&billing(&tokens, "default_action: deny\n")).await;
-    let proxy = proxied_client(bearerd.proxy_addr);
+    let world = World::billing("default_action: deny\n").await;
 
-    let error = bearerd_error(proxy.get(format!("http://{}/x", echo.addr)).send().await.unwrap()).await;
+    let error = bearerd_error(world.proxy.get(world.url("/x")).send().await.unwrap()).await;
     assert_eq!((error.status, error.code.as_str()), (403, "route_denied"));
     assert_eq!(error.header.as_deref(), Some("route_denied"));
     assert_eq!(error.auth_config, None);
 
-    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "nosuch").await).await;
+    let error = bearerd_error(get_with_config(&world.proxy, &world.url("/x"), "nosuch").await).await;
     assert_eq!((error.status, error.code.as_str()), (400, "unknown_auth_config"));
     assert_eq!(error.message, "no auth config named `nosuch`");
-    assert_eq!(echo.requests(), 0);
-    assert_eq!(tokens.count(), 0);
+    assert_eq!(world.echo.requests(), 0);
+    assert_eq!(world.tokens.count(), 0);
 }
 
 #[tokio::test]
@@ -326,19 +348,17 @@ routes:
 #[tokio::test]
 async fn fifty_concurrent_requests_on_a_cold_cache_make_one_token_request() {
     let tokens = TokenServer::with(Duration::from_millis(300), |n, _| ok_token(&format!("tok-{n}"), 3600)).await;
-    let echo = Echo::start().await;
-    let bearerd = start_bearerd(&billing(&tokens, "")).await;
-    let proxy = proxied_client(bearerd.proxy_addr);
-    let url = format!("http://{}/x", echo.addr);
+    let world = World::with_tokens(tokens, "").await;
+    let url = world.url("/x");
     let requests = (0..50).map(|_| {
-        let (proxy, url) = (proxy.clone(), url.clone());
+        let (proxy, url) = (world.proxy.clone(), url.clone());
         tokio::spawn(async move { echoed(get_with_config(&proxy, &url, "billing").await).await })
     });
     for request in requests.collect::<Vec<_>>() {
         assert_eq!(request.await.unwrap().all("authorization"), ["Bearer tok-1"]);
     }
-    assert_eq!(tokens.count(), 1);
-    assert_eq!(echo.requests(), 50);
+    assert_eq!(world.tokens.count(), 1);
+    assert_eq!(world.echo.requests(), 50);
 }
 
 #[tokio::test]
@@ -351,10 +371,8 @@ async fn identity_provider_errors_become_token_unavailable_without_the_secret() 
         )
     })
     .await;
-    let echo = Echo::start().await;
-    let bearerd = start_bearerd(&billing(&tokens, "")).await;
-    let proxy = proxied_client(bearerd.proxy_addr);
-    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "billing").await).await;
+    let world = World::with_tokens(tokens, "").await;
+    let error = bearerd_error(world.get("/x").await).await;
     assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
     assert_eq!(error.header.as_deref(), Some("token_unavailable"));
     assert_eq!(error.auth_config.as_deref(), Some("billing"));
@@ -363,7 +381,7 @@ async fn identity_provider_errors_become_token_unavailable_without_the_secret() 
         "no access token: the identity provider refused the token request (HTTP 401): invalid_client: Client authentication failed"
     );
     assert!(!error.message.contains("p@ss"));
-    assert_eq!(echo.requests(), 0);
+    assert_eq!(world.echo.requests(), 0);
 }
 
 #[tokio::test]
@@ -394,33 +412,28 @@ async fn malformed_token_responses_say_what_was_wrong() {
             "no access token: token endpoint answered HTTP 302 (text/html) without an OAuth error; redirects are not followed",
         ),
     ];
-    let echo = Echo::start().await;
     for (reply, message) in cases {
-        let tokens = TokenServer::with(Duration::ZERO, move |_, _| reply.clone()).await;
-        let bearerd = start_bearerd(&billing(&tokens, "")).await;
-        let proxy = proxied_client(bearerd.proxy_addr);
-        let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "billing").await).await;
+        let world = World::with_tokens(TokenServer::with(Duration::ZERO, move |_, _| reply.clone()).await, "").await;
+        let error = bearerd_error(world.get("/x").await).await;
         assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
         assert_eq!(error.message, message);
-        assert_eq!(tokens.count(), 1, "no retry, no redirect followed");
+        assert_eq!(world.tokens.count(), 1, "no retry, no redirect followed");
+        assert_eq!(world.echo.requests(), 0);
     }
-    assert_eq!(echo.requests(), 0);
 }
 
 #[tokio::test]
 async fn token_requests_time_out() {
     let tokens = TokenServer::with(Duration::from_secs(30), |_, _| ok_token("late", 3600)).await;
-    let bearerd = start_bearerd(&billing(&tokens, "    timeout: 300ms\n")).await;
-    let proxy = proxied_client(bearerd.proxy_addr);
-    let error = bearerd_error(get_with_config(&proxy, "http://127.0.0.1:9/x", "billing").await).await;
+    let world = World::with_tokens(tokens, "    timeout: 300ms\n").await;
+    let error = bearerd_error(world.get("/x").await).await;
     assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
-    assert_eq!(
-        error.message,
-        format!(
-            "no access token: token request to {} timed out after 300ms",
-            tokens.url()
-        )
+    let expected = format!(
+        "no access token: token request to {} timed out after 300ms",
+        world.tokens.url()
     );
+    assert_eq!(error.message, expected);
+    assert_eq!(world.echo.requests(), 0);
 }
 
 #[tokio::test]
@@ -461,9 +474,8 @@ async fn unreachable_and_silent_upstreams() {
 
 #[tokio::test]
 async fn malformed_requests_get_bad_request_not_a_panic() {
-    let tokens = TokenServer::start().await;
-    let bearerd = start_bearerd(&billing(&tokens, "")).await;
-    let addr = bearerd.proxy_addr;
+    let world = World::billing("").await;
+    let addr = world.bearerd.proxy_addr;
 
     let reply = raw_exchange(
         addr,
@@ -492,12 +504,12 @@ async fn malformed_requests_get_bad_request_not_a_panic() {
     let reply = raw_exchange(addr, b"\x16\x03\x01 not http\r\n\r\n").await;
     assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
     let health = direct_client()
-        .get(format!("http://{}/healthz", bearerd.admin_addr))
+        .get(format!("http://{}/healthz", world.bearerd.admin_addr))
         .send()
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(tokens.count(), 0);
+    assert_eq!(world.tokens.count(), 0);
 }
 
 #[tokio::test]
