@@ -118,6 +118,35 @@ pub struct AuthConfig {
     pub default_ttl: Duration,
     /// The whole token request.
     pub timeout: Duration,
+    /// Back-off after failed token requests: `initial` doubling to `max`, with jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// On an upstream 401: drop the token, fetch a new one, replay the request once.
+    pub retry_on_401: bool,
+    /// Everything that shapes the token, so a changed config never reuses an old token.
+    cache_key: String,
+}
+
+impl AuthConfig {
+    /// The token cache key: the id plus every field that shapes the token.
+    #[must_use]
+    pub fn cache_key(&self) -> &str {
+        &self.cache_key
+    }
+
+    fn compute_cache_key(&self) -> String {
+        let params: Vec<String> = self.extra_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        [
+            self.id.as_str(),
+            self.grant.as_str(),
+            self.token_url.as_str(),
+            &self.client_id,
+            &format!("{:?}", self.client_auth),
+            &self.scopes.join(" "),
+            &params.join("&"),
+        ]
+        .join("\u{1f}")
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -275,6 +304,15 @@ struct RawAuthConfig {
     refresh_before: Option<RawDuration>,
     default_ttl: Option<RawDuration>,
     timeout: Option<RawDuration>,
+    backoff: Option<RawBackoff>,
+    retry_on_401: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial: Option<RawDuration>,
+    max: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -636,6 +674,14 @@ impl Loader<'_> {
         if default_ttl.is_zero() {
             self.error(cid, "default_ttl", "must be more than 0s");
         }
+        let (initial, max) = raw.backoff.map_or((None, None), |b| (b.initial, b.max));
+        let backoff_initial = self.duration(cid, "backoff.initial", initial, Duration::from_secs(1));
+        let backoff_max = self.duration(cid, "backoff.max", max, Duration::from_secs(60));
+        if backoff_initial.is_zero() {
+            self.error(cid, "backoff.initial", "must be more than 0s");
+        } else if backoff_max < backoff_initial {
+            self.error(cid, "backoff.max", "must not be less than backoff.initial");
+        }
 
         let (Some(token_url), Some(client_id), Some(client_secret)) = (token_url, client_id, client_secret) else {
             return PendingConfig {
@@ -660,6 +706,10 @@ impl Loader<'_> {
             refresh_before,
             default_ttl,
             timeout,
+            backoff_initial,
+            backoff_max,
+            retry_on_401: raw.retry_on_401.unwrap_or(true),
+            cache_key: String::new(),
         };
         PendingConfig {
             id,
@@ -961,6 +1011,7 @@ impl Loader<'_> {
             }
             if let Some(mut auth_config) = config.config {
                 auth_config.allowed_hosts = allowed_hosts;
+                auth_config.cache_key = auth_config.compute_cache_key();
                 finished.push(Arc::new(auth_config));
             }
         }
@@ -1014,6 +1065,13 @@ fn env_field(field: &str, value: &str) -> (String, Option<String>, Value) {
         "inject_header" => ("inject".into(), Some("header".into()), string()),
         "inject_prefix" => ("inject".into(), Some("prefix".into()), string()),
         "inject_query" => ("inject".into(), Some("query".into()), string()),
+        "backoff_initial" => ("backoff".into(), Some("initial".into()), string()),
+        "backoff_max" => ("backoff".into(), Some("max".into()), string()),
+        "retry_on_401" => (
+            lower,
+            None,
+            value.parse::<bool>().map_or_else(|_| string(), Value::Bool),
+        ),
         _ => match lower.strip_prefix("extra_params__") {
             Some(param) => ("extra_params".into(), Some(param.to_owned()), string()),
             None => (lower, None, string()),

@@ -8,7 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::ProxyBody;
-use crate::token::TokenError;
+use crate::token::{TokenError, TokenFailure};
 
 /// Marks a response as bearerd's own, so apps can tell it from the upstream's.
 pub const X_BEARERD_ERROR: &str = "x-bearerd-error";
@@ -25,10 +25,24 @@ pub enum ProxyError {
     HostNotAllowed { host: String, auth_config: String },
     #[error("no access token: {0}")]
     TokenUnavailable(Arc<TokenError>),
+    #[error("no access token: {failure}")]
+    TokenBackoff {
+        retry_after: Duration,
+        failure: TokenFailure,
+    },
     #[error("upstream {authority} unreachable: {cause}")]
     UpstreamUnreachable { authority: String, cause: String },
     #[error("upstream {authority} did not answer within {timeout:?}")]
     UpstreamTimeout { authority: String, timeout: Duration },
+}
+
+impl From<TokenFailure> for ProxyError {
+    fn from(failure: TokenFailure) -> Self {
+        match failure {
+            TokenFailure::Unavailable(err) => Self::TokenUnavailable(err),
+            TokenFailure::Backoff { retry_after, .. } => Self::TokenBackoff { retry_after, failure },
+        }
+    }
 }
 
 impl ProxyError {
@@ -41,6 +55,7 @@ impl ProxyError {
             Self::RouteDenied(_) => "route_denied",
             Self::HostNotAllowed { .. } => "host_not_allowed",
             Self::TokenUnavailable(_) => "token_unavailable",
+            Self::TokenBackoff { .. } => "token_backoff",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
         }
@@ -53,6 +68,7 @@ impl ProxyError {
             Self::RouteDenied(_) | Self::HostNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::TokenUnavailable(_) | Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::TokenBackoff { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -77,6 +93,11 @@ pub fn respond(error: &ProxyError, auth_config: Option<&str>) -> Response<ProxyB
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(X_BEARERD_ERROR, HeaderValue::from_static(code));
+    if let ProxyError::TokenBackoff { retry_after, .. } = error {
+        // Whole seconds, rounded up: retrying early would only meet the back-off again.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
     response
 }
 
@@ -111,6 +132,22 @@ mod tests {
     }
 
     #[test]
+    fn backoff_answers_503_with_retry_after_in_whole_seconds() {
+        let failure = TokenFailure::Backoff {
+            retry_after: Duration::from_millis(1500),
+            failures: 2,
+            last_error: Some(Arc::new(TokenError::BadStatus {
+                status: 500,
+                content_type: "text/html".into(),
+            })),
+        };
+        let response = respond(&ProxyError::from(failure), Some("billing"));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[X_BEARERD_ERROR], "token_backoff");
+    }
+
+    #[test]
     fn every_code_has_the_designed_status() {
         let timeout = ProxyError::UpstreamTimeout {
             authority: "a".into(),
@@ -138,6 +175,15 @@ mod tests {
                 502,
             ),
             (unreachable, "upstream_unreachable", 502),
+            (
+                ProxyError::from(TokenFailure::Backoff {
+                    retry_after: Duration::from_millis(1500),
+                    failures: 2,
+                    last_error: None,
+                }),
+                "token_backoff",
+                503,
+            ),
             (timeout, "upstream_timeout", 504),
         ];
         for (error, code, status) in cases {

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod inject;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod secret;
@@ -86,10 +87,11 @@ impl Server {
         };
         let proxy_addr = local(&proxy_listener, "listen", config.listen)?;
         let admin_addr = local(&admin_listener, "admin_listen", config.admin_listen)?;
-        let proxy = Arc::new(Proxy::new(Arc::new(config), tokens, upstream));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let proxy = Arc::new(Proxy::new(Arc::new(config), tokens, upstream, Arc::clone(&metrics)));
         let tasks = vec![
             tokio::spawn(proxy.serve(proxy_listener)),
-            tokio::spawn(admin::serve(admin_listener)),
+            tokio::spawn(admin::serve(admin_listener, metrics)),
         ];
         tracing::info!(%proxy_addr, %admin_addr, "bearerd is serving");
         Ok(Self {

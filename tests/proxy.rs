@@ -8,55 +8,6 @@ use std::time::Duration;
 use base64::Engine;
 use support::*;
 
-/// One auth config `billing` (`client_secret_basic`) allowed to send to 127.0.0.1.
-fn billing(tokens: &TokenServer, extra: &str) -> String {
-    format!(
-        "auth_configs:\n  - id: billing\n    token_url: {}\n    client_id: billing-client\n    client_secret: \"p@ss:w0rd/+%=&?\"\n    allowed_hosts: [127.0.0.1]\n{extra}",
-        tokens.url()
-    )
-}
-
-async fn get_with_config(proxy: &reqwest::Client, url: &str, config: &str) -> reqwest::Response {
-    proxy.get(url).header("x-auth-config", config).send().await.unwrap()
-}
-
-/// A token endpoint, an echo upstream, bearerd with the `billing` config (plus `extra`
-/// YAML), and a client that uses bearerd as its HTTP proxy.
-struct World {
-    tokens: TokenServer,
-    echo: Echo,
-    proxy: reqwest::Client,
-    bearerd: bearerd::Server,
-}
-
-impl World {
-    async fn billing(extra: &str) -> Self {
-        Self::with_tokens(TokenServer::start().await, extra).await
-    }
-
-    async fn with_tokens(tokens: TokenServer, extra: &str) -> Self {
-        let echo = Echo::start().await;
-        let bearerd = start_bearerd(&billing(&tokens, extra)).await;
-        let proxy = proxied_client(bearerd.proxy_addr);
-        Self {
-            tokens,
-            echo,
-            proxy,
-            bearerd,
-        }
-    }
-
-    /// The echo upstream's URL for `path`, as the app writes it.
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.echo.addr)
-    }
-
-    /// `GET path` on the echo upstream through bearerd, with `X-Auth-Config: billing`.
-    async fn get(&self, path: &str) -> reqwest::Response {
-        get_with_config(&self.proxy, &self.url(path), "billing").await
-    }
-}
-
 #[tokio::test]
 async fn injects_the_token_and_sends_the_exact_token_request() {
     let world = World::billing(

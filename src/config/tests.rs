@@ -248,7 +248,7 @@ routes:
         "test.yaml: auth config `billing`: client_id: must not be empty",
         "test.yaml: auth config `billing`: client_secret: set client_secret or client_secret_file, not both",
         "test.yaml: auth config `billing`: id: duplicate id: each auth config id must be unique",
-        "test.yaml: auth config `crm`: tokne_url: unknown field `tokne_url`, expected one of `id`, `description`, `grant`, `token_url`, `client_id`, `client_secret`, `client_secret_file`, `client_auth`, `scopes`, `extra_params`, `inject`, `allowed_hosts`, `refresh_before`, `default_ttl`, `timeout`",
+        "test.yaml: auth config `crm`: tokne_url: unknown field `tokne_url`, expected one of `id`, `description`, `grant`, `token_url`, `client_id`, `client_secret`, `client_secret_file`, `client_auth`, `scopes`, `extra_params`, `inject`, `allowed_hosts`, `refresh_before`, `default_ttl`, `timeout`, `backoff`, `retry_on_401`",
         "test.yaml: auth config `NotValid`: id: must match [a-z0-9][a-z0-9_.-]{0,127}",
         "test.yaml: auth config `files`: client_secret_file: cannot read /nonexistent/secret: No such file or directory (os error 2)",
         "test.yaml: auth config `files`: scopes[1]: not a valid scope token (RFC 6749 §3.3: printable ASCII, no space, `\"` or `\\`)",

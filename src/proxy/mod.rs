@@ -2,6 +2,7 @@
 //! "Handling one request": accept → choose the auth config → guard → token → inject → forward.
 
 mod connect;
+mod replay;
 mod target;
 mod upstream;
 
@@ -9,8 +10,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, Version};
-use http_body_util::BodyExt;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,10 +22,12 @@ pub use upstream::Upstream;
 use crate::config::{AuthConfig, Config};
 use crate::error::{ProxyError, respond};
 use crate::inject;
+use crate::metrics::Metrics;
 use crate::routes::{self, RequestFacts, RouteKind, SelectError};
-use crate::token::TokenCache;
+use crate::token::{CachedToken, TokenCache, TokenError};
 use crate::{BoxError, ProxyBody};
 
+use replay::Keep;
 use target::Target;
 
 /// How long a client may take to send its request headers.
@@ -35,15 +38,17 @@ pub struct Proxy {
     config: Arc<Config>,
     tokens: TokenCache,
     upstream: Upstream,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
     #[must_use]
-    pub fn new(config: Arc<Config>, tokens: TokenCache, upstream: Upstream) -> Self {
+    pub fn new(config: Arc<Config>, tokens: TokenCache, upstream: Upstream, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
             tokens,
             upstream,
+            metrics,
         }
     }
 
@@ -98,8 +103,6 @@ impl Proxy {
         request: Request<Incoming>,
         chosen: &mut Option<Arc<AuthConfig>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let config = &self.config;
-
         // 1. Where is it going, as the app wrote it?
         let target = Target::of(request.uri(), request.headers())?;
         let named = match request.headers().get(inject::X_AUTH_CONFIG) {
@@ -119,7 +122,7 @@ impl Proxy {
             origin_form: target.is_origin_form(),
             named_config: named,
         };
-        let selection = routes::select(config, facts).map_err(|err| match err {
+        let selection = routes::select(&self.config, facts).map_err(|err| match err {
             SelectError::UnknownAuthConfig(name) => ProxyError::UnknownAuthConfig(printable(&name)),
             SelectError::Denied => ProxyError::RouteDenied(err.to_string()),
         })?;
@@ -134,51 +137,80 @@ impl Proxy {
         };
 
         // 3. Guard: a token only ever goes to the hosts its config allows.
-        let token = match &selection.auth_config {
-            None => None,
-            Some(auth_config) => {
-                let (host, port) = target::host_port_of(&uri)
-                    .ok_or_else(|| ProxyError::BadRequest("the request target has no host".into()))?;
-                if !routes::host_allowed(auth_config, &host, port) {
-                    return Err(ProxyError::HostNotAllowed {
-                        host: format!("{}:{port}", target::bracketed(&host)),
-                        auth_config: auth_config.id.clone(),
-                    });
-                }
-                // 4. Token, from the cache or the one fetch in flight.
-                Some(
-                    self.tokens
-                        .get(auth_config)
-                        .await
-                        .map_err(ProxyError::TokenUnavailable)?,
-                )
+        if let Some(auth_config) = &selection.auth_config {
+            let (host, port) = target::host_port_of(&uri)
+                .ok_or_else(|| ProxyError::BadRequest("the request target has no host".into()))?;
+            if !routes::host_allowed(auth_config, &host, port) {
+                return Err(ProxyError::HostNotAllowed {
+                    host: format!("{}:{port}", target::bracketed(&host)),
+                    auth_config: auth_config.id.clone(),
+                });
             }
-        };
-
-        // 5. Inject, and take off what must not travel on.
+        }
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         inject::strip_request_headers(&mut parts.headers);
-        if let (Some(auth_config), Some(token)) = (&selection.auth_config, &token) {
-            inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri).map_err(|err| {
-                ProxyError::TokenUnavailable(Arc::new(crate::token::TokenError::Invalid(err.to_string())))
-            })?;
-        }
+        let Some(auth_config) = selection.auth_config else {
+            return self.send(parts, boxed(body)).await;
+        };
 
-        // 6. Forward, streaming both ways.
-        let body = body.map_err(|err| -> BoxError { Box::new(err) }).boxed_unsync();
+        // 4. Token, from the cache or the one fetch in flight.
+        let (token, _) = self.tokens.get(&auth_config).await?;
+
+        // 5. and 6. Inject and forward, keeping a small body in case of a replay.
+        let (body, kept) = Keep::new(body);
+        let response = self
+            .send(with_token(&parts, &auth_config, &token)?, boxed(body))
+            .await?;
+
+        // 7. The upstream refused the token: drop it (only if it is still the cached one)
+        // and replay once with a new one, when the body was small enough to keep.
+        if response.status() != StatusCode::UNAUTHORIZED || !auth_config.retry_on_401 {
+            return Ok(response);
+        }
+        self.tokens.evict_if_current(&auth_config, &token);
+        let Some(body) = kept.whole() else { return Ok(response) };
+        drop(response);
+        let (token, _) = self.tokens.get(&auth_config).await?;
+        self.metrics
+            .upstream_retries
+            .with_label_values(&[auth_config.id.as_str()])
+            .inc();
+        let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
+        self.send(with_token(&parts, &auth_config, &token)?, body).await
+    }
+
+    /// Sends a prepared request upstream and prepares its response for the app.
+    async fn send(&self, parts: http::request::Parts, body: ProxyBody) -> Result<Response<ProxyBody>, ProxyError> {
         let response = self
             .upstream
-            .send(Request::from_parts(parts, body), config.upstream_timeout)
+            .send(Request::from_parts(parts, body), self.config.upstream_timeout)
             .await?;
         let (mut parts, body) = response.into_parts();
         inject::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(|err| -> BoxError { Box::new(err) }).boxed_unsync(),
-        ))
+        Ok(Response::from_parts(parts, boxed(body)))
     }
+}
+
+/// The request head with `token` injected as `auth_config` says.
+fn with_token(
+    parts: &http::request::Parts,
+    auth_config: &AuthConfig,
+    token: &CachedToken,
+) -> Result<http::request::Parts, ProxyError> {
+    let mut parts = parts.clone();
+    inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri)
+        .map_err(|err| ProxyError::TokenUnavailable(Arc::new(TokenError::Invalid(err.to_string()))))?;
+    Ok(parts)
+}
+
+fn boxed<B>(body: B) -> ProxyBody
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// App-supplied text made safe to echo in a message.

@@ -1,19 +1,29 @@
-//! Access tokens: a moka cache keyed by auth config, filled by single-flight fetches from
-//! the token endpoint.
+//! Access tokens: a moka cache of one slot per auth config, filled by single-flight fetches
+//! from the token endpoint, refreshed ahead of expiry, and backed off when the identity
+//! provider fails.
 //!
-//! However many requests find the cache empty at once, one token request goes out and every
-//! waiter shares its result, token or error (moka's `try_get_with`). A token is used until
-//! `refresh_before` ahead of its expiry, measured on the monotonic clock from the moment
-//! the response arrived; after that the next request replaces it.
+//! A slot holds the current token, the fetch in flight (if any), and the failure count.
+//! - fresh token: used as it is;
+//! - inside `refresh_before`: used, and one background refresh starts (unless one runs, or
+//!   the slot is backing off); its result replaces the token for later requests;
+//! - missing or expired: the request waits for the one fetch in flight, starting it if
+//!   needed; every waiter gets the same token or the same error;
+//! - after a failed fetch: consecutive failures back off exponentially with jitter, and a
+//!   request with no valid token fails fast with [`TokenFailure::Backoff`] instead of
+//!   reaching the provider. A still-valid token keeps being used when a refresh fails.
+//!
+//! Expiry is counted on the monotonic (tokio) clock from when the response arrived. An
+//! expired token is never handed out. Fetches run as their own tasks, so a request that
+//! gives up does not cancel a fetch other requests wait for.
 
 mod endpoint;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use moka::ops::compute::Op;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use endpoint::{MAX_RESPONSE_BYTES, TokenClient, TokenError, TokenResponse, basic_auth, parse_response};
@@ -21,19 +31,23 @@ pub use endpoint::{MAX_RESPONSE_BYTES, TokenClient, TokenError, TokenResponse, b
 use crate::config::AuthConfig;
 use crate::secret::AccessToken;
 
+/// Back-off delays are jittered down by up to this fraction, so they never pass the cap and
+/// clients that failed together do not retry together.
+const JITTER: f64 = 0.2;
+
 /// A token in the cache.
 #[derive(Debug)]
 pub struct CachedToken {
     pub token: AccessToken,
-    /// Never sent at or after this instant.
+    /// Never handed out at or after this instant.
     pub expires_at: Instant,
-    /// Replaced by the first request at or after this instant.
+    /// From this instant on, requests start a background refresh.
     pub refresh_at: Instant,
     /// Scopes the provider granted, when it said.
     pub scope: Option<String>,
 }
 
-/// When a token received at `received` expires and when it should be replaced.
+/// When a token received at `received` expires and when its refresh should start.
 ///
 /// The refresh window is `refresh_before`, or half the lifetime when the lifetime is not
 /// longer than that window, so a short-lived token is still used for a while.
@@ -48,6 +62,15 @@ pub fn lifetimes(
     let window = if refresh_before < ttl { refresh_before } else { ttl / 2 };
     let expires_at = received + ttl;
     (expires_at, expires_at - window)
+}
+
+/// The wait after `failures` consecutive failed fetches: `initial` doubling per failure,
+/// capped at `max`, then lowered by up to 20% (`jitter` in `[0, 1)`).
+#[must_use]
+pub fn backoff_delay(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    let delay = initial.saturating_mul(1 << doublings).min(max);
+    delay.mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0))
 }
 
 /// Where tokens come from: the token endpoint ([`TokenClient`]), or a script in tests.
@@ -67,103 +90,274 @@ impl FetchToken for TokenClient {
     }
 }
 
-/// The token cache: one entry per auth config.
+/// How a request's token was found, for the cache metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Fresh in the cache.
+    Hit,
+    /// Fetched (or waited for) because the cache had no valid token.
+    Miss,
+    /// Valid but inside `refresh_before`: used while a refresh runs.
+    RefreshAhead,
+}
+
+/// Why a request gets no token.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TokenFailure {
+    #[error("{0}")]
+    Unavailable(Arc<TokenError>),
+    #[error(
+        "token requests are backing off after {failures} consecutive failure{}; next attempt in {}s{}",
+        if *failures == 1 { "" } else { "s" },
+        retry_after.as_secs_f64().ceil(),
+        last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+    )]
+    Backoff {
+        retry_after: Duration,
+        failures: u32,
+        last_error: Option<Arc<TokenError>>,
+    },
+}
+
+/// The token state of one auth config, for admin output.
+#[derive(Clone, Debug, Default)]
+pub struct TokenState {
+    pub valid_until: Option<SystemTime>,
+    pub last_refresh: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub failures: u32,
+}
+
+type Outcome = Result<Arc<CachedToken>, Arc<TokenError>>;
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    token: Option<Arc<CachedToken>>,
+    /// The fetch in flight; `None` in the channel until it finishes.
+    flight: Option<watch::Receiver<Option<Outcome>>>,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    last_error: Option<Arc<TokenError>>,
+    last_refresh: Option<SystemTime>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // A panic while holding the lock leaves consistent data: every update is one assignment.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The token cache: one slot per auth config, keyed by everything that shapes its token.
 pub struct TokenCache {
-    cache: moka::future::Cache<String, Arc<CachedToken>>,
-    source: Box<dyn FetchToken>,
+    slots: moka::sync::Cache<String, Arc<Slot>>,
+    source: Arc<dyn FetchToken>,
 }
 
 impl TokenCache {
     #[must_use]
     pub fn new(source: impl FetchToken) -> Self {
         Self {
-            cache: moka::future::Cache::builder().max_capacity(100_000).build(),
-            source: Box::new(source),
+            slots: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            source: Arc::new(source),
         }
     }
 
-    /// A token for `config`: cached if still fresh, else from the one fetch in flight.
-    pub async fn get(&self, config: &AuthConfig) -> Result<Arc<CachedToken>, Arc<TokenError>> {
-        let key = &config.id;
-        if let Some(cached) = self.cache.get(key).await {
-            if Instant::now() < cached.refresh_at {
-                return Ok(cached);
-            }
-            self.evict_if_current(key, &cached).await;
-        }
-        let token = self.cache.try_get_with_by_ref(key, self.fetch(config)).await?;
-        // Someone else's flight may have finished a while ago; never send an expired token.
-        if Instant::now() < token.expires_at {
-            Ok(token)
-        } else {
-            self.evict_if_current(key, &token).await;
-            Err(Arc::new(TokenError::Invalid(
-                "the token expired before it could be used".into(),
-            )))
-        }
+    fn slot(&self, config: &AuthConfig) -> Arc<Slot> {
+        self.slots
+            .get_with_by_ref(config.cache_key(), || Arc::new(Slot::default()))
     }
 
-    /// Removes `stale` only if it is still the cached entry, so a token that a concurrent
-    /// request just fetched is never thrown away.
-    async fn evict_if_current(&self, key: &str, stale: &Arc<CachedToken>) {
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|entry| {
-                let op = match entry {
-                    Some(entry) if Arc::ptr_eq(entry.value(), stale) => Op::Remove,
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-    }
-
-    async fn fetch(&self, config: &AuthConfig) -> Result<Arc<CachedToken>, TokenError> {
-        let started = Instant::now();
-        let result = self.source.fetch(config).await;
-        let received = Instant::now();
-        match result {
-            Ok(response) => {
-                let (expires_at, refresh_at) =
-                    lifetimes(received, response.expires_in, config.default_ttl, config.refresh_before);
-                if expires_at <= received {
-                    let err = TokenError::Invalid("expires_in is 0: the token is already expired".into());
-                    tracing::warn!(auth_config = %config.id, "token request failed: {err}");
-                    return Err(err);
+    /// A valid token for `config`, and how it was found.
+    pub async fn get(&self, config: &Arc<AuthConfig>) -> Result<(Arc<CachedToken>, Lookup), TokenFailure> {
+        let slot = self.slot(config);
+        // A second round only when a token fetched for us expired before we could use it.
+        for _ in 0..2 {
+            let flight = {
+                let mut state = slot.lock();
+                let now = Instant::now();
+                match state.token.clone() {
+                    Some(token) if now < token.refresh_at => return Ok((token, Lookup::Hit)),
+                    Some(token) if now < token.expires_at => {
+                        let backing_off = state.backoff_until.is_some_and(|until| now < until);
+                        if state.flight.is_none() && !backing_off {
+                            state.flight = Some(self.start_fetch(&slot, config));
+                        }
+                        return Ok((token, Lookup::RefreshAhead));
+                    }
+                    Some(_) => state.token = None,
+                    None => {}
                 }
-                tracing::info!(
-                    auth_config = %config.id,
-                    expires_in_secs = (expires_at - received).as_secs(),
-                    took_ms = u64::try_from((received - started).as_millis()).unwrap_or(u64::MAX),
-                    "fetched access token"
-                );
-                Ok(Arc::new(CachedToken {
-                    token: response.access_token,
-                    expires_at,
-                    refresh_at,
-                    scope: response.scope,
-                }))
-            }
-            Err(err) => {
-                tracing::warn!(auth_config = %config.id, "token request failed: {err}");
-                Err(err)
+                if let Some(flight) = &state.flight {
+                    flight.clone()
+                } else {
+                    if let Some(until) = state.backoff_until.filter(|until| now < *until) {
+                        return Err(TokenFailure::Backoff {
+                            retry_after: until - now,
+                            failures: state.failures,
+                            last_error: state.last_error.clone(),
+                        });
+                    }
+                    let flight = self.start_fetch(&slot, config);
+                    state.flight = Some(flight.clone());
+                    flight
+                }
+            };
+            match wait(&slot, flight).await {
+                Ok(token) if Instant::now() < token.expires_at => return Ok((token, Lookup::Miss)),
+                Ok(_) => {}
+                Err(err) => return Err(TokenFailure::Unavailable(err)),
             }
         }
+        Err(TokenFailure::Unavailable(Arc::new(TokenError::Invalid(
+            "the token expired before it could be used".into(),
+        ))))
     }
+
+    /// Drops `refused` if it is still the cached token (after the upstream refused it), so
+    /// many requests refused with the same token cause one new fetch, not one each.
+    pub fn evict_if_current(&self, config: &AuthConfig, refused: &Arc<CachedToken>) -> bool {
+        let Some(slot) = self.slots.get(config.cache_key()) else {
+            return false;
+        };
+        let mut state = slot.lock();
+        if state.token.as_ref().is_some_and(|token| Arc::ptr_eq(token, refused)) {
+            state.token = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The token state of `config`, never the token itself.
+    #[must_use]
+    pub fn state(&self, config: &AuthConfig) -> TokenState {
+        let Some(slot) = self.slots.get(config.cache_key()) else {
+            return TokenState::default();
+        };
+        let state = slot.lock();
+        let now = Instant::now();
+        TokenState {
+            valid_until: state
+                .token
+                .as_ref()
+                .filter(|token| now < token.expires_at)
+                .map(|token| SystemTime::now() + (token.expires_at - now)),
+            last_refresh: state.last_refresh,
+            last_error: state.last_error.as_ref().map(ToString::to_string),
+            failures: state.failures,
+        }
+    }
+
+    /// Starts the one fetch for `slot` as its own task; the caller records the receiver.
+    fn start_fetch(&self, slot: &Arc<Slot>, config: &Arc<AuthConfig>) -> watch::Receiver<Option<Outcome>> {
+        let (done, flight) = watch::channel(None);
+        let (slot, config, source) = (Arc::clone(slot), Arc::clone(config), Arc::clone(&self.source));
+        tokio::spawn(async move {
+            let outcome = fetch(&*source, &config).await;
+            {
+                let mut state = slot.lock();
+                state.flight = None;
+                match &outcome {
+                    Ok(token) => {
+                        state.token = Some(Arc::clone(token));
+                        state.failures = 0;
+                        state.backoff_until = None;
+                        state.last_error = None;
+                        state.last_refresh = Some(SystemTime::now());
+                    }
+                    Err(err) => {
+                        state.failures = state.failures.saturating_add(1);
+                        let delay = backoff_delay(
+                            state.failures,
+                            config.backoff_initial,
+                            config.backoff_max,
+                            fastrand::f64(),
+                        );
+                        state.backoff_until = Some(Instant::now() + delay);
+                        state.last_error = Some(Arc::clone(err));
+                        tracing::warn!(
+                            auth_config = %config.id,
+                            failures = state.failures,
+                            backoff_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                            "token request failed: {err}"
+                        );
+                    }
+                }
+            }
+            let _ = done.send(Some(outcome));
+        });
+        flight
+    }
+}
+
+/// Waits for a fetch's outcome. A fetch task that died without answering (a panic, a
+/// runtime shutting down) is cleared, so the next request starts a new one.
+async fn wait(slot: &Slot, mut flight: watch::Receiver<Option<Outcome>>) -> Outcome {
+    if let Ok(outcome) = flight.wait_for(Option::is_some).await
+        && let Some(outcome) = outcome.as_ref()
+    {
+        return outcome.clone();
+    }
+    let mut state = slot.lock();
+    if state
+        .flight
+        .as_ref()
+        .is_some_and(|current| current.same_channel(&flight))
+    {
+        state.flight = None;
+    }
+    Err(Arc::new(TokenError::Invalid("the token request was abandoned".into())))
+}
+
+/// One token request, turned into a cache entry.
+async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
+    let started = Instant::now();
+    let result = source.fetch(config).await;
+    let received = Instant::now();
+    let response = result.map_err(Arc::new)?;
+    let (expires_at, refresh_at) = lifetimes(received, response.expires_in, config.default_ttl, config.refresh_before);
+    if expires_at <= received {
+        return Err(Arc::new(TokenError::Invalid(
+            "expires_in is 0: the token is already expired".into(),
+        )));
+    }
+    tracing::info!(
+        auth_config = %config.id,
+        expires_in_secs = (expires_at - received).as_secs(),
+        took_ms = u64::try_from((received - started).as_millis()).unwrap_or(u64::MAX),
+        "fetched access token"
+    );
+    Ok(Arc::new(CachedToken {
+        token: response.access_token,
+        expires_at,
+        refresh_at,
+        scope: response.scope,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proptest::prelude::*;
 
     use super::*;
     use crate::config::Config;
 
-    /// Answers after `delay` (on the tokio clock) with token `t<n>` and `expires_in`.
+    /// Answers after `delay` (on the tokio clock): the next scripted result, or a token
+    /// `t<n>` with `expires_in` once the script is used up.
     struct Scripted {
         calls: Arc<AtomicUsize>,
         delay: Duration,
         expires_in: Option<Duration>,
+        script: Mutex<VecDeque<bool>>,
     }
 
     impl FetchToken for Scripted {
@@ -174,6 +368,12 @@ mod tests {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::time::sleep(self.delay).await;
+                if self.script.lock().unwrap().pop_front() == Some(false) {
+                    return Err(TokenError::BadStatus {
+                        status: 500,
+                        content_type: "text/html".into(),
+                    });
+                }
                 Ok(TokenResponse {
                     access_token: AccessToken::new(format!("t{n}")),
                     expires_in: self.expires_in,
@@ -193,20 +393,31 @@ mod tests {
             .unwrap()
     }
 
-    fn cache(delay: Duration, expires_in: Option<Duration>) -> (TokenCache, Arc<AtomicUsize>) {
+    /// A cache whose source succeeds or fails as `script` says (`true` = success), then succeeds.
+    fn scripted(delay: Duration, expires_in: Option<Duration>, script: &[bool]) -> (TokenCache, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
-        (
-            TokenCache::new(Scripted {
-                calls: Arc::clone(&calls),
-                delay,
-                expires_in,
-            }),
-            calls,
-        )
+        let source = Scripted {
+            calls: Arc::clone(&calls),
+            delay,
+            expires_in,
+            script: Mutex::new(script.iter().copied().collect()),
+        };
+        (TokenCache::new(source), calls)
     }
 
-    async fn token(cache: &TokenCache, config: &AuthConfig) -> String {
-        cache.get(config).await.unwrap().token.expose().to_owned()
+    fn cache(delay: Duration, expires_in: Option<Duration>) -> (TokenCache, Arc<AtomicUsize>) {
+        scripted(delay, expires_in, &[])
+    }
+
+    async fn token(cache: &TokenCache, config: &Arc<AuthConfig>) -> String {
+        cache.get(config).await.unwrap().0.token.expose().to_owned()
+    }
+
+    /// Lets spawned fetch tasks run without moving the clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -217,13 +428,57 @@ mod tests {
         let waiters: Vec<_> = (0..50)
             .map(|_| {
                 let (cache, config) = (Arc::clone(&cache), Arc::clone(&config));
-                tokio::spawn(async move { token(&cache, &config).await })
+                tokio::spawn(async move { cache.get(&config).await.unwrap() })
             })
             .collect();
         for waiter in waiters {
-            assert_eq!(waiter.await.unwrap(), "t1");
+            let (token, lookup) = waiter.await.unwrap();
+            assert_eq!((token.token.expose(), lookup), ("t1", Lookup::Miss));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_uses_the_current_token_while_one_background_refresh_runs() {
+        let (cache, calls) = cache(Duration::from_secs(1), Some(Duration::from_secs(120)));
+        let config = auth_config("60s", "300s");
+        assert_eq!(token(&cache, &config).await, "t1"); // fetched at t=1s, refresh from 61s
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(cache.get(&config).await.unwrap().1, Lookup::Hit);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Inside the window: 20 requests get t1 at once, and only one refresh starts.
+        for _ in 0..20 {
+            let started = Instant::now();
+            let (token, lookup) = cache.get(&config).await.unwrap();
+            assert_eq!((token.token.expose(), lookup), ("t1", Lookup::RefreshAhead));
+            assert_eq!(Instant::now(), started, "a refresh-ahead request must not wait");
+        }
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_secs(1)).await; // the refresh answers
+        settle().await;
+        let (token, lookup) = cache.get(&config).await.unwrap();
+        assert_eq!((token.token.expose(), lookup), ("t2", Lookup::Hit));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_never_waits_on_a_slow_token_endpoint() {
+        // Every token request takes 1 s; a request arrives every 5 s for 2 hours of
+        // 5-minute tokens. Only the very first request may wait.
+        let (cache, calls) = cache(Duration::from_secs(1), Some(Duration::from_secs(300)));
+        let config = auth_config("60s", "300s");
+        assert_eq!(token(&cache, &config).await, "t1");
+        for _ in 0..(2 * 3600 / 5) {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let started = Instant::now();
+            let (token, _) = cache.get(&config).await.unwrap();
+            assert_eq!(Instant::now(), started, "a request waited on the token endpoint");
+            assert!(Instant::now() < token.expires_at);
+            settle().await;
+        }
+        // One fetch per 240 s of token use, give or take the first and last.
+        let fetched = calls.load(Ordering::SeqCst);
+        assert!((29..=32).contains(&fetched), "{fetched} fetches");
     }
 
     #[tokio::test(start_paused = true)]
@@ -233,10 +488,17 @@ mod tests {
         assert_eq!(token(&cache, &config).await, "t1");
         tokio::time::advance(Duration::from_secs(59)).await;
         assert_eq!(token(&cache, &config).await, "t1");
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(token(&cache, &config).await, "t2");
+        assert_eq!(
+            token(&cache, &config).await,
+            "t1",
+            "refresh-ahead: still the valid token"
+        );
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(token(&cache, &config).await, "t2");
     }
 
     #[tokio::test(start_paused = true)]
@@ -245,9 +507,10 @@ mod tests {
         let config = auth_config("60s", "300s");
         assert_eq!(token(&cache, &config).await, "t1");
         tokio::time::advance(Duration::from_secs(239)).await;
-        assert_eq!(token(&cache, &config).await, "t1");
+        assert_eq!(cache.get(&config).await.unwrap().1, Lookup::Hit);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(token(&cache, &config).await, "t2");
+        assert_eq!(cache.get(&config).await.unwrap().1, Lookup::RefreshAhead);
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
@@ -258,8 +521,132 @@ mod tests {
         let config = auth_config("60s", "300s");
         assert_eq!(token(&cache, &config).await, "t1");
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(token(&cache, &config).await, "t1");
+        assert_eq!(cache.get(&config).await.unwrap().1, Lookup::Hit);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_refresh_keeps_the_valid_token_and_an_expired_one_is_never_used() {
+        // t1 lives 120 s; every later fetch fails.
+        let script: Vec<bool> = std::iter::once(true).chain([false; 50]).collect();
+        let (cache, calls) = scripted(Duration::ZERO, Some(Duration::from_secs(120)), &script);
+        let config = auth_config("60s", "300s");
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(token(&cache, &config).await, "t1"); // starts a refresh, which fails
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        for _ in 0..58 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(
+                token(&cache, &config).await,
+                "t1",
+                "the still-valid token keeps being used"
+            );
+            settle().await;
+        }
+        tokio::time::advance(Duration::from_secs(1)).await; // t = 120 s: t1 has expired
+        for _ in 0..5 {
+            if let Ok((token, _)) = cache.get(&config).await {
+                assert_ne!(token.token.expose(), "t1", "an expired token was handed out");
+            }
+            settle().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_and_fail_fast_in_between() {
+        let (cache, calls) = scripted(Duration::ZERO, Some(Duration::from_secs(3600)), &[false; 100]);
+        let config = auth_config("60s", "300s");
+        let first = cache.get(&config).await.unwrap_err();
+        assert!(matches!(first, TokenFailure::Unavailable(_)), "{first}");
+        // Right after: fail fast, without a token request.
+        let TokenFailure::Backoff {
+            retry_after,
+            failures,
+            last_error,
+        } = cache.get(&config).await.unwrap_err()
+        else {
+            panic!("expected back-off")
+        };
+        assert_eq!(failures, 1);
+        assert!(
+            retry_after <= Duration::from_secs(1) && retry_after >= Duration::from_millis(800),
+            "{retry_after:?}"
+        );
+        assert!(last_error.unwrap().to_string().contains("HTTP 500"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_failing_for_a_minute_sees_at_most_seven_requests() {
+        for _ in 0..20 {
+            let (cache, calls) = scripted(Duration::ZERO, Some(Duration::from_secs(3600)), &[false; 100]);
+            let config = auth_config("60s", "300s");
+            // A request every 100 ms for 60 s.
+            for _ in 0..600 {
+                let _ = cache.get(&config).await;
+                settle().await;
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            let requests = calls.load(Ordering::SeqCst);
+            assert!((6..=7).contains(&requests), "{requests} token requests in 60 s");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_resets_the_back_off() {
+        let (cache, calls) = scripted(Duration::ZERO, Some(Duration::from_secs(3600)), &[false, false]);
+        let config = auth_config("60s", "300s");
+        assert!(cache.get(&config).await.is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(cache.get(&config).await.is_err());
+        assert_eq!(cache.state(&config).failures, 2);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(token(&cache, &config).await, "t3");
+        let state = cache.state(&config);
+        assert_eq!((state.failures, state.last_error), (0, None));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hundred_refusals_of_the_same_token_cause_one_new_fetch() {
+        let (cache, calls) = cache(Duration::from_millis(500), Some(Duration::from_secs(3600)));
+        let (cache, config) = (Arc::new(cache), auth_config("60s", "300s"));
+        let (stale, _) = cache.get(&config).await.unwrap();
+        let refusals: Vec<_> = (0..100)
+            .map(|_| {
+                let (cache, config, stale) = (Arc::clone(&cache), Arc::clone(&config), Arc::clone(&stale));
+                tokio::spawn(async move {
+                    cache.evict_if_current(&config, &stale);
+                    cache.get(&config).await.unwrap().0.token.expose().to_owned()
+                })
+            })
+            .collect();
+        for refusal in refusals {
+            assert_eq!(refusal.await.unwrap(), "t2");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A late refusal of the old token leaves the new one alone.
+        assert!(!cache.evict_if_current(&config, &stale));
+        assert_eq!(token(&cache, &config).await, "t2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_config_never_reuses_the_old_token() {
+        let (cache, calls) = cache(Duration::ZERO, Some(Duration::from_secs(3600)));
+        let before = auth_config("60s", "300s");
+        assert_eq!(token(&cache, &before).await, "t1");
+        let changed = {
+            let yaml = "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    scopes: [more]\n";
+            Config::from_yaml("t", yaml, &crate::config::Env::new())
+                .unwrap()
+                .auth_config("a")
+                .unwrap()
+        };
+        assert_ne!(before.cache_key(), changed.cache_key());
+        assert_eq!(token(&cache, &changed).await, "t2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -274,5 +661,64 @@ mod tests {
         assert_eq!(lifetimes(t0, Some(s(60)), s(300), s(60)), (t0 + s(60), t0 + s(30)));
         assert_eq!(lifetimes(t0, Some(s(10)), s(300), s(60)), (t0 + s(10), t0 + s(5)));
         assert_eq!(lifetimes(t0, Some(s(0)), s(300), s(60)), (t0, t0));
+    }
+
+    #[test]
+    fn backoff_doubles_from_initial_to_max() {
+        let s = Duration::from_secs;
+        let delays: Vec<u64> = (1..=8).map(|n| backoff_delay(n, s(1), s(60), 0.0).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(
+            backoff_delay(1, s(1), s(60), 0.999_99),
+            Duration::from_secs_f64(1.0 - 0.2 * 0.999_99)
+        );
+        assert_eq!(backoff_delay(u32::MAX, s(1), s(60), 0.0), s(60));
+    }
+
+    proptest! {
+        #[test]
+        fn refresh_starts_inside_the_lifetime(
+            expires_in in proptest::option::of(0_u64..10_000_000),
+            default_ttl in 1_u64..10_000_000,
+            refresh_before in 0_u64..10_000_000,
+        ) {
+            let t0 = Instant::now();
+            let (expires_at, refresh_at) = lifetimes(
+                t0,
+                expires_in.map(Duration::from_secs),
+                Duration::from_secs(default_ttl),
+                Duration::from_secs(refresh_before),
+            );
+            let ttl = Duration::from_secs(expires_in.unwrap_or(default_ttl));
+            prop_assert_eq!(expires_at, t0 + ttl);
+            prop_assert!(t0 <= refresh_at && refresh_at <= expires_at);
+            // The window is refresh_before when the lifetime allows it, never more than half otherwise.
+            let window = expires_at - refresh_at;
+            prop_assert!(window <= Duration::from_secs(refresh_before) || window <= ttl / 2);
+            if ttl > Duration::from_secs(refresh_before) {
+                prop_assert_eq!(window, Duration::from_secs(refresh_before));
+            }
+        }
+
+        #[test]
+        fn backoff_stays_within_its_bounds(
+            failures in 0_u32..200,
+            initial_ms in 1_u64..100_000,
+            extra_ms in 0_u64..10_000_000,
+            jitter in 0.0_f64..1.0,
+        ) {
+            let initial = Duration::from_millis(initial_ms);
+            let max = initial + Duration::from_millis(extra_ms);
+            let delay = backoff_delay(failures, initial, max, jitter);
+            let unjittered = backoff_delay(failures, initial, max, 0.0);
+            prop_assert!(delay <= max, "past the cap");
+            prop_assert!(delay <= unjittered);
+            prop_assert!(delay.as_secs_f64() >= unjittered.as_secs_f64() * (1.0 - JITTER) - 1e-9, "jitter out of range");
+            prop_assert!(delay + Duration::from_nanos(1) >= initial.mul_f64(1.0 - JITTER));
+            // Each step waits at least as long as the previous one did without jitter.
+            if failures > 1 {
+                prop_assert!(unjittered >= backoff_delay(failures - 1, initial, max, 0.0));
+            }
+        }
     }
 }

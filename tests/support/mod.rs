@@ -148,7 +148,8 @@ pub fn ok_token(token: &str, expires_in: u64) -> Reply {
 
 /// An upstream on loopback (plain or TLS) that answers every request with JSON describing
 /// what it received: method, URI, headers (in order), body length, and whether the body is
-/// the test pattern. `GET /bytes/N` streams N pattern bytes instead; `/status/N` answers N.
+/// the test pattern. `GET /bytes/N` streams N pattern bytes instead; `/status/N` answers N;
+/// `/only/<token>` answers 401 unless the request carries `Authorization: Bearer <token>`.
 pub struct Echo {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -232,10 +233,17 @@ async fn echo(request: Request<Incoming>, scheme: &'static str) -> Result<Respon
     if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
         return Ok(Response::new(pattern_body(n)));
     }
-    let status = path
+    let mut status = path
         .strip_prefix("/status/")
         .and_then(|n| n.parse::<u16>().ok())
         .unwrap_or(200);
+    // `/only/<token>`: 401 unless the request carries exactly `Bearer <token>`.
+    if let Some(wanted) = path.strip_prefix("/only/") {
+        let sent = request.headers().get("authorization").and_then(|v| v.to_str().ok());
+        if sent != Some(format!("Bearer {wanted}").as_str()) {
+            status = 401;
+        }
+    }
     let (parts, mut body) = request.into_parts();
     // Check the body as it streams, never holding it whole.
     let (mut length, mut pattern_ok) = (0_usize, true);
@@ -402,6 +410,70 @@ pub async fn start_bearerd_env(yaml: &str, env: &Env) -> bearerd::Server {
     let yaml = format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{yaml}");
     let config = Config::from_yaml("test.yaml", &yaml, env).unwrap_or_else(|err| panic!("{err}"));
     bearerd::Server::start(config).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// The common setup
+
+/// One auth config `billing` (`client_secret_basic`) allowed to send to 127.0.0.1.
+pub fn billing(tokens: &TokenServer, extra: &str) -> String {
+    format!(
+        "auth_configs:\n  - id: billing\n    token_url: {}\n    client_id: billing-client\n    client_secret: \"p@ss:w0rd/+%=&?\"\n    allowed_hosts: [127.0.0.1]\n{extra}",
+        tokens.url()
+    )
+}
+
+pub async fn get_with_config(proxy: &reqwest::Client, url: &str, config: &str) -> reqwest::Response {
+    proxy.get(url).header("x-auth-config", config).send().await.unwrap()
+}
+
+/// A token endpoint, an echo upstream, bearerd with the `billing` config (plus `extra`
+/// YAML), and a client that uses bearerd as its HTTP proxy.
+pub struct World {
+    pub tokens: TokenServer,
+    pub echo: Echo,
+    pub proxy: reqwest::Client,
+    pub bearerd: bearerd::Server,
+}
+
+impl World {
+    pub async fn billing(extra: &str) -> Self {
+        Self::with_tokens(TokenServer::start().await, extra).await
+    }
+
+    pub async fn with_tokens(tokens: TokenServer, extra: &str) -> Self {
+        let echo = Echo::start().await;
+        let bearerd = start_bearerd(&billing(&tokens, extra)).await;
+        let proxy = proxied_client(bearerd.proxy_addr);
+        Self {
+            tokens,
+            echo,
+            proxy,
+            bearerd,
+        }
+    }
+
+    /// The echo upstream's URL for `path`, as the app writes it.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.echo.addr)
+    }
+
+    /// `GET path` on the echo upstream through bearerd, with `X-Auth-Config: billing`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        get_with_config(&self.proxy, &self.url(path), "billing").await
+    }
+}
+
+/// The Prometheus text bearerd's admin listener serves.
+pub async fn metrics(bearerd: &bearerd::Server) -> String {
+    direct_client()
+        .get(format!("http://{}/metrics", bearerd.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// An HTTP client that sends every request through bearerd, as `HTTP_PROXY` users do.
