@@ -23,8 +23,12 @@ use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 use url::Url;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
 use crate::routes::{HostPattern, Route, RouteKind};
 use crate::secret::ClientSecret;
+pub use crate::token::assertion::{SigningAlg, SigningKey};
 
 /// The environment as configuration sees it: a snapshot, so tests never touch the real one.
 pub type Env = BTreeMap<String, String>;
@@ -108,8 +112,9 @@ pub struct AuthConfig {
     pub grant: Grant,
     pub token_url: Url,
     pub client_id: String,
-    pub client_secret: ClientSecret,
     pub client_auth: ClientAuth,
+    /// What proves the client's identity; its kind matches `client_auth`.
+    pub credential: Credential,
     pub scopes: Vec<String>,
     pub extra_params: Vec<(String, String)>,
     pub inject: Inject,
@@ -172,6 +177,74 @@ pub enum ClientAuth {
     #[default]
     ClientSecretBasic,
     ClientSecretPost,
+    /// RFC 7523 §2.2: a JWT signed with the client's private key.
+    PrivateKeyJwt,
+    /// RFC 8705 §2.1: the client's certificate on the TLS connection.
+    TlsClientAuth,
+}
+
+/// The client's proof of identity. Every variant redacts its secret part in `Debug`.
+#[derive(Debug)]
+pub enum Credential {
+    Secret(ClientSecret),
+    PrivateKey(SigningKey),
+    Certificate(ClientCertificate),
+}
+
+impl Credential {
+    /// The client secret, for the methods that send one.
+    #[must_use]
+    pub fn secret(&self) -> Option<&ClientSecret> {
+        match self {
+            Self::Secret(secret) => Some(secret),
+            _ => None,
+        }
+    }
+}
+
+/// A client certificate chain and its private key (PEM files), for `tls_client_auth`.
+pub struct ClientCertificate {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Where they came from, for messages and the client cache.
+    pub source: String,
+}
+
+impl fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("source", &self.source)
+            .field("chain_len", &self.chain.len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl ClientCertificate {
+    fn load(cert_file: &Path, key_file: &Path) -> Result<Self, (&'static str, String)> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+            .and_then(Iterator::collect)
+            .map_err(|err| {
+                (
+                    "client_cert_file",
+                    format!("cannot read {}: {err}", cert_file.display()),
+                )
+            })?;
+        if chain.is_empty() {
+            return Err((
+                "client_cert_file",
+                format!("no PEM certificate in {}", cert_file.display()),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
+            (
+                "client_key_file",
+                format!("cannot read a PEM private key from {}: {err}", key_file.display()),
+            )
+        })?;
+        let source = format!("{} + {}", cert_file.display(), key_file.display());
+        Ok(Self { chain, key, source })
+    }
 }
 
 /// Where the token goes on the forwarded request.
@@ -296,6 +369,12 @@ struct RawAuthConfig {
     client_secret_file: Option<PathBuf>,
     #[serde(default)]
     client_auth: ClientAuth,
+    private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    signing_alg: SigningAlg,
+    key_id: Option<String>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
     scopes: Option<RawScopes>,
     #[serde(default)]
     extra_params: BTreeMap<String, Value>,
@@ -616,7 +695,7 @@ impl Loader<'_> {
         }
     }
 
-    fn auth_config(&mut self, id: String, raw: RawAuthConfig) -> PendingConfig {
+    fn auth_config(&mut self, id: String, mut raw: RawAuthConfig) -> PendingConfig {
         let cid = Some(id.as_str());
         if !valid_id(&id) {
             self.error(cid, "id", "must match [a-z0-9][a-z0-9_.-]{0,127}");
@@ -637,6 +716,7 @@ impl Loader<'_> {
             }
             Some(text) => self.token_url(cid, text),
         };
+        let credential = self.credential(cid, &mut raw);
         let client_id = match raw.client_id {
             Some(client_id) if !client_id.is_empty() => Some(client_id),
             Some(_) => {
@@ -648,7 +728,6 @@ impl Loader<'_> {
                 None
             }
         };
-        let client_secret = self.client_secret(cid, raw.client_secret, raw.client_secret_file);
         let scopes = self.scopes(cid, raw.scopes);
         let extra_params = self.extra_params(cid, raw.extra_params);
         let inject = self.inject(cid, raw.inject);
@@ -683,7 +762,7 @@ impl Loader<'_> {
             self.error(cid, "backoff.max", "must not be less than backoff.initial");
         }
 
-        let (Some(token_url), Some(client_id), Some(client_secret)) = (token_url, client_id, client_secret) else {
+        let (Some(token_url), Some(client_id), Some(credential)) = (token_url, client_id, credential) else {
             return PendingConfig {
                 id,
                 allowed_hosts,
@@ -697,8 +776,8 @@ impl Loader<'_> {
             grant: raw.grant,
             token_url,
             client_id,
-            client_secret,
             client_auth: raw.client_auth,
+            credential,
             scopes,
             extra_params,
             inject,
@@ -717,6 +796,94 @@ impl Loader<'_> {
             hosts_invalid,
             config: Some(config),
         }
+    }
+
+    /// The credential `client_auth` needs, and no other: a secret, a signing key, or a
+    /// client certificate.
+    fn credential(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<Credential> {
+        let method = raw.client_auth;
+        let uses_secret = matches!(method, ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost);
+        let stray: [(&str, bool, bool); 5] = [
+            ("client_secret", raw.client_secret.is_some(), uses_secret),
+            ("client_secret_file", raw.client_secret_file.is_some(), uses_secret),
+            (
+                "private_key_file",
+                raw.private_key_file.is_some(),
+                method == ClientAuth::PrivateKeyJwt,
+            ),
+            (
+                "client_cert_file",
+                raw.client_cert_file.is_some(),
+                method == ClientAuth::TlsClientAuth,
+            ),
+            (
+                "client_key_file",
+                raw.client_key_file.is_some(),
+                method == ClientAuth::TlsClientAuth,
+            ),
+        ];
+        let mut ok = true;
+        for (field, set, expected) in stray {
+            if set && !expected {
+                self.error(
+                    cid,
+                    field,
+                    format!("does not apply to client_auth: {}", client_auth_name(method)),
+                );
+                ok = false;
+            }
+        }
+        let credential = match method {
+            ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost => self
+                .client_secret(cid, raw.client_secret.take(), raw.client_secret_file.take())
+                .map(Credential::Secret),
+            ClientAuth::PrivateKeyJwt => {
+                let Some(path) = &raw.private_key_file else {
+                    self.error(cid, "private_key_file", "missing: private_key_jwt signs with this key");
+                    return None;
+                };
+                match std::fs::read(path) {
+                    Err(err) => {
+                        self.error(
+                            cid,
+                            "private_key_file",
+                            format!("cannot read {}: {err}", path.display()),
+                        );
+                        None
+                    }
+                    Ok(pem) => match SigningKey::from_pem(&pem, raw.signing_alg, raw.key_id.take()) {
+                        Ok(key) => Some(Credential::PrivateKey(key)),
+                        Err(message) => {
+                            self.error(cid, "private_key_file", format!("{}: {message}", path.display()));
+                            None
+                        }
+                    },
+                }
+            }
+            ClientAuth::TlsClientAuth => match (&raw.client_cert_file, &raw.client_key_file) {
+                (Some(cert), Some(key)) => match ClientCertificate::load(cert, key) {
+                    Ok(certificate) => Some(Credential::Certificate(certificate)),
+                    Err((field, message)) => {
+                        self.error(cid, field, message);
+                        None
+                    }
+                },
+                (cert, _) => {
+                    let field = if cert.is_none() {
+                        "client_cert_file"
+                    } else {
+                        "client_key_file"
+                    };
+                    self.error(
+                        cid,
+                        field,
+                        "missing: tls_client_auth needs client_cert_file and client_key_file",
+                    );
+                    None
+                }
+            },
+        };
+        credential.filter(|_| ok)
     }
 
     fn client_secret(
@@ -1028,6 +1195,15 @@ struct PendingConfig {
     hosts_invalid: bool,
     /// `None` when a required part was invalid (already reported).
     config: Option<AuthConfig>,
+}
+
+fn client_auth_name(method: ClientAuth) -> &'static str {
+    match method {
+        ClientAuth::ClientSecretBasic => "client_secret_basic",
+        ClientAuth::ClientSecretPost => "client_secret_post",
+        ClientAuth::PrivateKeyJwt => "private_key_jwt",
+        ClientAuth::TlsClientAuth => "tls_client_auth",
+    }
 }
 
 fn push_field(field: &mut String, part: &str) {

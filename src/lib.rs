@@ -72,7 +72,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let roots = Arc::new(tls::roots(config.ca_file.as_deref())?);
         let upstream = Upstream::new(tls::client_config(Arc::clone(&roots))?, config.upstream_timeout);
-        let tokens = TokenCache::new(TokenClient::new(tls::client_config(roots)?)?);
+        let tokens = TokenCache::new(TokenClient::new(roots)?);
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await

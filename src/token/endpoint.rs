@@ -1,15 +1,18 @@
 //! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials),
 //! client authentication (§2.3.1), and strict reading of the response (§5.1, §5.2).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use http::header;
 use serde::Deserialize;
 
-use crate::config::{AuthConfig, ClientAuth};
+use crate::config::{AuthConfig, ClientAuth, Credential};
 use crate::secret::{AccessToken, ClientSecret};
+use crate::tls;
 
 /// Token responses larger than this are refused: no identity provider needs more.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -50,21 +53,55 @@ pub enum TokenError {
 }
 
 /// Sends token requests: no redirects, bounded connect and total time.
-#[derive(Clone, Debug)]
 pub struct TokenClient {
     http: reqwest::Client,
+    roots: Arc<rustls::RootCertStore>,
+    /// Clients presenting a certificate (`tls_client_auth`), by the config's cache key.
+    with_certificate: Mutex<HashMap<String, reqwest::Client>>,
+}
+
+fn build_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .no_proxy()
+        .user_agent(concat!("bearerd/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 impl TokenClient {
-    pub fn new(tls: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .no_proxy()
-            .user_agent(concat!("bearerd/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http })
+    pub fn new(roots: Arc<rustls::RootCertStore>) -> Result<Self, crate::StartError> {
+        let http = build_client(tls::client_config(Arc::clone(&roots))?)?;
+        Ok(Self {
+            http,
+            roots,
+            with_certificate: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The HTTP client for `config`: the shared one, or one presenting its certificate.
+    fn client(&self, config: &AuthConfig) -> Result<reqwest::Client, TokenError> {
+        let Credential::Certificate(certificate) = &config.credential else {
+            return Ok(self.http.clone());
+        };
+        let mut clients = self.with_certificate.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(config.cache_key()) {
+            return Ok(client.clone());
+        }
+        let invalid = |cause: String| TokenError::Transport {
+            endpoint: endpoint_name(&config.token_url),
+            cause: format!("client certificate {}: {cause}", certificate.source),
+        };
+        let tls = tls::client_config_with_certificate(
+            Arc::clone(&self.roots),
+            certificate.chain.clone(),
+            certificate.key.clone_key(),
+        )
+        .map_err(|err| invalid(err.to_string()))?;
+        let client = build_client(tls).map_err(|err| invalid(err.to_string()))?;
+        clients.insert(config.cache_key().to_owned(), client.clone());
+        Ok(client)
     }
 
     /// Requests a token for `config`.
@@ -78,17 +115,32 @@ impl TokenClient {
         for (name, value) in &config.extra_params {
             form.push((name, value));
         }
-        let mut request = self.http.post(config.token_url.clone()).timeout(config.timeout);
-        match config.client_auth {
-            ClientAuth::ClientSecretBasic => {
-                request = request.header(
-                    header::AUTHORIZATION,
-                    basic_auth(&config.client_id, &config.client_secret),
-                );
+        let mut request = self
+            .client(config)?
+            .post(config.token_url.clone())
+            .timeout(config.timeout);
+        let assertion;
+        match (config.client_auth, &config.credential) {
+            (ClientAuth::ClientSecretBasic, Credential::Secret(secret)) => {
+                request = request.header(header::AUTHORIZATION, basic_auth(&config.client_id, secret));
             }
-            ClientAuth::ClientSecretPost => {
+            (ClientAuth::ClientSecretPost, Credential::Secret(secret)) => {
                 form.push(("client_id", &config.client_id));
-                form.push(("client_secret", config.client_secret.expose()));
+                form.push(("client_secret", secret.expose()));
+            }
+            (ClientAuth::PrivateKeyJwt, Credential::PrivateKey(key)) => {
+                assertion = key
+                    .assertion(&config.client_id, config.token_url.as_str(), SystemTime::now())
+                    .map_err(|err| TokenError::Invalid(err.to_string()))?;
+                form.push(("client_id", &config.client_id));
+                form.push(("client_assertion_type", super::assertion::ASSERTION_TYPE));
+                form.push(("client_assertion", &assertion));
+            }
+            (ClientAuth::TlsClientAuth, Credential::Certificate(_)) => form.push(("client_id", &config.client_id)),
+            _ => {
+                return Err(TokenError::Invalid(
+                    "client_auth does not match the configured credential".into(),
+                ));
             }
         }
         let request = request.header(header::ACCEPT, "application/json").form(&form);
@@ -127,7 +179,7 @@ impl TokenClient {
             }
             body.extend_from_slice(&chunk);
         }
-        parse_response(status, &content_type, &body, &config.client_secret)
+        parse_response(status, &content_type, &body, config.credential.secret())
     }
 }
 
@@ -177,7 +229,7 @@ pub fn parse_response(
     status: u16,
     content_type: &str,
     body: &[u8],
-    secret: &ClientSecret,
+    secret: Option<&ClientSecret>,
 ) -> Result<TokenResponse, TokenError> {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     if !(200..300).contains(&status) {
@@ -250,14 +302,17 @@ fn seconds(value: Option<f64>) -> Result<Duration, TokenError> {
 }
 
 /// Provider text made safe to repeat: printable, bounded, and never the client secret.
-fn quote(text: &str, secret: &ClientSecret) -> String {
+fn quote(text: &str, secret: Option<&ClientSecret>) -> String {
     let mut text: String = text
         .chars()
         .filter(|c| !c.is_control())
         .take(MAX_QUOTED_CHARS)
         .collect();
-    if !secret.expose().is_empty() && text.contains(secret.expose()) {
-        text = text.replace(secret.expose(), "[redacted]");
+    if let Some(secret) = secret
+        .map(ClientSecret::expose)
+        .filter(|s| !s.is_empty() && text.contains(s))
+    {
+        text = text.replace(secret, "[redacted]");
     }
     text
 }
@@ -271,7 +326,7 @@ mod tests {
     }
 
     fn parse(status: u16, body: &str) -> Result<TokenResponse, TokenError> {
-        parse_response(status, "application/json", body.as_bytes(), &secret())
+        parse_response(status, "application/json", body.as_bytes(), Some(&secret()))
     }
 
     #[test]
@@ -340,7 +395,7 @@ mod tests {
         for (body, message) in cases {
             assert_eq!(parse(200, body).unwrap_err().to_string(), message, "{body}");
         }
-        let html = parse_response(200, "text/html", b"<html>", &secret()).unwrap_err();
+        let html = parse_response(200, "text/html", b"<html>", Some(&secret())).unwrap_err();
         assert_eq!(
             html.to_string(),
             "token endpoint answered HTTP 200 with content type text/html, not JSON"
@@ -364,14 +419,14 @@ mod tests {
             err,
             "the identity provider refused the token request (HTTP 400): invalid_scope"
         );
-        let err = parse_response(503, "text/html", b"<h1>down</h1>", &secret())
+        let err = parse_response(503, "text/html", b"<h1>down</h1>", Some(&secret()))
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
             "token endpoint answered HTTP 503 (text/html) without an OAuth error"
         );
-        let err = parse_response(302, "text/html", b"", &secret())
+        let err = parse_response(302, "text/html", b"", Some(&secret()))
             .unwrap_err()
             .to_string();
         assert_eq!(

@@ -16,6 +16,7 @@
 //! expired token is never handed out. Fetches run as their own tasks, so a request that
 //! gives up does not cancel a fetch other requests wait for.
 
+pub mod assertion;
 mod endpoint;
 
 use std::future::Future;
