@@ -24,6 +24,11 @@ struct Provider {
 
 impl Provider {
     async fn start() -> Self {
+        Self::start_with_keys(None).await
+    }
+
+    /// With `key_dir`, the provider writes its generated client keys there (see server.mjs).
+    async fn start_with_keys(key_dir: Option<&Path>) -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -48,8 +53,30 @@ impl Provider {
                 "redirect_uris": [],
                 "scope": "api.read",
             },
+            {
+                "client_id": "bearerd-jwt-rsa",
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks_from": "rsa",
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "redirect_uris": [],
+                "scope": "api.read",
+            },
+            {
+                "client_id": "bearerd-jwt-ec",
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks_from": "ec",
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "redirect_uris": [],
+                "scope": "api.read",
+            },
         ]);
-        let mut child = tokio::process::Command::new("node")
+        let mut command = tokio::process::Command::new("node");
+        if let Some(key_dir) = key_dir {
+            command.env("INTEROP_KEY_DIR", key_dir);
+        }
+        let mut child = command
             .arg(dir.join("server.mjs"))
             .env("PORT", "0")
             .env("INTEROP_CLIENTS", clients.to_string())
@@ -178,4 +205,55 @@ async fn a_scope_the_provider_knows_but_the_client_may_not_have_is_refused_by_na
     let error = bearerd_error(token_through_bearerd(&yaml, &echo).await).await;
     assert_eq!(error.code, "token_unavailable");
     assert!(error.message.contains("invalid_scope"), "{}", error.message);
+}
+
+/// A `private_key_jwt` config for `client_id`, signing with `key` as `alg`.
+fn jwt_config(provider: &Provider, client_id: &str, key: &Path, alg: &str, kid: Option<&str>) -> String {
+    format!(
+        "auth_configs:\n  - id: interop\n    token_url: {}/token\n    client_id: {client_id}\n    client_auth: private_key_jwt\n    private_key_file: {}\n    signing_alg: {alg}\n{}    scopes: [api.read]\n    allowed_hosts: [127.0.0.1]\n",
+        provider.issuer,
+        key.display(),
+        kid.map(|kid| format!("    key_id: {kid}\n")).unwrap_or_default()
+    )
+}
+
+#[tokio::test]
+async fn private_key_jwt_with_rs256_ps256_and_es256_keys_the_provider_generated() {
+    let keys = tempfile::tempdir().unwrap();
+    let provider = Provider::start_with_keys(Some(keys.path())).await;
+    let echo = Echo::start().await;
+    let cases = [
+        ("bearerd-jwt-rsa", "rsa-pkcs1.pem", "RS256", Some("rsa-1")),
+        ("bearerd-jwt-rsa", "rsa-pkcs8.pem", "PS256", None),
+        ("bearerd-jwt-ec", "ec-sec1.pem", "ES256", Some("ec-1")),
+    ];
+    for (client_id, key, alg, kid) in cases {
+        let yaml = jwt_config(&provider, client_id, &keys.path().join(key), alg, kid);
+        let token = injected_token(&yaml, &echo).await;
+        assert!(token.len() >= 20, "{alg}: {token}");
+    }
+    assert_eq!(echo.requests(), 3);
+}
+
+#[tokio::test]
+async fn private_key_jwt_signed_with_another_key_is_invalid_client() {
+    let keys = tempfile::tempdir().unwrap();
+    let provider = Provider::start_with_keys(Some(keys.path())).await;
+    let echo = Echo::start().await;
+    // The EC client's registered key is the EC one; sign with the RSA key instead.
+    let yaml = jwt_config(
+        &provider,
+        "bearerd-jwt-ec",
+        &keys.path().join("rsa-pkcs8.pem"),
+        "RS256",
+        None,
+    );
+    let error = bearerd_error(token_through_bearerd(&yaml, &echo).await).await;
+    assert_eq!(error.code, "token_unavailable");
+    assert!(
+        error.message.contains("(HTTP 401): invalid_client"),
+        "{}",
+        error.message
+    );
+    assert_eq!(echo.requests(), 0);
 }

@@ -339,7 +339,10 @@ fn secret_files_and_loopback_token_urls() {
         path.display()
     );
     let config = load(&yaml).unwrap();
-    assert_eq!(config.auth_config("a").unwrap().credential.secret().unwrap().expose(), "from-file");
+    assert_eq!(
+        config.auth_config("a").unwrap().credential.secret().unwrap().expose(),
+        "from-file"
+    );
     assert!(config.auth_config("b").is_some());
 }
 
@@ -392,4 +395,63 @@ fn durations() {
     for bad in ["", "s", "10x", "1.5s", "-1s"] {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn each_client_auth_takes_its_own_credential_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let base = "    token_url: https://idp.test/t\n    client_id: c\n    allowed_hosts: [h.test]\n";
+    let yaml = format!(
+        "auth_configs:
+  - id: jwt
+{base}    client_auth: private_key_jwt
+    private_key_file: {key}
+    signing_alg: ES256
+    key_id: k1
+  - id: jwt-wrong-alg
+{base}    client_auth: private_key_jwt
+    private_key_file: {key}
+  - id: jwt-with-secret
+{base}    client_auth: private_key_jwt
+    private_key_file: {key}
+    signing_alg: ES256
+    client_secret: s
+  - id: jwt-no-key
+{base}    client_auth: private_key_jwt
+  - id: mtls-half
+{base}    client_auth: tls_client_auth
+    client_cert_file: /nonexistent/cert.pem
+  - id: basic-with-key
+{base}    client_secret: s
+    private_key_file: {key}
+",
+        key = key.display()
+    );
+    let got = errors(&yaml, &Env::new());
+    let key = key.display();
+    let expected = [
+        format!("test.yaml: auth config `jwt-wrong-alg`: private_key_file: {key}: not a usable RS256 key"),
+        "test.yaml: auth config `jwt-with-secret`: client_secret: does not apply to client_auth: private_key_jwt".to_owned(),
+        "test.yaml: auth config `jwt-no-key`: private_key_file: missing: private_key_jwt signs with this key".to_owned(),
+        "test.yaml: auth config `mtls-half`: client_key_file: missing: tls_client_auth needs client_cert_file and client_key_file".to_owned(),
+        "test.yaml: auth config `basic-with-key`: private_key_file: does not apply to client_auth: client_secret_basic".to_owned(),
+    ];
+    for line in &expected {
+        assert!(
+            got.iter().any(|g| g.starts_with(line.as_str())),
+            "missing: {line}\n got:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "got:\n{}", got.join("\n"));
+
+    let ok = format!(
+        "auth_configs:\n  - id: jwt\n{base}    client_auth: private_key_jwt\n    private_key_file: {key}\n    signing_alg: ES256\n    key_id: k1\n"
+    );
+    let config = load(&ok).unwrap();
+    let jwt = config.auth_config("jwt").unwrap();
+    assert!(matches!(&jwt.credential, Credential::PrivateKey(k) if k.alg() == SigningAlg::ES256));
+    assert!(!format!("{jwt:?}").contains("PRIVATE KEY"));
 }
