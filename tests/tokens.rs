@@ -151,3 +151,59 @@ async fn after_a_failed_token_request_requests_fail_fast_with_retry_after() {
     assert_eq!(world.tokens.count(), 1, "the provider saw one request");
     assert_eq!(world.echo.requests(), 0);
 }
+
+#[tokio::test]
+async fn tls_client_auth_presents_the_client_certificate_to_the_token_endpoint() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(dir.path());
+    let (cert_pem, key_pem, cert_der) = ca.client_identity("bearerd-mtls");
+    std::fs::write(dir.path().join("client.crt"), cert_pem).unwrap();
+    std::fs::write(dir.path().join("client.key"), key_pem).unwrap();
+    let tokens = TokenServer::with_tls(ca.mtls_server_config()).await;
+    let echo = Echo::start().await;
+    let yaml = format!(
+        "tls: {{ ca_file: {ca} }}
+auth_configs:
+  - id: mtls
+    token_url: {url}
+    client_id: mtls-client
+    client_auth: tls_client_auth
+    client_cert_file: {dir}/client.crt
+    client_key_file: {dir}/client.key
+    scopes: [a]
+    allowed_hosts: [127.0.0.1]
+  - id: nocert
+    token_url: {url}
+    client_id: other
+    client_secret: s
+    allowed_hosts: [127.0.0.1]
+",
+        ca = ca_file.display(),
+        url = tokens.https_url(),
+        dir = dir.path().display()
+    );
+    let bearerd = start_bearerd(&yaml).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let seen = echoed(get_with_config(&proxy, &format!("http://{}/m", echo.addr), "mtls").await).await;
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    let request = &tokens.requests()[0];
+    assert_eq!(request.client_certificate.as_deref(), Some(cert_der.as_slice()));
+    assert_eq!(
+        request.body,
+        "grant_type=client_credentials&scope=a&client_id=mtls-client"
+    );
+    assert_eq!(request.header("authorization"), None);
+
+    // Without a certificate the server refuses the TLS handshake: a transport error.
+    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/m", echo.addr), "nocert").await).await;
+    assert_eq!(error.code, "token_unavailable");
+    assert!(
+        error
+            .message
+            .contains(&format!("token request to {} failed", tokens.https_url())),
+        "{}",
+        error.message
+    );
+    assert_eq!(tokens.count(), 1);
+}

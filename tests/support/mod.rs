@@ -34,6 +34,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: String,
+    /// The DER of the TLS client certificate the caller presented, if any.
+    pub client_certificate: Option<Vec<u8>>,
 }
 
 impl Recorded {
@@ -62,6 +64,20 @@ impl TokenServer {
     }
 
     pub async fn with(delay: Duration, responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve(None, delay, responder).await
+    }
+
+    /// Over TLS with `tls`, which may require client certificates (`TestCa::mtls_server_config`).
+    pub async fn with_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::serve(Some(tls), Duration::ZERO, |n, _| ok_token(&format!("tok-{n}"), 3600)).await
+    }
+
+    async fn serve(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        delay: Duration,
+        responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -73,43 +89,56 @@ impl TokenServer {
                     continue;
                 };
                 let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(http_body_util::Collected::to_bytes)
-                                .unwrap_or_default();
-                            let request = Recorded {
-                                method: parts.method.to_string(),
-                                path: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body: String::from_utf8_lossy(&body).into_owned(),
-                            };
-                            let n = {
-                                let mut all = recorded.lock().unwrap();
-                                all.push(request.clone());
-                                all.len()
-                            };
-                            tokio::time::sleep(delay).await;
-                            let (status, content_type, body) = responder(n, &request);
-                            let mut response = Response::new(Full::new(Bytes::from(body)));
-                            *response.status_mut() = StatusCode::from_u16(status).unwrap();
-                            response
-                                .headers_mut()
-                                .insert("content-type", content_type.parse().unwrap());
-                            if status == 302 {
-                                response.headers_mut().insert("location", "/elsewhere".parse().unwrap());
+                    let record = move |client_certificate: Option<Vec<u8>>| {
+                        service_fn(move |request: Request<Incoming>| {
+                            let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
+                            let client_certificate = client_certificate.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(http_body_util::Collected::to_bytes)
+                                    .unwrap_or_default();
+                                let request = Recorded {
+                                    method: parts.method.to_string(),
+                                    path: parts.uri.to_string(),
+                                    headers: parts.headers,
+                                    body: String::from_utf8_lossy(&body).into_owned(),
+                                    client_certificate,
+                                };
+                                let n = {
+                                    let mut all = recorded.lock().unwrap();
+                                    all.push(request.clone());
+                                    all.len()
+                                };
+                                tokio::time::sleep(delay).await;
+                                let (status, content_type, body) = responder(n, &request);
+                                let mut response = Response::new(Full::new(Bytes::from(body)));
+                                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                                response
+                                    .headers_mut()
+                                    .insert("content-type", content_type.parse().unwrap());
+                                if status == 302 {
+                                    response.headers_mut().insert("location", "/elsewhere".parse().unwrap());
+                                }
+                                Ok::<_, Infallible>(response)
                             }
-                            Ok::<_, Infallible>(response)
+                        })
+                    };
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), record(None)).await;
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else { return };
+                            let presented = tls.get_ref().1.peer_certificates().map(|chain| chain[0].to_vec());
+                            let _ = http.serve_connection(TokioIo::new(tls), record(presented)).await;
+                        }
+                    }
                 });
             }
         });
@@ -118,6 +147,11 @@ impl TokenServer {
 
     pub fn url(&self) -> String {
         format!("http://{}/oauth2/token", self.addr)
+    }
+
+    /// The URL of a TLS token server (`with_tls`), by a name its certificate carries.
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}/oauth2/token", self.addr.port())
     }
 
     pub fn count(&self) -> usize {
@@ -355,6 +389,8 @@ impl Echoed {
 /// A throwaway CA and a server certificate for `localhost` and `127.0.0.1`.
 pub struct TestCa {
     pub ca_pem: String,
+    ca_der: rustls_pki_types::CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     cert: rustls_pki_types::CertificateDer<'static>,
     key: rustls_pki_types::PrivatePkcs8KeyDer<'static>,
 }
@@ -374,6 +410,8 @@ impl TestCa {
         let cert = params.signed_by(&key, &issuer).unwrap();
         Self {
             ca_pem: ca_cert.pem(),
+            ca_der: ca_cert.der().clone(),
+            issuer,
             cert: cert.der().clone(),
             key: rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
         }
@@ -388,6 +426,33 @@ impl TestCa {
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key().into())
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// A client certificate signed by this CA: (certificate PEM, private key PEM, certificate DER).
+    pub fn client_identity(&self, common_name: &str) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// A server configuration that requires a client certificate signed by this CA.
+    pub fn mtls_server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key().into())
+            .unwrap();
         Arc::new(config)
     }
 
