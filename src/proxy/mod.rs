@@ -159,6 +159,9 @@ impl Proxy {
         let (token, _) = self.tokens.get(&auth_config).await?;
 
         // 5. and 6. Inject and forward, keeping a small body in case of a replay.
+        if !auth_config.retry_on_401 {
+            return self.send(with_token(&parts, &auth_config, &token)?, boxed(body)).await;
+        }
         let (body, kept) = Keep::new(body);
         let response = self
             .send(with_token(&parts, &auth_config, &token)?, boxed(body))
@@ -166,7 +169,7 @@ impl Proxy {
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
         // and replay once with a new one, when the body was small enough to keep.
-        if response.status() != StatusCode::UNAUTHORIZED || !auth_config.retry_on_401 {
+        if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
         self.tokens.evict_if_current(&auth_config, &token);
