@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +146,7 @@ impl AuthConfig {
             self.grant.as_str(),
             self.token_url.as_str(),
             &self.client_id,
-            &format!("{:?}", self.client_auth),
+            self.client_auth.as_str(),
             &self.scopes.join(" "),
             &params.join("&"),
         ]
@@ -181,6 +181,18 @@ pub enum ClientAuth {
     PrivateKeyJwt,
     /// RFC 8705 §2.1: the client's certificate on the TLS connection.
     TlsClientAuth,
+}
+
+impl ClientAuth {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::TlsClientAuth => "tls_client_auth",
+        }
+    }
 }
 
 /// The client's proof of identity. Every variant redacts its secret part in `Debug`.
@@ -828,7 +840,7 @@ impl Loader<'_> {
                 self.error(
                     cid,
                     field,
-                    format!("does not apply to client_auth: {}", client_auth_name(method)),
+                    format!("does not apply to client_auth: {}", method.as_str()),
                 );
                 ok = false;
             }
@@ -1197,15 +1209,6 @@ struct PendingConfig {
     config: Option<AuthConfig>,
 }
 
-fn client_auth_name(method: ClientAuth) -> &'static str {
-    match method {
-        ClientAuth::ClientSecretBasic => "client_secret_basic",
-        ClientAuth::ClientSecretPost => "client_secret_post",
-        ClientAuth::PrivateKeyJwt => "private_key_jwt",
-        ClientAuth::TlsClientAuth => "tls_client_auth",
-    }
-}
-
 fn push_field(field: &mut String, part: &str) {
     if !field.is_empty() && !part.starts_with('[') {
         field.push('.');
@@ -1347,12 +1350,6 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
     }
     Some(total)
-}
-
-/// Is this address one that only this machine can reach?
-#[must_use]
-pub fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -43,10 +43,10 @@ async fn open(config: &Config, request: Request<Incoming>) -> Result<Response<Pr
         .filter(|authority| authority.port_u16().is_some())
         .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a host:port target".into()))?
         .clone();
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = super::target::normalize_host(authority.host());
     let port = authority.port_u16().unwrap_or_default();
     let timeout = CONNECT_TIMEOUT.min(config.upstream_timeout);
-    let mut upstream = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+    let mut upstream = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
                 authority: authority.to_string(),

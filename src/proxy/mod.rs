@@ -160,11 +160,11 @@ impl Proxy {
 
         // 5. and 6. Inject and forward, keeping a small body in case of a replay.
         if !auth_config.retry_on_401 {
-            return self.send(with_token(&parts, &auth_config, &token)?, boxed(body)).await;
+            return self.send(with_token(parts, &auth_config, &token)?, boxed(body)).await;
         }
         let (body, kept) = Keep::new(body);
         let response = self
-            .send(with_token(&parts, &auth_config, &token)?, boxed(body))
+            .send(with_token(parts.clone(), &auth_config, &token)?, boxed(body))
             .await?;
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
@@ -181,7 +181,7 @@ impl Proxy {
             .with_label_values(&[auth_config.id.as_str()])
             .inc();
         let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
-        self.send(with_token(&parts, &auth_config, &token)?, body).await
+        self.send(with_token(parts, &auth_config, &token)?, body).await
     }
 
     /// Sends a prepared request upstream and prepares its response for the app.
@@ -198,11 +198,10 @@ impl Proxy {
 
 /// The request head with `token` injected as `auth_config` says.
 fn with_token(
-    parts: &http::request::Parts,
+    mut parts: http::request::Parts,
     auth_config: &AuthConfig,
     token: &CachedToken,
 ) -> Result<http::request::Parts, ProxyError> {
-    let mut parts = parts.clone();
     inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri)
         .map_err(|err| ProxyError::TokenUnavailable(Arc::new(TokenError::Invalid(err.to_string()))))?;
     Ok(parts)

@@ -110,7 +110,7 @@ pub fn host_port_of(uri: &Uri) -> Option<(String, u16)> {
     Some((host, authority.port_u16().unwrap_or(default)))
 }
 
-fn normalize_host(host: &str) -> String {
+pub(super) fn normalize_host(host: &str) -> String {
     host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
 }
 

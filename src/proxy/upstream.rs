@@ -51,7 +51,7 @@ impl Upstream {
             Ok(Err(err)) if is_timeout(&err) => Err(ProxyError::UpstreamTimeout { authority, timeout }),
             Ok(Err(err)) => Err(ProxyError::UpstreamUnreachable {
                 authority,
-                cause: causes(&err),
+                cause: crate::error::chain(&err),
             }),
         }
     }
@@ -69,16 +69,4 @@ fn is_timeout(err: &hyper_util::client::legacy::Error) -> bool {
         source = cause.source();
     }
     false
-}
-
-/// The error and its causes, one line.
-fn causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -154,7 +154,7 @@ impl TokenClient {
             } else {
                 TokenError::Transport {
                     endpoint: endpoint.clone(),
-                    cause: error_chain(&err.without_url()),
+                    cause: crate::error::chain(&err.without_url()),
                 }
             }
         };
@@ -194,20 +194,6 @@ pub fn basic_auth(client_id: &str, secret: &ClientSecret) -> String {
 /// The endpoint as shown in messages: no query, no user info.
 fn endpoint_name(url: &url::Url) -> String {
     format!("{}{}", url.origin().ascii_serialization(), url.path())
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(Deserialize)]
