@@ -38,6 +38,8 @@ const MAX_DESCRIPTION_CHARS: usize = 1024;
 const MAX_SCOPES: usize = 500;
 const MAX_SCOPE_CHARS: usize = 250;
 const MAX_ID_CHARS: usize = 128;
+/// The fields that say where token requests go; the first three each name an endpoint.
+const ENDPOINT_FIELDS: &[&str] = &["token_url", "issuer", "provider", "discovery_url", "tenant"];
 /// Token request parameters that bearerd itself sets; `extra_params` may not override them.
 const RESERVED_PARAMS: &[&str] = &[
     "grant_type",
@@ -110,7 +112,8 @@ pub struct AuthConfig {
     pub id: String,
     pub description: Option<String>,
     pub grant: Grant,
-    pub token_url: Url,
+    /// Where token requests go: a fixed URL, or the one `OpenID` Connect discovery names.
+    pub endpoint: TokenEndpoint,
     pub client_id: String,
     pub client_auth: ClientAuth,
     /// What proves the client's identity; its kind matches `client_auth`.
@@ -144,7 +147,7 @@ impl AuthConfig {
         [
             self.id.as_str(),
             self.grant.as_str(),
-            self.token_url.as_str(),
+            &self.endpoint.cache_key(),
             &self.client_id,
             self.client_auth.as_str(),
             &self.scopes.join(" "),
@@ -153,6 +156,71 @@ impl AuthConfig {
         .join("\u{1f}")
     }
 }
+
+/// Where token requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    /// `token_url:`, or a provider template that names the endpoint.
+    Url(Url),
+    /// `issuer:` (or a provider template): the `token_endpoint` of the `OpenID` Connect
+    /// discovery document at `document`, whose `issuer` must equal `issuer` exactly.
+    Discovery { issuer: String, document: Url },
+}
+
+impl TokenEndpoint {
+    fn cache_key(&self) -> String {
+        match self {
+            Self::Url(url) => url.to_string(),
+            Self::Discovery { issuer, document } => format!("{issuer} {document}"),
+        }
+    }
+}
+
+impl fmt::Display for TokenEndpoint {
+    /// The endpoint as shown in messages and admin output: no query, no user info.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(url) => f.write_str(&endpoint_name(url)),
+            Self::Discovery { issuer, .. } => write!(f, "issuer {issuer}"),
+        }
+    }
+}
+
+/// A URL as shown in messages: scheme, host, port and path; never a query or user info.
+#[must_use]
+pub fn endpoint_name(url: &Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
+}
+
+/// Token endpoints, issuers and discovery documents must be `https://`; `http://` is
+/// allowed for loopback hosts, for development.
+pub fn check_endpoint_url(url: &Url) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must be https:// (http:// is allowed only for loopback, for development)".into()),
+        other => Err(format!("scheme `{other}` is not https")),
+    }
+}
+
+/// Templates for identity providers whose endpoints are well known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Provider {
+    /// Microsoft Entra ID (v2.0 endpoints), for the directory named by `tenant:`.
+    Microsoft,
+    /// Google, through its discovery document.
+    Google,
+}
+
+const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -376,6 +444,10 @@ struct RawAuthConfig {
     #[serde(default)]
     grant: Grant,
     token_url: Option<String>,
+    issuer: Option<String>,
+    discovery_url: Option<String>,
+    provider: Option<Provider>,
+    tenant: Option<String>,
     client_id: Option<String>,
     client_secret: Option<ClientSecret>,
     client_secret_file: Option<PathBuf>,
@@ -666,6 +738,14 @@ impl Loader<'_> {
                 continue;
             };
             let (top, nested, value) = env_field(field, value);
+            if ENDPOINT_FIELDS[..3].contains(&top.as_str()) {
+                // An endpoint from the environment replaces the file's, whichever kind it was.
+                for other in ENDPOINT_FIELDS {
+                    if !self.from_env.contains_key(&(id.clone(), (*other).to_owned())) {
+                        map.remove(*other);
+                    }
+                }
+            }
             match nested {
                 None => {
                     map.insert(Value::String(top.clone()), value);
@@ -721,13 +801,7 @@ impl Loader<'_> {
                 format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
             );
         }
-        let token_url = match raw.token_url.as_deref() {
-            None => {
-                self.error(cid, "token_url", "missing: set token_url");
-                None
-            }
-            Some(text) => self.token_url(cid, text),
-        };
+        let endpoint = self.endpoint(cid, &mut raw);
         let credential = self.credential(cid, &mut raw);
         let client_id = match raw.client_id {
             Some(client_id) if !client_id.is_empty() => Some(client_id),
@@ -774,7 +848,7 @@ impl Loader<'_> {
             self.error(cid, "backoff.max", "must not be less than backoff.initial");
         }
 
-        let (Some(token_url), Some(client_id), Some(credential)) = (token_url, client_id, credential) else {
+        let (Some(endpoint), Some(client_id), Some(credential)) = (endpoint, client_id, credential) else {
             return PendingConfig {
                 id,
                 allowed_hosts,
@@ -786,7 +860,7 @@ impl Loader<'_> {
             id: id.clone(),
             description: raw.description,
             grant: raw.grant,
-            token_url,
+            endpoint,
             client_id,
             client_auth: raw.client_auth,
             credential,
@@ -928,33 +1002,97 @@ impl Loader<'_> {
         }
     }
 
-    fn token_url(&mut self, cid: Option<&str>, text: &str) -> Option<Url> {
-        let url = match Url::parse(text) {
-            Ok(url) => url,
-            Err(err) => {
-                self.error(cid, "token_url", format!("not a valid URL: {err}"));
-                return None;
+    /// Exactly one of `token_url`, `issuer` and `provider`; `discovery_url` only with
+    /// `issuer`, `tenant` only with `provider: microsoft`.
+    fn endpoint(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<TokenEndpoint> {
+        let discovery_url = raw.discovery_url.take();
+        let tenant = raw.tenant.take();
+        if tenant.is_some() && raw.provider != Some(Provider::Microsoft) {
+            self.error(cid, "tenant", "applies only to provider: microsoft");
+        }
+        if discovery_url.is_some() && raw.issuer.is_none() {
+            self.error(
+                cid,
+                "discovery_url",
+                "applies only with issuer: the document's issuer is checked against it",
+            );
+        }
+        match (raw.token_url.take(), raw.issuer.take(), raw.provider) {
+            (None, None, None) => {
+                self.error(cid, "token_url", "missing: set token_url, issuer or provider");
+                None
             }
-        };
-        let loopback = match url.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
-        match url.scheme() {
-            "https" => Some(url),
-            "http" if loopback => Some(url),
-            "http" => {
+            (Some(text), None, None) => self.url(cid, "token_url", &text).map(TokenEndpoint::Url),
+            (None, Some(issuer), None) => {
+                let issuer_url = self.url(cid, "issuer", &issuer)?;
+                if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+                    self.error(
+                        cid,
+                        "issuer",
+                        "must not have a query or fragment (OpenID Connect Discovery §2)",
+                    );
+                    return None;
+                }
+                let document = match discovery_url {
+                    Some(text) => self.url(cid, "discovery_url", &text)?,
+                    None => well_known(&issuer)
+                        .map_err(|err| self.error(cid, "issuer", format!("not a valid URL: {err}")))
+                        .ok()?,
+                };
+                Some(TokenEndpoint::Discovery { issuer, document })
+            }
+            (None, None, Some(Provider::Microsoft)) => {
+                let Some(tenant) = tenant else {
+                    self.error(
+                        cid,
+                        "tenant",
+                        "missing: provider: microsoft needs the directory (tenant) id or domain",
+                    );
+                    return None;
+                };
+                if let Err(message) = check_tenant(&tenant) {
+                    self.error(cid, "tenant", message);
+                    return None;
+                }
+                let url = format!("{MICROSOFT_AUTHORITY}/{tenant}/oauth2/v2.0/token");
+                Url::parse(&url).ok().map(TokenEndpoint::Url)
+            }
+            (None, None, Some(Provider::Google)) => Some(TokenEndpoint::Discovery {
+                issuer: GOOGLE_ISSUER.to_owned(),
+                document: well_known(GOOGLE_ISSUER).ok()?,
+            }),
+            (token_url, _, provider) => {
+                let field = if provider.is_some() { "provider" } else { "issuer" };
+                let others = if token_url.is_some() && provider.is_some() {
+                    "token_url"
+                } else if provider.is_some() {
+                    "issuer"
+                } else {
+                    "token_url"
+                };
                 self.error(
                     cid,
-                    "token_url",
-                    "must be https:// (http:// is allowed only for loopback, for development)",
+                    field,
+                    format!("set only one of token_url, issuer and provider ({others} is set too)"),
                 );
                 None
             }
-            other => {
-                self.error(cid, "token_url", format!("scheme `{other}` is not https"));
+        }
+    }
+
+    /// A token endpoint, issuer or discovery URL: valid, and `https://` unless loopback.
+    fn url(&mut self, cid: Option<&str>, field: &str, text: &str) -> Option<Url> {
+        let url = match Url::parse(text) {
+            Ok(url) => url,
+            Err(err) => {
+                self.error(cid, field, format!("not a valid URL: {err}"));
+                return None;
+            }
+        };
+        match check_endpoint_url(&url) {
+            Ok(()) => Some(url),
+            Err(message) => {
+                self.error(cid, field, message);
                 None
             }
         }
@@ -1307,6 +1445,37 @@ fn read_secret_file(path: &Path) -> Result<ClientSecret, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(ClientSecret::new(secret))
+}
+
+/// `{issuer}/.well-known/openid-configuration`, any terminating `/` of the issuer removed
+/// first (`OpenID` Connect Discovery §4.1).
+fn well_known(issuer: &str) -> Result<Url, url::ParseError> {
+    Url::parse(&format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    ))
+}
+
+/// An Entra ID tenant: a directory id (GUID) or a verified domain, never a multi-tenant alias.
+fn check_tenant(tenant: &str) -> Result<(), String> {
+    if ["common", "organizations", "consumers"]
+        .iter()
+        .any(|alias| tenant.eq_ignore_ascii_case(alias))
+    {
+        return Err(format!(
+            "`{tenant}` cannot issue client-credentials tokens: name the directory (tenant id or domain)"
+        ));
+    }
+    let valid = !tenant.is_empty()
+        && tenant.len() <= 253
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(())
+    } else {
+        Err("must be a tenant id (GUID) or a domain such as contoso.onmicrosoft.com".into())
+    }
 }
 
 fn valid_id(id: &str) -> bool {

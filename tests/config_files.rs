@@ -13,7 +13,7 @@ fn the_default_config_loads_without_any_environment() {
     let config = load("bearerd.yaml");
     assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
     let billing = config.auth_config("billing").unwrap();
-    assert_eq!(billing.token_url.as_str(), "http://127.0.0.1:9999/oauth2/token");
+    assert_eq!(billing.endpoint.to_string(), "http://127.0.0.1:9999/oauth2/token");
     let hosts: Vec<String> = billing.allowed_hosts.iter().map(ToString::to_string).collect();
     assert_eq!(hosts, ["api.billing.example.com"]);
     assert_eq!(config.routes.len(), 2);

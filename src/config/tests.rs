@@ -67,7 +67,7 @@ fn a_full_file_loads_into_typed_config() {
 
     let billing = config.auth_config("billing").unwrap();
     assert_eq!(billing.description.as_deref(), Some("Billing API"));
-    assert_eq!(billing.token_url.as_str(), "https://idp.test/oauth2/token");
+    assert_eq!(billing.endpoint.to_string(), "https://idp.test/oauth2/token");
     assert_eq!(billing.client_id, "billing-client");
     assert_eq!(billing.credential.secret().unwrap().expose(), "s3cr3t");
     assert_eq!(billing.client_auth, ClientAuth::ClientSecretPost);
@@ -170,7 +170,7 @@ fn environment_only_configs_and_overrides() {
     })
     .unwrap();
     let payments = config.auth_config("payments").unwrap();
-    assert_eq!(payments.token_url.as_str(), "https://idp.test/token");
+    assert_eq!(payments.endpoint.to_string(), "https://idp.test/token");
     assert_eq!(payments.client_id, "pay");
     assert_eq!(
         payments.credential.secret().unwrap().expose(),
@@ -454,4 +454,173 @@ fn each_client_auth_takes_its_own_credential_and_no_other() {
     let jwt = config.auth_config("jwt").unwrap();
     assert!(matches!(&jwt.credential, Credential::PrivateKey(k) if k.alg() == SigningAlg::ES256));
     assert!(!format!("{jwt:?}").contains("PRIVATE KEY"));
+}
+
+/// One auth config with `endpoint` (indented YAML lines) in place of `token_url`.
+fn with_endpoint(endpoint: &str) -> String {
+    format!("auth_configs:\n  - id: e\n{endpoint}    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n")
+}
+
+fn endpoint_of(yaml: &str, environment: &Env) -> TokenEndpoint {
+    let config = Config::from_yaml("test.yaml", yaml, environment).unwrap();
+    config.auth_config("e").unwrap().endpoint.clone()
+}
+
+fn discovery(issuer: &str, document: &str) -> TokenEndpoint {
+    TokenEndpoint::Discovery {
+        issuer: issuer.to_owned(),
+        document: Url::parse(document).unwrap(),
+    }
+}
+
+#[test]
+fn token_url_issuer_discovery_url_and_provider_templates() {
+    let none = Env::new();
+    assert_eq!(
+        endpoint_of(&with_endpoint("    token_url: https://idp.test/t?x=1\n"), &none),
+        TokenEndpoint::Url(Url::parse("https://idp.test/t?x=1").unwrap())
+    );
+    // The issuer is kept exactly as written (it is compared exactly); a terminating `/`
+    // is dropped only to build the well-known URL.
+    assert_eq!(
+        endpoint_of(&with_endpoint("    issuer: https://idp.test/realms/a/\n"), &none),
+        discovery(
+            "https://idp.test/realms/a/",
+            "https://idp.test/realms/a/.well-known/openid-configuration"
+        )
+    );
+    assert_eq!(
+        endpoint_of(&with_endpoint("    issuer: http://127.0.0.1:8080\n"), &none),
+        discovery(
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/.well-known/openid-configuration"
+        )
+    );
+    assert_eq!(
+        endpoint_of(
+            &with_endpoint("    issuer: https://idp.test\n    discovery_url: https://meta.idp.test/oidc.json\n"),
+            &none
+        ),
+        discovery("https://idp.test", "https://meta.idp.test/oidc.json")
+    );
+    assert_eq!(
+        endpoint_of(
+            &with_endpoint("    provider: microsoft\n    tenant: 0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1\n"),
+            &none
+        ),
+        TokenEndpoint::Url(
+            Url::parse("https://login.microsoftonline.com/0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1/oauth2/v2.0/token")
+                .unwrap()
+        )
+    );
+    assert_eq!(
+        endpoint_of(
+            &with_endpoint("    provider: microsoft\n    tenant: contoso.onmicrosoft.com\n"),
+            &none
+        ),
+        TokenEndpoint::Url(
+            Url::parse("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token").unwrap()
+        )
+    );
+    assert_eq!(
+        endpoint_of(&with_endpoint("    provider: google\n"), &none),
+        discovery(
+            "https://accounts.google.com",
+            "https://accounts.google.com/.well-known/openid-configuration"
+        )
+    );
+}
+
+#[test]
+fn an_endpoint_from_the_environment_replaces_the_files() {
+    let yaml = with_endpoint("    token_url: https://idp.test/t\n");
+    let issuer = env(&[("BEARERD_CONFIG__E__ISSUER", "https://login.test/x")]);
+    assert_eq!(
+        endpoint_of(&yaml, &issuer),
+        discovery(
+            "https://login.test/x",
+            "https://login.test/x/.well-known/openid-configuration"
+        )
+    );
+    let yaml = with_endpoint("    provider: microsoft\n    tenant: contoso.test\n");
+    let token_url = env(&[("BEARERD_CONFIG__E__TOKEN_URL", "https://idp.test/t")]);
+    assert_eq!(
+        endpoint_of(&yaml, &token_url),
+        TokenEndpoint::Url(Url::parse("https://idp.test/t").unwrap())
+    );
+    let tenant = env(&[("BEARERD_CONFIG__E__TENANT", "fabrikam.test")]);
+    assert_eq!(
+        endpoint_of(&yaml, &tenant),
+        TokenEndpoint::Url(Url::parse("https://login.microsoftonline.com/fabrikam.test/oauth2/v2.0/token").unwrap())
+    );
+    // Two endpoints from the environment are still two endpoints.
+    let both = env(&[
+        ("BEARERD_CONFIG__E__ISSUER", "https://login.test/x"),
+        ("BEARERD_CONFIG__E__TOKEN_URL", "https://idp.test/t"),
+    ]);
+    assert_eq!(
+        errors(&yaml, &both),
+        [
+            "test.yaml: auth config `e`: issuer (from BEARERD_CONFIG__E__ISSUER): set only one of token_url, issuer and provider (token_url is set too)"
+        ]
+    );
+}
+
+#[test]
+fn endpoint_rules_name_the_field() {
+    let cases = [
+        ("", "token_url: missing: set token_url, issuer or provider"),
+        (
+            "    token_url: https://idp.test/t\n    issuer: https://idp.test\n",
+            "issuer: set only one of token_url, issuer and provider (token_url is set too)",
+        ),
+        (
+            "    issuer: https://idp.test\n    provider: google\n",
+            "provider: set only one of token_url, issuer and provider (issuer is set too)",
+        ),
+        (
+            "    issuer: http://idp.test\n",
+            "issuer: must be https:// (http:// is allowed only for loopback, for development)",
+        ),
+        (
+            "    issuer: https://idp.test/?tenant=a\n",
+            "issuer: must not have a query or fragment (OpenID Connect Discovery §2)",
+        ),
+        (
+            "    issuer: idp.test\n",
+            "issuer: not a valid URL: relative URL without a base",
+        ),
+        (
+            "    issuer: https://idp.test\n    discovery_url: ftp://idp.test/d\n",
+            "discovery_url: scheme `ftp` is not https",
+        ),
+        (
+            "    token_url: https://idp.test/t\n    discovery_url: https://idp.test/d\n",
+            "discovery_url: applies only with issuer: the document's issuer is checked against it",
+        ),
+        (
+            "    provider: microsoft\n",
+            "tenant: missing: provider: microsoft needs the directory (tenant) id or domain",
+        ),
+        (
+            "    provider: microsoft\n    tenant: common\n",
+            "tenant: `common` cannot issue client-credentials tokens: name the directory (tenant id or domain)",
+        ),
+        (
+            "    provider: microsoft\n    tenant: a/b\n",
+            "tenant: must be a tenant id (GUID) or a domain such as contoso.onmicrosoft.com",
+        ),
+        (
+            "    provider: google\n    tenant: x\n",
+            "tenant: applies only to provider: microsoft",
+        ),
+        (
+            "    provider: okta\n",
+            "provider: unknown variant `okta`, expected `microsoft` or `google`",
+        ),
+    ];
+    for (endpoint, error) in cases {
+        let got = errors(&with_endpoint(endpoint), &Env::new());
+        assert_eq!(got, [format!("test.yaml: auth config `e`: {error}")], "{endpoint}");
+    }
 }

@@ -10,7 +10,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::header;
 use serde::Deserialize;
 
-use crate::config::{AuthConfig, ClientAuth, Credential};
+use url::Url;
+
+use super::discovery::{self, Discovered};
+use crate::config::{AuthConfig, ClientAuth, Credential, TokenEndpoint, endpoint_name};
 use crate::secret::{AccessToken, ClientSecret};
 use crate::tls;
 
@@ -36,6 +39,11 @@ pub enum TokenError {
     Timeout { endpoint: String, timeout: Duration },
     #[error("token request to {endpoint} failed: {cause}")]
     Transport { endpoint: String, cause: String },
+    /// No connection could be made (refused, unresolvable, TLS handshake failed).
+    #[error("token request to {endpoint} failed: {cause}")]
+    Connect { endpoint: String, cause: String },
+    #[error("OpenID Connect discovery at {document} failed: {problem}")]
+    Discovery { document: String, problem: String },
     #[error("the identity provider refused the token request (HTTP {status}): {error}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
     Refused {
         status: u16,
@@ -52,12 +60,26 @@ pub enum TokenError {
     TooLarge,
 }
 
+impl TokenError {
+    /// Whether the endpoint itself looks gone (no connection, or 404): the sign that a
+    /// discovery document may be out of date.
+    fn endpoint_gone(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Refused { status, .. } | Self::BadStatus { status, .. } => *status == 404,
+            _ => false,
+        }
+    }
+}
+
 /// Sends token requests: no redirects, bounded connect and total time.
 pub struct TokenClient {
     http: reqwest::Client,
     roots: Arc<rustls::RootCertStore>,
     /// Clients presenting a certificate (`tls_client_auth`), by the config's cache key.
     with_certificate: Mutex<HashMap<String, reqwest::Client>>,
+    /// Discovery documents read so far, by issuer and document URL.
+    documents: Mutex<HashMap<String, Arc<Discovered>>>,
 }
 
 fn build_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, reqwest::Error> {
@@ -77,11 +99,12 @@ impl TokenClient {
             http,
             roots,
             with_certificate: Mutex::new(HashMap::new()),
+            documents: Mutex::new(HashMap::new()),
         })
     }
 
     /// The HTTP client for `config`: the shared one, or one presenting its certificate.
-    fn client(&self, config: &AuthConfig) -> Result<reqwest::Client, TokenError> {
+    fn client(&self, config: &AuthConfig, url: &Url) -> Result<reqwest::Client, TokenError> {
         let Credential::Certificate(certificate) = &config.credential else {
             return Ok(self.http.clone());
         };
@@ -90,7 +113,7 @@ impl TokenClient {
             return Ok(client.clone());
         }
         let invalid = |cause: String| TokenError::Transport {
-            endpoint: endpoint_name(&config.token_url),
+            endpoint: endpoint_name(url),
             cause: format!("client certificate {}: {cause}", certificate.source),
         };
         let tls = tls::client_config_with_certificate(
@@ -104,9 +127,100 @@ impl TokenClient {
         Ok(client)
     }
 
-    /// Requests a token for `config`.
+    /// Requests a token for `config`, from its token URL or the endpoint discovery names.
+    ///
+    /// A discovery document is read once and kept. When a token request to the endpoint it
+    /// named cannot connect or gets a 404, the document is read again, and the request is
+    /// sent once more if the endpoint has moved.
     pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
-        let endpoint = endpoint_name(&config.token_url);
+        let (issuer, document) = match &config.endpoint {
+            TokenEndpoint::Url(url) => return self.request_token(config, url).await,
+            TokenEndpoint::Discovery { issuer, document } => (issuer, document),
+        };
+        let key = format!("{issuer} {document}");
+        let cached = self.documents().get(&key).cloned();
+        let just_read = cached.is_none();
+        let discovered = match cached {
+            Some(discovered) => discovered,
+            None => self.discover(config, issuer, document, &key).await?,
+        };
+        let url = discovered.token_endpoint(config.client_auth);
+        match self.request_token(config, url).await {
+            Err(err) if err.endpoint_gone() => {
+                self.documents().remove(&key);
+                if just_read {
+                    return Err(err);
+                }
+                let again = self.discover(config, issuer, document, &key).await?;
+                let moved = again.token_endpoint(config.client_auth);
+                if moved == url {
+                    return Err(err);
+                }
+                tracing::info!(
+                    auth_config = %config.id,
+                    token_endpoint = %endpoint_name(moved),
+                    "the discovery document names a new token endpoint; retrying there"
+                );
+                self.request_token(config, moved).await
+            }
+            result => result,
+        }
+    }
+
+    fn documents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Discovered>>> {
+        self.documents.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the discovery document and keeps it.
+    async fn discover(
+        &self,
+        config: &AuthConfig,
+        issuer: &str,
+        document: &Url,
+        key: &str,
+    ) -> Result<Arc<Discovered>, TokenError> {
+        let failed = |problem: String| TokenError::Discovery {
+            document: endpoint_name(document),
+            problem,
+        };
+        let request = self
+            .http
+            .get(document.clone())
+            .timeout(config.timeout)
+            .header(header::ACCEPT, "application/json");
+        let response = request
+            .send()
+            .await
+            .map_err(|err| failed(transport_cause(err, config)))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let redirect = if (300..400).contains(&status) {
+                "; redirects are not followed"
+            } else {
+                ""
+            };
+            return Err(failed(format!("it answered HTTP {status}{redirect}")));
+        }
+        let body = read_body(response).await.map_err(|err| {
+            failed(err.map_or_else(
+                || "the document is larger than 1 MiB".to_owned(),
+                |err| transport_cause(err, config),
+            ))
+        })?;
+        let discovered = Arc::new(discovery::parse_document(issuer, &body).map_err(failed)?);
+        tracing::info!(
+            auth_config = %config.id,
+            issuer,
+            token_endpoint = %endpoint_name(discovered.token_endpoint(config.client_auth)),
+            "read the OpenID Connect discovery document"
+        );
+        self.documents().insert(key.to_owned(), Arc::clone(&discovered));
+        Ok(discovered)
+    }
+
+    /// One token request to `url`.
+    async fn request_token(&self, config: &AuthConfig, url: &Url) -> Result<TokenResponse, TokenError> {
+        let endpoint = endpoint_name(url);
         let mut form: Vec<(&str, &str)> = vec![("grant_type", config.grant.as_str())];
         let scope = config.scopes.join(" ");
         if !scope.is_empty() {
@@ -115,10 +229,7 @@ impl TokenClient {
         for (name, value) in &config.extra_params {
             form.push((name, value));
         }
-        let mut request = self
-            .client(config)?
-            .post(config.token_url.clone())
-            .timeout(config.timeout);
+        let mut request = self.client(config, url)?.post(url.clone()).timeout(config.timeout);
         let assertion;
         match (config.client_auth, &config.credential) {
             (ClientAuth::ClientSecretBasic, Credential::Secret(secret)) => {
@@ -130,7 +241,7 @@ impl TokenClient {
             }
             (ClientAuth::PrivateKeyJwt, Credential::PrivateKey(key)) => {
                 assertion = key
-                    .assertion(&config.client_id, config.token_url.as_str(), SystemTime::now())
+                    .assertion(&config.client_id, url.as_str(), SystemTime::now())
                     .map_err(|err| TokenError::Invalid(err.to_string()))?;
                 form.push(("client_id", &config.client_id));
                 form.push(("client_assertion_type", super::assertion::ASSERTION_TYPE));
@@ -151,6 +262,11 @@ impl TokenClient {
                     endpoint: endpoint.clone(),
                     timeout: config.timeout,
                 }
+            } else if err.is_connect() {
+                TokenError::Connect {
+                    endpoint: endpoint.clone(),
+                    cause: crate::error::chain(&err.without_url()),
+                }
             } else {
                 TokenError::Transport {
                     endpoint: endpoint.clone(),
@@ -158,7 +274,7 @@ impl TokenClient {
                 }
             }
         };
-        let mut response = request.send().await.map_err(transport)?;
+        let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -166,20 +282,37 @@ impl TokenClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no content type")
             .to_owned();
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(TokenError::TooLarge);
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(TokenError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body(response)
+            .await
+            .map_err(|err| err.map_or(TokenError::TooLarge, transport))?;
         parse_response(status, &content_type, &body, config.credential.secret())
+    }
+}
+
+/// The whole body, at most [`MAX_RESPONSE_BYTES`]; `Err(None)` when it is larger.
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Some)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Why a request failed, for messages: a timeout, or the error chain without the URL.
+fn transport_cause(err: reqwest::Error, config: &AuthConfig) -> String {
+    if err.is_timeout() {
+        format!("timed out after {:?}", config.timeout)
+    } else {
+        crate::error::chain(&err.without_url())
     }
 }
 
@@ -189,11 +322,6 @@ pub fn basic_auth(client_id: &str, secret: &ClientSecret) -> String {
     let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
     let secret: String = form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
     format!("Basic {}", BASE64.encode(format!("{id}:{secret}")))
-}
-
-/// The endpoint as shown in messages: no query, no user info.
-fn endpoint_name(url: &url::Url) -> String {
-    format!("{}{}", url.origin().ascii_serialization(), url.path())
 }
 
 #[derive(Deserialize)]
@@ -288,7 +416,7 @@ fn seconds(value: Option<f64>) -> Result<Duration, TokenError> {
 }
 
 /// Provider text made safe to repeat: printable, bounded, and never the client secret.
-fn quote(text: &str, secret: Option<&ClientSecret>) -> String {
+pub(super) fn quote(text: &str, secret: Option<&ClientSecret>) -> String {
     let mut text: String = text
         .chars()
         .filter(|c| !c.is_control())

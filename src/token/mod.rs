@@ -17,6 +17,7 @@
 //! gives up does not cancel a fetch other requests wait for.
 
 pub mod assertion;
+mod discovery;
 mod endpoint;
 
 use std::future::Future;

@@ -50,7 +50,8 @@ pub type Reply = (u16, &'static str, String);
 type Responder = dyn Fn(usize, &Recorded) -> Reply + Send + Sync;
 
 /// A token endpoint on loopback that records every request and answers with `responder`
-/// (given the 1-based request number), after `delay`.
+/// (given the 1-based request number), after `delay`. Dropping it closes its listener and
+/// every connection.
 pub struct TokenServer {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
@@ -84,13 +85,16 @@ impl TokenServer {
         let responder: Arc<Responder> = Arc::new(responder);
         let recorded = Arc::clone(&requests);
         let task = tokio::spawn(async move {
+            // Connections live in this set, so dropping the server closes them too.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                while connections.try_join_next().is_some() {}
                 let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
                 let acceptor = acceptor.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let record = move |client_certificate: Option<Vec<u8>>| {
                         service_fn(move |request: Request<Incoming>| {
                             let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
