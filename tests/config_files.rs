@@ -1,7 +1,7 @@
 //! The YAML files shipped in `config/` load, and say what they claim to.
 use std::path::Path;
 
-use bearerd::config::{Config, Env};
+use bearerd::config::{Config, Env, TokenEndpoint};
 
 fn load(name: &str) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
@@ -28,4 +28,38 @@ fn the_reference_loads_and_shows_the_defaults() {
     assert_eq!(billing.timeout.as_secs(), 10);
     assert_eq!(config.upstream_timeout.as_secs(), 60);
     assert_eq!(billing.scopes, ["invoices.read", "invoices.write"]);
+}
+
+#[test]
+fn the_microsoft_example_fills_the_tenants_v2_token_endpoint() {
+    let config = load("examples/microsoft.yaml");
+    let graph = config.auth_config("graph").unwrap();
+    assert_eq!(
+        graph.endpoint,
+        TokenEndpoint::Url(
+            "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/oauth2/v2.0/token"
+                .parse()
+                .unwrap()
+        )
+    );
+    assert_eq!(graph.scopes, ["https://graph.microsoft.com/.default"]);
+    let hosts: Vec<String> = graph.allowed_hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["graph.microsoft.com"]);
+}
+
+#[test]
+fn the_google_example_discovers_googles_endpoint() {
+    let config = load("examples/google.yaml");
+    let google = config.auth_config("google").unwrap();
+    assert_eq!(
+        google.endpoint,
+        TokenEndpoint::Discovery {
+            issuer: "https://accounts.google.com".into(),
+            document: "https://accounts.google.com/.well-known/openid-configuration"
+                .parse()
+                .unwrap(),
+        }
+    );
+    let hosts: Vec<String> = google.allowed_hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["*.googleapis.com"]);
 }

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::Stdio;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -19,8 +21,13 @@ const POST_SECRET: &str = "post-secret-with space+plus";
 /// The provider, on a free loopback port; stopped when dropped.
 struct Provider {
     issuer: String,
+    /// `https://localhost:PORT`, the RFC 8705 endpoints, when started with TLS.
+    mtls: Option<String>,
     _child: tokio::process::Child,
 }
+
+/// The subject of the only certificate the `bearerd-mtls` client may present.
+const MTLS_SUBJECT: &str = "bearerd-mtls";
 
 impl Provider {
     async fn start() -> Self {
@@ -29,6 +36,16 @@ impl Provider {
 
     /// With `key_dir`, the provider writes its generated client keys there (see server.mjs).
     async fn start_with_keys(key_dir: Option<&Path>) -> Self {
+        Self::launch(key_dir, None).await
+    }
+
+    /// Also serving HTTPS with `ca`'s server certificate, with `tls_client_auth` enabled and
+    /// a client `bearerd-mtls` registered for certificates with subject `CN=bearerd-mtls`.
+    async fn start_with_mtls(ca: &TestCa) -> Self {
+        Self::launch(None, Some(ca)).await
+    }
+
+    async fn launch(key_dir: Option<&Path>, tls: Option<&TestCa>) -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -72,9 +89,25 @@ impl Provider {
                 "scope": "api.read",
             },
         ]);
+        let mut clients = clients;
         let mut command = tokio::process::Command::new("node");
         if let Some(key_dir) = key_dir {
             command.env("INTEROP_KEY_DIR", key_dir);
+        }
+        if let Some(ca) = tls {
+            command
+                .env("INTEROP_TLS_CERT", &ca.server_cert_pem)
+                .env("INTEROP_TLS_KEY", &ca.server_key_pem)
+                .env("INTEROP_TLS_CA", &ca.ca_pem);
+            clients.as_array_mut().unwrap().push(serde_json::json!({
+                "client_id": "bearerd-mtls",
+                "token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": format!("CN={MTLS_SUBJECT}"),
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "redirect_uris": [],
+                "scope": "api.read",
+            }));
         }
         let mut child = command
             .arg(dir.join("server.mjs"))
@@ -95,6 +128,7 @@ impl Provider {
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
         Self {
             issuer: json["issuer"].as_str().unwrap().to_owned(),
+            mtls: json["mtls"].as_str().map(str::to_owned),
             _child: child,
         }
     }
@@ -250,6 +284,87 @@ async fn private_key_jwt_signed_with_another_key_is_invalid_client() {
     );
     let error = bearerd_error(token_through_bearerd(&yaml, &echo).await).await;
     assert_eq!(error.code, "token_unavailable");
+    assert!(
+        error.message.contains("(HTTP 401): invalid_client"),
+        "{}",
+        error.message
+    );
+    assert_eq!(echo.requests(), 0);
+}
+
+/// A `tls_client_auth` config that finds the provider's endpoints by discovery, presenting
+/// a certificate for `subject` signed by `ca`.
+fn mtls_config(provider: &Provider, ca: &TestCa, dir: &Path, subject: &str) -> String {
+    let (cert, key, _) = ca.client_identity(subject);
+    std::fs::write(dir.join("client.crt"), cert).unwrap();
+    std::fs::write(dir.join("client.key"), key).unwrap();
+    format!(
+        "tls:\n  ca_file: {}\nauth_configs:\n  - id: interop\n    issuer: {}\n    client_id: bearerd-mtls\n    client_auth: tls_client_auth\n    client_cert_file: {}\n    client_key_file: {}\n    scopes: [api.read]\n    allowed_hosts: [127.0.0.1]\n",
+        ca.write_ca(dir).display(),
+        provider.issuer,
+        dir.join("client.crt").display(),
+        dir.join("client.key").display(),
+    )
+}
+
+#[tokio::test]
+async fn tls_client_auth_at_the_mtls_alias_the_discovery_document_names() {
+    let ca = TestCa::new();
+    let provider = Provider::start_with_mtls(&ca).await;
+    let mtls = provider.mtls.clone().unwrap();
+    let document: serde_json::Value = direct_client()
+        .get(format!("{}/.well-known/openid-configuration", provider.issuer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        document["mtls_endpoint_aliases"]["token_endpoint"],
+        format!("{mtls}/token")
+    );
+    assert_eq!(document["token_endpoint"], format!("{}/token", provider.issuer));
+
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start().await;
+    let token = injected_token(&mtls_config(&provider, &ca, dir.path(), MTLS_SUBJECT), &echo).await;
+
+    // Ask the provider, over its mTLS endpoint with the same certificate, whose token it is.
+    // Another certificate for the same subject, from the same CA: the provider checks both.
+    let (_, key, cert_der) = ca.client_identity(MTLS_SUBJECT);
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let roots = bearerd::tls::roots(Some(&dir.path().join("ca.pem"))).unwrap();
+    let tls =
+        bearerd::tls::client_config_with_certificate(std::sync::Arc::new(roots), vec![cert_der.into()], key).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let info: serde_json::Value = client
+        .post(format!("{mtls}/token/introspection"))
+        .form(&[("token", token.as_str()), ("client_id", "bearerd-mtls")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["client_id"], "bearerd-mtls", "{info}");
+    assert_eq!(info["scope"], "api.read", "{info}");
+}
+
+#[tokio::test]
+async fn tls_client_auth_with_a_certificate_for_another_subject_is_invalid_client() {
+    let ca = TestCa::new();
+    let provider = Provider::start_with_mtls(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start().await;
+    let yaml = mtls_config(&provider, &ca, dir.path(), "someone-else");
+    let error = bearerd_error(token_through_bearerd(&yaml, &echo).await).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
     assert!(
         error.message.contains("(HTTP 401): invalid_client"),
         "{}",

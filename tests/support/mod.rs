@@ -393,6 +393,9 @@ impl Echoed {
 /// A throwaway CA and a server certificate for `localhost` and `127.0.0.1`.
 pub struct TestCa {
     pub ca_pem: String,
+    /// The server certificate and its key, as PEM, for servers not written in Rust.
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
     ca_der: rustls_pki_types::CertificateDer<'static>,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     cert: rustls_pki_types::CertificateDer<'static>,
@@ -414,6 +417,8 @@ impl TestCa {
         let cert = params.signed_by(&key, &issuer).unwrap();
         Self {
             ca_pem: ca_cert.pem(),
+            server_cert_pem: cert.pem(),
+            server_key_pem: key.serialize_pem(),
             ca_der: ca_cert.der().clone(),
             issuer,
             cert: cert.der().clone(),
