@@ -340,6 +340,7 @@ async fn tls_client_auth_at_the_mtls_alias_the_discovery_document_names() {
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .no_proxy()
+        .timeout(WAIT)
         .build()
         .unwrap();
     let info: serde_json::Value = client
