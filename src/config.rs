@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, Method};
 use serde::Deserialize;
@@ -61,6 +61,8 @@ pub struct Config {
     pub connect: ConnectPolicy,
     /// Connect plus time until the upstream's response headers arrive.
     pub upstream_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_grace: Duration,
     /// Extra trusted roots (PEM) for upstreams and token endpoints.
     pub ca_file: Option<PathBuf>,
     /// In file order.
@@ -131,6 +133,10 @@ pub struct AuthConfig {
     pub backoff_max: Duration,
     /// On an upstream 401: drop the token, fetch a new one, replay the request once.
     pub retry_on_401: bool,
+    /// Fetch a token at start-up and after a reload; `/readyz` waits for it.
+    pub prefetch: bool,
+    /// When the client secret expires (`client_secret_expires_at`), for a metric and a warning.
+    pub client_secret_expires_at: Option<SystemTime>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
     cache_key: String,
 }
@@ -419,6 +425,7 @@ struct RawTop {
     #[serde(default)]
     connect: ConnectPolicy,
     upstream_timeout: Option<RawDuration>,
+    shutdown_grace: Option<RawDuration>,
     tls: Option<RawTls>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
@@ -469,6 +476,15 @@ struct RawAuthConfig {
     timeout: Option<RawDuration>,
     backoff: Option<RawBackoff>,
     retry_on_401: Option<bool>,
+    prefetch: Option<bool>,
+    client_secret_expires_at: Option<RawTimestamp>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTimestamp {
+    UnixSeconds(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -573,25 +589,7 @@ impl Loader<'_> {
 
         let mut configs = self.expanded_configs(raw_configs);
         self.apply_env_overrides(&mut configs);
-        let mut validated = Vec::new();
-        let mut seen = HashSet::new();
-        for (index, (id, value)) in configs.into_iter().enumerate() {
-            let Some(id) = id else {
-                self.error(
-                    None,
-                    &format!("auth_configs[{index}].id"),
-                    "missing: every auth config needs an id",
-                );
-                continue;
-            };
-            if !seen.insert(id.clone()) {
-                self.error(Some(&id), "id", "duplicate id: each auth config id must be unique");
-                continue;
-            }
-            if let Some(raw) = self.deserialize::<RawAuthConfig>(value, Some(&id), "") {
-                validated.push(self.auth_config(id, raw));
-            }
-        }
+        let (validated, seen) = self.auth_configs(configs);
 
         let routes: Vec<PendingRoute> = raw_routes
             .into_iter()
@@ -618,6 +616,7 @@ impl Loader<'_> {
             raw_top.upstream_timeout,
             Duration::from_mins(1),
         );
+        let shutdown_grace = self.duration(None, "shutdown_grace", raw_top.shutdown_grace, Duration::from_secs(30));
         let ca_file = raw_top.tls.and_then(|tls| tls.ca_file);
         if let Some(path) = &ca_file
             && let Err(err) = std::fs::metadata(path)
@@ -652,11 +651,36 @@ impl Loader<'_> {
             default_action: raw_top.default_action,
             connect: raw_top.connect,
             upstream_timeout,
+            shutdown_grace,
             ca_file,
             auth_configs,
             routes,
             by_id,
         })
+    }
+
+    /// Each auth config checked on its own; also every id seen, for routes to refer to.
+    fn auth_configs(&mut self, configs: Vec<(Option<String>, Value)>) -> (Vec<PendingConfig>, HashSet<String>) {
+        let mut validated = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, (id, value)) in configs.into_iter().enumerate() {
+            let Some(id) = id else {
+                self.error(
+                    None,
+                    &format!("auth_configs[{index}].id"),
+                    "missing: every auth config needs an id",
+                );
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                self.error(Some(&id), "id", "duplicate id: each auth config id must be unique");
+                continue;
+            }
+            if let Some(raw) = self.deserialize::<RawAuthConfig>(value, Some(&id), "") {
+                validated.push(self.auth_config(id, raw));
+            }
+        }
+        (validated, seen)
     }
 
     fn take_sequence(&mut self, top: &mut Mapping, key: &str) -> Vec<Value> {
@@ -848,6 +872,7 @@ impl Loader<'_> {
             self.error(cid, "backoff.max", "must not be less than backoff.initial");
         }
 
+        let client_secret_expires_at = self.secret_expiry(cid, raw.client_secret_expires_at.take());
         let (Some(endpoint), Some(client_id), Some(credential)) = (endpoint, client_id, credential) else {
             return PendingConfig {
                 id,
@@ -874,6 +899,8 @@ impl Loader<'_> {
             backoff_initial,
             backoff_max,
             retry_on_401: raw.retry_on_401.unwrap_or(true),
+            prefetch: raw.prefetch.unwrap_or(false),
+            client_secret_expires_at,
             cache_key: String::new(),
         };
         PendingConfig {
@@ -999,6 +1026,25 @@ impl Loader<'_> {
                     None
                 }
             },
+        }
+    }
+
+    fn secret_expiry(&mut self, cid: Option<&str>, raw: Option<RawTimestamp>) -> Option<SystemTime> {
+        match raw? {
+            RawTimestamp::UnixSeconds(secs) => Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+            RawTimestamp::Text(text) => {
+                let parsed = parse_timestamp(&text);
+                if parsed.is_none() {
+                    self.error(
+                        cid,
+                        "client_secret_expires_at",
+                        format!(
+                            "`{text}` is not a date (2027-06-30), an RFC 3339 time (2027-06-30T12:00:00Z) or Unix seconds"
+                        ),
+                    );
+                }
+                parsed
+            }
         }
     }
 
@@ -1384,7 +1430,7 @@ fn env_field(field: &str, value: &str) -> (String, Option<String>, Value) {
         "inject_query" => ("inject".into(), Some("query".into()), string()),
         "backoff_initial" => ("backoff".into(), Some("initial".into()), string()),
         "backoff_max" => ("backoff".into(), Some("max".into()), string()),
-        "retry_on_401" => (
+        "retry_on_401" | "prefetch" => (
             lower,
             None,
             value.parse::<bool>().map_or_else(|_| string(), Value::Bool),
@@ -1489,6 +1535,107 @@ fn valid_id(id: &str) -> bool {
 
 fn is_scope_char(b: u8) -> bool {
     b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+}
+
+/// `2027-06-30` (midnight UTC), `2027-06-30T12:00:00Z` or with an offset (`+02:00`),
+/// optionally with fractional seconds, or Unix seconds.
+#[must_use]
+pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+    }
+    let number = |part: &str| -> Option<i64> {
+        (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let (date, time) = match text.split_once(['T', 't', ' ']) {
+        Some((date, time)) => (date, Some(time)),
+        None => (text, None),
+    };
+    let mut parts = date.splitn(3, '-');
+    let (year, month, day) = (number(parts.next()?)?, number(parts.next()?)?, number(parts.next()?)?);
+    if date.len() != 10 || !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
+        return None;
+    }
+    let mut seconds = days_from_civil(year, month, day) * 86_400;
+    if let Some(time) = time {
+        let (clock, offset) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
+            (clock, 0)
+        } else {
+            let sign_at = time.rfind(['+', '-'])?;
+            let (clock, zone) = time.split_at(sign_at);
+            let (hours, minutes) = zone[1..].split_once(':')?;
+            let offset = number(hours)? * 3600 + number(minutes)? * 60;
+            (clock, if zone.starts_with('-') { -offset } else { offset })
+        };
+        let clock = clock.split_once('.').map_or(clock, |(whole, fraction)| {
+            if fraction.bytes().all(|b| b.is_ascii_digit()) {
+                whole
+            } else {
+                "invalid"
+            }
+        });
+        let mut hms = clock.splitn(3, ':');
+        let (h, m, s) = (number(hms.next()?)?, number(hms.next()?)?, number(hms.next()?)?);
+        if clock.len() != 8 || h > 23 || m > 59 || s > 60 {
+            return None;
+        }
+        seconds += h * 3600 + m * 60 + s - offset;
+    }
+    let seconds = u64::try_from(seconds).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// RFC 3339 in UTC, whole seconds: `2027-06-30T12:34:56Z`.
+#[must_use]
+pub fn format_timestamp(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The inverse of [`days_from_civil`] (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, `1m30s`, or a bare number of seconds.

@@ -11,7 +11,8 @@
 //! - [`token`]: the token cache (moka, single flight) and the token endpoint client.
 //! - [`inject`]: puts the token on the request and strips hop-by-hop headers.
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
-//! - [`admin`]: the admin listener (`/healthz`).
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`).
+//! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
 //! - [`secret`] and [`tls`]: redacting secret types, and the rustls client settings.
 //!
 //! A request `GET http://api.example.com/v1/x` with `X-Auth-Config: billing` is parsed into a
@@ -20,6 +21,7 @@
 //! replaces anything the app sent, and the request goes upstream; the response streams back.
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod inject;
@@ -27,20 +29,16 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod secret;
+mod server;
 pub mod tls;
 pub mod token;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::proxy::{Proxy, Upstream};
-use crate::token::{TokenCache, TokenClient};
+pub use server::Server;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of everything bearerd sends: streamed through, or its own error JSON.
@@ -58,54 +56,4 @@ pub enum StartError {
         addr: SocketAddr,
         cause: std::io::Error,
     },
-}
-
-/// A running bearerd: the proxy and admin listeners. Dropping it stops both.
-pub struct Server {
-    pub proxy_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Binds both listeners (port 0 picks a free port) and starts serving.
-    pub async fn start(config: Config) -> Result<Self, StartError> {
-        let roots = Arc::new(tls::roots(config.ca_file.as_deref())?);
-        let upstream = Upstream::new(tls::client_config(Arc::clone(&roots))?, config.upstream_timeout);
-        let tokens = TokenCache::new(TokenClient::new(roots)?);
-        let bind = |what, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|cause| StartError::Bind { what, addr, cause })
-        };
-        let proxy_listener = bind("listen", config.listen).await?;
-        let admin_listener = bind("admin_listen", config.admin_listen).await?;
-        let local = |listener: &TcpListener, what, addr| {
-            listener
-                .local_addr()
-                .map_err(|cause| StartError::Bind { what, addr, cause })
-        };
-        let proxy_addr = local(&proxy_listener, "listen", config.listen)?;
-        let admin_addr = local(&admin_listener, "admin_listen", config.admin_listen)?;
-        let metrics = Arc::new(metrics::Metrics::new());
-        let proxy = Arc::new(Proxy::new(Arc::new(config), tokens, upstream, Arc::clone(&metrics)));
-        let tasks = vec![
-            tokio::spawn(proxy.serve(proxy_listener)),
-            tokio::spawn(admin::serve(admin_listener, metrics)),
-        ];
-        tracing::info!(%proxy_addr, %admin_addr, "bearerd is serving");
-        Ok(Self {
-            proxy_addr,
-            admin_addr,
-            tasks,
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }

@@ -1,7 +1,8 @@
 //! The `bearerd` binary: arguments, logging, configuration, then serve until a signal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use bearerd::config::{Config, Env};
@@ -11,29 +12,39 @@ const USAGE: &str = "\
 bearerd — sidecar HTTP forward proxy that adds OAuth 2.0 access tokens
 
 Usage:
-  bearerd [run] [--config PATH]   serve (PATH: $BEARERD_CONFIG, else ./config/bearerd.yaml)
+  bearerd [run] [--config PATH]             serve (PATH: $BEARERD_CONFIG, else ./config/bearerd.yaml)
+  bearerd check [--offline] [--config PATH]  validate, resolve discovery and fetch one token per
+                                             auth config; one row each; exit 1 if any fails
+                                             (--offline: validate only, contact nothing)
   bearerd --version | --help
+
+Signals: SIGHUP reloads the config (so does a change to the file); SIGTERM and SIGINT stop
+accepting, let in-flight requests finish (shutdown_grace), and exit 0.
 
 Environment: BEARERD_CONFIG, BEARERD_LISTEN, BEARERD_ADMIN_LISTEN,
 BEARERD_LOG_FORMAT (json | pretty), RUST_LOG (tracing filter, default info),
 BEARERD_CONFIG__<ID>__<FIELD> (define or override a field of auth config <id>).
 ";
 
+/// How often the config file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let config_path = match parse_args(&args) {
-        Ok(Command::Run(path)) => path,
+    let (command, config_path) = match parse_args(&args) {
         Ok(Command::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Run(path)) => (Mode::Run, path),
+        Ok(Command::Check { offline, config }) => (Mode::Check { offline }, config),
         Err(message) => {
             eprintln!("bearerd: {message}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     let env: Env = std::env::vars().collect();
-    init_logging(&env);
+    init_logging(&env, command != Mode::Run);
     let path = config_path
         .or_else(|| env.get("BEARERD_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/bearerd.yaml"));
@@ -44,8 +55,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match command {
+        Mode::Run => run(config, &path, &env),
+        Mode::Check { offline } => check(&config, offline),
+    };
+    match result {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("bearerd: {err:#}");
             ExitCode::FAILURE
@@ -53,13 +68,22 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Check { offline: bool },
+}
+
 enum Command {
     Run(Option<PathBuf>),
+    Check { offline: bool, config: Option<PathBuf> },
     Print(String),
 }
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut config = None;
+    let mut check = false;
+    let mut offline = false;
     let mut rest = args.iter();
     let mut first = true;
     while let Some(arg) = rest.next() {
@@ -67,6 +91,8 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             "--help" | "-h" => return Ok(Command::Print(USAGE.to_owned())),
             "--version" | "-V" => return Ok(Command::Print(format!("bearerd {}\n", env!("CARGO_PKG_VERSION")))),
             "run" if first => {}
+            "check" if first => check = true,
+            "--offline" if check => offline = true,
             "--config" | "-c" => config = Some(PathBuf::from(rest.next().ok_or("--config needs a path")?)),
             other => match other.strip_prefix("--config=") {
                 Some(path) => config = Some(PathBuf::from(path)),
@@ -75,11 +101,65 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         }
         first = false;
     }
-    Ok(Command::Run(config))
+    Ok(if check {
+        Command::Check { offline, config }
+    } else {
+        Command::Run(config)
+    })
 }
 
-fn init_logging(env: &Env) {
-    let filter = EnvFilter::try_new(env.get("RUST_LOG").map_or("info", String::as_str))
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn run(config: Config, path: &Path, env: &Env) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let server = bearerd::Server::start(config).await?;
+        server.watch(path.to_owned(), env.clone(), WATCH_EVERY);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading {}", path.display());
+                    // A failed reload is logged and counted; the old config keeps serving.
+                    let _ = server.reload(path, env);
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("shutting down");
+        if server.shutdown().await {
+            tracing::info!("every in-flight request finished; exiting");
+        }
+        anyhow::Ok(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
+    let rows = runtime()?.block_on(bearerd::check::check(config, offline))?;
+    print!("{}", bearerd::check::table(&rows));
+    Ok(if rows.iter().all(bearerd::check::Row::passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Logs go to stderr; `check` logs only warnings unless `RUST_LOG` says otherwise, so its
+/// table stays readable.
+fn init_logging(env: &Env, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_new(env.get("RUST_LOG").map_or(default, String::as_str))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -89,28 +169,4 @@ fn init_logging(env: &Env) {
     } else {
         builder.init();
     }
-}
-
-fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
-        let _server = bearerd::Server::start(config).await?;
-        shutdown_signal().await?;
-        tracing::info!("stopping");
-        Ok(())
-    })
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

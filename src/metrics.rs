@@ -1,13 +1,46 @@
-//! Prometheus metrics (names and labels are part of DESIGN.md's contract). Labels carry auth
-//! config ids and codes only, never hosts, paths or user data.
+//! Prometheus metrics (names and labels are part of DESIGN.md's contract), plus the standard
+//! `process_*` metrics. Labels carry auth config ids, status codes, error codes and fixed
+//! words only, never hosts, paths or user data, so their number stays bounded.
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
-/// The registry and the metrics bearerd updates.
+/// Requests with no auth config are counted under this label.
+pub const NO_AUTH_CONFIG: &str = "none";
+
+/// Seconds. From 100 µs (bearerd's own overhead on a cache hit) to 30 s (a slow identity
+/// provider at its timeout), roughly ×2.5 per step.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The registry and every metric bearerd updates.
 pub struct Metrics {
     registry: Registry,
+    /// `bearerd_requests_total{auth_config, status}`: status is the HTTP status, or bearerd's
+    /// error code when bearerd answered itself.
+    pub requests: IntCounterVec,
+    /// `bearerd_request_duration_seconds{auth_config}`: from the request's head to the
+    /// response's head (bodies stream afterwards).
+    pub request_duration: HistogramVec,
+    /// `bearerd_token_requests_total{auth_config, outcome}`: `success` / `error`.
+    pub token_requests: IntCounterVec,
+    /// `bearerd_token_request_duration_seconds{auth_config}`.
+    pub token_request_duration: HistogramVec,
+    /// `bearerd_token_cache_lookups_total{auth_config, result}`: `hit` / `miss` / `refresh_ahead`.
+    pub token_cache_lookups: IntCounterVec,
+    /// `bearerd_token_expiry_timestamp_seconds{auth_config}`: when the cached token expires.
+    pub token_expiry: GaugeVec,
     /// `bearerd_upstream_retries_total{auth_config}`: requests replayed after an upstream 401.
     pub upstream_retries: IntCounterVec,
+    /// `bearerd_config_reloads_total{outcome}`: `success` / `error`.
+    pub config_reloads: IntCounterVec,
+    /// `bearerd_client_secret_expiry_timestamp_seconds{auth_config}`, from
+    /// `client_secret_expires_at`.
+    pub client_secret_expiry: GaugeVec,
+    /// `bearerd_inflight_requests`: requests between their head and their response's head.
+    pub inflight: IntGauge,
 }
 
 impl Metrics {
@@ -16,21 +49,96 @@ impl Metrics {
     #[must_use]
     pub fn new() -> Self {
         let registry = Registry::new();
-        let upstream_retries = IntCounterVec::new(
-            Opts::new(
-                "bearerd_upstream_retries_total",
-                "Requests replayed with a new token after an upstream 401.",
-            ),
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+            let metric = HistogramVec::new(opts, &["auth_config"]).expect("valid metric definition");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = GaugeVec::new(Opts::new(name, help), &["auth_config"]).expect("valid metric definition");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let requests = counter(
+            "bearerd_requests_total",
+            "Requests answered, by auth config and HTTP status (or bearerd's error code).",
+            &["auth_config", "status"],
+        );
+        let request_duration = histogram(
+            "bearerd_request_duration_seconds",
+            "Time from a request's head to its response's head.",
+        );
+        let token_requests = counter(
+            "bearerd_token_requests_total",
+            "Token endpoint requests, by outcome.",
+            &["auth_config", "outcome"],
+        );
+        let token_request_duration = histogram(
+            "bearerd_token_request_duration_seconds",
+            "Time a token request took, discovery included.",
+        );
+        let token_cache_lookups = counter(
+            "bearerd_token_cache_lookups_total",
+            "Token cache lookups by result: hit, miss (waited for a fetch), refresh_ahead.",
+            &["auth_config", "result"],
+        );
+        let token_expiry = gauge(
+            "bearerd_token_expiry_timestamp_seconds",
+            "When the cached token expires, in Unix seconds.",
+        );
+        let upstream_retries = counter(
+            "bearerd_upstream_retries_total",
+            "Requests replayed with a new token after an upstream 401.",
             &["auth_config"],
+        );
+        let config_reloads = counter(
+            "bearerd_config_reloads_total",
+            "Configuration reloads, by outcome.",
+            &["outcome"],
+        );
+        let client_secret_expiry = gauge(
+            "bearerd_client_secret_expiry_timestamp_seconds",
+            "When the client secret expires (client_secret_expires_at), in Unix seconds.",
+        );
+        let inflight = IntGauge::new(
+            "bearerd_inflight_requests",
+            "Requests being handled (until their response headers are sent).",
         )
         .expect("valid metric definition");
+        registry.register(Box::new(inflight.clone())).expect("registered once");
+        #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(upstream_retries.clone()))
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registered once");
         Self {
             registry,
+            requests,
+            request_duration,
+            token_requests,
+            token_request_duration,
+            token_cache_lookups,
+            token_expiry,
             upstream_retries,
+            config_reloads,
+            client_secret_expiry,
+            inflight,
         }
+    }
+
+    /// Drops the gauges and histograms of an auth config that no longer exists (after a
+    /// reload), so no stale expiry stays exported. Its counters stay until a restart, as
+    /// counters should.
+    pub fn forget(&self, auth_config: &str) {
+        let _ = self.token_expiry.remove_label_values(&[auth_config]);
+        let _ = self.client_secret_expiry.remove_label_values(&[auth_config]);
+        let _ = self.request_duration.remove_label_values(&[auth_config]);
+        let _ = self.token_request_duration.remove_label_values(&[auth_config]);
     }
 
     /// The Prometheus text exposition of every metric.

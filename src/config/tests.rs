@@ -624,3 +624,46 @@ fn endpoint_rules_name_the_field() {
         assert_eq!(got, [format!("test.yaml: auth config `e`: {error}")], "{endpoint}");
     }
 }
+
+#[test]
+fn timestamps_for_client_secret_expires_at() {
+    let at = |text: &str| parse_timestamp(text).map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs());
+    // Reference values from `date -u -d ... +%s`.
+    assert_eq!(at("1970-01-01"), Some(0));
+    assert_eq!(at("2027-06-30"), Some(1_814_313_600));
+    assert_eq!(at("2024-02-29"), Some(1_709_164_800));
+    assert_eq!(at("2027-06-30T12:34:56Z"), Some(1_814_358_896));
+    assert_eq!(at("2027-06-30T12:34:56.789Z"), Some(1_814_358_896));
+    assert_eq!(at("2027-06-30T14:34:56+02:00"), Some(1_814_358_896));
+    assert_eq!(at("2027-06-30T07:04:56-05:30"), Some(1_814_358_896));
+    assert_eq!(at("1814313600"), Some(1_814_313_600));
+    for bad in [
+        "2027-6-30",
+        "2027-02-29",
+        "2027-13-01",
+        "2027-06-31",
+        "30/06/2027",
+        "2027-06-30T25:00:00Z",
+        "2027-06-30T12:00Z",
+        "2027-06-30T12:00:00",
+        "soon",
+        "",
+    ] {
+        assert_eq!(at(bad), None, "{bad}");
+    }
+    let yaml = with_endpoint("    token_url: https://idp.test/t\n    client_secret_expires_at: 2027-06-31\n");
+    assert_eq!(
+        errors(&yaml, &Env::new()),
+        [
+            "test.yaml: auth config `e`: client_secret_expires_at: `2027-06-31` is not a date (2027-06-30), an RFC 3339 time (2027-06-30T12:00:00Z) or Unix seconds"
+        ]
+    );
+    let yaml = with_endpoint(
+        "    token_url: https://idp.test/t\n    client_secret_expires_at: 1814313600\n    prefetch: true\n",
+    );
+    let config = load(&yaml).unwrap();
+    let e = config.auth_config("e").unwrap();
+    assert_eq!(e.client_secret_expires_at, parse_timestamp("2027-06-30"));
+    assert!(e.prefetch);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+}

@@ -12,26 +12,12 @@ use tokio::net::TcpStream;
 
 use crate::ProxyBody;
 use crate::config::{Config, ConnectPolicy};
-use crate::error::{ProxyError, respond};
+use crate::error::ProxyError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn tunnel(config: &Config, request: Request<Incoming>) -> Response<ProxyBody> {
-    match open(config, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            // The client may already have sent tunnel bytes behind the CONNECT; they must
-            // not be read as HTTP, so the connection ends with this answer.
-            let mut response = respond(&error, None);
-            response
-                .headers_mut()
-                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-            response
-        }
-    }
-}
-
-async fn open(config: &Config, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+/// Opens the tunnel, or says why not. The caller answers errors with `Connection: close`.
+pub(super) async fn open(config: &Config, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
     if config.connect == ConnectPolicy::Deny {
         return Err(ProxyError::RouteDenied(
             "CONNECT tunnels are disabled (connect: deny)".into(),

@@ -8,54 +8,86 @@ mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use upstream::Upstream;
 
 use crate::config::{AuthConfig, Config};
 use crate::error::{ProxyError, respond};
 use crate::inject;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NO_AUTH_CONFIG};
 use crate::routes::{self, RequestFacts, RouteKind, SelectError};
-use crate::token::{CachedToken, TokenCache, TokenError};
+use crate::token::{CachedToken, Lookup, TokenCache, TokenError};
 use crate::{BoxError, ProxyBody};
 
 use replay::Keep;
 use target::Target;
+
+const X_REQUEST_ID: &str = "x-request-id";
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
-    config: Arc<Config>,
-    tokens: TokenCache,
+    /// The configuration in force; a reload swaps it whole, so each request sees one.
+    config: ArcSwap<Config>,
+    pub tokens: TokenCache,
     upstream: Upstream,
-    metrics: Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
+    /// Set once shutdown starts: `/readyz` answers 503 from then on.
+    draining: AtomicBool,
 }
 
 impl Proxy {
     #[must_use]
     pub fn new(config: Arc<Config>, tokens: TokenCache, upstream: Upstream, metrics: Arc<Metrics>) -> Self {
         Self {
-            config,
+            config: ArcSwap::new(config),
             tokens,
             upstream,
             metrics,
+            draining: AtomicBool::new(false),
         }
     }
 
-    /// Accepts connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// The configuration in force now.
+    #[must_use]
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts `config` in force for every request that starts from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+    }
+
+    #[must_use]
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Accepts connections until `stop` turns true; then stops accepting, asks every open
+    /// connection to finish its requests and close, and returns when all have.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let graceful = GracefulShutdown::new();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => break,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: wait rather than spin.
@@ -66,6 +98,7 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self);
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let proxy = Arc::clone(&proxy);
@@ -76,32 +109,88 @@ impl Proxy {
                     .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT);
-                if let Err(err) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await
-                {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(err) = watcher.watch(connection).await {
                     tracing::debug!(%peer, "connection ended: {err}");
                 }
             });
         }
+        self.draining.store(true, Ordering::Relaxed);
+        drop(listener);
+        tracing::info!(
+            connections = graceful.count(),
+            "stopped accepting; waiting for in-flight requests"
+        );
+        graceful.shutdown().await;
     }
 
-    /// Answers one request; every failure becomes bearerd's JSON error response.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
-        if request.method() == Method::CONNECT {
-            return connect::tunnel(&self.config, request).await;
-        }
-        let mut auth_config = None;
-        match self.forward(request, &mut auth_config).await {
-            Ok(response) => response,
-            Err(error) => respond(&error, auth_config.as_deref().map(|c: &AuthConfig| c.id.as_str())),
-        }
+    /// Answers one request; every failure becomes bearerd's JSON error response. Counts it,
+    /// times it, and logs one line at debug.
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let inflight = Inflight::start(&self.metrics);
+        let request_id = request_id(request.headers_mut());
+        let method = request.method().clone();
+        let mut seen = Seen::default();
+        let config = self.config.load_full();
+        let result = if method == Method::CONNECT {
+            seen.authority = request.uri().authority().cloned();
+            connect::open(&config, request).await
+        } else {
+            self.forward(&config, request, &mut seen).await
+        };
+        let auth_config = seen
+            .auth_config
+            .as_deref()
+            .map_or(NO_AUTH_CONFIG, |c: &AuthConfig| c.id.as_str());
+        let (response, status) = match result {
+            Ok(response) => {
+                let status = response.status();
+                (response, Status::Http(status))
+            }
+            Err(error) => {
+                let mut response = respond(&error, seen.auth_config.as_deref().map(|c| c.id.as_str()));
+                if method == Method::CONNECT {
+                    // The client may already have sent tunnel bytes behind the CONNECT; they
+                    // must not be read as HTTP, so the connection ends with this answer.
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                (response, Status::Code(error.code()))
+            }
+        };
+        let elapsed = started.elapsed();
+        let status_label = match &status {
+            Status::Http(code) => code.as_str(),
+            Status::Code(code) => code,
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[auth_config, status_label])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[auth_config])
+            .observe(elapsed.as_secs_f64());
+        drop(inflight);
+        tracing::debug!(
+            request_id = %request_id,
+            method = %method,
+            authority = seen.authority.as_ref().map_or("-", http::uri::Authority::as_str),
+            auth_config,
+            status = status_label,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+        response
     }
 
     async fn forward(
         &self,
+        config: &Config,
         request: Request<Incoming>,
-        chosen: &mut Option<Arc<AuthConfig>>,
+        seen: &mut Seen,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. Where is it going, as the app wrote it?
         let target = Target::of(request.uri(), request.headers())?;
@@ -122,11 +211,11 @@ impl Proxy {
             origin_form: target.is_origin_form(),
             named_config: named,
         };
-        let selection = routes::select(&self.config, facts).map_err(|err| match err {
+        let selection = routes::select(config, facts).map_err(|err| match err {
             SelectError::UnknownAuthConfig(name) => ProxyError::UnknownAuthConfig(printable(&name)),
             SelectError::Denied => ProxyError::RouteDenied(err.to_string()),
         })?;
-        chosen.clone_from(&selection.auth_config);
+        seen.auth_config.clone_from(&selection.auth_config);
         let uri = match selection.route.map(|route| &route.kind) {
             Some(RouteKind::Gateway { upstream }) => {
                 let prefix = selection.route.map_or("/", |route| route.path_prefix.as_str());
@@ -135,6 +224,7 @@ impl Proxy {
             Some(RouteKind::Forward { upstream_tls }) => target.forward_uri(request.uri(), *upstream_tls)?,
             None => target.forward_uri(request.uri(), false)?,
         };
+        seen.authority = uri.authority().cloned();
 
         // 3. Guard: a token only ever goes to the hosts its config allows.
         if let Some(auth_config) = &selection.auth_config {
@@ -152,19 +242,29 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         inject::strip_request_headers(&mut parts.headers);
         let Some(auth_config) = selection.auth_config else {
-            return self.send(parts, boxed(body)).await;
+            return self.send(config.upstream_timeout, parts, boxed(body)).await;
         };
 
         // 4. Token, from the cache or the one fetch in flight.
-        let (token, _) = self.tokens.get(&auth_config).await?;
+        let token = self.token(&auth_config).await?;
 
         // 5. and 6. Inject and forward, keeping a small body in case of a replay.
         if !auth_config.retry_on_401 {
-            return self.send(with_token(parts, &auth_config, &token)?, boxed(body)).await;
+            return self
+                .send(
+                    config.upstream_timeout,
+                    with_token(parts, &auth_config, &token)?,
+                    boxed(body),
+                )
+                .await;
         }
         let (body, kept) = Keep::new(body);
         let response = self
-            .send(with_token(parts.clone(), &auth_config, &token)?, boxed(body))
+            .send(
+                config.upstream_timeout,
+                with_token(parts.clone(), &auth_config, &token)?,
+                boxed(body),
+            )
             .await?;
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
@@ -175,21 +275,39 @@ impl Proxy {
         self.tokens.evict_if_current(&auth_config, &token);
         let Some(body) = kept.whole() else { return Ok(response) };
         drop(response);
-        let (token, _) = self.tokens.get(&auth_config).await?;
+        let token = self.token(&auth_config).await?;
         self.metrics
             .upstream_retries
             .with_label_values(&[auth_config.id.as_str()])
             .inc();
         let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
-        self.send(with_token(parts, &auth_config, &token)?, body).await
+        self.send(config.upstream_timeout, with_token(parts, &auth_config, &token)?, body)
+            .await
+    }
+
+    /// A token from the cache, the lookup counted by how it was found.
+    async fn token(&self, auth_config: &Arc<AuthConfig>) -> Result<Arc<CachedToken>, ProxyError> {
+        let (token, lookup) = self.tokens.get(auth_config).await?;
+        let result = match lookup {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::RefreshAhead => "refresh_ahead",
+        };
+        self.metrics
+            .token_cache_lookups
+            .with_label_values(&[auth_config.id.as_str(), result])
+            .inc();
+        Ok(token)
     }
 
     /// Sends a prepared request upstream and prepares its response for the app.
-    async fn send(&self, parts: http::request::Parts, body: ProxyBody) -> Result<Response<ProxyBody>, ProxyError> {
-        let response = self
-            .upstream
-            .send(Request::from_parts(parts, body), self.config.upstream_timeout)
-            .await?;
+    async fn send(
+        &self,
+        timeout: Duration,
+        parts: http::request::Parts,
+        body: ProxyBody,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let response = self.upstream.send(Request::from_parts(parts, body), timeout).await?;
         let (mut parts, body) = response.into_parts();
         inject::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, boxed(body)))
@@ -213,6 +331,53 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// What `forward` learned about a request, for its metrics and log line.
+#[derive(Default)]
+struct Seen {
+    auth_config: Option<Arc<AuthConfig>>,
+    /// Where the request went (or was going).
+    authority: Option<http::uri::Authority>,
+}
+
+enum Status {
+    Http(StatusCode),
+    Code(&'static str),
+}
+
+/// Counts a request in `bearerd_inflight_requests` until dropped (also when the client goes
+/// away and the request's future is dropped).
+struct Inflight<'a>(&'a Metrics);
+
+impl<'a> Inflight<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.inflight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+/// The request's `X-Request-Id`: the app's, when it sent a usable one, else a new random
+/// one, added to the request so the upstream sees the same id as bearerd's log.
+fn request_id(headers: &mut http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 200)
+    {
+        return id.to_owned();
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        headers.insert(X_REQUEST_ID, value);
+    }
+    id
 }
 
 /// App-supplied text made safe to echo in a message.

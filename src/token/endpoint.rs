@@ -167,6 +167,17 @@ impl TokenClient {
         }
     }
 
+    /// The token endpoint the discovery document read for `config` names, if one was read.
+    #[must_use]
+    pub fn discovered_endpoint(&self, config: &AuthConfig) -> Option<Url> {
+        let TokenEndpoint::Discovery { issuer, document } = &config.endpoint else {
+            return None;
+        };
+        let documents = self.documents();
+        let discovered = documents.get(&format!("{issuer} {document}"))?;
+        Some(discovered.token_endpoint(config.client_auth).clone())
+    }
+
     fn documents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Discovered>>> {
         self.documents.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 pub use endpoint::{MAX_RESPONSE_BYTES, TokenClient, TokenError, TokenResponse, basic_auth, parse_response};
 
 use crate::config::AuthConfig;
+use crate::metrics::Metrics;
 use crate::secret::AccessToken;
 
 /// Back-off delays are jittered down by up to this fraction, so they never pass the cap and
@@ -159,14 +160,31 @@ impl Slot {
 pub struct TokenCache {
     slots: moka::sync::Cache<String, Arc<Slot>>,
     source: Arc<dyn FetchToken>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenCache {
+    /// Tokens from `source`; every fetch is counted and timed in `metrics`.
     #[must_use]
-    pub fn new(source: impl FetchToken) -> Self {
+    pub fn new(source: impl FetchToken, metrics: Arc<Metrics>) -> Self {
         Self {
             slots: moka::sync::Cache::builder().max_capacity(100_000).build(),
             source: Arc::new(source),
+            metrics,
+        }
+    }
+
+    /// Drops the slots (tokens, back-off) of every config whose cache key is not in `keep`:
+    /// after a reload, changed and removed configs start afresh, unchanged ones keep theirs.
+    pub fn retain(&self, keep: &std::collections::HashSet<&str>) {
+        let stale: Vec<Arc<String>> = self
+            .slots
+            .iter()
+            .filter(|(key, _)| !keep.contains(key.as_str()))
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            self.slots.invalidate(key.as_str());
         }
     }
 
@@ -260,8 +278,21 @@ impl TokenCache {
     fn start_fetch(&self, slot: &Arc<Slot>, config: &Arc<AuthConfig>) -> watch::Receiver<Option<Outcome>> {
         let (done, flight) = watch::channel(None);
         let (slot, config, source) = (Arc::clone(slot), Arc::clone(config), Arc::clone(&self.source));
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
+            let started = Instant::now();
             let outcome = fetch(&*source, &config).await;
+            let id = config.id.as_str();
+            metrics
+                .token_request_duration
+                .with_label_values(&[id])
+                .observe(started.elapsed().as_secs_f64());
+            let outcome_label = if outcome.is_ok() { "success" } else { "error" };
+            metrics.token_requests.with_label_values(&[id, outcome_label]).inc();
+            if let Ok(token) = &outcome {
+                let expires = unix_seconds(SystemTime::now()) + (token.expires_at - Instant::now()).as_secs_f64();
+                metrics.token_expiry.with_label_values(&[id]).set(expires.round());
+            }
             {
                 let mut state = slot.lock();
                 state.flight = None;
@@ -315,6 +346,13 @@ async fn wait(slot: &Slot, mut flight: watch::Receiver<Option<Outcome>>) -> Outc
         state.flight = None;
     }
     Err(Arc::new(TokenError::Invalid("the token request was abandoned".into())))
+}
+
+/// Seconds since the Unix epoch (0 for a clock set before it).
+#[must_use]
+pub fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// One token request, turned into a cache entry.
@@ -404,7 +442,7 @@ mod tests {
             expires_in,
             script: Mutex::new(script.iter().copied().collect()),
         };
-        (TokenCache::new(source), calls)
+        (TokenCache::new(source, Arc::new(Metrics::new())), calls)
     }
 
     fn cache(delay: Duration, expires_in: Option<Duration>) -> (TokenCache, Arc<AtomicUsize>) {

@@ -1,0 +1,122 @@
+//! `bearerd check`: validate the configuration and, unless offline, resolve discovery and
+//! fetch one token per auth config, like the "Connect" button of the products bearerd
+//! replaces. One row per config; never a token.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, TokenEndpoint, endpoint_name};
+use crate::token::{TokenClient, TokenResponse};
+use crate::{StartError, tls};
+
+/// One config's result.
+#[derive(Debug)]
+pub struct Row {
+    pub id: String,
+    pub grant: &'static str,
+    /// The token endpoint used (after discovery), or as configured when offline or failed.
+    pub endpoint: String,
+    pub result: Outcome,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// A token came back: its lifetime and the scopes granted (when the provider said).
+    Token {
+        expires_in: Option<Duration>,
+        scope: Option<String>,
+    },
+    Failed(String),
+    /// `--offline`: the config is valid; nothing was contacted.
+    Valid,
+}
+
+impl Row {
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        !matches!(self.result, Outcome::Failed(_))
+    }
+}
+
+/// Checks every auth config of `config`: offline, only what loading already validated.
+pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartError> {
+    let client = if offline {
+        None
+    } else {
+        Some(TokenClient::new(Arc::new(tls::roots(config.ca_file.as_deref())?))?)
+    };
+    let mut rows = Vec::with_capacity(config.auth_configs.len());
+    for auth_config in &config.auth_configs {
+        let configured = auth_config.endpoint.to_string();
+        let (endpoint, result) = match &client {
+            None => (configured, Outcome::Valid),
+            Some(client) => {
+                let result = match client.fetch(auth_config).await {
+                    Ok(TokenResponse { expires_in, scope, .. }) => Outcome::Token { expires_in, scope },
+                    Err(err) => Outcome::Failed(err.to_string()),
+                };
+                let endpoint = match &auth_config.endpoint {
+                    TokenEndpoint::Url(_) => configured,
+                    TokenEndpoint::Discovery { .. } => client
+                        .discovered_endpoint(auth_config)
+                        .map_or(configured, |url| endpoint_name(&url)),
+                };
+                (endpoint, result)
+            }
+        };
+        rows.push(Row {
+            id: auth_config.id.clone(),
+            grant: auth_config.grant.as_str(),
+            endpoint,
+            result,
+        });
+    }
+    Ok(rows)
+}
+
+/// The rows as an aligned table with a header.
+#[must_use]
+pub fn table(rows: &[Row]) -> String {
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|row| {
+            let (result, expires_in, detail) = match &row.result {
+                Outcome::Token { expires_in, scope } => (
+                    "ok",
+                    expires_in.map_or_else(|| "-".to_owned(), |d| format!("{}s", d.as_secs())),
+                    scope.clone().unwrap_or_else(|| "(scopes not stated)".to_owned()),
+                ),
+                Outcome::Failed(error) => ("FAILED", "-".to_owned(), error.clone()),
+                Outcome::Valid => ("valid", "-".to_owned(), "offline: nothing contacted".to_owned()),
+            };
+            [
+                row.id.clone(),
+                row.grant.to_owned(),
+                row.endpoint.clone(),
+                result.to_owned(),
+                expires_in,
+                detail,
+            ]
+        })
+        .collect();
+    let header = ["ID", "GRANT", "ENDPOINT", "RESULT", "EXPIRES_IN", "SCOPES / ERROR"];
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header.map(str::to_owned)).chain(cells) {
+        let last = row.len() - 1;
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                let _ = writeln!(out, "{cell}");
+            } else {
+                let _ = write!(out, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+    }
+    out
+}
