@@ -55,6 +55,8 @@ const RESERVED_PARAMS: &[&str] = &[
 pub struct Config {
     /// Where it came from, for messages.
     pub source: String,
+    /// A hash of the text it was read from, so a watcher can tell a changed file.
+    pub text_hash: u64,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub default_action: DefaultAction,
@@ -102,7 +104,10 @@ impl Config {
         };
         let config = loader.load(text);
         match config {
-            Some(config) if loader.errors.is_empty() => Ok(config),
+            Some(mut config) if loader.errors.is_empty() => {
+                config.text_hash = text_hash(text.as_bytes());
+                Ok(config)
+            }
             _ => Err(LoadError(loader.errors)),
         }
     }
@@ -646,6 +651,7 @@ impl Loader<'_> {
 
         Some(Config {
             source: self.source.to_owned(),
+            text_hash: 0,
             listen: listen?,
             admin_listen: admin_listen?,
             default_action: raw_top.default_action,
@@ -1491,6 +1497,15 @@ fn read_secret_file(path: &Path) -> Result<ClientSecret, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(ClientSecret::new(secret))
+}
+
+/// A hash of a configuration file's bytes (not for security: only to notice a change).
+#[must_use]
+pub fn text_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// `{issuer}/.well-known/openid-configuration`, any terminating `/` of the issuer removed

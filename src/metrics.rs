@@ -131,6 +131,26 @@ impl Metrics {
         }
     }
 
+    /// Creates the zero-valued series of every auth config (and of reloads), so counters
+    /// exist before their first event and `rate()` and `increase()` see the first one.
+    pub fn announce(&self, auth_configs: &[std::sync::Arc<crate::config::AuthConfig>]) {
+        for outcome in ["success", "error"] {
+            self.config_reloads.with_label_values(&[outcome]);
+        }
+        for auth_config in auth_configs {
+            let id = auth_config.id.as_str();
+            for outcome in ["success", "error"] {
+                self.token_requests.with_label_values(&[id, outcome]);
+            }
+            for result in ["hit", "miss", "refresh_ahead"] {
+                self.token_cache_lookups.with_label_values(&[id, result]);
+            }
+            self.upstream_retries.with_label_values(&[id]);
+            self.request_duration.with_label_values(&[id]);
+            self.token_request_duration.with_label_values(&[id]);
+        }
+    }
+
     /// Drops the gauges and histograms of an auth config that no longer exists (after a
     /// reload), so no stale expiry stays exported. Its counters stay until a restart, as
     /// counters should.

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{AuthConfig, Config, Env, LoadError};
+use crate::config::{AuthConfig, Config, Env, LoadError, text_hash};
 use crate::proxy::{Proxy, Upstream};
 use crate::token::{TokenCache, TokenClient, TokenFailure, unix_seconds};
 use crate::{StartError, admin, metrics, tls};
@@ -65,6 +65,7 @@ impl Server {
         let (proxy_listener, proxy_addr) = bind("listen", config.listen).await?;
         let (admin_listener, admin_addr) = bind("admin_listen", config.admin_listen).await?;
         let config = Arc::new(config);
+        metrics.announce(&config.auth_configs);
         let proxy = Arc::new(Proxy::new(Arc::clone(&config), tokens, upstream, metrics));
         let (stop, stopped) = watch::channel(false);
         let serving = tokio::spawn(Arc::clone(&proxy).serve(proxy_listener, stopped));
@@ -77,6 +78,7 @@ impl Server {
             tokio::spawn(check_secrets_daily(Arc::clone(&proxy))),
         ]);
         shared.spawn(start_prefetch(&proxy, &config));
+        check_secrets(&proxy);
         tracing::info!(%proxy_addr, %admin_addr, auth_configs = config.auth_configs.len(), "bearerd is serving");
         Ok(Self {
             proxy_addr,
@@ -194,18 +196,20 @@ impl Drop for Server {
 }
 
 async fn watch_file(shared: std::sync::Weak<Shared>, path: PathBuf, env: Env, every: Duration) {
-    let mut last = std::fs::read(&path).ok();
+    // The last text tried, so a bad file is reported once, not at every tick.
+    let mut tried = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else { return };
         // Unreadable (mid-swap, or removed): keep serving what is loaded and look again.
-        let Ok(now) = std::fs::read(&path) else { continue };
-        if last.as_deref() == Some(now.as_slice()) {
+        let Ok(text) = std::fs::read(&path) else { continue };
+        let hash = text_hash(&text);
+        if hash == shared.proxy.config().text_hash || tried == Some(hash) {
             continue;
         }
-        last = Some(now);
+        tried = Some(hash);
         tracing::info!(source = %path.display(), "configuration file changed");
         let _ = reload(&shared, &path, &env);
     }
@@ -274,7 +278,8 @@ fn check_secrets(proxy: &Proxy) {
 }
 
 async fn check_secrets_daily(proxy: Arc<Proxy>) {
-    let mut tick = tokio::time::interval(SECRET_CHECK_EVERY);
+    // The first check ran at start.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SECRET_CHECK_EVERY, SECRET_CHECK_EVERY);
     loop {
         tick.tick().await;
         check_secrets(&proxy);

@@ -187,7 +187,9 @@ pub fn ok_token(token: &str, expires_in: u64) -> Reply {
 /// An upstream on loopback (plain or TLS) that answers every request with JSON describing
 /// what it received: method, URI, headers (in order), body length, and whether the body is
 /// the test pattern. `GET /bytes/N` streams N pattern bytes instead; `/status/N` answers N;
-/// `/only/<token>` answers 401 unless the request carries `Authorization: Bearer <token>`.
+/// `/only/<token>` answers 401 unless the request carries `Authorization: Bearer <token>`;
+/// `/slow/<ms>` answers after that many milliseconds. Speaks HTTP/1.1 and HTTP/2 (over TLS
+/// by ALPN, in cleartext with prior knowledge) and reports the version it received.
 pub struct Echo {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -268,6 +270,9 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn echo(request: Request<Incoming>, scheme: &'static str) -> Result<Response<EchoBody>, Infallible> {
     let path = request.uri().path().to_owned();
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|n| n.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
         return Ok(Response::new(pattern_body(n)));
     }
@@ -299,6 +304,7 @@ async fn echo(request: Request<Incoming>, scheme: &'static str) -> Result<Respon
         .collect();
     let json = serde_json::json!({
         "scheme": scheme,
+        "version": format!("{:?}", parts.version),
         "method": parts.method.as_str(),
         "uri": parts.uri.to_string(),
         "headers": headers,
@@ -352,6 +358,8 @@ impl hyper::body::Body for PatternBody {
 #[derive(Debug)]
 pub struct Echoed {
     pub scheme: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub method: String,
     pub uri: String,
     pub headers: Vec<(String, String)>,
@@ -365,6 +373,7 @@ impl Echoed {
             serde_json::from_slice(body).unwrap_or_else(|_| panic!("not an echo: {}", String::from_utf8_lossy(body)));
         Self {
             scheme: json["scheme"].as_str().unwrap().to_owned(),
+            version: json["version"].as_str().unwrap().to_owned(),
             method: json["method"].as_str().unwrap().to_owned(),
             uri: json["uri"].as_str().unwrap().to_owned(),
             headers: serde_json::from_value(json["headers"].clone()).unwrap(),
