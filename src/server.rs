@@ -265,7 +265,7 @@ fn check_secrets(proxy: &Proxy) {
             .set(unix_seconds(expires));
         match expires.duration_since(now) {
             Err(_) => {
-                tracing::error!(auth_config = %auth_config.id, "the client secret has expired (client_secret_expires_at)")
+                tracing::error!(auth_config = %auth_config.id, "the client secret has expired (client_secret_expires_at)");
             }
             Ok(left) if left < SECRET_WARNING => tracing::warn!(
                 auth_config = %auth_config.id,
