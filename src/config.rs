@@ -65,6 +65,9 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: Duration,
+    /// How often the file is checked for changes; zero turns the check off (SIGHUP still
+    /// reloads).
+    pub config_watch_interval: Duration,
     /// Extra trusted roots (PEM) for upstreams and token endpoints.
     pub ca_file: Option<PathBuf>,
     /// In file order.
@@ -431,6 +434,7 @@ struct RawTop {
     connect: ConnectPolicy,
     upstream_timeout: Option<RawDuration>,
     shutdown_grace: Option<RawDuration>,
+    config_watch_interval: Option<RawDuration>,
     tls: Option<RawTls>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
@@ -622,6 +626,12 @@ impl Loader<'_> {
             Duration::from_mins(1),
         );
         let shutdown_grace = self.duration(None, "shutdown_grace", raw_top.shutdown_grace, Duration::from_secs(30));
+        let config_watch_interval = self.duration(
+            None,
+            "config_watch_interval",
+            raw_top.config_watch_interval,
+            Duration::from_secs(1),
+        );
         let ca_file = raw_top.tls.and_then(|tls| tls.ca_file);
         if let Some(path) = &ca_file
             && let Err(err) = std::fs::metadata(path)
@@ -658,6 +668,7 @@ impl Loader<'_> {
             connect: raw_top.connect,
             upstream_timeout,
             shutdown_grace,
+            config_watch_interval,
             ca_file,
             auth_configs,
             routes,

@@ -26,9 +26,6 @@ BEARERD_LOG_FORMAT (json | pretty), RUST_LOG (tracing filter, default info),
 BEARERD_CONFIG__<ID>__<FIELD> (define or override a field of auth config <id>).
 ";
 
-/// How often the config file is checked for changes.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (command, config_path) = match parse_args(&args) {
@@ -122,8 +119,11 @@ fn run(config: Config, path: &Path, env: &Env) -> anyhow::Result<ExitCode> {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let watch_every = config.config_watch_interval;
         let server = bearerd::Server::start(config).await?;
-        server.watch(path.to_owned(), env.clone(), WATCH_EVERY);
+        if !watch_every.is_zero() {
+            server.watch(path.to_owned(), env.clone(), watch_every);
+        }
         loop {
             tokio::select! {
                 _ = hup.recv() => {

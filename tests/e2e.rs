@@ -19,7 +19,7 @@ struct Bearerd {
     proxy: String,
     admin: String,
     logs: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Bearerd {
@@ -67,12 +67,54 @@ impl Bearerd {
             proxy: proxy.trim_matches('"').to_owned(),
             admin: admin.trim_matches('"').to_owned(),
             logs,
-            _dir: dir,
+            dir,
         }
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("bearerd.yaml")
+    }
+
+    /// Rewrites the config file (listen addresses kept as at start).
+    fn rewrite(&self, config: &str) {
+        std::fs::write(
+            self.config_path(),
+            format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{config}"),
+        )
+        .unwrap();
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "bearerd did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn admin_get(&self, path: &str) -> (u16, String) {
+        let response = direct_client()
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
     }
 
     fn logs(&self) -> String {
@@ -325,4 +367,284 @@ async fn the_config_path_comes_from_bearerd_config_and_healthz_answers() {
     assert_eq!(health.status(), 200);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `WAIT`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let mut bearerd = Bearerd::start(&config_for(&tokens), "info");
+    let slow = curl(&bearerd)
+        .args(["-H", "X-Auth-Config: billing"])
+        .arg(format!("http://{}/slow/1500", echo.addr))
+        .output();
+    let slow = tokio::spawn(slow);
+    eventually("the slow request upstream", || async { echo.requests() == 1 }).await;
+    bearerd.signal("TERM");
+    let output = slow.await.unwrap().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let seen = Echoed::parse(&output.stdout);
+    assert_eq!(seen.uri, "/slow/1500");
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    assert_eq!(bearerd.exit_status().await.code(), Some(0));
+    let logs = bearerd.logs();
+    assert!(
+        logs.contains("stopped accepting; waiting for in-flight requests"),
+        "{logs}"
+    );
+    assert!(logs.contains("every in-flight request finished; exiting"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_a_bad_file_keeps_the_old_config_serving() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    // The file watcher is off, so only SIGHUP can reload.
+    let base = format!("config_watch_interval: 0s\n{}", config_for(&tokens));
+    let bearerd = Bearerd::start(&base, "info");
+    let crm = "  - id: crm\n    token_url: https://idp.example.com/t\n    client_id: crm\n    client_secret: s\n    allowed_hosts: [crm.example.com]\n";
+    bearerd.rewrite(&format!("{base}{crm}"));
+    bearerd.signal("HUP");
+    eventually("the reload", || async {
+        bearerd.admin_get("/configs").await.1.contains("\"crm\"")
+    })
+    .await;
+
+    bearerd.rewrite(&format!("{base}{}", crm.replace("client_id: crm", "client_ide: crm")));
+    bearerd.signal("HUP");
+    eventually("the failed reload", || async {
+        bearerd
+            .admin_get("/metrics")
+            .await
+            .1
+            .contains("bearerd_config_reloads_total{outcome=\"error\"} 1")
+    })
+    .await;
+    let logs = bearerd.logs();
+    assert!(logs.contains("the previous configuration stays in force"), "{logs}");
+    assert!(
+        logs.contains("auth config `crm`: client_ide: unknown field `client_ide`"),
+        "{logs}"
+    );
+    let (_, metrics) = bearerd.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("bearerd_config_reloads_total{outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(bearerd.admin_get("/configs").await.1.contains("\"crm\""));
+    let output = curl(&bearerd)
+        .args(["-H", "X-Auth-Config: billing"])
+        .arg(format!("http://{}/still", echo.addr))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(Echoed::parse(&output.stdout).all("authorization"), ["Bearer tok-1"]);
+}
+
+fn check(config: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(BIN)
+        .arg("check")
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .env("E2E_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_fetches_one_token_per_config_and_prints_a_row_each_without_the_token() {
+    let tokens = TokenServer::with(Duration::ZERO, |_, request| {
+        if request.body.contains("scope=invoices.read") {
+            (
+                200,
+                "application/json",
+                r#"{"access_token":"check-token-1","token_type":"Bearer","expires_in":1800,"scope":"invoices.read"}"#
+                    .into(),
+            )
+        } else {
+            (
+                400,
+                "application/json",
+                r#"{"error":"invalid_scope","error_description":"no such scope"}"#.into(),
+            )
+        }
+    })
+    .await;
+    let broken = format!(
+        "  - id: crm\n    token_url: {}\n    client_id: crm\n    client_secret: crm-secret-value\n    scopes: [crm.all]\n    allowed_hosts: [crm.example.com]\n",
+        tokens.url()
+    );
+    let (code, stdout, stderr) = check(&format!("{}{broken}", config_for(&tokens)), &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let columns = |line: &str| {
+        line.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        columns(lines[0]),
+        ["ID", "GRANT", "ENDPOINT", "RESULT", "EXPIRES_IN", "SCOPES / ERROR"]
+    );
+    assert_eq!(
+        columns(lines[1]),
+        [
+            "billing",
+            "client_credentials",
+            &tokens.url(),
+            "ok",
+            "1800s",
+            "invoices.read"
+        ]
+    );
+    assert_eq!(
+        columns(lines[2]),
+        [
+            "crm",
+            "client_credentials",
+            &tokens.url(),
+            "FAILED",
+            "-",
+            "the identity provider refused the token request (HTTP 400): invalid_scope: no such scope"
+        ]
+    );
+    assert_eq!(tokens.count(), 2);
+    for output in [&stdout, &stderr] {
+        assert!(
+            !output.contains("check-token-1") && !output.contains(SECRET),
+            "{output}"
+        );
+    }
+
+    // All good: exit 0.
+    let (code, stdout, _) = check(&config_for(&tokens), &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(tokens.count(), 3);
+
+    // Offline: validated, nothing contacted, even for an endpoint that could not answer.
+    let (code, stdout, _) = check(&format!("{}{broken}", config_for(&tokens)), &["--offline"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.lines().nth(2).unwrap().contains("valid"), "{stdout}");
+    assert!(stdout.contains("offline: nothing contacted"), "{stdout}");
+    assert_eq!(tokens.count(), 3);
+
+    // An invalid file fails before anything is contacted, naming the problem.
+    let (code, _, stderr) = check("auth_configs:\n  - id: x\n", &["--offline"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("auth config `x`: token_url: missing"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_logs_are_json_lines_and_never_show_a_secret_private_key_or_token() {
+    let assertions = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&assertions);
+    let tokens = TokenServer::with(Duration::ZERO, move |n, request| {
+        if let Some(assertion) = form_value(&request.body, "client_assertion") {
+            seen.lock().unwrap().push(assertion);
+        }
+        (
+            200,
+            "application/json",
+            format!(r#"{{"access_token":"trace-access-{n}","token_type":"Bearer","expires_in":600,"refresh_token":"trace-refresh-{n}","id_token":"trace-id-{n}"}}"#),
+        )
+    })
+    .await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(dir.path().join("signing.pem"), &key).unwrap();
+    let expiring = std::time::SystemTime::now() + Duration::from_secs(10 * 86_400 + 3600);
+    let expiring = bearerd::config::format_timestamp(expiring);
+    let config = format!(
+        "{}    client_secret_expires_at: {expiring}\n  - id: jwt\n    token_url: {}\n    client_id: jwt-client\n    client_auth: private_key_jwt\n    private_key_file: {}\n    signing_alg: ES256\n    allowed_hosts: [127.0.0.1]\n",
+        config_for(&tokens),
+        tokens.url(),
+        dir.path().join("signing.pem").display()
+    );
+    let bearerd = Bearerd::start(&config, "trace");
+    for (config, path) in [("billing", "/a"), ("jwt", "/b"), ("billing", "/c")] {
+        let output = curl(&bearerd)
+            .args(["-H", &format!("X-Auth-Config: {config}")])
+            .arg(format!("http://{}{path}", echo.addr))
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success());
+    }
+    let logs = bearerd.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}")))
+        .collect();
+    // One debug line per request, one info line per token fetch, a warning for the secret.
+    let requests: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(requests.len(), 3, "{logs}");
+    assert_eq!(requests[0]["level"], "DEBUG");
+    assert_eq!(requests[0]["method"], "GET");
+    assert_eq!(requests[0]["authority"], echo.addr.to_string());
+    assert_eq!(requests[0]["auth_config"], "billing");
+    assert_eq!(requests[0]["status"], "200");
+    assert_eq!(requests[0]["request_id"].as_str().unwrap().len(), 32);
+    assert!(requests[0]["duration_us"].as_u64().is_some());
+    let fetches: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "fetched access token")
+        .collect();
+    assert_eq!(fetches.len(), 2, "{logs}");
+    assert!(fetches.iter().all(|l| l["level"] == "INFO"));
+    let warning = lines
+        .iter()
+        .find(|l| l["message"] == "the client secret expires in less than 30 days (client_secret_expires_at)")
+        .unwrap_or_else(|| panic!("no expiry warning in {logs}"));
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["days_left"], 10);
+
+    let assertions = assertions.lock().unwrap().clone();
+    assert_eq!(assertions.len(), 1);
+    let basic = bearerd::token::basic_auth("e2e-client", &bearerd::secret::ClientSecret::new(SECRET));
+    let mut forbidden = vec![
+        SECRET.to_owned(),
+        basic.trim_start_matches("Basic ").to_owned(),
+        "trace-access-".to_owned(),
+        "trace-refresh-".to_owned(),
+        "trace-id-".to_owned(),
+        assertions[0].clone(),
+    ];
+    forbidden.extend(key.lines().filter(|l| !l.starts_with("-----")).map(str::to_owned));
+    for secret in forbidden {
+        assert!(!logs.contains(&secret), "`{secret}` appears in the trace logs");
+    }
+}
+
+fn form_value(body: &str, name: &str) -> Option<String> {
+    body.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.to_owned())
+    })
 }

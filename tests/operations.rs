@@ -1,5 +1,7 @@
 //! Running bearerd in production: metrics, `/readyz`, `/configs`, reload, graceful shutdown,
 //! request ids, and HTTP/2, each against real loopback servers.
+// Metric samples are counts; comparing them exactly is the point.
+#![allow(clippy::float_cmp)]
 mod support;
 
 use std::path::Path;
