@@ -99,8 +99,12 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self);
             let watcher = graceful.watcher();
+            let local = stream.local_addr().ok().map(Listener);
             tokio::spawn(async move {
-                let service = service_fn(move |request| {
+                let service = service_fn(move |mut request: Request<Incoming>| {
+                    if let Some(local) = local {
+                        request.extensions_mut().insert(local);
+                    }
                     let proxy = Arc::clone(&proxy);
                     async move { Ok::<_, Infallible>(proxy.handle(request).await) }
                 });
@@ -193,7 +197,8 @@ impl Proxy {
         seen: &mut Seen,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. Where is it going, as the app wrote it?
-        let target = Target::of(request.uri(), request.headers())?;
+        let local = request.extensions().get::<Listener>().map(|listener| listener.0);
+        let target = Target::of(request.uri(), request.headers(), local)?;
         let named = match request.headers().get(inject::X_AUTH_CONFIG) {
             None => None,
             Some(value) => Some(
@@ -332,6 +337,10 @@ where
 {
     body.map_err(Into::into).boxed_unsync()
 }
+
+/// The listener socket a request came in on (its connection's local address).
+#[derive(Clone, Copy)]
+struct Listener(std::net::SocketAddr);
 
 /// What `forward` learned about a request, for its metrics and log line.
 #[derive(Default)]

@@ -1,6 +1,8 @@
 //! The request target: absolute-form (`HTTP_PROXY` use) or origin-form (gateway routes),
 //! and the upstream URI it turns into.
 
+use std::net::{IpAddr, SocketAddr};
+
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use url::Url;
@@ -16,7 +18,9 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn of(uri: &Uri, headers: &http::HeaderMap) -> Result<Self, ProxyError> {
+    /// The target of a request that came in on the listener socket `local`. An absolute URI
+    /// naming that socket itself (HTTP/2 requests always carry one) is origin-form.
+    pub fn of(uri: &Uri, headers: &http::HeaderMap, local: Option<SocketAddr>) -> Result<Self, ProxyError> {
         if uri.scheme().is_none() {
             if uri.authority().is_some() || !uri.path().starts_with('/') {
                 return Err(ProxyError::BadRequest(
@@ -40,9 +44,14 @@ impl Target {
             }
             None => unreachable!("checked above"),
         }
-        host_port_of(uri)
-            .map(|(host, port)| Self::Absolute { host, port })
-            .ok_or_else(|| ProxyError::BadRequest("absolute-form request target has no host".into()))
+        let (host, port) = host_port_of(uri)
+            .ok_or_else(|| ProxyError::BadRequest("absolute-form request target has no host".into()))?;
+        if local.is_some_and(|local| is_listener(&host, port, local)) {
+            return Ok(Self::Origin {
+                host: Some((host, port)),
+            });
+        }
+        Ok(Self::Absolute { host, port })
     }
 
     pub fn is_origin_form(&self) -> bool {
@@ -108,6 +117,15 @@ pub fn host_port_of(uri: &Uri) -> Option<(String, u16)> {
         return None;
     }
     Some((host, authority.port_u16().unwrap_or(default)))
+}
+
+/// Whether `host:port` is the listener socket `local` (by its address, or as `localhost`).
+fn is_listener(host: &str, port: u16, local: SocketAddr) -> bool {
+    port == local.port()
+        && match host.parse::<IpAddr>() {
+            Ok(ip) => ip == local.ip(),
+            Err(_) => host == "localhost" && local.ip().is_loopback(),
+        }
 }
 
 pub(super) fn normalize_host(host: &str) -> String {
@@ -176,17 +194,32 @@ mod tests {
     fn targets_are_classified() {
         let headers = http::HeaderMap::new();
         assert!(matches!(
-            Target::of(&Uri::from_static("http://API.test:81/x"), &headers).unwrap(),
+            Target::of(&Uri::from_static("http://API.test:81/x"), &headers, None).unwrap(),
             Target::Absolute { ref host, port: 81 } if host == "api.test"
         ));
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::HOST, "bearerd.local:8080".parse().unwrap());
         assert!(matches!(
-            Target::of(&Uri::from_static("/x"), &headers).unwrap(),
+            Target::of(&Uri::from_static("/x"), &headers, None).unwrap(),
             Target::Origin { host: Some((ref h, 8080)) } if h == "bearerd.local"
         ));
-        let err = Target::of(&Uri::from_static("ftp://files.test/x"), &headers).unwrap_err();
+        let err = Target::of(&Uri::from_static("ftp://files.test/x"), &headers, None).unwrap_err();
         assert_eq!(err.to_string(), "scheme `ftp` is not http or https");
         assert_eq!(err.code(), "bad_request");
+    }
+
+    #[test]
+    fn an_absolute_uri_naming_the_listener_itself_is_origin_form() {
+        let headers = http::HeaderMap::new();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let of = |uri: &'static str| Target::of(&Uri::from_static(uri), &headers, Some(local)).unwrap();
+        assert!(of("http://127.0.0.1:8080/billing/x").is_origin_form());
+        assert!(of("http://localhost:8080/billing/x").is_origin_form());
+        assert!(!of("http://127.0.0.1:8081/x").is_origin_form());
+        assert!(!of("http://127.0.0.2:8080/x").is_origin_form());
+        assert!(!of("http://api.test:8080/x").is_origin_form());
+        let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+        let uri = Uri::from_static("http://[::1]:8080/x");
+        assert!(Target::of(&uri, &headers, Some(v6)).unwrap().is_origin_form());
     }
 }

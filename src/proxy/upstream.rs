@@ -1,4 +1,5 @@
-//! The upstream client: pooled keep-alive connections over plain HTTP or HTTPS (rustls).
+//! The upstream client: pooled keep-alive connections over plain HTTP/1.1, or HTTPS (rustls)
+//! with HTTP/2 when the server offers it by ALPN and HTTP/1.1 otherwise.
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -34,6 +35,8 @@ impl Upstream {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
+            // Offered by ALPN on HTTPS; plain-HTTP upstreams stay on HTTP/1.1.
+            .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
