@@ -369,19 +369,6 @@ async fn the_config_path_comes_from_bearerd_config_and_healthz_answers() {
     let _ = child.wait();
 }
 
-/// Polls `check` every 20 ms until it holds; panics after `WAIT`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let tokens = TokenServer::start().await;

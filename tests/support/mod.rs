@@ -547,6 +547,19 @@ impl World {
     }
 }
 
+/// Polls `check` every 20 ms until it holds; panics after `WAIT`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The Prometheus text bearerd's admin listener serves.
 pub async fn metrics(bearerd: &bearerd::Server) -> String {
     direct_client()
