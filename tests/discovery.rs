@@ -246,3 +246,25 @@ async fn a_404_from_an_endpoint_the_document_still_names_is_reported() {
     let token = "POST /oauth2/token".to_owned();
     assert_eq!(idp.log(), [document.clone(), token.clone(), token, document]);
 }
+
+#[tokio::test]
+async fn bearerd_check_resolves_discovery_and_shows_the_endpoint_it_found() {
+    let idp = Idp::start("idp", WELL_KNOWN).await;
+    idp.publish(&idp.issuer(), &format!("{}/oauth2/token", idp.issuer()));
+    let endpoint = format!("    issuer: {}\n", idp.issuer());
+    let yaml = format!("auth_configs:\n{}", discovery_config("a", &endpoint));
+    let config = bearerd::config::Config::from_yaml("test.yaml", &yaml, &bearerd::config::Env::new()).unwrap();
+    let rows = bearerd::check::check(&config, false).await.unwrap();
+    assert!(rows[0].passed(), "{rows:?}");
+    assert_eq!(rows[0].endpoint, format!("{}/oauth2/token", idp.issuer()));
+    let table = bearerd::check::table(&rows);
+    assert!(!table.contains("idp-1"), "{table}");
+    assert_eq!(
+        idp.log(),
+        [format!("GET {WELL_KNOWN}"), "POST /oauth2/token".to_owned()]
+    );
+
+    let offline = bearerd::check::check(&config, true).await.unwrap();
+    assert_eq!(offline[0].endpoint, format!("issuer {}", idp.issuer()));
+    assert_eq!(idp.log().len(), 2);
+}

@@ -371,6 +371,15 @@ async fn the_config_path_comes_from_bearerd_config_and_healthz_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    drains_on("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_drains_the_same_way() {
+    drains_on("INT").await;
+}
+
+async fn drains_on(signal: &str) {
     let tokens = TokenServer::start().await;
     let echo = Echo::start().await;
     let mut bearerd = Bearerd::start(&config_for(&tokens), "info");
@@ -380,7 +389,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         .output();
     let slow = tokio::spawn(slow);
     eventually("the slow request upstream", || async { echo.requests() == 1 }).await;
-    bearerd.signal("TERM");
+    bearerd.signal(signal);
     let output = slow.await.unwrap().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let seen = Echoed::parse(&output.stdout);
