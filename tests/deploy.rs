@@ -1,6 +1,6 @@
 //! What ships in `deploy/` and `config/examples/`: the Dockerfile's structure (no container
 //! engine here to build it), the Kubernetes manifests against the Kubernetes JSON schemas
-//! (PyPI's kubernetes-validate) and the Prometheus Operator's schema, the pod's security and
+//! (`kubernetes-validate` from `PyPI`) and the Prometheus Operator's schema, the pod's security and
 //! probes, and every shipped config through `bearerd check --offline`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,8 +82,7 @@ fn the_dockerfile_builds_in_stages_onto_an_empty_base_and_runs_as_non_root() {
             .iter()
             .rev()
             .find(|(w, _)| w == word)
-            .map(|(_, rest)| rest.clone())
-            .unwrap_or_else(|| panic!("no {word} in the final stage"))
+            .map_or_else(|| panic!("no {word} in the final stage"), |(_, rest)| rest.clone())
     };
     let user = last_of("USER");
     let uid: u32 = user.split(':').next().unwrap().parse().expect("a numeric UID");
