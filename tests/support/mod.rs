@@ -206,8 +206,17 @@ impl Echo {
         Self::start_with(Some(ca.server_config())).await
     }
 
+    /// On another loopback address (`127.0.0.2`, say), to tell two upstreams apart by host.
+    pub async fn start_on(ip: &str) -> Self {
+        Self::serve(ip, None).await
+    }
+
     async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve("127.0.0.1", tls).await
+    }
+
+    async fn serve(ip: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
