@@ -26,7 +26,7 @@ use url::Url;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::routes::{HostPattern, Route, RouteKind};
+use crate::routes::{HostPattern, Route, RouteIndex, RouteKind};
 use crate::secret::ClientSecret;
 pub use crate::token::assertion::{SigningAlg, SigningKey};
 
@@ -74,6 +74,8 @@ pub struct Config {
     pub auth_configs: Vec<Arc<AuthConfig>>,
     /// In file order; the first match wins.
     pub routes: Vec<Route>,
+    /// `routes` by host, for choosing one without walking the table.
+    pub route_index: RouteIndex,
     by_id: HashMap<String, usize>,
 }
 
@@ -645,7 +647,7 @@ impl Loader<'_> {
             .enumerate()
             .map(|(i, config)| (config.id.clone(), i))
             .collect();
-        let routes = routes
+        let routes: Vec<Route> = routes
             .into_iter()
             .filter_map(|route| {
                 let auth_config = Arc::clone(&auth_configs[*by_id.get(&route.auth_config)?]);
@@ -671,6 +673,7 @@ impl Loader<'_> {
             config_watch_interval,
             ca_file,
             auth_configs,
+            route_index: RouteIndex::new(&routes),
             routes,
             by_id,
         })
