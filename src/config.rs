@@ -63,8 +63,14 @@ pub struct Config {
     pub connect: ConnectPolicy,
     /// Connect plus time until the upstream's response headers arrive.
     pub upstream_timeout: Duration,
+    /// Requests in flight to upstreams at once (each HTTP/1.1 one holds a connection until
+    /// its response body ends); more wait their turn within `upstream_timeout`.
+    pub upstream_max_concurrency: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: Duration,
+    /// Tokio worker threads; `None`: one per CPU the process may use (affinity and cgroup
+    /// CPU limits counted).
+    pub worker_threads: Option<usize>,
     /// How often the file is checked for changes; zero turns the check off (SIGHUP still
     /// reloads).
     pub config_watch_interval: Duration,
@@ -435,8 +441,10 @@ struct RawTop {
     #[serde(default)]
     connect: ConnectPolicy,
     upstream_timeout: Option<RawDuration>,
+    upstream_max_concurrency: Option<usize>,
     shutdown_grace: Option<RawDuration>,
     config_watch_interval: Option<RawDuration>,
+    worker_threads: Option<usize>,
     tls: Option<RawTls>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
@@ -669,8 +677,10 @@ impl Loader<'_> {
             default_action: raw_top.default_action,
             connect: raw_top.connect,
             upstream_timeout,
+            upstream_max_concurrency: raw_top.upstream_max_concurrency.filter(|&n| n > 0).unwrap_or(1024),
             shutdown_grace,
             config_watch_interval,
+            worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
             auth_configs,
             route_index: RouteIndex::new(&routes),

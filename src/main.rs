@@ -105,15 +105,24 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")
+fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    // One worker per CPU the process may use (std's available_parallelism counts affinity
+    // and the cgroup CPU quota), unless configured. With one, a single-threaded runtime:
+    // no work stealing and no cross-thread wake-ups, which is what a 1-CPU sidecar wants.
+    let threads =
+        worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build().context("starting the runtime")
 }
 
 fn run(config: Config, path: &Path, env: &Env) -> anyhow::Result<ExitCode> {
-    let runtime = runtime()?;
+    let runtime = runtime(config.worker_threads)?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -146,7 +155,7 @@ fn run(config: Config, path: &Path, env: &Env) -> anyhow::Result<ExitCode> {
 }
 
 fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
-    let rows = runtime()?.block_on(bearerd::check::check(config, offline))?;
+    let rows = runtime(Some(1))?.block_on(bearerd::check::check(config, offline))?;
     print!("{}", bearerd::check::table(&rows));
     Ok(if rows.iter().all(bearerd::check::Row::passed) {
         ExitCode::SUCCESS

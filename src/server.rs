@@ -50,7 +50,11 @@ impl Server {
     /// Binds both listeners (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let roots = Arc::new(tls::roots(config.ca_file.as_deref())?);
-        let upstream = Upstream::new(tls::client_config(Arc::clone(&roots))?, config.upstream_timeout);
+        let upstream = Upstream::new(
+            tls::client_config(Arc::clone(&roots))?,
+            config.upstream_timeout,
+            config.upstream_max_concurrency,
+        );
         let metrics = Arc::new(metrics::Metrics::new());
         let tokens = TokenCache::new(TokenClient::new(roots)?, Arc::clone(&metrics));
         let bind = |what, addr| async move {

@@ -454,3 +454,31 @@ async fn the_upstream_sees_a_request_id_the_app_sent_or_a_new_one() {
         .unwrap();
     assert_eq!(echoed(response).await.all("x-request-id"), ["app-chose-this"]);
 }
+
+#[tokio::test]
+async fn upstream_requests_beyond_the_concurrency_limit_wait_for_a_permit() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!(
+        "upstream_max_concurrency: 1\nupstream_timeout: 300ms\n{}",
+        billing(&tokens, "")
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    // A holds the only permit while its 10 MB body is not read.
+    let held = get_with_config(&proxy, &format!("http://{}/bytes/10000000", echo.addr), "billing").await;
+    assert_eq!(held.status(), 200);
+    // B waits for it, past upstream_timeout, and never reaches the upstream.
+    let waiting = get_with_config(&proxy, &format!("http://{}/b", echo.addr), "billing").await;
+    let error = bearerd_error(waiting).await;
+    assert_eq!((error.status, error.code.as_str()), (504, "upstream_timeout"));
+    assert_eq!(echo.requests(), 1);
+    // A's body ends (dropped): the permit is back, and C goes through.
+    drop(held);
+    eventually("the permit to come back", || async {
+        let response = get_with_config(&proxy, &format!("http://{}/c", echo.addr), "billing").await;
+        response.status() == 200
+    })
+    .await;
+    assert_eq!(echo.requests(), 2, "B never reached the upstream; C did");
+}

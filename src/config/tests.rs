@@ -666,4 +666,11 @@ fn timestamps_for_client_secret_expires_at() {
     assert_eq!(e.client_secret_expires_at, parse_timestamp("2027-06-30"));
     assert!(e.prefetch);
     assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.worker_threads, None);
+    let pinned = load(&format!("worker_threads: 3\n{yaml}")).unwrap();
+    assert_eq!(pinned.worker_threads, Some(3));
+    assert_eq!(
+        load(&format!("worker_threads: 0\n{yaml}")).unwrap().worker_threads,
+        None
+    );
 }

@@ -2,6 +2,9 @@
 //! with HTTP/2 when the server offers it by ALPN and HTTP/1.1 otherwise.
 
 use std::error::Error as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -10,6 +13,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ProxyBody;
 use crate::error::ProxyError;
@@ -17,15 +21,44 @@ use crate::error::ProxyError;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_mins(1);
 
-/// Sends requests upstream over pooled connections.
+/// Sends requests upstream over pooled connections, at most `max_concurrency` at once.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// One permit per request in flight, held until its response body ends: a burst of
+    /// requests waits here instead of opening a connection each at the same moment.
+    permits: Arc<Semaphore>,
+}
+
+/// A response body that gives its request's permit back when it ends or is dropped.
+pub struct Permitted {
+    body: Incoming,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Permitted {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl Upstream {
     #[must_use]
-    pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
+    pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration, max_concurrency: usize) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -42,13 +75,29 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(https);
-        Self { client }
+        Self {
+            client,
+            permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
+        }
     }
 
-    /// Sends `request`; `timeout` bounds connecting plus waiting for the response headers.
-    pub async fn send(&self, request: Request<ProxyBody>, timeout: Duration) -> Result<Response<Incoming>, ProxyError> {
+    /// Sends `request`; `timeout` bounds waiting for a permit, connecting, and waiting for
+    /// the response headers.
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+        timeout: Duration,
+    ) -> Result<Response<Permitted>, ProxyError> {
         let authority = request.uri().authority().map(ToString::to_string).unwrap_or_default();
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        let exchange = async {
+            // The semaphore is never closed, so acquiring only waits.
+            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                unreachable!("the upstream semaphore is never closed")
+            };
+            let response = self.client.request(request).await?;
+            Ok(response.map(|body| Permitted { body, _permit: permit }))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Err(ProxyError::UpstreamTimeout { authority, timeout }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) if is_timeout(&err) => Err(ProxyError::UpstreamTimeout { authority, timeout }),
