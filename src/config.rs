@@ -677,7 +677,7 @@ impl Loader<'_> {
             default_action: raw_top.default_action,
             connect: raw_top.connect,
             upstream_timeout,
-            upstream_max_concurrency: raw_top.upstream_max_concurrency.filter(|&n| n > 0).unwrap_or(1024),
+            upstream_max_concurrency: raw_top.upstream_max_concurrency.filter(|&n| n > 0).unwrap_or(256),
             shutdown_grace,
             config_watch_interval,
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),

@@ -667,6 +667,7 @@ fn timestamps_for_client_secret_expires_at() {
     assert!(e.prefetch);
     assert_eq!(config.shutdown_grace, Duration::from_secs(30));
     assert_eq!(config.worker_threads, None);
+    assert_eq!(config.upstream_max_concurrency, 256);
     let pinned = load(&format!("worker_threads: 3\n{yaml}")).unwrap();
     assert_eq!(pinned.worker_threads, Some(3));
     assert_eq!(
