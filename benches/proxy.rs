@@ -88,6 +88,15 @@ fn injection(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         );
     });
+    // What a request on the hit path does: the value was rendered once per token.
+    let prerendered = bearerd::inject::header_value("Bearer", &token).unwrap();
+    c.bench_function("inject/header_prerendered", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |headers| headers.insert(http::header::AUTHORIZATION, prerendered.clone()),
+            criterion::BatchSize::SmallInput,
+        );
+    });
     let query = Config::from_yaml(
         "q.yaml",
         "auth_configs:\n  - id: q\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [a.test]\n    inject: { query: access_token }\n",

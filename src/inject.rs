@@ -80,18 +80,23 @@ pub enum InjectError {
 pub fn inject(how: &Inject, token: &AccessToken, headers: &mut HeaderMap, uri: &mut Uri) -> Result<(), InjectError> {
     match how {
         Inject::Header { name, prefix } => {
-            let mut value = if prefix.is_empty() {
-                HeaderValue::from_str(token.expose())
-            } else {
-                HeaderValue::from_str(&format!("{prefix} {}", token.expose()))
-            }
-            .map_err(|_| InjectError::InvalidHeaderValue)?;
-            value.set_sensitive(true);
-            headers.insert(name.clone(), value);
+            headers.insert(name.clone(), header_value(prefix, token)?);
         }
         Inject::Query { name } => *uri = with_query_param(uri, name, token.expose())?,
     }
     Ok(())
+}
+
+/// `<prefix> <token>` (or the bare token), marked sensitive so HTTP/2 never indexes it.
+pub fn header_value(prefix: &str, token: &AccessToken) -> Result<HeaderValue, InjectError> {
+    let mut value = if prefix.is_empty() {
+        HeaderValue::from_str(token.expose())
+    } else {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{prefix} {}", token.expose())))
+    }
+    .map_err(|_| InjectError::InvalidHeaderValue)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// `uri` with `name=value` appended to its query, dropping any `name=` the app sent.

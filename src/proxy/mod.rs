@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 pub use upstream::Upstream;
 
-use crate::config::{AuthConfig, Config};
+use crate::config::{AuthConfig, Config, Inject};
 use crate::error::{ProxyError, respond};
 use crate::inject;
 use crate::metrics::{Metrics, NO_AUTH_CONFIG};
@@ -320,13 +320,34 @@ impl Proxy {
 }
 
 /// The request head with `token` injected as `auth_config` says.
+///
+/// A header value is rendered once per token (and prefix) and then shared: on a cache hit,
+/// injecting a header allocates nothing.
 fn with_token(
     mut parts: http::request::Parts,
     auth_config: &AuthConfig,
     token: &CachedToken,
 ) -> Result<http::request::Parts, ProxyError> {
-    inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri)
-        .map_err(|err| ProxyError::TokenUnavailable(Arc::new(TokenError::Invalid(err.to_string()))))?;
+    let invalid =
+        |err: inject::InjectError| ProxyError::TokenUnavailable(Arc::new(TokenError::Invalid(err.to_string())));
+    match &auth_config.inject {
+        Inject::Header { name, prefix } => {
+            let value = match token.rendered.get() {
+                Some((rendered_for, value)) if rendered_for == prefix => value.clone(),
+                _ => {
+                    let value = inject::header_value(prefix, &token.token).map_err(invalid)?;
+                    // The first render wins; a prefix changed by a reload renders per request
+                    // until the token is replaced.
+                    let _ = token.rendered.set((prefix.clone(), value.clone()));
+                    value
+                }
+            };
+            parts.headers.insert(name.clone(), value);
+        }
+        Inject::Query { .. } => {
+            inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri).map_err(invalid)?;
+        }
+    }
     Ok(parts)
 }
 

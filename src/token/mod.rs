@@ -22,9 +22,10 @@ mod endpoint;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -48,6 +49,8 @@ pub struct CachedToken {
     pub refresh_at: Instant,
     /// Scopes the provider granted, when it said.
     pub scope: Option<String>,
+    /// The header value `<prefix> <token>`, rendered once for the prefix it was made with.
+    pub rendered: OnceLock<(String, http::HeaderValue)>,
 }
 
 /// When a token received at `received` expires and when its refresh should start.
@@ -136,6 +139,8 @@ type Outcome = Result<Arc<CachedToken>, Arc<TokenError>>;
 #[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
+    /// `state.token`, readable without the lock: the cache-hit path only loads this.
+    current: ArcSwapOption<CachedToken>,
 }
 
 #[derive(Default)]
@@ -150,6 +155,12 @@ struct SlotState {
 }
 
 impl Slot {
+    /// Sets the token under the lock, and its lock-free copy.
+    fn set_token(&self, state: &mut SlotState, token: Option<Arc<CachedToken>>) {
+        self.current.store(token.clone());
+        state.token = token;
+    }
+
     fn lock(&self) -> MutexGuard<'_, SlotState> {
         // A panic while holding the lock leaves consistent data: every update is one assignment.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -196,6 +207,12 @@ impl TokenCache {
     /// A valid token for `config`, and how it was found.
     pub async fn get(&self, config: &Arc<AuthConfig>) -> Result<(Arc<CachedToken>, Lookup), TokenFailure> {
         let slot = self.slot(config);
+        // The hit path: no lock, no allocation.
+        if let Some(token) = slot.current.load_full()
+            && Instant::now() < token.refresh_at
+        {
+            return Ok((token, Lookup::Hit));
+        }
         // A second round only when a token fetched for us expired before we could use it.
         for _ in 0..2 {
             let flight = {
@@ -210,7 +227,7 @@ impl TokenCache {
                         }
                         return Ok((token, Lookup::RefreshAhead));
                     }
-                    Some(_) => state.token = None,
+                    Some(_) => slot.set_token(&mut state, None),
                     None => {}
                 }
                 if let Some(flight) = &state.flight {
@@ -247,7 +264,7 @@ impl TokenCache {
         };
         let mut state = slot.lock();
         if state.token.as_ref().is_some_and(|token| Arc::ptr_eq(token, refused)) {
-            state.token = None;
+            slot.set_token(&mut state, None);
             true
         } else {
             false
@@ -298,7 +315,7 @@ impl TokenCache {
                 state.flight = None;
                 match &outcome {
                     Ok(token) => {
-                        state.token = Some(Arc::clone(token));
+                        slot.set_token(&mut state, Some(Arc::clone(token)));
                         state.failures = 0;
                         state.backoff_until = None;
                         state.last_error = None;
@@ -378,6 +395,7 @@ async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
         expires_at,
         refresh_at,
         scope: response.scope,
+        rendered: OnceLock::new(),
     }))
 }
 
