@@ -190,7 +190,9 @@ pub enum TokenEndpoint {
 }
 
 impl TokenEndpoint {
-    fn cache_key(&self) -> String {
+    /// Identifies the endpoint: its URL, or the issuer and discovery document (the key of
+    /// the token client's document cache, and part of a config's token cache key).
+    pub(crate) fn cache_key(&self) -> String {
         match self {
             Self::Url(url) => url.to_string(),
             Self::Discovery { issuer, document } => format!("{issuer} {document}"),

@@ -137,7 +137,7 @@ impl TokenClient {
             TokenEndpoint::Url(url) => return self.request_token(config, url).await,
             TokenEndpoint::Discovery { issuer, document } => (issuer, document),
         };
-        let key = format!("{issuer} {document}");
+        let key = config.endpoint.cache_key();
         let cached = self.documents().get(&key).cloned();
         let just_read = cached.is_none();
         let discovered = match cached {
@@ -170,11 +170,11 @@ impl TokenClient {
     /// The token endpoint the discovery document read for `config` names, if one was read.
     #[must_use]
     pub fn discovered_endpoint(&self, config: &AuthConfig) -> Option<Url> {
-        let TokenEndpoint::Discovery { issuer, document } = &config.endpoint else {
+        if !matches!(config.endpoint, TokenEndpoint::Discovery { .. }) {
             return None;
-        };
+        }
         let documents = self.documents();
-        let discovered = documents.get(&format!("{issuer} {document}"))?;
+        let discovered = documents.get(&config.endpoint.cache_key())?;
         Some(discovered.token_endpoint(config.client_auth).clone())
     }
 
