@@ -2,14 +2,15 @@
 //! `EnvHttpProxyAgent`, each reading `HTTP_PROXY` and `NO_PROXY` from its environment and
 //! talking to the real `bearerd` binary. A host matched by a route gets the token through
 //! bearerd; a `NO_PROXY` host is reached directly and bearerd never sees the request.
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
 use std::path::Path;
 use std::process::Stdio;
 
+use binary::Bearerd;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_bearerd");
 
 /// An API behind bearerd (on 127.0.0.2, matched by a route) and a service the app reaches
 /// directly (on 127.0.0.1, in `NO_PROXY`), with the bearerd binary between.
@@ -17,10 +18,7 @@ struct Setup {
     tokens: TokenServer,
     api: Echo,
     internal: Echo,
-    bearerd: std::process::Child,
-    proxy: String,
-    admin: String,
-    _dir: tempfile::TempDir,
+    bearerd: Bearerd,
 }
 
 impl Setup {
@@ -28,46 +26,16 @@ impl Setup {
         let tokens = TokenServer::start().await;
         let api = Echo::start_on("127.0.0.2").await;
         let internal = Echo::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bearerd.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nauth_configs:\n  - id: api\n    token_url: {}\n    client_id: app\n    client_secret: app-secret\nroutes:\n  - match: {{ host: 127.0.0.2 }}\n    auth_config: api\n",
-                tokens.url()
-            ),
-        )
-        .unwrap();
-        let mut bearerd = std::process::Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env("BEARERD_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = bearerd.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                    && json["message"] == "bearerd is serving"
-                {
-                    let addr = |key: &str| json[key].as_str().unwrap().to_owned();
-                    let _ = tx.send((addr("proxy_addr"), addr("admin_addr")));
-                }
-            }
-        });
-        let (proxy, admin) = rx.recv_timeout(WAIT).expect("bearerd did not start");
+        let config = format!(
+            "auth_configs:\n  - id: api\n    token_url: {}\n    client_id: app\n    client_secret: app-secret\nroutes:\n  - match: {{ host: 127.0.0.2 }}\n    auth_config: api\n",
+            tokens.url()
+        );
+        let bearerd = Bearerd::start(&config, "info", &[]);
         Self {
             tokens,
             api,
             internal,
             bearerd,
-            proxy,
-            admin,
-            _dir: dir,
         }
     }
 
@@ -81,7 +49,7 @@ impl Setup {
 
     /// `command` with the app's proxy environment and nothing else proxy-related.
     fn app_environment(&self, command: &mut tokio::process::Command) {
-        let proxy = format!("http://{}", self.proxy);
+        let proxy = format!("http://{}", self.bearerd.proxy);
         for name in ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
             command.env_remove(name);
         }
@@ -103,14 +71,7 @@ impl Setup {
         assert_eq!(internal.header("authorization"), None, "{client}");
         // bearerd saw only the API call: the NO_PROXY host went direct.
         assert_eq!(internal.header("x-request-id"), None, "{client}");
-        let metrics = direct_client()
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, metrics) = self.bearerd.admin_get("/metrics").await;
         let requests: f64 = metrics
             .lines()
             .filter(|line| line.starts_with("bearerd_requests_total{"))
@@ -122,13 +83,6 @@ impl Setup {
         );
         assert_eq!((self.api.requests(), self.internal.requests()), (1, 1), "{client}");
         assert_eq!(self.tokens.count(), 1, "{client}");
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = self.bearerd.kill();
-        let _ = self.bearerd.wait();
     }
 }
 

@@ -7,127 +7,15 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "support/binary.rs"]
+mod binary;
+
+use binary::Bearerd;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "e2e-secret-4f1c9a";
 const BIN: &str = env!("CARGO_BIN_EXE_bearerd");
-
-/// The binary, started on free ports with `config` (listen addresses added); killed on drop.
-struct Bearerd {
-    child: std::process::Child,
-    proxy: String,
-    admin: String,
-    logs: Arc<Mutex<String>>,
-    dir: tempfile::TempDir,
-}
-
-impl Bearerd {
-    fn start(config: &str, rust_log: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bearerd.yaml");
-        std::fs::write(
-            &path,
-            format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{config}"),
-        )
-        .unwrap();
-        let mut child = std::process::Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("BEARERD_LOG_FORMAT", "json")
-            .env("RUST_LOG", rust_log)
-            .env("E2E_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                    && json["message"] == "bearerd is serving"
-                {
-                    let _ = tx.send((json["proxy_addr"].to_string(), json["admin_addr"].to_string()));
-                }
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
-            }
-        });
-        let (proxy, admin) = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("bearerd did not start: {}", logs.lock().unwrap())
-        });
-        Self {
-            child,
-            proxy: proxy.trim_matches('"').to_owned(),
-            admin: admin.trim_matches('"').to_owned(),
-            logs,
-            dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn config_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("bearerd.yaml")
-    }
-
-    /// Rewrites the config file (listen addresses kept as at start).
-    fn rewrite(&self, config: &str) {
-        std::fs::write(
-            self.config_path(),
-            format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{config}"),
-        )
-        .unwrap();
-    }
-
-    fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args([format!("-{name}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn exit_status(&mut self) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "bearerd did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn admin_get(&self, path: &str) -> (u16, String) {
-        let response = direct_client()
-            .get(format!("http://{}{path}", self.admin))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Bearerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// curl with bearerd as its HTTP proxy, the way an app's environment sets it.
 fn curl(bearerd: &Bearerd) -> tokio::process::Command {
@@ -153,7 +41,7 @@ fn config_for(tokens: &TokenServer) -> String {
 async fn curl_through_http_proxy_gets_the_token_injected() {
     let tokens = TokenServer::start().await;
     let echo = Echo::start().await;
-    let bearerd = Bearerd::start(&config_for(&tokens), "trace");
+    let bearerd = Bearerd::start(&config_for(&tokens), "trace", &[("E2E_SECRET", SECRET)]);
     let health = direct_client()
         .get(format!("http://{}/healthz", bearerd.admin))
         .send()
@@ -219,7 +107,7 @@ async fn hundred_megabytes_stream_both_ways_without_the_proxy_growing() {
     const GROWTH_LIMIT_KIB: u64 = 32 * 1024;
     let tokens = TokenServer::start().await;
     let echo = Echo::start().await;
-    let bearerd = Bearerd::start(&config_for(&tokens), "warn,bearerd=info");
+    let bearerd = Bearerd::start(&config_for(&tokens), "warn,bearerd=info", &[("E2E_SECRET", SECRET)]);
     let warm = curl(&bearerd)
         .args(["-H", "X-Auth-Config: billing"])
         .arg(format!("http://{}/warm", echo.addr))
@@ -382,7 +270,7 @@ async fn sigint_drains_the_same_way() {
 async fn drains_on(signal: &str) {
     let tokens = TokenServer::start().await;
     let echo = Echo::start().await;
-    let mut bearerd = Bearerd::start(&config_for(&tokens), "info");
+    let mut bearerd = Bearerd::start(&config_for(&tokens), "info", &[("E2E_SECRET", SECRET)]);
     let slow = curl(&bearerd)
         .args(["-H", "X-Auth-Config: billing"])
         .arg(format!("http://{}/slow/1500", echo.addr))
@@ -410,7 +298,7 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config_serving() {
     let echo = Echo::start().await;
     // The file watcher is off, so only SIGHUP can reload.
     let base = format!("config_watch_interval: 0s\n{}", config_for(&tokens));
-    let bearerd = Bearerd::start(&base, "info");
+    let bearerd = Bearerd::start(&base, "info", &[("E2E_SECRET", SECRET)]);
     let crm = "  - id: crm\n    token_url: https://idp.example.com/t\n    client_id: crm\n    client_secret: s\n    allowed_hosts: [crm.example.com]\n";
     bearerd.rewrite(&format!("{base}{crm}"));
     bearerd.signal("HUP");
@@ -583,7 +471,7 @@ async fn trace_logs_are_json_lines_and_never_show_a_secret_private_key_or_token(
         tokens.url(),
         dir.path().join("signing.pem").display()
     );
-    let bearerd = Bearerd::start(&config, "trace");
+    let bearerd = Bearerd::start(&config, "trace", &[("E2E_SECRET", SECRET)]);
     for (config, path) in [("billing", "/a"), ("jwt", "/b"), ("billing", "/c")] {
         let output = curl(&bearerd)
             .args(["-H", &format!("X-Auth-Config: {config}")])
