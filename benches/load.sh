@@ -54,8 +54,8 @@ wait_http() { # url: wait up to 10 s for any HTTP answer
   echo "load.sh: $1 did not answer" >&2
   return 1
 }
-# CPU ticks (user + system) of the given PIDs.
-ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+# CPU ticks of the given PIDs: "user system".
+ticks() { local u=0 s=0; for p in "$@"; do read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + pu)); s=$((s + ps)); done; echo "$u $s"; }
 # Resident and peak-resident memory of the given PIDs, in KiB.
 rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/^VmRSS/{print $2}' "/proc/$p/status"))); done; echo "$t"; }
 hwm() { local t=0; for p in "$@"; do t=$((t + $(awk '/^VmHWM/{print $2}' "/proc/$p/status"))); done; echo "$t"; }
@@ -177,12 +177,12 @@ EOF
 
 # --- throughput, latency, CPU -------------------------------------------------------------
 
-run_wrk() { # name target-port procs... ; appends "rps p50_us p99_us cpu_us_per_req" lines
+run_wrk() { # name target-port procs... ; appends "rps p50_us p99_us cpu_ns user_ns system_ns" per request
   local name=$1 port=$2; shift 2
   local procs=("$@") script=()
   [ "$port" != "$UPSTREAM" ] && script=(-s "$WORK/proxy.lua")
   for rep in $(seq 1 "$REPS"); do
-    local before after out requests rps p50 p99
+    local before after out requests rps p50 p99 user system
     before=$(ticks "${procs[@]}")
     out=$(timeout $((DURATION + 30)) taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "http://127.0.0.1:$port/")
     after=$(ticks "${procs[@]}")
@@ -191,8 +191,9 @@ run_wrk() { # name target-port procs... ; appends "rps p50_us p99_us cpu_us_per_
     p50=$(echo "$out" | awk '$1 == "50%" {print $2}' | to_us)
     p99=$(echo "$out" | awk '$1 == "99%" {print $2}' | to_us)
     if echo "$out" | grep -q "Non-2xx"; then echo "load.sh: $name answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
-    echo "$rps $p50 $p99 $(( (after - before) * 1000000 / TICK * 1000 / requests ))" >> "$WORK/$name.runs"
-    echo "  $name rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us" >&2
+    read -r user system < <(echo "$before $after" | awk '{print $3 - $1, $4 - $2}')
+    echo "$rps $p50 $p99 $(( (user + system) * 1000000000 / TICK / requests )) $(( user * 1000000000 / TICK / requests )) $(( system * 1000000000 / TICK / requests ))" >> "$WORK/$name.runs"
+    echo "  $name rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, user $((user * 1000000000 / TICK / requests)) ns + kernel $((system * 1000000000 / TICK / requests)) ns per request" >&2
   done
 }
 echo "measuring: $REPS x ${DURATION}s, $CONNECTIONS connections..." >&2
@@ -203,9 +204,11 @@ BEARERD_LOAD=$(hwm $BEARERD_PID)
 NGINX_LOAD=$(hwm $NGINX_PROCS)
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.runs" | median; }
 
-# cpu column is nanoseconds per request (integer arithmetic); print as microseconds.
+# CPU columns are nanoseconds per request (integer arithmetic); printed as microseconds.
+us() { awk -v n="$1" 'BEGIN {printf "%.1f", n / 1000}'; }
 row() { # name
-  printf "| %s | %.0f | %.0f | %.0f | %.1f |" "$1" "$(col "$1" 1)" "$(col "$1" 2)" "$(col "$1" 3)" "$(echo "$(col "$1" 4)" | awk '{print $1/1000}')"
+  printf "| %s | %.0f | %.0f | %.0f | %s | %s | %s |" "$1" "$(col "$1" 1)" "$(col "$1" 2)" "$(col "$1" 3)" \
+    "$(us "$(col "$1" 4)")" "$(us "$(col "$1" 5)")" "$(us "$(col "$1" 6)")"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
@@ -260,7 +263,7 @@ METRIC_ERR_BY=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -F'status="' '/^
 
 B_RPS=$(col bearerd 1) N_RPS=$(col nginx 1) D_RPS=$(col direct 1)
 B_P99=$(col bearerd 3) N_P99=$(col nginx 3)
-B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4)
+B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col nginx 6) B_USER=$(col bearerd 5) B_SYS=$(col bearerd 6)
 {
   echo "# Load comparison results"
   echo
@@ -271,8 +274,10 @@ B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4)
   echo "(\`GET http://127.0.0.1:$UPSTREAM/\`), as from HTTP_PROXY apps; nginx sets a static"
   echo "\`Authorization\` header and keeps 64 upstream connections alive; bearerd injects a cached token."
   echo
-  echo "| path | req/s | p50 µs | p99 µs | CPU µs/request (the proxy's; for direct, the upstream's) |"
-  echo "| --- | ---: | ---: | ---: | ---: |"
+  echo "CPU is the proxy's (for direct, the upstream's), from /proc/PID/stat, split into user and kernel time."
+  echo
+  echo "| path | req/s | p50 µs | p99 µs | CPU µs/request | user | kernel |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
   row direct; echo
   row nginx; echo
   row bearerd; echo
@@ -284,6 +289,11 @@ B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4)
   echo "| bearerd / nginx CPU per request | $(ratio "$B_CPU" "$N_CPU") | ≤ 0.8 |"
   echo "| bearerd / direct throughput | $(ratio "$B_RPS" "$D_RPS") | |"
   echo "| nginx / direct throughput | $(ratio "$N_RPS" "$D_RPS") | |"
+  echo
+  echo "Both proxies make the same socket calls per request (one read and one write on each side;"
+  echo "see benches/README.md), so nginx's kernel time is a floor for any HTTP/1.1 proxy here. The CPU"
+  echo "target (0.8 × $(us "$N_CPU") = $(us $((N_CPU * 8 / 10))) µs) leaves $(us $((N_CPU * 8 / 10 - N_SYS))) µs of user time over nginx's"
+  echo "$(us "$N_SYS") µs of kernel time; nginx itself uses $(us "$N_USER") µs of user time, bearerd $(us "$B_USER") (kernel $(us "$B_SYS"))."
   echo
   echo "| memory and start-up | bearerd | nginx (master + worker) | target (bearerd) |"
   echo "| --- | ---: | ---: | --- |"

@@ -16,24 +16,35 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and `Keep-Alive`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether `name` is a hop-by-hop header.
 #[must_use]
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ]
-    .contains(name)
+    HOP_BY_HOP.contains(name)
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+///
+/// Most messages carry none, so one pass over the names decides first: that costs a few
+/// comparisons per header, where removing each name would hash it and probe the map.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers);
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -44,27 +55,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
 /// Strips what an app's request must not carry upstream: hop-by-hop headers, bearerd's own
-/// `X-Auth-Config`, and `Expect` (bearerd already answered `100-continue` itself).
+/// `X-Auth-Config`, `Expect` (bearerd already answered `100-continue` itself), and `Host`
+/// (the upstream client writes it from the forwarded URI).
 pub fn strip_request_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(X_AUTH_CONFIG);
-    headers.remove(header::EXPECT);
+    let mut hop_by_hop = false;
+    let mut own = false;
+    for name in headers.keys() {
+        hop_by_hop |= is_hop_by_hop(name);
+        own |= name == X_AUTH_CONFIG || name == header::EXPECT;
+    }
+    if hop_by_hop {
+        remove_hop_by_hop(headers);
+    }
+    if own {
+        headers.remove(X_AUTH_CONFIG);
+        headers.remove(header::EXPECT);
+    }
     headers.remove(header::HOST);
 }
 
@@ -212,5 +224,59 @@ mod tests {
         strip_request_headers(&mut headers);
         let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-end-to-end", "authorization"]);
+    }
+
+    #[test]
+    fn each_stripped_header_is_stripped_when_it_comes_alone() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut response = HeaderMap::new();
+            response.append(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            response.append(
+                HeaderName::from_static("x-end-to-end"),
+                HeaderValue::from_static("kept"),
+            );
+            strip_hop_by_hop(&mut response);
+            assert_eq!(
+                response.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+                ["x-end-to-end"],
+                "{name}"
+            );
+        }
+        for name in ["x-auth-config", "expect", "host", "connection", "upgrade"] {
+            let mut request = HeaderMap::new();
+            request.append(
+                HeaderName::from_static("x-end-to-end"),
+                HeaderValue::from_static("kept"),
+            );
+            request.append(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_request_headers(&mut request);
+            assert_eq!(
+                request.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+                ["x-end-to-end"],
+                "{name}"
+            );
+        }
+        let mut untouched = HeaderMap::new();
+        untouched.append(
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("text/plain"),
+        );
+        untouched.append(
+            HeaderName::from_static("x-end-to-end"),
+            HeaderValue::from_static("kept"),
+        );
+        let before = untouched.clone();
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched, before);
     }
 }

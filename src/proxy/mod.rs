@@ -7,6 +7,7 @@ mod target;
 mod upstream;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -99,14 +100,11 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self);
             let watcher = graceful.watcher();
-            let local = stream.local_addr().ok().map(Listener);
+            let local = stream.local_addr().ok();
             tokio::spawn(async move {
-                let service = service_fn(move |mut request: Request<Incoming>| {
-                    if let Some(local) = local {
-                        request.extensions_mut().insert(local);
-                    }
+                let service = service_fn(move |request: Request<Incoming>| {
                     let proxy = Arc::clone(&proxy);
-                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                    async move { Ok::<_, Infallible>(proxy.handle(request, local).await) }
                 });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder
@@ -128,9 +126,9 @@ impl Proxy {
         graceful.shutdown().await;
     }
 
-    /// Answers one request; every failure becomes bearerd's JSON error response. Counts it,
-    /// times it, and logs one line at debug.
-    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    /// Answers one request that came in on the listener socket `local`; every failure becomes
+    /// bearerd's JSON error response. Counts it, times it, and logs one line at debug.
+    pub async fn handle(&self, mut request: Request<Incoming>, local: Option<SocketAddr>) -> Response<ProxyBody> {
         let started = Instant::now();
         let inflight = Inflight::start(&self.metrics);
         let request_id = request_id(request.headers_mut());
@@ -141,7 +139,7 @@ impl Proxy {
             seen.authority = request.uri().authority().cloned();
             connect::open(&config, request).await
         } else {
-            self.forward(&config, request, &mut seen).await
+            self.forward(&config, request, local, &mut seen).await
         };
         let auth_config = seen
             .auth_config
@@ -179,7 +177,7 @@ impl Proxy {
             .observe(elapsed.as_secs_f64());
         drop(inflight);
         tracing::debug!(
-            request_id = %request_id,
+            request_id = request_id.to_str().unwrap_or("-"),
             method = %method,
             authority = seen.authority.as_ref().map_or("-", http::uri::Authority::as_str),
             auth_config,
@@ -194,10 +192,10 @@ impl Proxy {
         &self,
         config: &Config,
         request: Request<Incoming>,
+        local: Option<SocketAddr>,
         seen: &mut Seen,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. Where is it going, as the app wrote it?
-        let local = request.extensions().get::<Listener>().map(|listener| listener.0);
         let target = Target::of(request.uri(), request.headers(), local)?;
         let named = match request.headers().get(inject::X_AUTH_CONFIG) {
             None => None,
@@ -359,10 +357,6 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// The listener socket a request came in on (its connection's local address).
-#[derive(Clone, Copy)]
-struct Listener(std::net::SocketAddr);
-
 /// What `forward` learned about a request, for its metrics and log line.
 #[derive(Default)]
 struct Seen {
@@ -395,22 +389,50 @@ impl Drop for Inflight<'_> {
 
 /// The request's `X-Request-Id`: the app's, when it sent a usable one, else a new random
 /// one, added to the request so the upstream sees the same id as bearerd's log.
-fn request_id(headers: &mut http::HeaderMap) -> String {
+fn request_id(headers: &mut http::HeaderMap) -> http::HeaderValue {
     if let Some(id) = headers
         .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 200)
+        .filter(|id| !id.is_empty() && id.len() <= 200 && id.to_str().is_ok())
     {
-        return id.to_owned();
+        return id.clone();
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    if let Ok(value) = http::HeaderValue::from_str(&id) {
-        headers.insert(X_REQUEST_ID, value);
-    }
+    let id = random_id();
+    headers.insert(X_REQUEST_ID, id.clone());
     id
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn random_id() -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[usize::try_from((bits >> (124 - 4 * i)) & 0xf).unwrap_or(0)];
+    }
+    http::HeaderValue::from_bytes(&text).unwrap_or_else(|_| unreachable!("hex digits are a valid header value"))
 }
 
 /// App-supplied text made safe to echo in a message.
 fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(128).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_random_id_is_its_128_bits_in_hex() {
+        for seed in [1, 7, 42, 1_000_003] {
+            fastrand::seed(seed);
+            let expected = format!("{:032x}", fastrand::u128(..));
+            fastrand::seed(seed);
+            assert_eq!(random_id().to_str().unwrap(), expected);
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert(X_REQUEST_ID, http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        let id = request_id(&mut headers);
+        assert_eq!(id.len(), 32);
+        assert_eq!(headers.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
+    }
 }
