@@ -177,11 +177,11 @@ EOF
 
 # --- throughput, latency, CPU -------------------------------------------------------------
 
-run_wrk() { # name target-port procs... ; appends "rps p50_us p99_us cpu_ns user_ns system_ns" per request
-  local name=$1 port=$2; shift 2
+run_wrk() { # rep name target-port procs... ; appends "rps p50_us p99_us cpu_ns user_ns system_ns" per request
+  local rep=$1 name=$2 port=$3; shift 3
   local procs=("$@") script=()
   [ "$port" != "$UPSTREAM" ] && script=(-s "$WORK/proxy.lua")
-  for rep in $(seq 1 "$REPS"); do
+  {
     local before after out requests rps p50 p99 user system
     before=$(ticks "${procs[@]}")
     out=$(timeout $((DURATION + 30)) taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "http://127.0.0.1:$port/")
@@ -194,12 +194,17 @@ run_wrk() { # name target-port procs... ; appends "rps p50_us p99_us cpu_ns user
     read -r user system < <(echo "$before $after" | awk '{print $3 - $1, $4 - $2}')
     echo "$rps $p50 $p99 $(( (user + system) * 1000000000 / TICK / requests )) $(( user * 1000000000 / TICK / requests )) $(( system * 1000000000 / TICK / requests ))" >> "$WORK/$name.runs"
     echo "  $name rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, user $((user * 1000000000 / TICK / requests)) ns + kernel $((system * 1000000000 / TICK / requests)) ns per request" >&2
-  done
+  }
 }
 echo "measuring: $REPS x ${DURATION}s, $CONNECTIONS connections..." >&2
-run_wrk direct "$UPSTREAM" "$UPSTREAM_PID" $(children "$UPSTREAM_PID")
-run_wrk nginx "$NGINX" $NGINX_PROCS
-run_wrk bearerd "$BEARERD" "$BEARERD_PID"
+# Repetitions interleave the three paths, so a change in the machine's speed during the run
+# (shared cloud CPUs) lands on all three alike instead of on whichever ran last.
+UPSTREAM_PROCS="$UPSTREAM_PID $(children "$UPSTREAM_PID")"
+for rep in $(seq 1 "$REPS"); do
+  run_wrk "$rep" direct "$UPSTREAM" $UPSTREAM_PROCS
+  run_wrk "$rep" nginx "$NGINX" $NGINX_PROCS
+  run_wrk "$rep" bearerd "$BEARERD" "$BEARERD_PID"
+done
 BEARERD_LOAD=$(hwm $BEARERD_PID)
 NGINX_LOAD=$(hwm $NGINX_PROCS)
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.runs" | median; }
@@ -270,7 +275,7 @@ B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col ng
   echo "Produced by \`bash benches/load.sh\` on $(date -u +%Y-%m-%d) ($(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))."
   echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), nginx $(nginx -v 2>&1 | cut -d/ -f2), bearerd $("$BIN" --version | awk '{print $2}') (release)."
   echo "Upstream and proxies pinned to CPU 0, wrk to CPU 1; $CONNECTIONS keep-alive connections,"
-  echo "${DURATION} s per run, median of $REPS runs. Proxies receive absolute-form requests"
+  echo "${DURATION} s per run, median of $REPS runs (direct, nginx and bearerd taking turns). Proxies receive absolute-form requests"
   echo "(\`GET http://127.0.0.1:$UPSTREAM/\`), as from HTTP_PROXY apps; nginx sets a static"
   echo "\`Authorization\` header and keeps 64 upstream connections alive; bearerd injects a cached token."
   echo
