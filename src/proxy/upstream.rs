@@ -133,6 +133,13 @@ impl Pooled {
 }
 
 impl Http1Pool {
+    fn new(connect_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<Idle>>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -153,11 +160,13 @@ impl Http1Pool {
         let now = Instant::now();
         let mut idle = self.lock();
         // Connections idle for too long are closed (by dropping their sender) whenever one
-        // comes back; those of hosts no longer used go with them.
+        // comes back; those of hosts no longer used go with them. Each list is in the order
+        // its connections came back, so the expired ones are its front: a binary search per
+        // host, not a look at every idle connection on every request.
         idle.retain(|_, connections| {
-            connections.retain(|connection| {
-                now.duration_since(connection.since) < POOL_IDLE_TIMEOUT && !connection.sender.is_closed()
-            });
+            let expired =
+                connections.partition_point(|connection| now.duration_since(connection.since) >= POOL_IDLE_TIMEOUT);
+            connections.drain(..expired);
             !connections.is_empty()
         });
         idle.entry(authority).or_default().push(Idle { sender, since: now });
@@ -252,10 +261,7 @@ impl Upstream {
             .build(https);
         Self {
             client,
-            plain: Arc::new(Http1Pool {
-                idle: Mutex::new(HashMap::new()),
-                connect_timeout,
-            }),
+            plain: Arc::new(Http1Pool::new(connect_timeout)),
             permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
         }
     }
@@ -334,10 +340,7 @@ mod tests {
     async fn idle_connections_are_reused_within_the_idle_timeout_and_closed_after_it() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        let pool = Http1Pool {
-            idle: Mutex::new(HashMap::new()),
-            connect_timeout: Duration::from_secs(5),
-        };
+        let pool = Http1Pool::new(Duration::from_secs(5));
         assert!(pool.checkout(&authority).is_none());
 
         let (first, mut first_server_side) = ready_connection(&pool, &listener, &authority).await;
