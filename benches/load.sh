@@ -23,19 +23,8 @@ DURATION=${DURATION:-10}
 REPS=${REPS:-3}
 CONNECTIONS=${CONNECTIONS:-50}
 UPSTREAM=18081 NGINX=18082 BEARERD=18083 ADMIN=18093 TOKENS=18084
-for tool in wrk nginx python3 curl taskset; do
-  command -v "$tool" >/dev/null || { echo "load.sh: $tool is not installed" >&2; exit 1; }
-done
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.2
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source benches/common.sh
+need wrk nginx python3 curl taskset
 # 10,000 client connections and as many upstream ones need more than the usual 1,024 fds.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -46,14 +35,6 @@ TICK=$(getconf CLK_TCK)
 
 # --- helpers ------------------------------------------------------------------------------
 
-wait_http() { # url: wait up to 10 s for any HTTP answer
-  for _ in $(seq 1 500); do
-    curl -s -o /dev/null --max-time 1 "$1" && return 0
-    sleep 0.02
-  done
-  echo "load.sh: $1 did not answer" >&2
-  return 1
-}
 # CPU ticks of the given PIDs: "user system".
 ticks() { local u=0 s=0; for p in "$@"; do read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + pu)); s=$((s + ps)); done; echo "$u $s"; }
 # Resident and peak-resident memory of the given PIDs, in KiB.
@@ -66,27 +47,7 @@ to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$
 
 # --- the upstream and nginx ---------------------------------------------------------------
 
-nginx_conf() { # name, server block
-  cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile 65536;
-daemon off;
-pid $WORK/$1.pid;
-error_log $WORK/$1-error.log warn;
-events { worker_connections 30000; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$1-body;
-  proxy_temp_path $WORK/$1-proxy;
-  fastcgi_temp_path $WORK/$1-fastcgi;
-  uwsgi_temp_path $WORK/$1-uwsgi;
-  scgi_temp_path $WORK/$1-scgi;
-  keepalive_requests 1000000;
-  $2
-}
-EOF
-}
-nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM; location / { return 200 'ok'; } }" > "$WORK/upstream.conf"
+upstream_conf > "$WORK/upstream.conf"
 nginx_conf proxy "upstream api { server 127.0.0.1:$UPSTREAM; keepalive 64; }
   server {
     listen 127.0.0.1:$NGINX;
@@ -109,51 +70,10 @@ NGINX_PROCS="$NGINX_PID $(children "$NGINX_PID")"
 
 # --- a token endpoint and bearerd -------------------------------------------------------
 
-cat > "$WORK/tokens.py" <<'PY'
-import http.server, json, sys, time
-delay = float(sys.argv[2])
-count = 0
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        global count
-        count += 1
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        time.sleep(delay)
-        body = json.dumps({"access_token": "bench-token-%d" % count, "token_type": "Bearer", "expires_in": 3600}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        body = str(count).encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-PY
 python3 "$WORK/tokens.py" "$TOKENS" 0 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$TOKENS/"
 
-bearerd_config() { # token endpoint port
-  cat <<EOF
-listen: 127.0.0.1:$BEARERD
-admin_listen: 127.0.0.1:$ADMIN
-config_watch_interval: 0s
-auth_configs:
-  - id: bench
-    token_url: http://127.0.0.1:$1/token
-    client_id: bench
-    client_secret: bench-secret
-routes:
-  - match: { host: 127.0.0.1 }
-    auth_config: bench
-EOF
-}
 bearerd_config "$TOKENS" > "$WORK/bearerd.yaml"
 RUST_LOG=warn taskset -c 0 "$BIN" --config "$WORK/bearerd.yaml" 2>"$WORK/bearerd.log" &
 BEARERD_PID=$!
@@ -165,15 +85,6 @@ NGINX_IDLE=$(rss $NGINX_PROCS)
 # Warm: fetch the token once.
 curl -s -o /dev/null -x "http://127.0.0.1:$BEARERD" "http://127.0.0.1:$UPSTREAM/"
 curl -s -o /dev/null -x "http://127.0.0.1:$NGINX" "http://127.0.0.1:$UPSTREAM/"
-
-cat > "$WORK/proxy.lua" <<EOF
--- Absolute-form, as an HTTP_PROXY client sends it.
-local absolute
-init = function(args)
-  absolute = wrk.format("GET", "http://127.0.0.1:$UPSTREAM/", { Host = "127.0.0.1:$UPSTREAM" })
-end
-request = function() return absolute end
-EOF
 
 # --- throughput, latency, CPU -------------------------------------------------------------
 
