@@ -10,7 +10,8 @@
 # a warm-up with wrk, then counters zeroed, DURATION seconds of wrk (50 connections,
 # absolute-form requests, cached token), counters dumped. Prints the instructions per
 # request (bearerd's own count of answered requests) and the functions with the most
-# instructions, themselves and with what they call. Stops everything it starts by PID.
+# instructions, themselves and with what they call (TOP of each, 25 unless set; KEEP=FILE
+# keeps callgrind's output for callgrind_annotate). Stops everything it starts by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-6}
@@ -50,6 +51,7 @@ timeout 60 callgrind_control --dump "$BEARERD_PID" >/dev/null
 after=$(answered)
 sleep 0.5
 out=$(ls -t "$WORK"/callgrind.out* | head -1)
+if [[ -n ${KEEP:-} ]]; then cp "$out" "$KEEP"; fi
 instructions=$(awk '/^summary:/ {print $2; exit}' "$out")
 requests=$((after - before))
 echo "requests answered while counting: $requests"
@@ -59,7 +61,7 @@ strip_paths() { sed -E 's|/root/.cargo/registry/src/[^/]+/||; s|/rustc/[0-9a-f]+
 # after a zeroed-and-dumped run; those lines say nothing, so lines over 90% are left out.
 top() { # callgrind_annotate options...
   callgrind_annotate --threshold=100 "$@" "$out" 2>/dev/null | sed -n '/file:function/,$p' \
-    | awk -F'[(%]' 'NF > 2 && $2 + 0 < 90' | head -"$TOP" | strip_paths
+    | awk -F'[(%]' -v top="$TOP" 'NF > 2 && $2 + 0 < 90 && ++n <= top' | strip_paths
 }
 TOP=${TOP:-25}
 echo
