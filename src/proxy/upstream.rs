@@ -8,6 +8,7 @@
 
 use http_body::Body as _;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -93,8 +94,25 @@ impl Drop for Permitted {
 
 /// Idle HTTP/1.1 connections to plain-HTTP upstreams, by authority.
 struct Http1Pool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
     connect_timeout: Duration,
+}
+
+/// An authority as the pool's key. `http`'s own `Hash` for `Authority` gives the hasher one
+/// lowercased byte at a time, which made hashing most of a pool lookup; this gives it the
+/// text at once (lowercased only if it has capitals, to agree with the case-insensitive `Eq`).
+#[derive(PartialEq, Eq)]
+struct Key(Authority);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let text = self.0.as_str();
+        if text.bytes().any(|byte| byte.is_ascii_uppercase()) {
+            text.to_ascii_lowercase().hash(state);
+        } else {
+            text.hash(state);
+        }
+    }
 }
 
 struct Idle {
@@ -140,14 +158,14 @@ impl Http1Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle>>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection to `authority` that can take a request.
-    fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<ProxyBody>> {
+    fn checkout(&self, authority: Authority) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.lock();
-        let connections = idle.get_mut(authority)?;
+        let connections = idle.get_mut(&Key(authority))?;
         while let Some(connection) = connections.pop() {
             if connection.sender.is_ready() && connection.since.elapsed() < POOL_IDLE_TIMEOUT {
                 return Some(connection.sender);
@@ -169,7 +187,9 @@ impl Http1Pool {
             connections.drain(..expired);
             !connections.is_empty()
         });
-        idle.entry(authority).or_default().push(Idle { sender, since: now });
+        idle.entry(Key(authority))
+            .or_default()
+            .push(Idle { sender, since: now });
     }
 
     async fn connect(&self, authority: &Authority) -> Result<http1::SendRequest<ProxyBody>, BoxError> {
@@ -206,7 +226,7 @@ impl Http1Pool {
         *request.uri_mut() = origin_form(request.uri());
         let mut reused = true;
         loop {
-            let mut sender = if let Some(sender) = self.checkout(&authority) {
+            let mut sender = if let Some(sender) = self.checkout(authority.clone()) {
                 sender
             } else {
                 reused = false;
@@ -341,13 +361,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let pool = Http1Pool::new(Duration::from_secs(5));
-        assert!(pool.checkout(&authority).is_none());
+        assert!(pool.checkout(authority.clone()).is_none());
 
         let (first, mut first_server_side) = ready_connection(&pool, &listener, &authority).await;
         pool.put(authority.clone(), first);
         tokio::time::advance(Duration::from_secs(89)).await;
-        let first = pool.checkout(&authority).expect("idle for less than the timeout");
-        assert!(pool.checkout(&authority).is_none(), "one connection, taken");
+        let first = pool
+            .checkout(authority.clone())
+            .expect("idle for less than the timeout");
+        assert!(pool.checkout(authority.clone()).is_none(), "one connection, taken");
         pool.put(authority.clone(), first);
 
         tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
@@ -357,11 +379,33 @@ mod tests {
         let mut buf = [0_u8; 16];
         let read = tokio::time::timeout(Duration::from_secs(5), first_server_side.read(&mut buf)).await;
         assert_eq!(read.expect("the expired connection closed").unwrap(), 0);
-        let second = pool.checkout(&authority).expect("the fresh connection");
-        assert!(pool.checkout(&authority).is_none(), "the expired one is gone");
+        let second = pool.checkout(authority.clone()).expect("the fresh connection");
+        assert!(pool.checkout(authority.clone()).is_none(), "the expired one is gone");
 
         pool.put(authority.clone(), second);
         tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
-        assert!(pool.checkout(&authority).is_none(), "idle past the timeout");
+        assert!(pool.checkout(authority.clone()).is_none(), "idle past the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_found_under_its_authority_in_any_case() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let lower: Authority = format!("localhost:{port}").parse().unwrap();
+        let upper: Authority = format!("LocalHost:{port}").parse().unwrap();
+        let pool = Http1Pool::new(Duration::from_secs(5));
+        let (sender, _server_side) = ready_connection(&pool, &listener, &lower).await;
+        pool.put(upper, sender);
+        assert!(
+            pool.checkout(lower.clone()).is_some(),
+            "put as LocalHost, found as localhost"
+        );
+        let other: Authority = format!("127.0.0.1:{port}").parse().unwrap();
+        let (sender, _server_side) = ready_connection(&pool, &listener, &other).await;
+        pool.put(other, sender);
+        assert!(
+            pool.checkout(lower).is_none(),
+            "another authority's connection is not taken"
+        );
     }
 }
