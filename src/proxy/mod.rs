@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -35,7 +37,7 @@ use crate::{BoxError, ProxyBody};
 use replay::Keep;
 use target::Target;
 
-const X_REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,7 +133,8 @@ impl Proxy {
     pub async fn handle(&self, mut request: Request<Incoming>, local: Option<SocketAddr>) -> Response<ProxyBody> {
         let started = Instant::now();
         let inflight = Inflight::start(&self.metrics);
-        let request_id = request_id(request.headers_mut());
+        // The id is kept for the log line only when that line will be written.
+        let request_id = request_id(request.headers_mut(), tracing::enabled!(tracing::Level::DEBUG));
         let method = request.method().clone();
         let mut seen = Seen::default();
         let config = self.config.load_full();
@@ -177,7 +180,7 @@ impl Proxy {
             .observe(elapsed.as_secs_f64());
         drop(inflight);
         tracing::debug!(
-            request_id = request_id.to_str().unwrap_or("-"),
+            request_id = request_id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
             method = %method,
             authority = seen.authority.as_ref().map_or("-", http::uri::Authority::as_str),
             auth_config,
@@ -251,24 +254,21 @@ impl Proxy {
         // 4. Token, from the cache or the one fetch in flight.
         let token = self.token(&auth_config).await?;
 
-        // 5. and 6. Inject and forward, keeping a small body in case of a replay.
+        // 5. and 6. Inject and forward, keeping the head and a small body in case of a replay.
+        let parts = with_token(parts, &auth_config, &token)?;
         if !auth_config.retry_on_401 {
-            return self
-                .send(
-                    config.upstream_timeout,
-                    with_token(parts, &auth_config, &token)?,
-                    boxed(body),
-                )
-                .await;
+            return self.send(config.upstream_timeout, parts, boxed(body)).await;
         }
-        let (body, kept) = Keep::new(body);
-        let response = self
-            .send(
-                config.upstream_timeout,
-                with_token(parts.clone(), &auth_config, &token)?,
-                boxed(body),
-            )
-            .await?;
+        // Copied with the token in, the head has room for it: a replay replaces its value.
+        let replay_parts = parts.clone();
+        // A body known to be empty (most GETs) needs no keeping.
+        let (body, kept) = if body.is_end_stream() {
+            (boxed(body), None)
+        } else {
+            let (body, kept) = Keep::new(body);
+            (boxed(body), Some(kept))
+        };
+        let response = self.send(config.upstream_timeout, parts, body).await?;
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
         // and replay once with a new one, when the body was small enough to keep.
@@ -276,7 +276,13 @@ impl Proxy {
             return Ok(response);
         }
         self.tokens.evict_if_current(&auth_config, &token);
-        let Some(body) = kept.whole() else { return Ok(response) };
+        let body = match kept {
+            None => Bytes::new(),
+            Some(kept) => match kept.whole() {
+                Some(body) => body,
+                None => return Ok(response),
+            },
+        };
         drop(response);
         let token = self.token(&auth_config).await?;
         self.metrics
@@ -284,8 +290,12 @@ impl Proxy {
             .with_label_values(&[auth_config.id.as_str()])
             .inc();
         let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
-        self.send(config.upstream_timeout, with_token(parts, &auth_config, &token)?, body)
-            .await
+        self.send(
+            config.upstream_timeout,
+            with_token(replay_parts, &auth_config, &token)?,
+            body,
+        )
+        .await
     }
 
     /// A token from the cache, the lookup counted by how it was found.
@@ -389,16 +399,17 @@ impl Drop for Inflight<'_> {
 
 /// The request's `X-Request-Id`: the app's, when it sent a usable one, else a new random
 /// one, added to the request so the upstream sees the same id as bearerd's log.
-fn request_id(headers: &mut http::HeaderMap) -> http::HeaderValue {
+fn request_id(headers: &mut http::HeaderMap, keep: bool) -> Option<http::HeaderValue> {
     if let Some(id) = headers
-        .get(X_REQUEST_ID)
+        .get(&X_REQUEST_ID)
         .filter(|id| !id.is_empty() && id.len() <= 200 && id.to_str().is_ok())
     {
-        return id.clone();
+        return keep.then(|| id.clone());
     }
     let id = random_id();
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
+    let kept = keep.then(|| id.clone());
+    headers.insert(X_REQUEST_ID, id);
+    kept
 }
 
 /// 128 random bits as 32 lowercase hex digits.
@@ -431,8 +442,17 @@ mod tests {
         }
         let mut headers = http::HeaderMap::new();
         headers.insert(X_REQUEST_ID, http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        let id = request_id(&mut headers);
+        let id = request_id(&mut headers, true).unwrap();
         assert_eq!(id.len(), 32);
-        assert_eq!(headers.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
+        assert_eq!(headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
+        // Not kept for a log line that will not be written, and still sent upstream.
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(request_id(&mut headers, false), None);
+        assert_eq!(headers.get(&X_REQUEST_ID).unwrap().len(), 32);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(X_REQUEST_ID, http::HeaderValue::from_static("app-1"));
+        assert_eq!(request_id(&mut headers, true).unwrap(), "app-1");
+        assert_eq!(request_id(&mut headers, false), None);
+        assert_eq!(headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), ["app-1"]);
     }
 }
