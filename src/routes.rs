@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use fnv::FnvBuildHasher;
 use http::Method;
 use url::Url;
 
@@ -185,12 +186,15 @@ pub struct RequestFacts<'a> {
 
 /// The routes indexed by host, so choosing one costs the routes that could match the
 /// request's host, not the whole table. Lists hold route positions in file order.
+///
+/// FNV, not `SipHash`: the keys come from the config, so a request's host cannot make the
+/// buckets longer, and FNV hashes a host name in a fraction of `SipHash`'s time.
 #[derive(Debug, Default)]
 pub struct RouteIndex {
     /// `match.host: api.example.com` → those routes.
-    exact: HashMap<String, Vec<usize>>,
+    exact: HashMap<String, Vec<usize>, FnvBuildHasher>,
     /// `match.host: *.example.com` → those routes, keyed by `.example.com`.
-    suffix: HashMap<String, Vec<usize>>,
+    suffix: HashMap<String, Vec<usize>, FnvBuildHasher>,
     /// Routes without `match.host`.
     any_host: Vec<usize>,
 }
@@ -227,10 +231,14 @@ impl RouteIndex {
                     best = Some(best.map_or(found, |best| best.min(found)));
                 }
             };
-            consider(self.exact.get(host));
+            if !self.exact.is_empty() {
+                consider(self.exact.get(host));
+            }
             // Every `.suffix` of the host: `a.b.example.com` → `.b.example.com`, `.example.com`, `.com`.
-            for (dot, _) in host.match_indices('.') {
-                consider(self.suffix.get(&host[dot..]));
+            if !self.suffix.is_empty() {
+                for (dot, _) in host.match_indices('.') {
+                    consider(self.suffix.get(&host[dot..]));
+                }
             }
         }
         best.map(|position| &routes[position])
