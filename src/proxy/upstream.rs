@@ -183,12 +183,14 @@ impl Http1Pool {
         let mut idle = self.lock();
         // Connections idle for too long are closed (by dropping their sender) whenever one
         // comes back; those of hosts no longer used go with them. Each list is in the order
-        // its connections came back, so the expired ones are its front: a binary search per
-        // host, not a look at every idle connection on every request.
+        // its connections came back, so the expired ones are its front: one look at the
+        // front per host, and a binary search only when it has expired.
+        let expired = |connection: &Idle| now.duration_since(connection.since) >= POOL_IDLE_TIMEOUT;
         idle.retain(|_, connections| {
-            let expired =
-                connections.partition_point(|connection| now.duration_since(connection.since) >= POOL_IDLE_TIMEOUT);
-            connections.drain(..expired);
+            if connections.first().is_some_and(expired) {
+                let expired = connections.partition_point(expired);
+                connections.drain(..expired);
+            }
             !connections.is_empty()
         });
         idle.entry(Key(authority))
