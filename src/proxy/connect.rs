@@ -32,7 +32,7 @@ pub(super) async fn open(config: &Config, request: Request<Incoming>) -> Result<
     let host = super::target::normalize_host(authority.host());
     let port = authority.port_u16().unwrap_or_default();
     let timeout = CONNECT_TIMEOUT.min(config.upstream_timeout);
-    let mut upstream = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
+    let mut upstream = match tokio::time::timeout(timeout, TcpStream::connect((host.as_ref(), port))).await {
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
                 authority: authority.to_string(),

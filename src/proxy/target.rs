@@ -1,6 +1,7 @@
 //! The request target: absolute-form (`HTTP_PROXY` use) or origin-form (gateway routes),
 //! and the upstream URI it turns into.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use http::Uri;
@@ -9,18 +10,19 @@ use url::Url;
 
 use crate::error::ProxyError;
 
+/// Hosts are borrowed from the request's URI when it has them in lowercase already.
 #[derive(Debug)]
-pub enum Target {
+pub enum Target<'a> {
     /// `GET http://host:port/path` — the URI names the upstream.
-    Absolute { host: String, port: u16 },
+    Absolute { host: Cow<'a, str>, port: u16 },
     /// `GET /path` with a `Host` header — addressed to bearerd itself.
-    Origin { host: Option<(String, u16)> },
+    Origin { host: Option<(Cow<'a, str>, u16)> },
 }
 
-impl Target {
+impl<'a> Target<'a> {
     /// The target of a request that came in on the listener socket `local`. An absolute URI
     /// naming that socket itself (HTTP/2 requests always carry one) is origin-form.
-    pub fn of(uri: &Uri, headers: &http::HeaderMap, local: Option<SocketAddr>) -> Result<Self, ProxyError> {
+    pub fn of(uri: &'a Uri, headers: &http::HeaderMap, local: Option<SocketAddr>) -> Result<Self, ProxyError> {
         if uri.scheme().is_none() {
             if uri.authority().is_some() || !uri.path().starts_with('/') {
                 return Err(ProxyError::BadRequest(
@@ -31,7 +33,10 @@ impl Target {
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<Authority>().ok())
-                .map(|authority| (normalize_host(authority.host()), authority.port_u16().unwrap_or(80)));
+                .map(|authority| {
+                    let host = Cow::Owned(normalize_host(authority.host()).into_owned());
+                    (host, authority.port_u16().unwrap_or(80))
+                });
             return Ok(Self::Origin { host });
         }
         match uri.scheme_str() {
@@ -61,7 +66,7 @@ impl Target {
     pub fn host_port(&self) -> Option<(&str, u16)> {
         match self {
             Self::Absolute { host, port } => Some((host, *port)),
-            Self::Origin { host } => host.as_ref().map(|(h, p)| (h.as_str(), *p)),
+            Self::Origin { host } => host.as_ref().map(|(h, p)| (h.as_ref(), *p)),
         }
     }
 
@@ -109,7 +114,7 @@ pub fn gateway_uri(upstream: &Url, prefix: &str, uri: &Uri) -> Result<Uri, Proxy
 }
 
 /// Lowercase host without brackets, and the effective port, of an absolute URI.
-pub fn host_port_of(uri: &Uri) -> Option<(String, u16)> {
+pub fn host_port_of(uri: &Uri) -> Option<(Cow<'_, str>, u16)> {
     let authority = uri.authority()?;
     let default = if uri.scheme() == Some(&Scheme::HTTPS) { 443 } else { 80 };
     let host = normalize_host(authority.host());
@@ -128,8 +133,14 @@ fn is_listener(host: &str, port: u16, local: SocketAddr) -> bool {
         }
 }
 
-pub(super) fn normalize_host(host: &str) -> String {
-    host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+/// `host` without IPv6 brackets, in lowercase (copied only if it has capitals).
+pub(super) fn normalize_host(host: &str) -> Cow<'_, str> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// IPv6 hosts in brackets, for `host:port` text.
@@ -191,6 +202,14 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_lowercased_without_brackets_and_copied_only_when_they_change() {
+        assert!(matches!(normalize_host("api.test"), Cow::Borrowed("api.test")));
+        assert!(matches!(normalize_host("[::1]"), Cow::Borrowed("::1")));
+        assert!(matches!(normalize_host("API.Test"), Cow::Owned(ref host) if host == "api.test"));
+        assert!(matches!(normalize_host("[FE80::1]"), Cow::Owned(ref host) if host == "fe80::1"));
+    }
+
+    #[test]
     fn targets_are_classified() {
         let headers = http::HeaderMap::new();
         assert!(matches!(
@@ -212,12 +231,16 @@ mod tests {
     fn an_absolute_uri_naming_the_listener_itself_is_origin_form() {
         let headers = http::HeaderMap::new();
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let of = |uri: &'static str| Target::of(&Uri::from_static(uri), &headers, Some(local)).unwrap();
-        assert!(of("http://127.0.0.1:8080/billing/x").is_origin_form());
-        assert!(of("http://localhost:8080/billing/x").is_origin_form());
-        assert!(!of("http://127.0.0.1:8081/x").is_origin_form());
-        assert!(!of("http://127.0.0.2:8080/x").is_origin_form());
-        assert!(!of("http://api.test:8080/x").is_origin_form());
+        let of = |uri: &'static str| {
+            Target::of(&Uri::from_static(uri), &headers, Some(local))
+                .unwrap()
+                .is_origin_form()
+        };
+        assert!(of("http://127.0.0.1:8080/billing/x"));
+        assert!(of("http://localhost:8080/billing/x"));
+        assert!(!of("http://127.0.0.1:8081/x"));
+        assert!(!of("http://127.0.0.2:8080/x"));
+        assert!(!of("http://api.test:8080/x"));
         let v6: SocketAddr = "[::1]:8080".parse().unwrap();
         let uri = Uri::from_static("http://[::1]:8080/x");
         assert!(Target::of(&uri, &headers, Some(v6)).unwrap().is_origin_form());
