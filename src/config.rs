@@ -154,19 +154,52 @@ pub struct AuthConfig {
     /// When the client secret expires (`client_secret_expires_at`), for a metric and a warning.
     pub client_secret_expires_at: Option<SystemTime>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
-    cache_key: String,
+    cache_key: CacheKey,
+}
+
+/// An auth config's token cache key: the id and every field that shapes its token, joined,
+/// with its hash worked out once, at load. The text is long (token URL, client id, scopes)
+/// and the cache looks it up on every request; its `Hash` gives the hasher that one number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheKey {
+    text: Arc<str>,
+    hash: u64,
+}
+
+impl CacheKey {
+    #[must_use]
+    pub fn new(text: &str) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        Self {
+            text: text.into(),
+            hash: hasher.finish(),
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 impl AuthConfig {
     /// The token cache key: the id plus every field that shapes the token.
     #[must_use]
-    pub fn cache_key(&self) -> &str {
+    pub fn cache_key(&self) -> &CacheKey {
         &self.cache_key
     }
 
-    fn compute_cache_key(&self) -> String {
+    fn compute_cache_key(&self) -> CacheKey {
         let params: Vec<String> = self.extra_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        [
+        let parts = [
             self.id.as_str(),
             self.grant.as_str(),
             &self.endpoint.cache_key(),
@@ -174,8 +207,8 @@ impl AuthConfig {
             self.client_auth.as_str(),
             &self.scopes.join(" "),
             &params.join("&"),
-        ]
-        .join("\u{1f}")
+        ];
+        CacheKey::new(&parts.join("\u{1f}"))
     }
 }
 
@@ -933,7 +966,7 @@ impl Loader<'_> {
             retry_on_401: raw.retry_on_401.unwrap_or(true),
             prefetch: raw.prefetch.unwrap_or(false),
             client_secret_expires_at,
-            cache_key: String::new(),
+            cache_key: CacheKey::default(),
         };
         PendingConfig {
             id,

@@ -142,7 +142,7 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
         }
     }
     let new = Arc::new(new);
-    let keep: HashSet<&str> = new.auth_configs.iter().map(|c| c.cache_key()).collect();
+    let keep: HashSet<&str> = new.auth_configs.iter().map(|c| c.cache_key().as_str()).collect();
     shared.proxy.tokens.retain(&keep);
     let remaining: HashSet<&str> = new.auth_configs.iter().map(|c| c.id.as_str()).collect();
     for gone in old.auth_configs.iter().filter(|c| !remaining.contains(c.id.as_str())) {

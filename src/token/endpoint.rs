@@ -109,7 +109,7 @@ impl TokenClient {
             return Ok(self.http.clone());
         };
         let mut clients = self.with_certificate.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = clients.get(config.cache_key()) {
+        if let Some(client) = clients.get(config.cache_key().as_str()) {
             return Ok(client.clone());
         }
         let invalid = |cause: String| TokenError::Transport {
@@ -123,7 +123,7 @@ impl TokenClient {
         )
         .map_err(|err| invalid(err.to_string()))?;
         let client = build_client(tls).map_err(|err| invalid(err.to_string()))?;
-        clients.insert(config.cache_key().to_owned(), client.clone());
+        clients.insert(config.cache_key().as_str().to_owned(), client.clone());
         Ok(client)
     }
 

@@ -21,6 +21,7 @@ mod discovery;
 mod endpoint;
 
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -31,7 +32,7 @@ use tokio::time::Instant;
 
 pub use endpoint::{MAX_RESPONSE_BYTES, TokenClient, TokenError, TokenResponse, basic_auth, parse_response};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, CacheKey};
 use crate::metrics::Metrics;
 use crate::secret::AccessToken;
 
@@ -167,9 +168,30 @@ impl Slot {
     }
 }
 
+/// The hasher for keys that carry their hash ([`CacheKey`]): it takes that number as it is.
+/// Anything else written to it is folded in, FNV-style, so it is never wrong, only slower.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 ^= hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The token cache: one slot per auth config, keyed by everything that shapes its token.
 pub struct TokenCache {
-    slots: moka::sync::Cache<String, Arc<Slot>>,
+    slots: moka::sync::Cache<CacheKey, Arc<Slot>, BuildHasherDefault<Prehashed>>,
     source: Arc<dyn FetchToken>,
     metrics: Arc<Metrics>,
 }
@@ -179,7 +201,9 @@ impl TokenCache {
     #[must_use]
     pub fn new(source: impl FetchToken, metrics: Arc<Metrics>) -> Self {
         Self {
-            slots: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            slots: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .build_with_hasher(BuildHasherDefault::default()),
             source: Arc::new(source),
             metrics,
         }
@@ -188,14 +212,14 @@ impl TokenCache {
     /// Drops the slots (tokens, back-off) of every config whose cache key is not in `keep`:
     /// after a reload, changed and removed configs start afresh, unchanged ones keep theirs.
     pub fn retain(&self, keep: &std::collections::HashSet<&str>) {
-        let stale: Vec<Arc<String>> = self
+        let stale: Vec<Arc<CacheKey>> = self
             .slots
             .iter()
             .filter(|(key, _)| !keep.contains(key.as_str()))
             .map(|(key, _)| key)
             .collect();
         for key in stale {
-            self.slots.invalidate(key.as_str());
+            self.slots.invalidate(&*key);
         }
     }
 
@@ -408,6 +432,26 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn a_cache_key_hashes_to_the_number_it_carries() {
+        use std::hash::BuildHasher as _;
+        let hash = |key: &CacheKey| BuildHasherDefault::<Prehashed>::default().hash_one(key);
+        let a = CacheKey::new("a\u{1f}client_credentials\u{1f}https://idp.test/token");
+        let again = CacheKey::new("a\u{1f}client_credentials\u{1f}https://idp.test/token");
+        let b = CacheKey::new("b\u{1f}client_credentials\u{1f}https://idp.test/token");
+        assert_eq!(a, again);
+        assert_eq!(hash(&a), hash(&again));
+        assert_ne!(a, b);
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(a.as_str(), "a\u{1f}client_credentials\u{1f}https://idp.test/token");
+        // Other writes still count.
+        let mut hasher = Prehashed::default();
+        hasher.write(b"x");
+        let x = hasher.finish();
+        hasher.write(b"y");
+        assert_ne!(x, hasher.finish());
+    }
 
     /// Answers after `delay` (on the tokio clock): the next scripted result, or a token
     /// `t<n>` with `expires_in` once the script is used up.
