@@ -115,13 +115,26 @@ pub fn gateway_uri(upstream: &Url, prefix: &str, uri: &Uri) -> Result<Uri, Proxy
 
 /// Lowercase host without brackets, and the effective port, of an absolute URI.
 pub fn host_port_of(uri: &Uri) -> Option<(Cow<'_, str>, u16)> {
-    let authority = uri.authority()?;
+    let (host, port) = split_authority(uri.authority()?);
     let default = if uri.scheme() == Some(&Scheme::HTTPS) { 443 } else { 80 };
-    let host = normalize_host(authority.host());
+    let host = normalize_host(host);
     if host.is_empty() {
         return None;
     }
-    Some((host, authority.port_u16().unwrap_or(default)))
+    Some((host, port.unwrap_or(default)))
+}
+
+/// The host (IPv6 in its brackets) and port of a parsed authority, as `http`'s
+/// `Authority::host` and `port_u16` give them, in one pass over the text (those two took
+/// ~700 instructions per request, each searching the text again).
+pub fn split_authority(authority: &Authority) -> (&str, Option<u16>) {
+    let text = authority.as_str();
+    let host_port = text.rsplit_once('@').map_or(text, |(_, host_port)| host_port);
+    match host_port.rfind(':') {
+        // After an IPv6 address's `]`, or in a name: a port. Inside the brackets: not.
+        Some(colon) if !host_port[colon..].contains(']') => (&host_port[..colon], host_port[colon + 1..].parse().ok()),
+        _ => (host_port, None),
+    }
 }
 
 /// Whether `host:port` is the listener socket `local` (by its address, or as `localhost`).
@@ -199,6 +212,31 @@ mod tests {
             host_port_of(&target.forward_uri(&uri, true).unwrap()),
             Some(("api.test".into(), 443))
         );
+    }
+
+    #[test]
+    fn authorities_split_as_http_splits_them() {
+        for text in [
+            "api.test",
+            "api.test:8443",
+            "API.Test:80",
+            "user:pw@api.test:81",
+            "user@api.test",
+            "127.0.0.1:18081",
+            "[::1]",
+            "[::1]:9000",
+            "u@[fe80::1]:1",
+            "api.test:",
+            "api.test:0",
+            "api.test:65535",
+        ] {
+            let authority: Authority = text.parse().unwrap();
+            assert_eq!(
+                split_authority(&authority),
+                (authority.host(), authority.port_u16()),
+                "{text}"
+            );
+        }
     }
 
     #[test]

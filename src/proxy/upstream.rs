@@ -185,6 +185,11 @@ impl Http1Pool {
         // comes back; those of hosts no longer used go with them. Each list is in the order
         // its connections came back, so the expired ones are its front: one look at the
         // front per host, and a binary search only when it has expired.
+        // The connection goes in first: its host's list is then not empty, and the sweep
+        // keeps the host's entry (removing it and adding it back cost more than the rest).
+        idle.entry(Key(authority))
+            .or_default()
+            .push(Idle { sender, since: now });
         let expired = |connection: &Idle| now.duration_since(connection.since) >= POOL_IDLE_TIMEOUT;
         idle.retain(|_, connections| {
             if connections.first().is_some_and(expired) {
@@ -193,9 +198,6 @@ impl Http1Pool {
             }
             !connections.is_empty()
         });
-        idle.entry(Key(authority))
-            .or_default()
-            .push(Idle { sender, since: now });
     }
 
     async fn connect(&self, authority: &Authority) -> Result<http1::SendRequest<ProxyBody>, BoxError> {
@@ -222,13 +224,9 @@ impl Http1Pool {
         let Some(authority) = request.uri().authority().cloned() else {
             return Err("the request URI has no authority".into());
         };
-        let host = match authority.port_u16() {
-            None | Some(80) => HeaderValue::from_str(authority.host()),
-            // `host:port` as written, unless it carries user info.
-            Some(_) if !authority.as_str().contains('@') => HeaderValue::from_str(authority.as_str()),
-            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-        }?;
-        request.headers_mut().insert(http::header::HOST, host);
+        request
+            .headers_mut()
+            .insert(http::header::HOST, host_header(&authority)?);
         *request.uri_mut() = origin_form(request.uri());
         let mut reused = true;
         loop {
@@ -253,6 +251,17 @@ impl Http1Pool {
                 },
             }
         }
+    }
+}
+
+/// The `Host` header for `authority`: without user info, and without the port when it is 80.
+fn host_header(authority: &Authority) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let (host, port) = super::target::split_authority(authority);
+    match port {
+        None | Some(80) => HeaderValue::from_str(host),
+        // `host:port` as written, unless it carries user info.
+        Some(_) if !authority.as_str().contains('@') => HeaderValue::from_str(authority.as_str()),
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
     }
 }
 
@@ -391,6 +400,21 @@ mod tests {
         pool.put(authority.clone(), second);
         tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
         assert!(pool.checkout(authority.clone()).is_none(), "idle past the timeout");
+    }
+
+    #[test]
+    fn the_host_header_has_no_user_info_and_no_port_80() {
+        for (authority, host) in [
+            ("api.test", "api.test"),
+            ("api.test:80", "api.test"),
+            ("api.test:8080", "api.test:8080"),
+            ("u:p@api.test:8080", "api.test:8080"),
+            ("u@api.test", "api.test"),
+            ("[::1]:9000", "[::1]:9000"),
+            ("[::1]:80", "[::1]"),
+        ] {
+            assert_eq!(host_header(&authority.parse().unwrap()).unwrap(), host, "{authority}");
+        }
     }
 
     #[tokio::test]
