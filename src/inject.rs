@@ -67,14 +67,15 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     if present == 0 {
         return;
     }
-    // `Connection` usually lists only hop-by-hop names (`keep-alive`, `close`, `upgrade`),
-    // already in `present` when the message has them; others are rare, and only they are
-    // collected (to free the map for removing them).
+    // `Connection` usually lists hop-by-hop names (`keep-alive`, `upgrade`), already in
+    // `present` when the message has them, or `close`, which names no header. Only names
+    // the message carries are collected (to free the map for removing them): rarely any.
     let mut listed = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         for name in value.to_str().unwrap_or_default().split(',').map(str::trim) {
             if !name.is_empty()
                 && !HOP_BY_HOP.iter().any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+                && headers.contains_key(name)
                 && let Ok(name) = HeaderName::from_bytes(name.as_bytes())
             {
                 listed.push(name);
