@@ -181,15 +181,16 @@ impl Http1Pool {
     fn put(&self, authority: Authority, sender: http1::SendRequest<ProxyBody>) {
         let now = Instant::now();
         let mut idle = self.lock();
+        // The connection goes in first: its host's list is then not empty, and the sweep
+        // below keeps the host's entry (removing it and adding it back cost more than the
+        // rest of `put`).
+        idle.entry(Key(authority))
+            .or_default()
+            .push(Idle { sender, since: now });
         // Connections idle for too long are closed (by dropping their sender) whenever one
         // comes back; those of hosts no longer used go with them. Each list is in the order
         // its connections came back, so the expired ones are its front: one look at the
         // front per host, and a binary search only when it has expired.
-        // The connection goes in first: its host's list is then not empty, and the sweep
-        // keeps the host's entry (removing it and adding it back cost more than the rest).
-        idle.entry(Key(authority))
-            .or_default()
-            .push(Idle { sender, since: now });
         let expired = |connection: &Idle| now.duration_since(connection.since) >= POOL_IDLE_TIMEOUT;
         idle.retain(|_, connections| {
             if connections.first().is_some_and(expired) {
