@@ -32,7 +32,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// Whether `name` is a hop-by-hop header.
 #[must_use]
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+    hop_by_hop_bit(name) != 0
 }
 
 /// `name`'s bit in a set of [`HOP_BY_HOP`] names (bit `i` for `HOP_BY_HOP[i]`), 0 for others.
