@@ -11,12 +11,7 @@ use bearerd::config::Env;
 use support::*;
 
 async fn admin(bearerd: &bearerd::Server, path: &str) -> (u16, String) {
-    let response = direct_client()
-        .get(format!("http://{}{path}", bearerd.admin_addr))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
+    get_text(&format!("http://{}{path}", bearerd.admin_addr)).await
 }
 
 /// The value of the sample `series` (name and labels exactly as exported), if present.

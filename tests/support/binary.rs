@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{WAIT, direct_client};
+use crate::support::{WAIT, get_text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bearerd");
 
@@ -108,12 +108,7 @@ impl Bearerd {
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let response = direct_client()
-            .get(format!("http://{}{path}", self.admin))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+        get_text(&format!("http://{}{path}", self.admin)).await
     }
 
     pub fn logs(&self) -> String {

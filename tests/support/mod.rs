@@ -595,6 +595,12 @@ pub fn direct_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(WAIT).build().unwrap()
 }
 
+/// GET `url` directly (bearerd's admin listener): the status and the body as text.
+pub async fn get_text(url: &str) -> (u16, String) {
+    let response = direct_client().get(url).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
 /// A bearerd error response, parsed.
 #[derive(Debug)]
 pub struct BearerdError {
