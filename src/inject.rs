@@ -36,7 +36,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// `name`'s bit in a set of [`HOP_BY_HOP`] names (bit `i` for `HOP_BY_HOP[i]`), 0 for others.
-fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+pub(crate) fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     // By text: a `match` on a string compares lengths first, and most names differ there;
     // comparing `HeaderName`s is a match on their representation, nine times per header.
     match name.as_str() {

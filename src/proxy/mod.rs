@@ -2,10 +2,12 @@
 //! "Handling one request": accept → choose the auth config → guard → token → inject → forward.
 
 mod connect;
+mod h1;
 mod replay;
 mod target;
 mod upstream;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use upstream::Outgoing;
 pub use upstream::Upstream;
 
 use crate::config::{AuthConfig, Config, Inject};
@@ -34,7 +37,7 @@ use crate::routes::{self, RequestFacts, RouteKind, SelectError};
 use crate::token::{CachedToken, Lookup, TokenCache, TokenError};
 use crate::{BoxError, ProxyBody};
 
-use replay::Keep;
+use replay::{Keep, MAX_REPLAY_BODY};
 use target::Target;
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -247,28 +250,29 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         inject::strip_request_headers(&mut parts.headers);
+        let body = outgoing(body, config.upstream_timeout).await?;
         let Some(auth_config) = selection.auth_config else {
-            return self.send(config.upstream_timeout, parts, boxed(body)).await;
+            return self.send(config.upstream_timeout, Cow::Owned(parts), body).await;
         };
 
         // 4. Token, from the cache or the one fetch in flight.
         let token = self.token(&auth_config).await?;
 
-        // 5. and 6. Inject and forward, keeping the head and a small body in case of a replay.
-        let parts = with_token(parts, &auth_config, &token)?;
+        // 5. and 6. Inject and forward, keeping the body in case of a replay.
+        let mut parts = with_token(parts, &auth_config, &token)?;
         if !auth_config.retry_on_401 {
-            return self.send(config.upstream_timeout, parts, boxed(body)).await;
+            return self.send(config.upstream_timeout, Cow::Owned(parts), body).await;
         }
-        // Copied with the token in, the head has room for it: a replay replaces its value.
-        let replay_parts = parts.clone();
-        // A body known to be empty (most GETs) needs no keeping.
-        let (body, kept) = if body.is_end_stream() {
-            (boxed(body), None)
-        } else {
-            let (body, kept) = Keep::new(body);
-            (boxed(body), Some(kept))
+        let (body, kept) = match body {
+            Outgoing::Full(body) => (Outgoing::Full(body.clone()), Kept::Whole(body)),
+            Outgoing::Stream(body) => {
+                let (body, kept) = Keep::new(body);
+                (Outgoing::Stream(boxed(body)), Kept::Streamed(kept))
+            }
         };
-        let response = self.send(config.upstream_timeout, parts, body).await?;
+        // Lent, not given: the head stays here for a replay (a plain-HTTP upstream's request
+        // is written from it; only hyper's client takes a copy).
+        let response = self.send(config.upstream_timeout, Cow::Borrowed(&parts), body).await?;
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
         // and replay once with a new one, when the body was small enough to keep.
@@ -277,8 +281,8 @@ impl Proxy {
         }
         self.tokens.evict_if_current(&auth_config, &token);
         let body = match kept {
-            None => Bytes::new(),
-            Some(kept) => match kept.whole() {
+            Kept::Whole(body) => body,
+            Kept::Streamed(kept) => match kept.whole() {
                 Some(body) => body,
                 None => return Ok(response),
             },
@@ -289,13 +293,9 @@ impl Proxy {
             .upstream_retries
             .with_label_values(&[auth_config.id.as_str()])
             .inc();
-        let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
-        self.send(
-            config.upstream_timeout,
-            with_token(replay_parts, &auth_config, &token)?,
-            body,
-        )
-        .await
+        parts = with_token(parts, &auth_config, &token)?;
+        self.send(config.upstream_timeout, Cow::Owned(parts), Outgoing::Full(body))
+            .await
     }
 
     /// A token from the cache, the lookup counted by how it was found.
@@ -317,13 +317,12 @@ impl Proxy {
     async fn send(
         &self,
         timeout: Duration,
-        parts: http::request::Parts,
-        body: ProxyBody,
+        parts: Cow<'_, http::request::Parts>,
+        body: Outgoing,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let response = self.upstream.send(Request::from_parts(parts, body), timeout).await?;
-        let (mut parts, body) = response.into_parts();
-        inject::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, boxed(body)))
+        // Its hop-by-hop headers are already gone.
+        let response = self.upstream.send(parts, body, timeout).await?;
+        Ok(response.map(boxed))
     }
 }
 
@@ -365,6 +364,32 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// The request body as it goes upstream: read whole first when it is known to be small (at
+/// most [`MAX_REPLAY_BODY`]), as nginx does by default, so that it goes out with the head in
+/// one write and is at hand for a replay; otherwise passed on as it arrives. The app has
+/// `timeout` to send it.
+async fn outgoing(body: Incoming, timeout: Duration) -> Result<Outgoing, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Outgoing::Full(Bytes::new()));
+    }
+    match body.size_hint().exact() {
+        Some(length) if length <= MAX_REPLAY_BODY as u64 => {
+            let collected = tokio::time::timeout(timeout, body.collect())
+                .await
+                .map_err(|_| ProxyError::BadRequest(format!("the request body did not arrive within {timeout:?}")))?
+                .map_err(|err| ProxyError::BadRequest(format!("the request body could not be read: {err}")))?;
+            Ok(Outgoing::Full(collected.to_bytes()))
+        }
+        _ => Ok(Outgoing::Stream(boxed(body))),
+    }
+}
+
+/// A request body kept for a replay.
+enum Kept {
+    Whole(Bytes),
+    Streamed(replay::KeptBody),
 }
 
 /// What `forward` learned about a request, for its metrics and log line.

@@ -1,0 +1,1273 @@
+//! bearerd's own HTTP/1.1 client for plain-HTTP upstreams: the sidecar's hot path.
+//!
+//! A request whose body is in memory (none, or a small one bearerd read whole, as nginx's
+//! `proxy_request_buffering` does) is written with its head in one write, on a pooled
+//! connection, by the task that handles the request. The response head is parsed with
+//! httparse; the body is read off the connection as the app's side of the proxy asks for it,
+//! and the connection goes back to the pool when the body ends. There is no connection task
+//! and no channel between tasks: hyper's client spent about 13k instructions per exchange on
+//! those (benches/README.md). Requests with a streaming body go through hyper's client.
+//!
+//! Response framing follows RFC 9112 §6.3: no body after `HEAD`, 1xx, 204 and 304;
+//! `Transfer-Encoding` ending in `chunked` before `Content-Length` (and then the connection is
+//! not reused); a `Content-Length` whose values disagree is an error; otherwise the body runs
+//! to the end of the connection.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fnv::FnvBuildHasher;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::{BoxError, inject};
+
+/// Idle upstream connections close after this (tests assume 90 s).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const TCP_KEEPALIVE: Duration = Duration::from_mins(1);
+
+/// A response head (status line and headers) longer than this is refused.
+const MAX_HEAD: usize = 64 * 1024;
+/// At most this many response headers.
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line, and a chunked body's trailer section, longer than these are refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8 * 1024;
+
+/// One connection to an upstream, with what was read from it and not yet used.
+pub struct Connection {
+    stream: TcpStream,
+    input: BytesMut,
+    /// The last request written; kept for its capacity.
+    output: Vec<u8>,
+}
+
+impl Connection {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            input: BytesMut::with_capacity(READ_SIZE),
+            output: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the upstream has neither closed it nor
+    /// sent anything since the last response.
+    ///
+    /// Asks the runtime first (no system call); its readiness may be left over from the last
+    /// read, which only a read that would block clears, so a ready socket is read once.
+    fn is_usable(&self) -> bool {
+        if !self.input.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0_u8; 1];
+                matches!(self.stream.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more of the response into `input`; 0 at the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.input.reserve(READ_SIZE);
+        loop {
+            if let Err(err) = std::task::ready!(self.stream.poll_read_ready(cx)) {
+                return Poll::Ready(Err(err));
+            }
+            // A read that would block clears the readiness, and the next poll waits for more.
+            match self.stream.try_read_buf(&mut self.input) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Up to the end of the connection.
+    UntilClose,
+}
+
+/// A parsed response head and how its body is delimited.
+struct Head {
+    response: http::response::Parts,
+    framing: Framing,
+    /// The connection can take another request once the body is read.
+    reusable: bool,
+}
+
+/// Writes the request into `out`: request line in origin-form, `Host` first, the headers,
+/// `Content-Length` for a body (or an empty one where a body is expected), then the body.
+fn encode(out: &mut Vec<u8>, method: &Method, target: &str, host: &HeaderValue, headers: &HeaderMap, body: &[u8]) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        // bearerd writes these itself; hop-by-hop headers were stripped before.
+        if name == header::HOST || name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Takes a complete response head off the front of `input`, or `None` if more must be read.
+///
+/// Header values share `input`'s memory instead of being copied. Hop-by-hop headers (and
+/// those `Connection` names) are read for the framing and left out: they are not forwarded.
+fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, BoxError> {
+    // Uninitialised: the parser fills only as many as there are headers.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let length =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, input, &mut slots) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(format!("the response has more than {MAX_HEADERS} headers").into());
+            }
+            Err(err) => return Err(format!("malformed response head: {err}").into()),
+        };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or_default())?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut facts = Facts {
+        close: version == Version::HTTP_10,
+        ..Facts::default()
+    };
+    // The values are found by their place in the head, which is cut off `input` afterwards.
+    let start = input.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for field in &*parsed.headers {
+        let name = HeaderName::from_bytes(field.name.as_bytes())?;
+        if inject::hop_by_hop_bit(&name) != 0 {
+            facts.hop_by_hop(&name, field.value, version);
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            facts.content_length(field.value)?;
+        }
+        let value = if field.value.is_empty() {
+            0..0
+        } else {
+            let offset = field.value.as_ptr() as usize - start;
+            offset..offset + field.value.len()
+        };
+        fields.push((name, value));
+    }
+    let head = input.split_to(length).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(value))?);
+    }
+    for name in &facts.listed {
+        headers.remove(name);
+    }
+    let (framing, reusable) = facts.framing(method, status, version, &mut headers);
+    let mut response = Response::new(()).into_parts().0;
+    response.status = status;
+    response.version = version;
+    response.headers = headers;
+    Ok(Some(Head {
+        response,
+        framing,
+        reusable,
+    }))
+}
+
+/// What a response head's headers say about its framing and its connection.
+#[derive(Default)]
+struct Facts {
+    /// The connection ends after this response.
+    close: bool,
+    /// There is a `Transfer-Encoding`, and its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
+    content_length: Option<u64>,
+    /// Other headers `Connection` names, to be left out too.
+    listed: Vec<HeaderName>,
+}
+
+impl Facts {
+    fn hop_by_hop(&mut self, name: &HeaderName, value: &[u8], version: Version) {
+        let value = std::str::from_utf8(value).unwrap_or_default();
+        if name == header::CONNECTION {
+            for option in value.split(',').map(str::trim) {
+                if option.eq_ignore_ascii_case("close") {
+                    self.close = true;
+                } else if option.eq_ignore_ascii_case("keep-alive") {
+                    if version == Version::HTTP_10 {
+                        self.close = false;
+                    }
+                } else if let Ok(listed) = HeaderName::from_bytes(option.as_bytes())
+                    && inject::hop_by_hop_bit(&listed) == 0
+                {
+                    self.listed.push(listed);
+                }
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // The last line's last coding is the final one.
+            let last = value.rsplit(',').next().unwrap_or_default();
+            self.transfer_encoding = Some(last.trim().eq_ignore_ascii_case("chunked"));
+        }
+    }
+
+    /// Takes one `Content-Length` line: one length, or a list of the same length.
+    fn content_length(&mut self, value: &[u8]) -> Result<(), BoxError> {
+        for item in value.split(|&byte| byte == b',') {
+            let item = item.trim_ascii();
+            let parsed = if !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit) {
+                std::str::from_utf8(item)
+                    .ok()
+                    .and_then(|digits| digits.parse::<u64>().ok())
+            } else {
+                None
+            };
+            match (parsed, self.content_length) {
+                (Some(length), None) => self.content_length = Some(length),
+                (Some(length), Some(seen)) if length == seen => {}
+                _ => return Err("the response has an invalid Content-Length".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// How the body of a response to `method` is delimited, and whether the connection stays
+    /// open after it. A `Content-Length` beside `Transfer-Encoding` is removed.
+    fn framing(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        version: Version,
+        headers: &mut HeaderMap,
+    ) -> (Framing, bool) {
+        if *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return (Framing::Empty, !self.close);
+        }
+        if let Some(chunked) = self.transfer_encoding {
+            // Both headers is a sign of request smuggling (RFC 9112 §6.1): the connection
+            // ends with this response.
+            let smuggled = self.content_length.is_some();
+            if smuggled {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            return if chunked && version == Version::HTTP_11 {
+                (Framing::Chunked, !self.close && !smuggled)
+            } else {
+                (Framing::UntilClose, false)
+            };
+        }
+        match self.content_length {
+            Some(length) => (Framing::Length(length), !self.close),
+            None => (Framing::UntilClose, false),
+        }
+    }
+}
+
+/// Why an exchange failed, as far as sending the request again is concerned.
+enum Failed {
+    /// Writing the request failed: the upstream cannot have acted on it.
+    Write(io::Error),
+    /// The connection ended before any byte of a response.
+    NothingReceived(BoxError),
+    Other(BoxError),
+}
+
+impl Failed {
+    fn into_error(self) -> BoxError {
+        match self {
+            Self::Write(err) => err.into(),
+            Self::NothingReceived(err) | Self::Other(err) => err,
+        }
+    }
+}
+
+/// Reads the final response head; interim (1xx) responses are read past.
+async fn read_head(connection: &mut Connection, method: &Method) -> Result<Head, Failed> {
+    let mut received = false;
+    loop {
+        if !connection.input.is_empty() {
+            match parse_head(&mut connection.input, method).map_err(Failed::Other)? {
+                Some(head) if head.response.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(Failed::Other("the upstream switched protocols unasked".into()));
+                }
+                Some(head) if head.response.status.is_informational() => continue,
+                Some(head) => return Ok(head),
+                None if connection.input.len() >= MAX_HEAD => {
+                    return Err(Failed::Other(
+                        format!("the response head is longer than {} KiB", MAX_HEAD / 1024).into(),
+                    ));
+                }
+                None => {}
+            }
+        }
+        let read = connection.fill().await;
+        match read {
+            Ok(0) if received => {
+                return Err(Failed::Other(
+                    "the upstream closed the connection within the response head".into(),
+                ));
+            }
+            Ok(0) => {
+                return Err(Failed::NothingReceived(
+                    "the upstream closed the connection without a response".into(),
+                ));
+            }
+            Ok(_) => received = true,
+            Err(err) if received => return Err(Failed::Other(err.into())),
+            Err(err) => return Err(Failed::NothingReceived(err.into())),
+        }
+    }
+}
+
+/// Where a connection goes back to when its response has been read.
+struct Home {
+    pool: Arc<Pool>,
+    authority: Authority,
+}
+
+/// Where a response body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes to go.
+    Length(u64),
+    ChunkSize,
+    /// This many bytes of the current chunk to go.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+/// What decoding the bytes at hand gave.
+enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    /// More must be read first.
+    More,
+}
+
+/// A response body read off its upstream connection; the connection goes back to the pool
+/// when the body ends, and closes if the body is dropped before.
+pub struct ResponseBody {
+    connection: Option<Connection>,
+    state: State,
+    reusable: bool,
+    home: Option<Home>,
+}
+
+impl ResponseBody {
+    fn new(connection: Connection, framing: Framing, reusable: bool, home: Home) -> Self {
+        let state = match framing {
+            Framing::Empty => State::Length(0),
+            Framing::Length(length) => State::Length(length),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        };
+        let mut body = Self {
+            connection: Some(connection),
+            state,
+            reusable,
+            home: Some(home),
+        };
+        // hyper does not poll a body that is already at its end.
+        if state == State::Length(0) {
+            body.end();
+        }
+        body
+    }
+
+    /// The body has been read: the connection goes back to the pool, unless it cannot take
+    /// another request or holds bytes past this response.
+    fn end(&mut self) {
+        self.state = State::Done;
+        if let (Some(connection), Some(home)) = (self.connection.take(), self.home.take())
+            && self.reusable
+            && connection.input.is_empty()
+        {
+            home.pool.put(home.authority, connection);
+        }
+    }
+
+    /// Decodes what `input` holds, as far as `state` allows.
+    fn decode(state: &mut State, input: &mut BytesMut) -> Result<Step, BoxError> {
+        loop {
+            match *state {
+                State::Done => return Ok(Step::End),
+                State::Length(0) => {
+                    *state = State::Done;
+                    return Ok(Step::End);
+                }
+                State::Length(left) | State::ChunkData(left) => {
+                    if input.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                    let left = left - take as u64;
+                    *state = match *state {
+                        State::Length(_) => State::Length(left),
+                        _ if left == 0 => State::ChunkEnd,
+                        _ => State::ChunkData(left),
+                    };
+                    return Ok(Step::Data(input.split_to(take).freeze()));
+                }
+                State::UntilClose => {
+                    if input.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Data(input.split().freeze()));
+                }
+                State::ChunkSize => {
+                    let Some(end) = find_crlf(input) else {
+                        if input.len() > MAX_CHUNK_LINE {
+                            return Err("a chunk-size line is too long".into());
+                        }
+                        return Ok(Step::More);
+                    };
+                    let size = chunk_size(&input[..end])?;
+                    let _ = input.split_to(end + 2);
+                    *state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkEnd => {
+                    if input.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &input[..2] != b"\r\n" {
+                        return Err("a chunk does not end with CRLF".into());
+                    }
+                    let _ = input.split_to(2);
+                    *state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    if input.starts_with(b"\r\n") {
+                        let _ = input.split_to(2);
+                        *state = State::Done;
+                        return Ok(Step::End);
+                    }
+                    let Some(end) = input.windows(4).position(|window| window == b"\r\n\r\n") else {
+                        if input.len() > MAX_TRAILERS {
+                            return Err("the trailer section is too long".into());
+                        }
+                        return Ok(Step::More);
+                    };
+                    let section = input.split_to(end + 4);
+                    *state = State::Done;
+                    return Ok(Step::Trailers(trailers(&section)?));
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(input: &[u8]) -> Option<usize> {
+    input.windows(2).position(|window| window == b"\r\n")
+}
+
+/// The size on a chunk-size line (hex digits, then optional `;` extensions, which are ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
+    let digits = line.iter().take_while(|byte| byte.is_ascii_hexdigit()).count();
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest.starts_with(b";")) {
+        return Err("malformed chunk size".into());
+    }
+    let digits = std::str::from_utf8(&line[..digits]).unwrap_or_default();
+    u64::from_str_radix(digits, 16).map_err(|_| "malformed chunk size".into())
+}
+
+/// The fields of a trailer section (ending in an empty line).
+fn trailers(section: &[u8]) -> Result<HeaderMap, BoxError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let fields = match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        Ok(httparse::Status::Partial) | Err(_) => return Err("malformed trailer section".into()),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        trailers.append(
+            HeaderName::from_bytes(field.name.as_bytes())?,
+            HeaderValue::from_bytes(field.value)?,
+        );
+    }
+    Ok(trailers)
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let step = match Self::decode(&mut this.state, &mut connection.input) {
+                Ok(step) => step,
+                Err(err) => {
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(err)));
+                }
+            };
+            match step {
+                Step::Data(data) => {
+                    if this.state == State::Length(0) {
+                        this.end();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Step::Trailers(trailers) => {
+                    this.end();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Step::End => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Step::More => match std::task::ready!(connection.poll_fill(cx)) {
+                    Ok(0) if this.state == State::UntilClose => {
+                        this.state = State::Done;
+                        this.connection = None;
+                        return Poll::Ready(None);
+                    }
+                    Ok(0) => {
+                        this.connection = None;
+                        return Poll::Ready(Some(Err("the upstream closed the connection within the body".into())));
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        this.connection = None;
+                        return Poll::Ready(Some(Err(err.into())));
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(left) => SizeHint::with_exact(left),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Idle connections to plain-HTTP upstreams, by authority.
+///
+/// Hashed with FNV (twice per request; std's `SipHash` took ~600 instructions a time): the
+/// authorities are the app's own, the sidecar's one client, not an attacker's.
+pub struct Pool {
+    idle: Mutex<HashMap<Key, Vec<Idle>, FnvBuildHasher>>,
+    connect_timeout: Duration,
+}
+
+/// An authority as the pool's key. `http`'s own `Hash` for `Authority` gives the hasher one
+/// lowercased byte at a time, which made hashing most of a pool lookup; this gives it the
+/// text at once (lowercased only if it has capitals, to agree with the case-insensitive `Eq`).
+#[derive(PartialEq, Eq)]
+struct Key(Authority);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let text = self.0.as_str();
+        if text.bytes().any(|byte| byte.is_ascii_uppercase()) {
+            text.to_ascii_lowercase().hash(state);
+        } else {
+            text.hash(state);
+        }
+    }
+}
+
+struct Idle {
+    connection: Connection,
+    since: Instant,
+}
+
+impl Pool {
+    #[must_use]
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::default()),
+            connect_timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle>, FnvBuildHasher>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection to `authority` that can take a request.
+    fn checkout(&self, authority: Authority) -> Option<Connection> {
+        let mut idle = self.lock();
+        let connections = idle.get_mut(&Key(authority))?;
+        while let Some(idle) = connections.pop() {
+            if idle.since.elapsed() < POOL_IDLE_TIMEOUT && idle.connection.is_usable() {
+                return Some(idle.connection);
+            }
+        }
+        None
+    }
+
+    fn put(&self, authority: Authority, connection: Connection) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The connection goes in first: its host's list is then not empty, and the sweep
+        // below keeps the host's entry (removing it and adding it back cost more than the
+        // rest of `put`).
+        idle.entry(Key(authority))
+            .or_default()
+            .push(Idle { connection, since: now });
+        // Connections idle for too long are closed (by dropping them) whenever one comes
+        // back; those of hosts no longer used go with them. Each list is in the order its
+        // connections came back, so the expired ones are its front: one look at the front
+        // per host, and a binary search only when it has expired.
+        let expired = |idle: &Idle| now.duration_since(idle.since) >= POOL_IDLE_TIMEOUT;
+        idle.retain(|_, connections| {
+            if connections.first().is_some_and(expired) {
+                let expired = connections.partition_point(expired);
+                connections.drain(..expired);
+            }
+            !connections.is_empty()
+        });
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Connection, BoxError> {
+        let (host, port) = super::target::split_authority(authority);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port.unwrap_or(80))))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
+        stream.set_nodelay(true)?;
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
+        Ok(Connection::new(stream))
+    }
+
+    /// Sends a request for `uri` (absolute-form `http://`) in origin-form, with its `Host`
+    /// and `body`, on an idle connection or a new one, and reads the response head.
+    ///
+    /// A reused connection may turn out closed by the upstream while idle: the request is
+    /// then sent again on a new connection when the upstream cannot have acted on it (the
+    /// write failed), or when nothing came back and the method is idempotent (RFC 9110
+    /// §9.2.2).
+    pub async fn send(
+        self: &Arc<Self>,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response<ResponseBody>, BoxError> {
+        let Some(authority) = uri.authority().cloned() else {
+            return Err("the request URI has no authority".into());
+        };
+        let host = host_header(&authority)?;
+        let target = origin_form(uri);
+        let mut reused = true;
+        loop {
+            let mut connection = if let Some(connection) = self.checkout(authority.clone()) {
+                connection
+            } else {
+                reused = false;
+                self.connect(&authority).await?
+            };
+            encode(&mut connection.output, method, &target, &host, headers, body);
+            let Connection { stream, output, .. } = &mut connection;
+            let result = match stream.write_all(output).await {
+                Ok(()) => read_head(&mut connection, method).await,
+                Err(err) => Err(Failed::Write(err)),
+            };
+            match result {
+                Ok(head) => {
+                    let home = Home {
+                        pool: Arc::clone(self),
+                        authority,
+                    };
+                    let body = ResponseBody::new(connection, head.framing, head.reusable, home);
+                    return Ok(Response::from_parts(head.response, body));
+                }
+                Err(Failed::Write(_)) if reused => {}
+                Err(Failed::NothingReceived(_)) if reused && method.is_idempotent() => {}
+                Err(failed) => return Err(failed.into_error()),
+            }
+        }
+    }
+}
+
+/// The `Host` header for `authority`: without user info, and without the port when it is 80.
+fn host_header(authority: &Authority) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let (host, port) = super::target::split_authority(authority);
+    match port {
+        None | Some(80) => HeaderValue::from_str(host),
+        // `host:port` as written, unless it carries user info.
+        Some(_) if !authority.as_str().contains('@') => HeaderValue::from_str(authority.as_str()),
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+    }
+}
+
+/// `/path?query` of an absolute URI.
+fn origin_form(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+    match uri.path_and_query().map_or("", http::uri::PathAndQuery::as_str) {
+        "" => "/".into(),
+        query if query.starts_with('?') => format!("/{query}").into(),
+        path => path.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A hand-written upstream: answers each request it reads (a head and its
+    /// `Content-Length` bytes) with the next of `responses`, on whichever connection it came,
+    /// and closes the connection after each answer if `close_each`.
+    struct Script {
+        addr: SocketAddr,
+        requests: Arc<Mutex<Vec<String>>>,
+        connections: Arc<AtomicUsize>,
+    }
+
+    impl Script {
+        async fn start(responses: Vec<Vec<u8>>, close_each: bool) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let connections = Arc::new(AtomicUsize::new(0));
+            let responses = Arc::new(Mutex::new(responses.into_iter()));
+            let (recorded, counted) = (Arc::clone(&requests), Arc::clone(&connections));
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let (recorded, responses) = (Arc::clone(&recorded), Arc::clone(&responses));
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        while let Some(request) = read_request(&mut stream, &mut buf).await {
+                            recorded.lock().unwrap().push(request);
+                            let Some(response) = responses.lock().unwrap().next() else {
+                                return;
+                            };
+                            if stream.write_all(&response).await.is_err() || close_each {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                addr,
+                requests,
+                connections,
+            }
+        }
+
+        fn uri(&self, path: &str) -> http::Uri {
+            format!("http://{}{path}", self.addr).parse().unwrap()
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+    }
+
+    async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.parse::<usize>().unwrap());
+                if buf.len() >= end + 4 + length {
+                    let request = buf.drain(..end + 4 + length).collect::<Vec<_>>();
+                    return Some(String::from_utf8(request).unwrap());
+                }
+            }
+            let mut chunk = [0_u8; 4096];
+            match tokio::time::timeout(LIMIT, stream.read(&mut chunk)).await {
+                Ok(Ok(read)) if read > 0 => buf.extend_from_slice(&chunk[..read]),
+                _ => return None,
+            }
+        }
+    }
+
+    async fn send(
+        pool: &Arc<Pool>,
+        method: Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response<ResponseBody>, BoxError> {
+        tokio::time::timeout(LIMIT, pool.send(&method, uri, headers, body))
+            .await
+            .expect("an answer in time")
+    }
+
+    /// The body's bytes and trailers, read to the end.
+    async fn read_body(body: ResponseBody) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
+        let collected = tokio::time::timeout(LIMIT, body.collect())
+            .await
+            .expect("the end in time")?;
+        let trailers = collected.trailers().cloned();
+        Ok((collected.to_bytes(), trailers))
+    }
+
+    fn pool() -> Arc<Pool> {
+        Arc::new(Pool::new(Duration::from_secs(5)))
+    }
+
+    #[tokio::test]
+    async fn requests_go_in_origin_form_with_host_first_and_the_length_of_their_body() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let upstream = Script::start(vec![ok; 4], false).await;
+        let pool = pool();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        headers.append("x-many", HeaderValue::from_static("1"));
+        headers.append("x-many", HeaderValue::from_static("2"));
+        // The app's own framing headers are replaced by bearerd's.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert(header::HOST, HeaderValue::from_static("elsewhere.test"));
+        for (method, path, body) in [
+            (Method::GET, "/v1/items?page=2", &b""[..]),
+            (Method::POST, "/v1/items", &b"{\"a\":1}"[..]),
+            (Method::PUT, "", &b""[..]),
+            (Method::GET, "?only=query", &b""[..]),
+        ] {
+            let response = send(&pool, method, &upstream.uri(path), &headers, body).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(response.body().is_end_stream());
+        }
+        let host = upstream.addr.to_string();
+        let common = "authorization: Bearer t\r\nx-many: 1\r\nx-many: 2\r\n";
+        assert_eq!(
+            upstream.requests(),
+            [
+                format!("GET /v1/items?page=2 HTTP/1.1\r\nhost: {host}\r\n{common}\r\n"),
+                format!("POST /v1/items HTTP/1.1\r\nhost: {host}\r\n{common}content-length: 7\r\n\r\n{{\"a\":1}}"),
+                format!("PUT / HTTP/1.1\r\nhost: {host}\r\n{common}content-length: 0\r\n\r\n"),
+                format!("GET /?only=query HTTP/1.1\r\nhost: {host}\r\n{common}\r\n"),
+            ]
+        );
+        assert_eq!(upstream.connections(), 1, "one kept-alive connection for all four");
+    }
+
+    /// One response, read whole, then a second request: whether it came on the same
+    /// connection says whether the first one went back to the pool.
+    async fn exchange_then_another(
+        method: Method,
+        response: &[u8],
+    ) -> (Response<Result<(Bytes, Option<HeaderMap>), String>>, usize) {
+        let next = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext".to_vec();
+        let upstream = Script::start(vec![response.to_vec(), next], false).await;
+        let pool = pool();
+        let (parts, body) = send(&pool, method, &upstream.uri("/"), &HeaderMap::new(), b"")
+            .await
+            .unwrap()
+            .into_parts();
+        let body = read_body(body).await.map_err(|err| err.to_string());
+        if body.is_ok() {
+            let second = send(&pool, Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
+                .await
+                .unwrap();
+            assert_eq!(read_body(second.into_body()).await.unwrap().0, "next");
+        }
+        (Response::from_parts(parts, body), upstream.connections())
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_by_length_chunks_or_the_end_of_the_connection() {
+        let cases: [(Method, &[u8], &str, usize); 10] = [
+            (
+                Method::GET,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                "hello",
+                1,
+            ),
+            (
+                Method::GET,
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                "hello world",
+                1,
+            ),
+            (Method::HEAD, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", "", 1),
+            (Method::GET, b"HTTP/1.1 204 No Content\r\n\r\n", "", 1),
+            (
+                Method::GET,
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n",
+                "",
+                1,
+            ),
+            (
+                Method::GET,
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                "ok",
+                1,
+            ),
+            (
+                Method::GET,
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+                "ok",
+                1,
+            ),
+            // Not reused: the upstream says so, or the framing leaves no other choice.
+            (
+                Method::GET,
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                "ok",
+                2,
+            ),
+            (Method::GET, b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", "ok", 2),
+            (
+                Method::GET,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                "ok",
+                2,
+            ),
+        ];
+        for (method, response, body, connections) in cases {
+            let text = String::from_utf8_lossy(response).into_owned();
+            let (response, used) = exchange_then_another(method, response).await;
+            let (read, trailers) = response.body().as_ref().unwrap_or_else(|err| panic!("{text}: {err}"));
+            assert_eq!(read, body, "{text}");
+            assert_eq!(trailers, &None, "{text}");
+            assert_eq!(used, connections, "{text}");
+            if text.contains("chunked") {
+                assert!(response.headers().get(header::CONTENT_LENGTH).is_none(), "{text}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_and_header_values_come_through_as_sent() {
+        let response = b"HTTP/1.1 201 Created\r\nx-empty:\r\nx-list: a\r\nx-list: b\r\nlocation: /v1/items/7\r\n\
+            transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\nx-count: 1\r\n\r\n";
+        let (response, connections) = exchange_then_another(Method::POST, response).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(response.headers()["x-empty"], "");
+        assert_eq!(
+            response.headers().get_all("x-list").iter().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(response.headers()["location"], "/v1/items/7");
+        let (body, trailers) = response.body().as_ref().unwrap();
+        assert_eq!(body, "abc");
+        let trailers = trailers.as_ref().expect("trailers");
+        assert_eq!(trailers.len(), 2);
+        assert_eq!(trailers["x-checksum"], "42");
+        assert_eq!(trailers["x-count"], "1");
+        assert_eq!(connections, 1);
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_and_those_connection_names_are_left_out() {
+        let response = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
+            x-private: 1\r\nproxy-authenticate: Basic\r\nupgrade: h2c\r\ntrailer: x-sum\r\n\
+            x-public: 2\r\ncontent-length: 2\r\n\r\nok";
+        let (response, connections) = exchange_then_another(Method::GET, response).await;
+        let mut names: Vec<_> = response.headers().keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-public"]);
+        assert_eq!(response.body().as_ref().unwrap().0, "ok");
+        assert_eq!(connections, 1, "keep-alive, and `close` is not among the names");
+    }
+
+    #[tokio::test]
+    async fn a_body_up_to_the_end_of_the_connection_is_read_to_its_end() {
+        let mut response = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        response.extend(std::iter::repeat_n(b'x', 100_000));
+        let upstream = Script::start(vec![response], true).await;
+        let answer = send(&pool(), Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
+            .await
+            .unwrap();
+        assert_eq!(answer.body().size_hint().exact(), None);
+        let (body, _) = read_body(answer.into_body()).await.unwrap();
+        assert_eq!(body.len(), 100_000);
+        assert!(body.iter().all(|&byte| byte == b'x'));
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_errors_that_say_what_was_wrong() {
+        let many_headers = format!("HTTP/1.1 200 OK\r\n{}\r\n", "x-h: 1\r\n".repeat(MAX_HEADERS + 1));
+        let long_head = format!("HTTP/1.1 200 OK\r\nx-long: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let head_errors: [(&[u8], &str); 6] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+                "invalid Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (b"HTTP/1.1 2OO OK\r\n\r\n", "malformed response head"),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+                "switched protocols",
+            ),
+            (many_headers.as_bytes(), "more than 100 headers"),
+            (long_head.as_bytes(), "longer than 64 KiB"),
+        ];
+        for (response, expected) in head_errors {
+            let upstream = Script::start(vec![response.to_vec()], false).await;
+            let Err(err) = send(&pool(), Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"").await else {
+                panic!("accepted: {}", String::from_utf8_lossy(&response[..40]))
+            };
+            assert!(err.to_string().contains(expected), "{err} (expected {expected})");
+        }
+        let body_errors: [(&[u8], &str); 4] = [
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                "malformed chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokX\r\n",
+                "does not end with CRLF",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+                "closed the connection within the body",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+                "closed the connection within the body",
+            ),
+        ];
+        for (response, expected) in body_errors {
+            let upstream = Script::start(vec![response.to_vec()], true).await;
+            let answer = send(&pool(), Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
+                .await
+                .unwrap();
+            let err = read_body(answer.into_body()).await.unwrap_err();
+            assert!(err.to_string().contains(expected), "{err} (expected {expected})");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello".to_vec();
+        let upstream = Script::start(vec![response, b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()], false).await;
+        let pool = pool();
+        let mut body = send(&pool, Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
+            .await
+            .unwrap()
+            .into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "hello");
+        drop(body);
+        let second = send(&pool, Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
+            .await
+            .unwrap();
+        assert_eq!(second.status(), StatusCode::NO_CONTENT);
+        assert_eq!(upstream.connections(), 2, "the half-read connection was not reused");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+        // The upstream closes each connection after answering, without saying so.
+        let upstream = Script::start(vec![ok; 3], true).await;
+        let pool = pool();
+        for method in [Method::GET, Method::POST, Method::GET] {
+            let response = send(&pool, method.clone(), &upstream.uri("/"), &HeaderMap::new(), b"")
+                .await
+                .unwrap_or_else(|err| panic!("{method}: {err}"));
+            assert_eq!(read_body(response.into_body()).await.unwrap().0, "ok");
+        }
+        assert_eq!(upstream.connections(), 3);
+        assert_eq!(upstream.requests().len(), 3, "each request sent once");
+    }
+
+    async fn idle_connection(listener: &TcpListener, authority: &Authority) -> (Connection, TcpStream) {
+        let connection = pool().connect(authority).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        (connection, server_side)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_usable_until_the_upstream_closes_it_or_speaks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let (connection, server_side) = idle_connection(&listener, &authority).await;
+        assert!(connection.is_usable());
+        drop(server_side);
+        let mut closed = false;
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+            if !connection.is_usable() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(closed, "the close was noticed");
+
+        let (connection, mut server_side) = idle_connection(&listener, &authority).await;
+        server_side
+            .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            .await
+            .unwrap();
+        let mut spoke = false;
+        for _ in 0..1000 {
+            if !connection.is_usable() {
+                spoke = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(spoke, "unasked bytes make it unusable");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_reused_within_the_idle_timeout_and_closed_after_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let pool = pool();
+        assert!(pool.checkout(authority.clone()).is_none());
+
+        let (first, mut first_server_side) = idle_connection(&listener, &authority).await;
+        pool.put(authority.clone(), first);
+        tokio::time::advance(Duration::from_secs(89)).await;
+        let first = pool
+            .checkout(authority.clone())
+            .expect("idle for less than the timeout");
+        assert!(pool.checkout(authority.clone()).is_none(), "one connection, taken");
+        pool.put(authority.clone(), first);
+
+        tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        // Putting another connection back sweeps the expired one, which then closes.
+        let (second, _second_server_side) = idle_connection(&listener, &authority).await;
+        pool.put(authority.clone(), second);
+        let mut buf = [0_u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), first_server_side.read(&mut buf)).await;
+        assert_eq!(read.expect("the expired connection closed").unwrap(), 0);
+        let second = pool.checkout(authority.clone()).expect("the fresh connection");
+        assert!(pool.checkout(authority.clone()).is_none(), "the expired one is gone");
+
+        pool.put(authority.clone(), second);
+        tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(pool.checkout(authority.clone()).is_none(), "idle past the timeout");
+    }
+
+    #[test]
+    fn the_host_header_has_no_user_info_and_no_port_80() {
+        for (authority, host) in [
+            ("api.test", "api.test"),
+            ("api.test:80", "api.test"),
+            ("api.test:8080", "api.test:8080"),
+            ("u:p@api.test:8080", "api.test:8080"),
+            ("u@api.test", "api.test"),
+            ("[::1]:9000", "[::1]:9000"),
+            ("[::1]:80", "[::1]"),
+        ] {
+            assert_eq!(host_header(&authority.parse().unwrap()).unwrap(), host, "{authority}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_found_under_its_authority_in_any_case() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let lower: Authority = format!("localhost:{port}").parse().unwrap();
+        let upper: Authority = format!("LocalHost:{port}").parse().unwrap();
+        let pool = pool();
+        let (connection, _server_side) = idle_connection(&listener, &lower).await;
+        pool.put(upper, connection);
+        assert!(
+            pool.checkout(lower.clone()).is_some(),
+            "put as LocalHost, found as localhost"
+        );
+        let other: Authority = format!("127.0.0.1:{port}").parse().unwrap();
+        let (connection, _server_side) = idle_connection(&listener, &other).await;
+        pool.put(other, connection);
+        assert!(
+            pool.checkout(lower).is_none(),
+            "another authority's connection is not taken"
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        for (line, size) in [
+            (&b"0"[..], 0),
+            (b"a", 10),
+            (b"FF", 255),
+            (b"10;name=value", 16),
+            (b"10 ;name", 16),
+            (b"ffffffffffffffff", u64::MAX),
+        ] {
+            assert_eq!(chunk_size(line).unwrap(), size, "{}", String::from_utf8_lossy(line));
+        }
+        for line in [&b""[..], b";ext", b"g", b"1 2", b"10000000000000000", b"-1", b"0x10"] {
+            assert!(chunk_size(line).is_err(), "{}", String::from_utf8_lossy(line));
+        }
+    }
+}
