@@ -677,3 +677,68 @@ async fn an_upstream_that_closes_after_each_response_gets_a_new_connection_each_
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     server.abort();
 }
+
+/// Sends `body` to the echo upstream through bearerd, as written (raw, so chunked framing
+/// can be chosen), and returns what the upstream saw.
+async fn raw_upload(bearerd: std::net::SocketAddr, echo: std::net::SocketAddr, framing: &str, body: &[u8]) -> Echoed {
+    let mut request = format!(
+        "POST http://{echo}/upload HTTP/1.1\r\nHost: {echo}\r\nX-Auth-Config: billing\r\n{framing}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let reply = raw_exchange(bearerd, &request).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    Echoed::parse(reply[reply.find("\r\n\r\n").unwrap() + 4..].as_bytes())
+}
+
+#[tokio::test]
+async fn request_bodies_arrive_whole_read_first_or_streamed_and_one_that_never_comes_is_bad_request() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!("upstream_timeout: 300ms\n{}", billing(&tokens, ""))).await;
+    // Up to 64 KiB with a length: read whole, then sent with the head; over it, or chunked:
+    // streamed through.
+    for length in [1, 64 * 1024, 64 * 1024 + 1, 300_000] {
+        let body: Vec<u8> = (0..length).map(pattern_byte).collect();
+        let seen = raw_upload(
+            bearerd.proxy_addr,
+            echo.addr,
+            &format!("Content-Length: {length}"),
+            &body,
+        )
+        .await;
+        assert_eq!((seen.body_length, seen.body_is_pattern), (length, true), "{length}");
+        assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+        assert_eq!(seen.all("content-length"), [length.to_string()]);
+    }
+    let mut chunked = Vec::new();
+    let mut sent = 0;
+    for size in [5, 70_000, 1] {
+        chunked.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        chunked.extend((sent..sent + size).map(pattern_byte));
+        chunked.extend_from_slice(b"\r\n");
+        sent += size;
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let seen = raw_upload(bearerd.proxy_addr, echo.addr, "Transfer-Encoding: chunked", &chunked).await;
+    assert_eq!((seen.body_length, seen.body_is_pattern), (70_006, true));
+    assert_eq!(echo.requests(), 5);
+
+    // Ten bytes announced, five sent, then nothing: the app has upstream_timeout to send it.
+    let reply = raw_exchange(
+        bearerd.proxy_addr,
+        format!(
+            "POST http://{0}/upload HTTP/1.1\r\nHost: {0}\r\nX-Auth-Config: billing\r\nContent-Length: 10\r\n\r\nhello",
+            echo.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains(r#""error":"bad_request""#), "{reply}");
+    assert!(
+        reply.contains(r#""message":"the request body did not arrive within 300ms""#),
+        "{reply}"
+    );
+    assert_eq!(echo.requests(), 5, "nothing was sent upstream");
+}
