@@ -688,7 +688,7 @@ async fn raw_upload(bearerd: std::net::SocketAddr, echo: std::net::SocketAddr, f
     request.extend_from_slice(body);
     let reply = raw_exchange(bearerd, &request).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    Echoed::parse(reply[reply.find("\r\n\r\n").unwrap() + 4..].as_bytes())
+    Echoed::parse(&reply.as_bytes()[reply.find("\r\n\r\n").unwrap() + 4..])
 }
 
 #[tokio::test]
