@@ -13,6 +13,7 @@
 //! not reused); a `Content-Length` whose values disagree is an error; otherwise the body runs
 //! to the end of the connection.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
@@ -68,8 +69,10 @@ impl Connection {
     /// Whether an idle connection can take a request: the upstream has neither closed it nor
     /// sent anything since the last response.
     ///
-    /// Asks the runtime first (no system call); its readiness may be left over from the last
-    /// read, which only a read that would block clears, so a ready socket is read once.
+    /// Asks the runtime first: after a response read to its end the socket is not held
+    /// readable (see [`Connection::poll_fill`]), so this makes no system call. A socket held
+    /// readable (the upstream closed it or sent something, or the last read filled all the
+    /// room it was given) is read once to tell.
     fn is_usable(&self) -> bool {
         if !self.input.is_empty() {
             return false;
@@ -122,7 +125,7 @@ struct Head {
 
 /// Writes the request into `out`: request line in origin-form, `Host` first, the headers,
 /// `Content-Length` for a body (or an empty one where a body is expected), then the body.
-fn encode(out: &mut Vec<u8>, method: &Method, target: &str, host: &HeaderValue, headers: &HeaderMap, body: &[u8]) {
+fn encode(out: &mut Vec<u8>, method: &Method, target: &str, host: &str, headers: &HeaderMap, body: &[u8]) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -714,7 +717,7 @@ impl Pool {
         let Some(authority) = uri.authority().cloned() else {
             return Err("the request URI has no authority".into());
         };
-        let host = host_header(&authority)?;
+        let host = host_header(&authority);
         let target = origin_form(uri);
         let mut reused = true;
         loop {
@@ -748,18 +751,20 @@ impl Pool {
 }
 
 /// The `Host` header for `authority`: without user info, and without the port when it is 80.
-fn host_header(authority: &Authority) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+/// Borrowed from the authority, whose text `http` has already checked (no control characters
+/// or spaces), except when user info has to be cut out of `host:port`.
+fn host_header(authority: &Authority) -> Cow<'_, str> {
     let (host, port) = super::target::split_authority(authority);
     match port {
-        None | Some(80) => HeaderValue::from_str(host),
+        None | Some(80) => host.into(),
         // `host:port` as written, unless it carries user info.
-        Some(_) if !authority.as_str().contains('@') => HeaderValue::from_str(authority.as_str()),
-        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+        Some(_) if !authority.as_str().contains('@') => authority.as_str().into(),
+        Some(port) => format!("{host}:{port}").into(),
     }
 }
 
 /// `/path?query` of an absolute URI.
-fn origin_form(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+fn origin_form(uri: &http::Uri) -> Cow<'_, str> {
     match uri.path_and_query().map_or("", http::uri::PathAndQuery::as_str) {
         "" => "/".into(),
         query if query.starts_with('?') => format!("/{query}").into(),
@@ -1243,7 +1248,7 @@ mod tests {
             ("[::1]:9000", "[::1]:9000"),
             ("[::1]:80", "[::1]"),
         ] {
-            assert_eq!(host_header(&authority.parse().unwrap()).unwrap(), host, "{authority}");
+            assert_eq!(host_header(&authority.parse().unwrap()), host, "{authority}");
         }
     }
 

@@ -113,8 +113,8 @@ impl Upstream {
         }
     }
 
-    /// Sends the request and returns the response without its hop-by-hop headers; `timeout` bounds waiting for a permit, connecting, and waiting for
-    /// the response headers.
+    /// Sends the request and returns the response without its hop-by-hop headers; `timeout`
+    /// bounds waiting for a permit, connecting, and waiting for the response headers.
     pub async fn send(
         &self,
         request: Cow<'_, http::request::Parts>,
