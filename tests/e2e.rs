@@ -80,8 +80,13 @@ async fn curl_through_http_proxy_gets_the_token_injected() {
     assert!(reply.starts_with("http/1.1 400"), "{reply}");
     assert!(reply.contains("x-bearerd-error: unknown_auth_config"), "{reply}");
 
-    // Even at trace level for every crate, neither secret nor token reaches the logs.
-    let logs = bearerd.logs();
+    // Even at trace level for every crate, neither secret nor token reaches the logs (all
+    // four requests' lines in).
+    let logs = bearerd
+        .logs_when("the four request lines", |logs| {
+            logs.matches(r#""message":"request""#).count() == 4
+        })
+        .await;
     assert!(logs.contains("fetched access token"), "{logs}");
     assert!(!logs.contains(SECRET), "the client secret leaked into the logs");
     let basic = bearerd::token::basic_auth("e2e-client", &bearerd::secret::ClientSecret::new(SECRET));
@@ -284,7 +289,11 @@ async fn drains_on(signal: &str) {
     assert_eq!(seen.uri, "/slow/1500");
     assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
     assert_eq!(bearerd.exit_status().await.code(), Some(0));
-    let logs = bearerd.logs();
+    let logs = bearerd
+        .logs_when("the exit line", |logs| {
+            logs.contains("every in-flight request finished; exiting")
+        })
+        .await;
     assert!(
         logs.contains("stopped accepting; waiting for in-flight requests"),
         "{logs}"
@@ -317,7 +326,9 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config_serving() {
             .contains("bearerd_config_reloads_total{outcome=\"error\"} 1")
     })
     .await;
-    let logs = bearerd.logs();
+    let logs = bearerd
+        .logs_when("the failed reload's line", |logs| logs.contains("client_ide"))
+        .await;
     assert!(logs.contains("the previous configuration stays in force"), "{logs}");
     assert!(
         logs.contains("auth config `crm`: client_ide: unknown field `client_ide`"),
@@ -481,7 +492,11 @@ async fn trace_logs_are_json_lines_and_never_show_a_secret_private_key_or_token(
             .unwrap();
         assert!(output.status.success());
     }
-    let logs = bearerd.logs();
+    let logs = bearerd
+        .logs_when("the three request lines", |logs| {
+            logs.matches(r#""message":"request""#).count() == 3
+        })
+        .await;
     let lines: Vec<serde_json::Value> = logs
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}")))

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{WAIT, get_text};
+use crate::support::{WAIT, eventually, get_text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bearerd");
 
@@ -113,6 +113,14 @@ impl Bearerd {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// The logs once `ready` holds for them (bounded by `WAIT`). bearerd writes a line before
+    /// the event a test waits on (a response, an exit, a metric), but this side reads the pipe
+    /// on a thread of its own, which may not have read that line yet.
+    pub async fn logs_when(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        eventually(what, || async { ready(&self.logs()) }).await;
+        self.logs()
     }
 }
 
