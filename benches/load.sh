@@ -7,8 +7,10 @@
 # - upstream: nginx answering a fixed 200 on 127.0.0.1:18081;
 # - nginx as an HTTP forward proxy on :18082 that sets a static Authorization header and
 #   keeps upstream connections alive;
-# - bearerd on :18083 with a cached token (fetched once from a tiny token endpoint).
-# The upstream and both proxies are pinned to CPU 0, wrk to CPU 1; wrk sends absolute-form
+# - bearerd on :18083 with a cached token (fetched once from a tiny token endpoint);
+# - benches/relay.rs on :18085, a tokio TCP relay that reads no HTTP: the floor for any
+#   proxy built on tokio, measured in the same run.
+# The upstream and the proxies are pinned to CPU 0, wrk to CPU 1; wrk sends absolute-form
 # requests (`GET http://127.0.0.1:18081/ HTTP/1.1`) to the proxies, as HTTP_PROXY apps do,
 # over 50 keep-alive connections, 3 repetitions each; the script reports medians.
 # Then: RSS with 1,000 connections, start-to-ready with 100 auth configs, and a burst of
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 REPS=${REPS:-3}
 CONNECTIONS=${CONNECTIONS:-50}
-UPSTREAM=18081 NGINX=18082 BEARERD=18083 ADMIN=18093 TOKENS=18084
+UPSTREAM=18081 NGINX=18082 BEARERD=18083 ADMIN=18093 TOKENS=18084 RELAY=18085
 source benches/common.sh
 need wrk nginx python3 curl taskset
 # 10,000 client connections and as many upstream ones need more than the usual 1,024 fds.
@@ -31,6 +33,14 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "building bearerd (release)..." >&2
 timeout 900 cargo build --release --locked --quiet
 BIN=$PWD/target/release/bearerd
+# The floor: benches/relay.rs, a tokio TCP relay that reads no HTTP (its executable's path
+# is in cargo's JSON report).
+RELAY_BIN=$(timeout 900 cargo bench --locked --bench relay --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "relay" and m.get("executable"):
+        print(m["executable"])')
 TICK=$(getconf CLK_TCK)
 
 # --- helpers ------------------------------------------------------------------------------
@@ -79,6 +89,10 @@ RUST_LOG=warn taskset -c 0 "$BIN" --config "$WORK/bearerd.yaml" 2>"$WORK/bearerd
 BEARERD_PID=$!
 PIDS+=($BEARERD_PID)
 wait_http "http://127.0.0.1:$ADMIN/healthz"
+taskset -c 0 "$RELAY_BIN" "127.0.0.1:$RELAY" "127.0.0.1:$UPSTREAM" &
+RELAY_PID=$!
+PIDS+=($RELAY_PID)
+wait_http "http://127.0.0.1:$RELAY/"
 sleep 1
 BEARERD_IDLE=$(rss $BEARERD_PID)
 NGINX_IDLE=$(rss $NGINX_PROCS)
@@ -108,13 +122,14 @@ run_wrk() { # rep name target-port procs... ; appends "rps p50_us p99_us cpu_ns 
   }
 }
 echo "measuring: $REPS x ${DURATION}s, $CONNECTIONS connections..." >&2
-# Repetitions interleave the three paths, so a change in the machine's speed during the run
-# (shared cloud CPUs) lands on all three alike instead of on whichever ran last.
+# Repetitions interleave the four paths, so a change in the machine's speed during the run
+# (shared cloud CPUs) lands on all four alike instead of on whichever ran last.
 UPSTREAM_PROCS="$UPSTREAM_PID $(children "$UPSTREAM_PID")"
 for rep in $(seq 1 "$REPS"); do
   run_wrk "$rep" direct "$UPSTREAM" $UPSTREAM_PROCS
   run_wrk "$rep" nginx "$NGINX" $NGINX_PROCS
   run_wrk "$rep" bearerd "$BEARERD" "$BEARERD_PID"
+  run_wrk "$rep" relay "$RELAY" "$RELAY_PID"
 done
 BEARERD_LOAD=$(hwm $BEARERD_PID)
 NGINX_LOAD=$(hwm $NGINX_PROCS)
@@ -177,7 +192,7 @@ METRIC_ERR_BY=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -F'status="' '/^
 
 # --- report -------------------------------------------------------------------------------
 
-B_RPS=$(col bearerd 1) N_RPS=$(col nginx 1) D_RPS=$(col direct 1)
+B_RPS=$(col bearerd 1) N_RPS=$(col nginx 1) D_RPS=$(col direct 1) R_RPS=$(col relay 1) R_CPU=$(col relay 4)
 B_P99=$(col bearerd 3) N_P99=$(col nginx 3)
 B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col nginx 6) B_USER=$(col bearerd 5) B_SYS=$(col bearerd 6)
 {
@@ -186,7 +201,7 @@ B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col ng
   echo "Produced by \`bash benches/load.sh\` on $(date -u +%Y-%m-%d) ($(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))."
   echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), nginx $(nginx -v 2>&1 | cut -d/ -f2), bearerd $("$BIN" --version | awk '{print $2}') (release)."
   echo "Upstream and proxies pinned to CPU 0, wrk to CPU 1; $CONNECTIONS keep-alive connections,"
-  echo "${DURATION} s per run, median of $REPS runs (direct, nginx and bearerd taking turns). Proxies receive absolute-form requests"
+  echo "${DURATION} s per run, median of $REPS runs (direct, nginx, bearerd and relay taking turns). Proxies receive absolute-form requests"
   echo "(\`GET http://127.0.0.1:$UPSTREAM/\`), as from HTTP_PROXY apps; nginx sets a static"
   echo "\`Authorization\` header and keeps 64 upstream connections alive; bearerd injects a cached token."
   echo
@@ -197,6 +212,11 @@ B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col ng
   row direct; echo
   row nginx; echo
   row bearerd; echo
+  row relay; echo
+  echo
+  echo "relay is benches/relay.rs, the floor for a proxy on tokio: it copies bytes between each"
+  echo "client connection and its own upstream connection and reads no HTTP (no parsing, routing,"
+  echo "token or header work), on the same current-thread runtime and the same socket calls."
   echo
   echo "| ratio | value | target |"
   echo "| --- | ---: | --- |"
@@ -205,6 +225,8 @@ B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col ng
   echo "| bearerd / nginx CPU per request | $(ratio "$B_CPU" "$N_CPU") | ≤ 0.8 |"
   echo "| bearerd / direct throughput | $(ratio "$B_RPS" "$D_RPS") | |"
   echo "| nginx / direct throughput | $(ratio "$N_RPS" "$D_RPS") | |"
+  echo "| relay / nginx throughput | $(ratio "$R_RPS" "$N_RPS") | |"
+  echo "| relay / nginx CPU per request | $(ratio "$R_CPU" "$N_CPU") | |"
   echo
   echo "Both proxies make the same socket calls per request (one read and one write on each side;"
   echo "see benches/README.md), so nginx's kernel time is a floor for any HTTP/1.1 proxy here. The CPU"
