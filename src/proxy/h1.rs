@@ -19,6 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -370,7 +371,7 @@ async fn read_head(connection: &mut Connection, method: &Method) -> Result<Head,
 /// Where a connection goes back to when its response has been read.
 struct Home {
     pool: Arc<Pool>,
-    authority: Authority,
+    host: Arc<Host>,
 }
 
 /// Where a response body's decoding stands.
@@ -435,7 +436,7 @@ impl ResponseBody {
             && self.reusable
             && connection.input.is_empty()
         {
-            home.pool.put(home.authority, connection);
+            home.pool.put(&home.host, connection);
         }
     }
 
@@ -612,12 +613,21 @@ impl http_body::Body for ResponseBody {
 
 /// Idle connections to plain-HTTP upstreams, by authority.
 ///
-/// Hashed with FNV (twice per request; std's `SipHash` took ~600 instructions a time): the
-/// authorities are the app's own, the sidecar's one client, not an attacker's.
+/// A request looks its authority up once, in the map of hosts (hashed with FNV; std's
+/// `SipHash` took ~600 instructions a time, and the authorities are the app's own, the
+/// sidecar's one client, not an attacker's). Its connection goes back to that host's list
+/// directly when the response ends, without a second lookup.
 pub struct Pool {
-    idle: Mutex<HashMap<Key, Vec<Idle>, FnvBuildHasher>>,
+    hosts: Mutex<HashMap<Key, Arc<Host>, FnvBuildHasher>>,
     connect_timeout: Duration,
+    /// Milliseconds from `started` to the last sweep of every host's list.
+    swept: AtomicU64,
+    started: Instant,
 }
+
+/// How often, in milliseconds, a connection coming back sweeps every host's list, not only its
+/// own, so that hosts no longer used have their connections closed too.
+const SWEEP_EVERY_MS: u64 = 1000;
 
 /// An authority as the pool's key. `http`'s own `Hash` for `Authority` gives the hasher one
 /// lowercased byte at a time, which made hashing most of a pool lookup; this gives it the
@@ -636,29 +646,26 @@ impl Hash for Key {
     }
 }
 
+/// One authority's idle connections, in the order they came back.
+#[derive(Default)]
+struct Host {
+    idle: Mutex<Vec<Idle>>,
+}
+
 struct Idle {
     connection: Connection,
     since: Instant,
 }
 
-impl Pool {
-    #[must_use]
-    pub fn new(connect_timeout: Duration) -> Self {
-        Self {
-            idle: Mutex::new(HashMap::default()),
-            connect_timeout,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle>, FnvBuildHasher>> {
+impl Host {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used idle connection to `authority` that can take a request.
-    fn checkout(&self, authority: Authority) -> Option<Connection> {
+    /// The most recently used idle connection that can take a request.
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.lock();
-        let connections = idle.get_mut(&Key(authority))?;
-        while let Some(idle) = connections.pop() {
+        while let Some(idle) = idle.pop() {
             if idle.since.elapsed() < POOL_IDLE_TIMEOUT && idle.connection.is_usable() {
                 return Some(idle.connection);
             }
@@ -666,27 +673,58 @@ impl Pool {
         None
     }
 
-    fn put(&self, authority: Authority, connection: Connection) {
-        let now = Instant::now();
-        let mut idle = self.lock();
-        // The connection goes in first: its host's list is then not empty, and the sweep
-        // below keeps the host's entry (removing it and adding it back cost more than the
-        // rest of `put`).
-        idle.entry(Key(authority))
-            .or_default()
-            .push(Idle { connection, since: now });
-        // Connections idle for too long are closed (by dropping them) whenever one comes
-        // back; those of hosts no longer used go with them. Each list is in the order its
-        // connections came back, so the expired ones are its front: one look at the front
-        // per host, and a binary search only when it has expired.
+    /// Closes (drops) the connections idle for too long: the front of the list, found with one
+    /// look at the front and a binary search only when it has expired. Whether any are left.
+    fn sweep(idle: &mut Vec<Idle>, now: Instant) -> bool {
         let expired = |idle: &Idle| now.duration_since(idle.since) >= POOL_IDLE_TIMEOUT;
-        idle.retain(|_, connections| {
-            if connections.first().is_some_and(expired) {
-                let expired = connections.partition_point(expired);
-                connections.drain(..expired);
-            }
-            !connections.is_empty()
-        });
+        if idle.first().is_some_and(expired) {
+            let expired = idle.partition_point(expired);
+            idle.drain(..expired);
+        }
+        !idle.is_empty()
+    }
+}
+
+impl Pool {
+    #[must_use]
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            hosts: Mutex::new(HashMap::default()),
+            connect_timeout,
+            swept: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Host>, FnvBuildHasher>> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `authority`'s list of idle connections, where its connections go back to.
+    fn host(&self, authority: Authority) -> Arc<Host> {
+        Arc::clone(self.lock().entry(Key(authority)).or_default())
+    }
+
+    fn put(&self, host: &Host, connection: Connection) {
+        let now = Instant::now();
+        {
+            let mut idle = host.lock();
+            idle.push(Idle { connection, since: now });
+            Host::sweep(&mut idle, now);
+        }
+        let since_start = u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        let last = self.swept.load(Ordering::Relaxed);
+        if since_start.saturating_sub(last) >= SWEEP_EVERY_MS
+            && self
+                .swept
+                .compare_exchange(last, since_start, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Hosts with no idle connection left go too, unless a request holds them (it
+            // will put its connection back there).
+            self.lock()
+                .retain(|_, host| Host::sweep(&mut host.lock(), now) || Arc::strong_count(host) > 1);
+        }
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Connection, BoxError> {
@@ -720,8 +758,10 @@ impl Pool {
         let host = host_header(&authority);
         let target = origin_form(uri);
         let mut reused = true;
+        let slot = self.host(authority.clone());
+        let mut idle = slot.checkout();
         loop {
-            let mut connection = if let Some(connection) = self.checkout(authority.clone()) {
+            let mut connection = if let Some(connection) = idle.take() {
                 connection
             } else {
                 reused = false;
@@ -737,13 +777,13 @@ impl Pool {
                 Ok(head) => {
                     let home = Home {
                         pool: Arc::clone(self),
-                        authority,
+                        host: slot,
                     };
                     let body = ResponseBody::new(connection, head.framing, head.reusable, home);
                     return Ok(Response::from_parts(head.response, body));
                 }
-                Err(Failed::Write(_)) if reused => {}
-                Err(Failed::NothingReceived(_)) if reused && method.is_idempotent() => {}
+                Err(Failed::Write(_)) if reused => idle = slot.checkout(),
+                Err(Failed::NothingReceived(_)) if reused && method.is_idempotent() => idle = slot.checkout(),
                 Err(failed) => return Err(failed.into_error()),
             }
         }
@@ -1158,8 +1198,9 @@ mod tests {
             .unwrap();
         assert_eq!(read_body(response.into_body()).await.unwrap().0, "ok");
         let authority: Authority = upstream.addr.to_string().parse().unwrap();
-        let idle = pool.lock();
-        let connection = &idle.get(&Key(authority)).expect("back in the pool")[0].connection;
+        let host = Arc::clone(pool.lock().get(&Key(authority)).expect("a known host"));
+        let idle = host.lock();
+        let connection = &idle.first().expect("back in the pool").connection;
         // The last read was shorter than the room given, so the runtime no longer holds the
         // socket readable: the check before the next request needs no system call.
         let mut cx = Context::from_waker(Waker::noop());
@@ -1211,30 +1252,100 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let pool = pool();
-        assert!(pool.checkout(authority.clone()).is_none());
+        assert!(pool.host(authority.clone()).checkout().is_none());
 
         let (first, mut first_server_side) = idle_connection(&listener, &authority).await;
-        pool.put(authority.clone(), first);
+        pool.put(&pool.host(authority.clone()), first);
         tokio::time::advance(Duration::from_secs(89)).await;
         let first = pool
-            .checkout(authority.clone())
+            .host(authority.clone())
+            .checkout()
             .expect("idle for less than the timeout");
-        assert!(pool.checkout(authority.clone()).is_none(), "one connection, taken");
-        pool.put(authority.clone(), first);
+        assert!(
+            pool.host(authority.clone()).checkout().is_none(),
+            "one connection, taken"
+        );
+        pool.put(&pool.host(authority.clone()), first);
 
         tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
         // Putting another connection back sweeps the expired one, which then closes.
         let (second, _second_server_side) = idle_connection(&listener, &authority).await;
-        pool.put(authority.clone(), second);
+        pool.put(&pool.host(authority.clone()), second);
         let mut buf = [0_u8; 16];
         let read = tokio::time::timeout(Duration::from_secs(5), first_server_side.read(&mut buf)).await;
         assert_eq!(read.expect("the expired connection closed").unwrap(), 0);
-        let second = pool.checkout(authority.clone()).expect("the fresh connection");
-        assert!(pool.checkout(authority.clone()).is_none(), "the expired one is gone");
+        let second = pool.host(authority.clone()).checkout().expect("the fresh connection");
+        assert!(
+            pool.host(authority.clone()).checkout().is_none(),
+            "the expired one is gone"
+        );
 
-        pool.put(authority.clone(), second);
+        pool.put(&pool.host(authority.clone()), second);
         tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
-        assert!(pool.checkout(authority.clone()).is_none(), "idle past the timeout");
+        assert!(
+            pool.host(authority.clone()).checkout().is_none(),
+            "idle past the timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hosts_no_longer_used_have_their_idle_connections_closed_when_another_comes_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let [old, held]: [Authority; 2] =
+            ["127.0.0.1", "localhost"].map(|host| format!("{host}:{port}").parse().unwrap());
+        let busy: Authority = other_listener.local_addr().unwrap().to_string().parse().unwrap();
+        let pool = pool();
+        let (connection, mut old_server_side) = idle_connection(&listener, &old).await;
+        pool.put(&pool.host(old.clone()), connection);
+        // A request to `held` is under way: its host has no idle connection yet.
+        let held_host = pool.host(held.clone());
+
+        tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        let (connection, _busy_server_side) = idle_connection(&other_listener, &busy).await;
+        pool.put(&pool.host(busy.clone()), connection);
+        let mut buf = [0_u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), old_server_side.read(&mut buf)).await;
+        assert_eq!(read.expect("the old host's connection closed").unwrap(), 0);
+        let hosts = pool.lock();
+        assert!(!hosts.contains_key(&Key(old)), "the old host is gone");
+        assert!(hosts.contains_key(&Key(held)), "a host a request holds stays");
+        assert!(hosts.contains_key(&Key(busy)));
+        drop(hosts);
+        drop(held_host);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_hosts_are_swept_at_most_once_a_second() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let [old, busy]: [Authority; 2] =
+            ["127.0.0.1", "localhost"].map(|host| format!("{host}:{port}").parse().unwrap());
+        let pool = pool();
+        let (connection, _busy_server_side) = idle_connection(&listener, &busy).await;
+        pool.put(&pool.host(busy.clone()), connection);
+        let (connection, _old_server_side) = idle_connection(&listener, &old).await;
+        pool.put(&pool.host(old.clone()), connection);
+        tokio::time::advance(Duration::from_secs(89) + Duration::from_millis(500)).await;
+        let connection = pool.host(busy.clone()).checkout().expect("still idle");
+        pool.put(&pool.host(busy.clone()), connection);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        // The old host's connection has expired, but the last sweep was 600 ms ago.
+        let connection = pool.host(busy.clone()).checkout().expect("put back 600 ms ago");
+        pool.put(&pool.host(busy.clone()), connection);
+        assert_eq!(
+            pool.lock().get(&Key(old.clone())).unwrap().lock().len(),
+            1,
+            "not swept yet"
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let connection = pool.host(busy.clone()).checkout().expect("put back 500 ms ago");
+        pool.put(&pool.host(busy), connection);
+        assert!(
+            !pool.lock().contains_key(&Key(old)),
+            "swept a second after the last sweep"
+        );
     }
 
     #[test]
@@ -1260,16 +1371,16 @@ mod tests {
         let upper: Authority = format!("LocalHost:{port}").parse().unwrap();
         let pool = pool();
         let (connection, _server_side) = idle_connection(&listener, &lower).await;
-        pool.put(upper, connection);
+        pool.put(&pool.host(upper), connection);
         assert!(
-            pool.checkout(lower.clone()).is_some(),
+            pool.host(lower.clone()).checkout().is_some(),
             "put as LocalHost, found as localhost"
         );
         let other: Authority = format!("127.0.0.1:{port}").parse().unwrap();
         let (connection, _server_side) = idle_connection(&listener, &other).await;
-        pool.put(other, connection);
+        pool.put(&pool.host(other), connection);
         assert!(
-            pool.checkout(lower).is_none(),
+            pool.host(lower).checkout().is_none(),
             "another authority's connection is not taken"
         );
     }
