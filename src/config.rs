@@ -155,6 +155,8 @@ pub struct AuthConfig {
     pub client_secret_expires_at: Option<SystemTime>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
     cache_key: CacheKey,
+    /// This config's token cache slot, remembered after the first lookup.
+    pub(crate) token_slot: crate::token::SlotMemo,
 }
 
 /// An auth config's token cache key: the id and every field that shapes its token, joined,
@@ -967,6 +969,7 @@ impl Loader<'_> {
             prefetch: raw.prefetch.unwrap_or(false),
             client_secret_expires_at,
             cache_key: CacheKey::default(),
+            token_slot: crate::token::SlotMemo::default(),
         };
         PendingConfig {
             id,
