@@ -157,6 +157,8 @@ pub struct AuthConfig {
     cache_key: CacheKey,
     /// This config's token cache slot, remembered after the first lookup.
     pub(crate) token_slot: crate::token::SlotMemo,
+    /// This config's most used metric series, looked up once.
+    pub(crate) series: crate::metrics::SeriesMemo,
 }
 
 /// An auth config's token cache key: the id and every field that shapes its token, joined,
@@ -970,6 +972,7 @@ impl Loader<'_> {
             client_secret_expires_at,
             cache_key: CacheKey::default(),
             token_slot: crate::token::SlotMemo::default(),
+            series: crate::metrics::SeriesMemo::default(),
         };
         PendingConfig {
             id,

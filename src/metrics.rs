@@ -2,8 +2,13 @@
 //! `process_*` metrics. Labels carry auth config ids, status codes, error codes and fixed
 //! words only, never hosts, paths or user data, so their number stays bounded.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Requests with no auth config are counted under this label.
@@ -17,6 +22,8 @@ const DURATION_BUCKETS: &[f64] = &[
 
 /// The registry and every metric bearerd updates.
 pub struct Metrics {
+    /// Tells these metrics from another instance's in a [`SeriesMemo`].
+    id: u64,
     registry: Registry,
     /// `bearerd_requests_total{auth_config, status}`: status is the HTTP status, or bearerd's
     /// error code when bearerd answered itself.
@@ -48,6 +55,7 @@ impl Metrics {
     /// Never: the metric definitions are constant and registered once.
     #[must_use]
     pub fn new() -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -117,6 +125,7 @@ impl Metrics {
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registered once");
         Self {
+            id: INSTANCES.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             request_duration,
@@ -161,6 +170,25 @@ impl Metrics {
         let _ = self.token_request_duration.remove_label_values(&[auth_config]);
     }
 
+    /// The series every request of `auth_config` updates, looked up once per config: each
+    /// `with_label_values` hashes its labels and searches a map under a lock (~150
+    /// instructions). Another `Metrics` (tests run several in one process) looks them up anew.
+    pub fn series<'a>(&self, auth_config: &'a crate::config::AuthConfig) -> Cow<'a, ConfigSeries> {
+        let lookup = || ConfigSeries {
+            ok: self.requests.with_label_values(&[auth_config.id.as_str(), "200"]),
+            duration: self.request_duration.with_label_values(&[auth_config.id.as_str()]),
+            hits: self
+                .token_cache_lookups
+                .with_label_values(&[auth_config.id.as_str(), "hit"]),
+        };
+        let (metrics, series) = auth_config.series.0.get_or_init(|| (self.id, lookup()));
+        if *metrics == self.id {
+            Cow::Borrowed(series)
+        } else {
+            Cow::Owned(lookup())
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
@@ -171,8 +199,98 @@ impl Metrics {
     }
 }
 
+/// An auth config's most used series: its 200 responses, its request durations, its token
+/// cache hits.
+#[derive(Clone)]
+pub struct ConfigSeries {
+    pub ok: IntCounter,
+    pub duration: Histogram,
+    pub hits: IntCounter,
+}
+
+/// [`ConfigSeries`], kept on the auth config with the id of the `Metrics` they belong to.
+#[derive(Default)]
+pub struct SeriesMemo(OnceLock<(u64, ConfigSeries)>);
+
+impl std::fmt::Debug for SeriesMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeriesMemo")
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+
+    fn value(metrics: &Metrics, series: &str) -> String {
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {series} in the exposition"))
+    }
+
+    #[test]
+    fn an_auth_configs_series_are_looked_up_once_and_count_in_their_own_metrics() {
+        let yaml = "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    \
+                    client_secret: s\n    allowed_hosts: [h.test]\n";
+        let config = Config::from_yaml("t", yaml, &Env::new())
+            .unwrap()
+            .auth_config("a")
+            .unwrap();
+        let (first, second) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            let series = first.series(&config);
+            assert!(matches!(series, Cow::Borrowed(_)), "remembered on the config");
+            series.ok.inc();
+            series.hits.inc();
+            series.duration.observe(0.002);
+        }
+        let series = second.series(&config);
+        assert!(
+            matches!(series, Cow::Owned(_)),
+            "another instance's series are looked up"
+        );
+        series.ok.inc();
+        assert_eq!(
+            value(&first, r#"bearerd_requests_total{auth_config="a",status="200"}"#),
+            "3"
+        );
+        assert_eq!(
+            value(
+                &first,
+                r#"bearerd_token_cache_lookups_total{auth_config="a",result="hit"}"#
+            ),
+            "3"
+        );
+        assert_eq!(
+            value(&first, r#"bearerd_request_duration_seconds_count{auth_config="a"}"#),
+            "3"
+        );
+        assert_eq!(
+            value(
+                &first,
+                r#"bearerd_request_duration_seconds_bucket{auth_config="a",le="0.001"}"#
+            ),
+            "0"
+        );
+        assert_eq!(
+            value(
+                &first,
+                r#"bearerd_request_duration_seconds_bucket{auth_config="a",le="0.0025"}"#
+            ),
+            "3"
+        );
+        assert_eq!(
+            value(&second, r#"bearerd_requests_total{auth_config="a",status="200"}"#),
+            "1"
+        );
     }
 }

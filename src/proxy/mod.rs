@@ -173,14 +173,27 @@ impl Proxy {
             Status::Http(code) => code.as_str(),
             Status::Code(code) => code,
         };
-        self.metrics
-            .requests
-            .with_label_values(&[auth_config, status_label])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[auth_config])
-            .observe(elapsed.as_secs_f64());
+        if let Some(config) = seen.auth_config.as_deref() {
+            let series = self.metrics.series(config);
+            if matches!(status, Status::Http(StatusCode::OK)) {
+                series.ok.inc();
+            } else {
+                self.metrics
+                    .requests
+                    .with_label_values(&[auth_config, status_label])
+                    .inc();
+            }
+            series.duration.observe(elapsed.as_secs_f64());
+        } else {
+            self.metrics
+                .requests
+                .with_label_values(&[auth_config, status_label])
+                .inc();
+            self.metrics
+                .request_duration
+                .with_label_values(&[auth_config])
+                .observe(elapsed.as_secs_f64());
+        }
         drop(inflight);
         tracing::debug!(
             request_id = request_id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
@@ -302,7 +315,10 @@ impl Proxy {
     async fn token(&self, auth_config: &Arc<AuthConfig>) -> Result<Arc<CachedToken>, ProxyError> {
         let (token, lookup) = self.tokens.get(auth_config).await?;
         let result = match lookup {
-            Lookup::Hit => "hit",
+            Lookup::Hit => {
+                self.metrics.series(auth_config).hits.inc();
+                return Ok(token);
+            }
             Lookup::Miss => "miss",
             Lookup::RefreshAhead => "refresh_ahead",
         };
@@ -440,10 +456,11 @@ fn request_id(headers: &mut http::HeaderMap, keep: bool) -> Option<http::HeaderV
 /// 128 random bits as 32 lowercase hex digits.
 fn random_id() -> http::HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = fastrand::u128(..);
     let mut text = [0u8; 32];
-    for (i, digit) in text.iter_mut().enumerate() {
-        *digit = HEX[usize::try_from((bits >> (124 - 4 * i)) & 0xf).unwrap_or(0)];
+    // A byte at a time: shifting the u128 for each digit cost twice as many instructions.
+    for (pair, byte) in text.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     http::HeaderValue::from_bytes(&text).unwrap_or_else(|_| unreachable!("hex digits are a valid header value"))
 }
