@@ -8,7 +8,7 @@
 # - nginx as an HTTP forward proxy on :18082 that sets a static Authorization header and
 #   keeps upstream connections alive;
 # - bearerd on :18083 with a cached token (fetched once from a tiny token endpoint);
-# - benches/relay.rs on :18085, a tokio TCP relay that reads no HTTP: the floor for any
+# - benches/relay.rs on :18087, a tokio TCP relay that reads no HTTP: the floor for any
 #   proxy built on tokio, measured in the same run.
 # The upstream and the proxies are pinned to CPU 0, wrk to CPU 1; wrk sends absolute-form
 # requests (`GET http://127.0.0.1:18081/ HTTP/1.1`) to the proxies, as HTTP_PROXY apps do,
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 REPS=${REPS:-3}
 CONNECTIONS=${CONNECTIONS:-50}
-UPSTREAM=18081 NGINX=18082 BEARERD=18083 ADMIN=18093 TOKENS=18084 RELAY=18085
+UPSTREAM=18081 NGINX=18082 BEARERD=18083 ADMIN=18093 TOKENS=18084 RELAY=18087
 source benches/common.sh
 need wrk nginx python3 curl taskset
 # 10,000 client connections and as many upstream ones need more than the usual 1,024 fds.
@@ -131,6 +131,7 @@ for rep in $(seq 1 "$REPS"); do
   run_wrk "$rep" bearerd "$BEARERD" "$BEARERD_PID"
   run_wrk "$rep" relay "$RELAY" "$RELAY_PID"
 done
+kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
 BEARERD_LOAD=$(hwm $BEARERD_PID)
 NGINX_LOAD=$(hwm $NGINX_PROCS)
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.runs" | median; }
@@ -194,7 +195,7 @@ METRIC_ERR_BY=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -F'status="' '/^
 
 B_RPS=$(col bearerd 1) N_RPS=$(col nginx 1) D_RPS=$(col direct 1) R_RPS=$(col relay 1) R_CPU=$(col relay 4)
 B_P99=$(col bearerd 3) N_P99=$(col nginx 3)
-B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col nginx 6) B_USER=$(col bearerd 5) B_SYS=$(col bearerd 6)
+B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4)
 {
   echo "# Load comparison results"
   echo
@@ -228,10 +229,11 @@ B_CPU=$(col bearerd 4) N_CPU=$(col nginx 4) N_USER=$(col nginx 5) N_SYS=$(col ng
   echo "| relay / nginx throughput | $(ratio "$R_RPS" "$N_RPS") | |"
   echo "| relay / nginx CPU per request | $(ratio "$R_CPU" "$N_CPU") | |"
   echo
-  echo "Both proxies make the same socket calls per request (one read and one write on each side;"
-  echo "see benches/README.md), so nginx's kernel time is a floor for any HTTP/1.1 proxy here. The CPU"
-  echo "target (0.8 × $(us "$N_CPU") = $(us $((N_CPU * 8 / 10))) µs) leaves $(us $((N_CPU * 8 / 10 - N_SYS))) µs of user time over nginx's"
-  echo "$(us "$N_SYS") µs of kernel time; nginx itself uses $(us "$N_USER") µs of user time, bearerd $(us "$B_USER") (kernel $(us "$B_SYS"))."
+  echo "All three proxies make one read and one write on each side per request (see"
+  echo "benches/README.md). The relay's $(us "$R_CPU") µs per request is what tokio and the kernel's loopback"
+  echo "TCP cost before any HTTP work. The CPU target (0.8 × $(us "$N_CPU") = $(us $((N_CPU * 8 / 10))) µs) leaves"
+  echo "$(us $((N_CPU * 8 / 10 - R_CPU))) µs over the relay for parsing, routing, the token and the headers; nginx spends"
+  echo "$(us $((N_CPU - R_CPU))) µs over the relay, bearerd $(us $((B_CPU - R_CPU)))."
   echo
   echo "| memory and start-up | bearerd | nginx (master + worker) | target (bearerd) |"
   echo "| --- | ---: | ---: | --- |"
