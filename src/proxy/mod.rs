@@ -173,26 +173,24 @@ impl Proxy {
             Status::Http(code) => code.as_str(),
             Status::Code(code) => code,
         };
-        if let Some(config) = seen.auth_config.as_deref() {
-            let series = self.metrics.series(config);
-            if matches!(status, Status::Http(StatusCode::OK)) {
-                series.ok.inc();
-            } else {
-                self.metrics
-                    .requests
-                    .with_label_values(&[auth_config, status_label])
-                    .inc();
-            }
-            series.duration.observe(elapsed.as_secs_f64());
-        } else {
-            self.metrics
+        // An auth config's own series are at hand; others (no auth config, other statuses)
+        // are looked up by their labels.
+        let series = seen.auth_config.as_deref().map(|config| self.metrics.series(config));
+        match &series {
+            Some(series) if matches!(status, Status::Http(StatusCode::OK)) => series.ok.inc(),
+            _ => self
+                .metrics
                 .requests
                 .with_label_values(&[auth_config, status_label])
-                .inc();
-            self.metrics
+                .inc(),
+        }
+        match &series {
+            Some(series) => series.duration.observe(elapsed.as_secs_f64()),
+            None => self
+                .metrics
                 .request_duration
                 .with_label_values(&[auth_config])
-                .observe(elapsed.as_secs_f64());
+                .observe(elapsed.as_secs_f64()),
         }
         drop(inflight);
         tracing::debug!(
