@@ -1213,6 +1213,14 @@ mod tests {
         (connection, server_side)
     }
 
+    /// The pool closed the connection whose server side is `server_side`: a read there ends
+    /// (0 bytes) within 5 s.
+    async fn assert_closed(server_side: &mut TcpStream, what: &str) {
+        let mut buf = [0_u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), server_side.read(&mut buf)).await;
+        assert_eq!(read.expect(what).unwrap(), 0, "{what}");
+    }
+
     #[tokio::test]
     async fn an_idle_connection_is_usable_until_the_upstream_closes_it_or_speaks() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1271,9 +1279,7 @@ mod tests {
         // Putting another connection back sweeps the expired one, which then closes.
         let (second, _second_server_side) = idle_connection(&listener, &authority).await;
         pool.put(&pool.host(authority.clone()), second);
-        let mut buf = [0_u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), first_server_side.read(&mut buf)).await;
-        assert_eq!(read.expect("the expired connection closed").unwrap(), 0);
+        assert_closed(&mut first_server_side, "the expired connection closed").await;
         let second = pool.host(authority.clone()).checkout().expect("the fresh connection");
         assert!(
             pool.host(authority.clone()).checkout().is_none(),
@@ -1305,9 +1311,7 @@ mod tests {
         tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
         let (connection, _busy_server_side) = idle_connection(&other_listener, &busy).await;
         pool.put(&pool.host(busy.clone()), connection);
-        let mut buf = [0_u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), old_server_side.read(&mut buf)).await;
-        assert_eq!(read.expect("the old host's connection closed").unwrap(), 0);
+        assert_closed(&mut old_server_side, "the old host's connection closed").await;
         let hosts = pool.lock();
         assert!(!hosts.contains_key(&Key(old)), "the old host is gone");
         assert!(hosts.contains_key(&Key(held)), "a host a request holds stays");
