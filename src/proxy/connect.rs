@@ -6,7 +6,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -17,7 +16,10 @@ use crate::error::ProxyError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the tunnel, or says why not. The caller answers errors with `Connection: close`.
-pub(super) async fn open(config: &Config, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+pub(super) async fn open<B: Send + 'static>(
+    config: &Config,
+    request: Request<B>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     if config.connect == ConnectPolicy::Deny {
         return Err(ProxyError::RouteDenied(
             "CONNECT tunnels are disabled (connect: deny)".into(),

@@ -1,6 +1,7 @@
 //! The proxy listener and the request path, step by step as in DESIGN.md
 //! "Handling one request": accept → choose the auth config → guard → token → inject → forward.
 
+mod conn;
 mod connect;
 mod h1;
 mod replay;
@@ -17,12 +18,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -103,24 +103,15 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let proxy = Arc::clone(&self);
-            let watcher = graceful.watcher();
             let local = stream.local_addr().ok();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let proxy = Arc::clone(&proxy);
-                    async move { Ok::<_, Infallible>(proxy.handle(request, local).await) }
-                });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(err) = watcher.watch(connection).await {
-                    tracing::debug!(%peer, "connection ended: {err}");
-                }
-            });
+            tokio::spawn(conn::serve(
+                Arc::clone(&self),
+                stream,
+                local,
+                peer,
+                stop.clone(),
+                graceful.watcher(),
+            ));
         }
         self.draining.store(true, Ordering::Relaxed);
         drop(listener);
@@ -131,9 +122,34 @@ impl Proxy {
         graceful.shutdown().await;
     }
 
+    /// Serves a connection with hyper (HTTP/2, and what [`conn`] hands over), until it ends
+    /// or a graceful shutdown closes it.
+    async fn serve_hyper<I>(self: Arc<Self>, io: I, local: Option<SocketAddr>, peer: SocketAddr, watcher: Watcher)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |request: Request<Incoming>| {
+            let proxy = Arc::clone(&self);
+            async move { Ok::<_, Infallible>(proxy.handle(request, local).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        if let Err(err) = watcher.watch(connection).await {
+            tracing::debug!(%peer, "connection ended: {err}");
+        }
+    }
+
     /// Answers one request that came in on the listener socket `local`; every failure becomes
     /// bearerd's JSON error response. Counts it, times it, and logs one line at debug.
-    pub async fn handle(&self, mut request: Request<Incoming>, local: Option<SocketAddr>) -> Response<ProxyBody> {
+    pub async fn handle<B>(&self, mut request: Request<B>, local: Option<SocketAddr>) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let inflight = Inflight::start(&self.metrics);
         // The id is kept for the log line only when that line will be written.
@@ -205,13 +221,17 @@ impl Proxy {
         response
     }
 
-    async fn forward(
+    async fn forward<B>(
         &self,
         config: &Config,
-        request: Request<Incoming>,
+        request: Request<B>,
         local: Option<SocketAddr>,
         seen: &mut Seen,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         // 1. Where is it going, as the app wrote it?
         let target = Target::of(request.uri(), request.headers(), local)?;
         let named = match request.headers().get(inject::X_AUTH_CONFIG) {
@@ -384,7 +404,11 @@ where
 /// most [`MAX_REPLAY_BODY`]), as nginx does by default, so that it goes out with the head in
 /// one write and is at hand for a replay; otherwise passed on as it arrives. The app has
 /// `timeout` to send it.
-async fn outgoing(body: Incoming, timeout: Duration) -> Result<Outgoing, ProxyError> {
+async fn outgoing<B>(body: B, timeout: Duration) -> Result<Outgoing, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     if body.is_end_stream() {
         return Ok(Outgoing::Full(Bytes::new()));
     }
@@ -393,7 +417,10 @@ async fn outgoing(body: Incoming, timeout: Duration) -> Result<Outgoing, ProxyEr
             let collected = tokio::time::timeout(timeout, body.collect())
                 .await
                 .map_err(|_| ProxyError::BadRequest(format!("the request body did not arrive within {timeout:?}")))?
-                .map_err(|err| ProxyError::BadRequest(format!("the request body could not be read: {err}")))?;
+                .map_err(|err| {
+                    let err: BoxError = err.into();
+                    ProxyError::BadRequest(format!("the request body could not be read: {err}"))
+                })?;
             Ok(Outgoing::Full(collected.to_bytes()))
         }
         _ => Ok(Outgoing::Stream(boxed(body))),

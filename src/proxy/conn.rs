@@ -1,0 +1,777 @@
+//! One app connection to the proxy listener, served by bearerd's own HTTP/1.1 loop.
+//!
+//! The common request — a well-formed HTTP/1.1 head with no body, or with a small
+//! `Content-Length` body that arrived with it — is parsed with httparse, answered by
+//! [`Proxy::handle`] in this task, and its response written back with the head and the body
+//! parts at hand in one write. Requests on a keep-alive connection are read one after another
+//! (pipelined ones from the buffer). hyper's server connection cost about 11k instructions
+//! per request around the handler (parse, dispatch, encode; benches/README.md).
+//!
+//! Everything else hands the connection to hyper, with the bytes already read put back in
+//! front, and hyper serves the rest of it with the same handler: HTTP/2 (h2c prior
+//! knowledge), HTTP/1.0, `CONNECT`, `Upgrade`, `Expect`, `Transfer-Encoding`, a body that is
+//! larger or not all here yet, a repeated `Content-Length`, and any head httparse rejects or
+//! that is larger than 64 KiB. The edges of HTTP/1.1 — its errors, streaming bodies, tunnels
+//! and upgrades — keep hyper's handling; this loop takes only the requests it can serve
+//! whole.
+//!
+//! Like hyper's: a connection may take [`HEADER_READ_TIMEOUT`] to send a head (also while
+//! idle between requests); a request whose app closes the connection before its response is
+//! cancelled; on shutdown an idle connection closes at once and a busy one after its
+//! response, which says `Connection: close`.
+
+use std::cell::RefCell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{HEADER_READ_TIMEOUT, Proxy};
+use crate::ProxyBody;
+use crate::error::{ProxyError, respond};
+
+/// The largest request head served here (hyper takes larger ones).
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header lines served here (hyper's default limit too).
+const MAX_HEADERS: usize = 100;
+/// The largest request body served here; it must have arrived with the head.
+const MAX_BODY: usize = 64 * 1024;
+const READ_SIZE: usize = 8 * 1024;
+/// A data frame at least this large is written from its own buffer, not copied behind the head.
+const COPY_LIMIT: usize = 8 * 1024;
+
+/// Serves `stream` until the app closes it, the connection times out or breaks, or shutdown
+/// (`stop`) finds it idle; hands it to hyper for what this loop does not serve. `watcher`
+/// is held until the connection ends, so a graceful shutdown waits for it.
+pub(super) async fn serve(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    watcher: Watcher,
+) {
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::with_capacity(READ_SIZE),
+        out: Vec::with_capacity(1024),
+        indices: Vec::new(),
+        spare: None,
+    };
+    // One timer for the connection: armed for the first head, and moved on only when it
+    // fires early (a head wait started later), so a request does not reset it.
+    let deadline = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        let waiting_since = Instant::now();
+        let head = loop {
+            if !conn.buf.is_empty() {
+                match conn.parse() {
+                    Parsed::Serve(head) => break head,
+                    Parsed::Partial if conn.buf.len() < MAX_HEAD => {}
+                    Parsed::Partial | Parsed::HandOff => {
+                        return hand_off(proxy, conn, local, peer, watcher).await;
+                    }
+                }
+            } else if *stop.borrow() {
+                return conn.close().await;
+            }
+            conn.make_room();
+            tokio::select! {
+                biased;
+                read = conn.stream.read_buf(&mut conn.buf) => match read {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::debug!(%peer, "connection ended: {err}");
+                        return;
+                    }
+                },
+                () = &mut deadline => {
+                    let due = waiting_since + HEADER_READ_TIMEOUT;
+                    if Instant::now() >= due {
+                        tracing::debug!(%peer, "connection ended: no request head within {HEADER_READ_TIMEOUT:?}");
+                        return conn.close().await;
+                    }
+                    deadline.as_mut().reset(due);
+                }
+                () = stopped(&mut stop), if conn.buf.is_empty() => return conn.close().await,
+            }
+        };
+        let (method, keep_alive, trailers) = (head.method.clone(), head.keep_alive, head.trailers);
+        let request = match conn.request(head) {
+            Ok(request) => request,
+            Err(error) => {
+                // Well-formed for httparse, not for `http` (a URI it rejects, say).
+                let response = respond(&error, None);
+                let _ = conn.write(response, &method, false, false).await;
+                return conn.close().await;
+            }
+        };
+        let response = tokio::select! {
+            biased;
+            response = proxy.handle(request, local) => response,
+            () = conn.peer_gone() => {
+                tracing::debug!(%peer, "the app closed the connection before the response");
+                return;
+            }
+        };
+        let keep_alive = keep_alive && !*stop.borrow() && !says_close(response.headers());
+        match conn.write(response, &method, keep_alive, trailers).await {
+            Ok(true) if keep_alive => {}
+            Ok(_) => return conn.close().await,
+            Err(err) => {
+                tracing::debug!(%peer, "connection ended: {err}");
+                return;
+            }
+        }
+    }
+}
+
+/// Gives the connection, with what was read and not yet served, to hyper.
+async fn hand_off(proxy: Arc<Proxy>, conn: Conn, local: Option<SocketAddr>, peer: SocketAddr, watcher: Watcher) {
+    let io = Rewound {
+        read: conn.buf.freeze(),
+        stream: TokioIo::new(conn.stream),
+    };
+    proxy.serve_hyper(io, local, peer, watcher).await;
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Read and not yet served.
+    buf: BytesMut,
+    /// A response head (and the body parts at hand) on its way out.
+    out: Vec<u8>,
+    /// Where each header line's name and value are in the head, kept for the next request.
+    indices: Vec<(Range<usize>, Range<usize>)>,
+    /// The last response's header map, emptied, for the next request.
+    spare: Option<HeaderMap>,
+}
+
+/// What parsing the buffer found.
+enum Parsed {
+    Serve(Head),
+    /// A head not complete yet.
+    Partial,
+    /// A request for hyper (see the module docs).
+    HandOff,
+}
+
+/// A request head this loop serves, found at the start of the buffer.
+struct Head {
+    /// Its length in bytes.
+    len: usize,
+    method: Method,
+    target: Range<usize>,
+    body: usize,
+    keep_alive: bool,
+    /// `TE: trailers`: the app takes trailers on a chunked response.
+    trailers: bool,
+}
+
+impl Conn {
+    fn parse(&mut self) -> Parsed {
+        parse(&self.buf, &mut self.indices)
+    }
+
+    /// The request `head` describes, taken off the buffer with its body.
+    fn request(&mut self, head: Head) -> Result<Request<Full<Bytes>>, ProxyError> {
+        let bytes = self.buf.split_to(head.len).freeze();
+        let body = self.buf.split_to(head.body).freeze();
+        let bad = |what: &str| ProxyError::BadRequest(format!("the request has an invalid {what}"));
+        let uri = Uri::from_maybe_shared(bytes.slice(head.target)).map_err(|_| bad("target"))?;
+        // The last response's map, emptied: its allocation serves again (as in hyper). Room
+        // for the two lines the proxy adds (the token and X-Request-Id).
+        let mut headers = self.spare.take().unwrap_or_default();
+        headers.reserve(self.indices.len() + 2);
+        for (name, value) in self.indices.drain(..) {
+            let name = HeaderName::from_bytes(&bytes[name]).map_err(|_| bad("header name"))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value)).map_err(|_| bad("header value"))?;
+            headers.append(name, value);
+        }
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = head.method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    /// Room to read into. The buffer is made larger only when little is left: while a
+    /// request is served its head still holds the start of the buffer, and once it is
+    /// dropped an empty buffer takes its whole allocation back without copying.
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+            self.buf.reserve(READ_SIZE);
+        }
+    }
+
+    /// Returns when the app closes the connection (or it breaks). Bytes it sends meanwhile
+    /// (pipelined requests) are kept, up to one head's worth.
+    async fn peer_gone(&mut self) {
+        loop {
+            if self.buf.len() >= MAX_HEAD {
+                return std::future::pending().await;
+            }
+            self.make_room();
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Writes `response` to a `method` request. Returns whether the connection can carry
+    /// another request (the body was written whole and framed by its length or chunks).
+    async fn write(
+        &mut self,
+        response: Response<ProxyBody>,
+        method: &Method,
+        keep_alive: bool,
+        trailers: bool,
+    ) -> io::Result<bool> {
+        let (mut parts, mut body) = response.into_parts();
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut length = None;
+        let mut dated = false;
+        for (name, value) in &parts.headers {
+            if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+                // Hop-by-hop: this connection's own are written below.
+                continue;
+            }
+            if name == header::CONTENT_LENGTH {
+                // The upstream's length is what its body decoder enforces.
+                length = parse_length(value.as_bytes()).map(|n| n as u64);
+            }
+            dated |= name == header::DATE;
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        let bodiless = method == Method::HEAD
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let mut framing = if bodiless {
+            Framing::None
+        } else if let Some(length) = length.or_else(|| body.size_hint().exact()) {
+            if parts.headers.get(header::CONTENT_LENGTH).is_none() {
+                line(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
+            }
+            Framing::Length(length)
+        } else {
+            line(out, b"transfer-encoding", b"chunked");
+            Framing::Chunked
+        };
+        if !dated {
+            DATE.with_borrow_mut(|date| line(out, b"date", date.now()));
+        }
+        if !keep_alive {
+            line(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        parts.headers.clear();
+        self.spare = Some(parts.headers);
+        if matches!(framing, Framing::None) {
+            self.stream.write_all(&self.out).await?;
+            return Ok(true);
+        }
+        let mut body = Pin::new(&mut body);
+        loop {
+            let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // Nothing more at hand: send what is, then wait for the body.
+                    self.stream.write_all(&self.out).await?;
+                    self.out.clear();
+                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                }
+            };
+            match frame {
+                None => break,
+                Some(Err(err)) => {
+                    // Part of the response is out: the app can only see it end early.
+                    tracing::debug!("the response body failed: {err}");
+                    self.stream.write_all(&self.out).await?;
+                    return Ok(false);
+                }
+                Some(Ok(frame)) => self.frame(frame, &mut framing, trailers).await?,
+            }
+        }
+        let whole = match framing {
+            Framing::Length(left) => left == 0,
+            Framing::Chunked => {
+                self.out.extend_from_slice(b"0\r\n\r\n");
+                true
+            }
+            Framing::None | Framing::Ended => true,
+        };
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+        }
+        Ok(whole)
+    }
+
+    /// Adds one body frame to what goes out (a large one is written straight away).
+    async fn frame(&mut self, frame: Frame<Bytes>, framing: &mut Framing, trailers: bool) -> io::Result<()> {
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Ok(fields), Framing::Chunked, true) = (frame.into_trailers(), &framing, trailers) {
+                    self.out.extend_from_slice(b"0\r\n");
+                    for (name, value) in &fields {
+                        line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                    self.out.extend_from_slice(b"\r\n");
+                    *framing = Framing::Ended;
+                }
+                return Ok(());
+            }
+        };
+        match framing {
+            Framing::Length(left) => {
+                // Never more than the length said: the rest would be read as a response.
+                data.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= data.len() as u64;
+            }
+            Framing::Chunked if !data.is_empty() => {
+                self.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            Framing::Chunked | Framing::None | Framing::Ended => {}
+        }
+        let chunk = matches!(framing, Framing::Chunked) && !data.is_empty();
+        if data.len() >= COPY_LIMIT {
+            let mut parts = Buf::chain(&self.out[..], data);
+            self.stream.write_all_buf(&mut parts).await?;
+            self.out.clear();
+        } else {
+            self.out.extend_from_slice(&data);
+        }
+        if chunk {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: no more from this side, then closed.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+    }
+}
+
+/// Finds the request head at the start of `buf`, noting where its header lines are in
+/// `indices`, and decides whether this loop serves it.
+fn parse(buf: &[u8], indices: &mut Vec<(Range<usize>, Range<usize>)>) -> Parsed {
+    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut lines) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::HandOff,
+    };
+    let (Some(method), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version) else {
+        return Parsed::HandOff;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::HandOff;
+    };
+    if method == Method::CONNECT {
+        return Parsed::HandOff;
+    }
+    let at = |part: &[u8]| {
+        let start = part.as_ptr().addr() - buf.as_ptr().addr();
+        start..start + part.len()
+    };
+    let mut head = Head {
+        len,
+        method,
+        target: at(target.as_bytes()),
+        body: 0,
+        keep_alive: true,
+        trailers: false,
+    };
+    let mut content_length = None;
+    indices.clear();
+    for line in &*parsed.headers {
+        let name = line.name.as_bytes();
+        let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
+        if is(&header::TRANSFER_ENCODING) || is(&header::UPGRADE) || is(&header::EXPECT) {
+            return Parsed::HandOff;
+        }
+        if is(&header::CONTENT_LENGTH) {
+            let Some(length) = parse_length(line.value).filter(|_| content_length.is_none()) else {
+                return Parsed::HandOff;
+            };
+            content_length = Some(length);
+        } else if is(&header::CONNECTION) {
+            head.keep_alive &= !has_token(line.value, b"close");
+        } else if is(&header::TE) {
+            head.trailers |= has_token(line.value, b"trailers");
+        }
+        indices.push((at(name), at(line.value)));
+    }
+    head.body = match content_length {
+        None => 0,
+        Some(length) if length <= MAX_BODY && len + length <= buf.len() => length,
+        Some(_) => return Parsed::HandOff,
+    };
+    Parsed::Serve(head)
+}
+
+enum Framing {
+    /// No body (`HEAD`, 1xx, 204, 304).
+    None,
+    /// `Content-Length`: this many bytes still to write.
+    Length(u64),
+    Chunked,
+    /// The chunked body and its trailers are written.
+    Ended,
+}
+
+/// Returns once shutdown has started (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
+fn parse_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, digit| n * 10 + usize::from(digit - b'0')))
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn says_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| has_token(value.as_bytes(), b"close"))
+}
+
+thread_local! {
+    static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, text: String::new() }) };
+}
+
+/// The `Date` header's text, formatted once a second.
+struct Date {
+    second: u64,
+    text: String,
+}
+
+impl Date {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        self.text.as_bytes()
+    }
+}
+
+/// A connection handed to hyper: the bytes read and not served come first.
+struct Rewound {
+    read: Bytes,
+    stream: TokioIo<TcpStream>,
+}
+
+impl hyper::rt::Read for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl hyper::rt::Write for Rewound {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::BodyExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn decide(text: &[u8]) -> Result<(usize, usize, bool, bool), &'static str> {
+        match parse(text, &mut Vec::new()) {
+            Parsed::Serve(head) => Ok((head.len, head.body, head.keep_alive, head.trailers)),
+            Parsed::Partial => Err("partial"),
+            Parsed::HandOff => Err("hyper"),
+        }
+    }
+
+    #[test]
+    fn only_whole_simple_http_1_1_requests_are_served_here() {
+        let get = b"GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        assert_eq!(decide(get), Ok((get.len(), 0, true, false)));
+        assert_eq!(decide(&get[..20]), Err("partial"));
+        for (head, why) in [
+            (&b"GET http://a.test/ HTTP/1.0\r\n\r\n"[..], "HTTP/1.0"),
+            (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", "CONNECT"),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "h2c preface"),
+            (b"GET /\x01 HTTP/1.1\r\n\r\n", "a bad target"),
+            (
+                b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "chunked",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                "upgrade",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+                "expect",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc",
+                "a body not all here",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+                "a repeated length",
+            ),
+            (b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na", "a signed length"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n", "a large body"),
+        ] {
+            assert_eq!(decide(head), Err("hyper"), "{why}");
+        }
+        let post =
+            b"POST / HTTP/1.1\r\ncontent-length: 3\r\nConnection: keep-alive, Close\r\nTE: trailers\r\n\r\nabcGET";
+        assert_eq!(decide(post), Ok((post.len() - 6, 3, false, true)));
+    }
+
+    /// A body giving these frames, then its end.
+    struct Frames(VecDeque<Frame<Bytes>>, Option<u64>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = crate::BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.1
+                .map_or_else(http_body::SizeHint::default, http_body::SizeHint::with_exact)
+        }
+    }
+
+    /// What `Conn::write` sends for `response`, with the Date line taken out, and its result.
+    async fn written(
+        response: Response<ProxyBody>,
+        method: Method,
+        keep_alive: bool,
+        trailers: bool,
+    ) -> (String, bool) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = Conn {
+            stream,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            indices: Vec::new(),
+            spare: None,
+        };
+        let whole = conn.write(response, &method, keep_alive, trailers).await.unwrap();
+        drop(conn);
+        let mut text = String::new();
+        app.read_to_string(&mut text).await.unwrap();
+        let dated = text.lines().filter(|line| line.starts_with("date: ")).count();
+        assert_eq!(dated, 1, "{text}");
+        let text = text
+            .split_inclusive("\r\n")
+            .filter(|line| !line.starts_with("date: "))
+            .collect();
+        (text, whole)
+    }
+
+    fn response(
+        status: u16,
+        headers: &[(&str, &str)],
+        frames: Vec<Frame<Bytes>>,
+        exact: Option<u64>,
+    ) -> Response<ProxyBody> {
+        let mut response = Response::new(Frames(frames.into(), exact).boxed_unsync());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (name, value) in headers {
+            response.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        response
+    }
+
+    fn data(text: &str) -> Frame<Bytes> {
+        Frame::data(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn trailers() -> Frame<Bytes> {
+        let mut fields = HeaderMap::new();
+        fields.insert("x-check", HeaderValue::from_static("1"));
+        Frame::trailers(fields)
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_by_their_length_chunks_or_not_at_all() {
+        // No length: chunked, trailers only for an app that said `TE: trailers`.
+        let chunked = || {
+            response(
+                200,
+                &[("x-a", "1")],
+                vec![data("abc"), data(""), data("de"), trailers()],
+                None,
+            )
+        };
+        assert_eq!(
+            written(chunked(), Method::GET, true, true).await,
+            (
+                "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-check: 1\r\n\r\n".into(),
+                true
+            )
+        );
+        assert_eq!(
+            written(chunked(), Method::GET, false, false).await,
+            (
+                "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".into(),
+                true
+            )
+        );
+        // A known size: its length; the upstream's own length line is kept, and a body that
+        // ends short of it leaves the connection unusable.
+        assert_eq!(
+            written(
+                response(201, &[], vec![data("hello")], Some(5)),
+                Method::POST,
+                true,
+                false
+            )
+            .await,
+            ("HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello".into(), true)
+        );
+        assert_eq!(
+            written(
+                response(200, &[("content-length", "9")], vec![data("short")], None),
+                Method::GET,
+                true,
+                false
+            )
+            .await,
+            ("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort".into(), false)
+        );
+        // No body after HEAD, 204 and 304, whatever the headers say; hop-by-hop lines of the
+        // response are not passed on.
+        assert_eq!(
+            written(
+                response(
+                    200,
+                    &[("content-length", "10"), ("connection", "keep-alive")],
+                    vec![],
+                    None
+                ),
+                Method::HEAD,
+                true,
+                false
+            )
+            .await,
+            ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".into(), true)
+        );
+        assert_eq!(
+            written(
+                response(204, &[("transfer-encoding", "chunked")], vec![data("x")], None),
+                Method::GET,
+                true,
+                false
+            )
+            .await,
+            ("HTTP/1.1 204 No Content\r\n\r\n".into(), true)
+        );
+        // A large part is written from its own buffer, after the head.
+        let big = "x".repeat(COPY_LIMIT + 1);
+        let (text, whole) = written(
+            response(200, &[], vec![data("a"), data(&big)], Some(1 + big.len() as u64)),
+            Method::GET,
+            true,
+            false,
+        )
+        .await;
+        assert_eq!(
+            text,
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\na{big}", big.len() + 1)
+        );
+        assert!(whole);
+    }
+}

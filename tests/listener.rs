@@ -1,0 +1,371 @@
+//! The proxy listener's HTTP/1.1 connections, spoken byte by byte: keep-alive, pipelining,
+//! `Connection: close`, the requests bearerd's own loop hands to hyper (HTTP/1.0, chunked
+//! and `Expect` bodies) on the same connection, response framing, an app that goes away
+//! mid-request, and the header read timeout on a paused clock.
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One response as the app reads it off the connection.
+struct Reply {
+    status: u16,
+    /// Header lines, names lowercased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn echoed(&self) -> Echoed {
+        Echoed::parse(&self.body)
+    }
+}
+
+/// Reads one response off `stream` (bytes after it stay in `buf`). `head` says the request
+/// was a `HEAD`: no body follows whatever the length says.
+async fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> Reply {
+    tokio::time::timeout(WAIT, async {
+        let end = loop {
+            if let Some(end) = find(buf, b"\r\n\r\n") {
+                break end;
+            }
+            fill(stream, buf).await;
+        };
+        let text = String::from_utf8(buf.drain(..end + 4).collect()).unwrap();
+        let mut lines = text.trim_end().split("\r\n");
+        let status_line = lines.next().unwrap();
+        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+        let status = status_line[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|line| {
+                let (name, value) = line.split_once(':').unwrap();
+                (name.to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect();
+        let value = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if head || status == 204 || status == 304 || status < 200 {
+        } else if let Some(length) = value("content-length") {
+            let length: usize = length.parse().unwrap();
+            while buf.len() < length {
+                fill(stream, buf).await;
+            }
+            body.extend(buf.drain(..length));
+        } else if value("transfer-encoding").as_deref() == Some("chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(end) = find(buf, b"\r\n") {
+                        break end;
+                    }
+                    fill(stream, buf).await;
+                };
+                let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+                buf.drain(..line_end + 2);
+                if size == 0 {
+                    // No trailers in these tests: the empty line ends the body.
+                    while buf.len() < 2 {
+                        fill(stream, buf).await;
+                    }
+                    assert_eq!(&buf[..2], b"\r\n", "trailers where none were expected");
+                    buf.drain(..2);
+                    break;
+                }
+                while buf.len() < size + 2 {
+                    fill(stream, buf).await;
+                }
+                body.extend(buf.drain(..size));
+                assert_eq!(buf.drain(..2).collect::<Vec<_>>(), b"\r\n");
+            }
+        } else {
+            panic!("a response with neither a length nor chunks: {text}");
+        }
+        Reply { status, headers, body }
+    })
+    .await
+    .expect("a whole response within WAIT")
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    buf.reserve(16 * 1024);
+    let n = stream.read_buf(buf).await.unwrap();
+    assert!(
+        n > 0,
+        "the connection closed mid-response; read so far: {:?}",
+        String::from_utf8_lossy(buf)
+    );
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn get(echo: std::net::SocketAddr, path: &str, extra: &str) -> String {
+    get_as(echo, path, "billing", extra)
+}
+
+fn get_as(echo: std::net::SocketAddr, path: &str, config: &str, extra: &str) -> String {
+    format!("GET http://{echo}{path} HTTP/1.1\r\nHost: {echo}\r\nX-Auth-Config: {config}\r\n{extra}\r\n")
+}
+
+#[tokio::test]
+async fn keep_alive_and_pipelined_requests_are_answered_in_order_on_one_connection() {
+    let world = World::billing("").await;
+    let echo = world.echo.addr;
+    let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+    // Two requests in one write, then a third after their answers.
+    let both = format!("{}{}", get(echo, "/first", ""), get(echo, "/second", ""));
+    stream.write_all(both.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for path in ["/first", "/second"] {
+        let reply = read_reply(&mut stream, &mut buf, false).await;
+        assert_eq!(reply.status, 200);
+        let seen = reply.echoed();
+        assert_eq!(seen.uri, path);
+        assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+        assert_eq!(reply.all("connection"), Vec::<&str>::new());
+        assert_eq!(reply.all("content-length"), [reply.body.len().to_string()]);
+        assert_eq!(reply.all("date").len(), 1, "a Date header");
+    }
+    stream.write_all(get(echo, "/third", "").as_bytes()).await.unwrap();
+    let reply = read_reply(&mut stream, &mut buf, false).await;
+    assert_eq!(reply.echoed().uri, "/third");
+    assert!(buf.is_empty());
+    assert_eq!(world.tokens.count(), 1);
+    assert_eq!(world.echo.requests(), 3);
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_then_the_connection_ends() {
+    let world = World::billing("").await;
+    let echo = world.echo.addr;
+    let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+    stream
+        .write_all(get(echo, "/bye", "Connection: close\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let reply = read_reply(&mut stream, &mut buf, false).await;
+    assert_eq!(reply.echoed().uri, "/bye");
+    assert_eq!(reply.all("connection"), ["close"]);
+    assert!(closes_by(&mut stream, WAIT).await, "the connection stayed open");
+}
+
+#[tokio::test]
+async fn requests_handed_to_hyper_are_served_in_order_on_the_same_connection() {
+    let world = World::billing("").await;
+    let echo = world.echo.addr;
+    let proxy = world.bearerd.proxy_addr;
+    let mut buf = Vec::new();
+
+    // A plain GET, a small body that came with its head, then a chunked upload (hyper's),
+    // all in one write; then a GET after them, which hyper serves too.
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let mut sent = get(echo, "/plain", "").into_bytes();
+    sent.extend_from_slice(
+        format!(
+            "POST http://{echo}/small HTTP/1.1\r\nHost: {echo}\r\nX-Auth-Config: billing\r\nContent-Length: 5\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    sent.extend((0..5).map(pattern_byte));
+    sent.extend_from_slice(
+        format!(
+            "POST http://{echo}/chunked HTTP/1.1\r\nHost: {echo}\r\nX-Auth-Config: billing\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    sent.extend_from_slice(b"3\r\n");
+    sent.extend((0..3).map(pattern_byte));
+    sent.extend_from_slice(b"\r\n0\r\n\r\n");
+    stream.write_all(&sent).await.unwrap();
+    for (path, length) in [("/plain", 0), ("/small", 5), ("/chunked", 3)] {
+        let seen = read_reply(&mut stream, &mut buf, false).await.echoed();
+        assert_eq!(
+            (seen.uri.as_str(), seen.body_length, seen.body_is_pattern),
+            (path, length, true)
+        );
+        assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    }
+    stream.write_all(get(echo, "/after", "").as_bytes()).await.unwrap();
+    assert_eq!(read_reply(&mut stream, &mut buf, false).await.echoed().uri, "/after");
+
+    // HTTP/1.0, and `Expect: 100-continue`, each on its own connection.
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(format!("GET http://{echo}/old HTTP/1.0\r\nX-Auth-Config: billing\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut old = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut old))
+        .await
+        .unwrap()
+        .unwrap();
+    let old = String::from_utf8(old).unwrap();
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
+    assert!(old.contains("\"/old\""), "{old}");
+
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST http://{echo}/expect HTTP/1.1\r\nHost: {echo}\r\nX-Auth-Config: billing\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let go_on = read_reply(&mut stream, &mut buf, false).await;
+    assert_eq!(go_on.status, 100);
+    stream
+        .write_all(&(0..4).map(pattern_byte).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let seen = read_reply(&mut stream, &mut buf, false).await.echoed();
+    assert_eq!(
+        (seen.uri.as_str(), seen.body_length, seen.body_is_pattern),
+        ("/expect", 4, true)
+    );
+    assert_eq!(world.echo.requests(), 6);
+}
+
+#[tokio::test]
+async fn responses_are_framed_by_length_by_chunks_or_not_at_all() {
+    let world = World::billing("").await;
+    let echo = world.echo.addr;
+    let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+    let mut buf = Vec::new();
+
+    // The upstream streams 100,000 bytes with no length: chunked to the app.
+    stream
+        .write_all(get(echo, "/bytes/100000", "").as_bytes())
+        .await
+        .unwrap();
+    let reply = read_reply(&mut stream, &mut buf, false).await;
+    assert_eq!(reply.all("transfer-encoding"), ["chunked"]);
+    assert_eq!(reply.all("content-length"), Vec::<&str>::new());
+    assert_eq!(reply.body.len(), 100_000);
+    assert!(reply.body.iter().enumerate().all(|(i, &b)| b == pattern_byte(i)));
+
+    // HEAD: the length of what a GET would get, and no body; 204: no body.
+    stream
+        .write_all(
+            format!("HEAD http://{echo}/head HTTP/1.1\r\nHost: {echo}\r\nX-Auth-Config: billing\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let reply = read_reply(&mut stream, &mut buf, true).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.all("content-length").len(), 1);
+    stream.write_all(get(echo, "/status/204", "").as_bytes()).await.unwrap();
+    let reply = read_reply(&mut stream, &mut buf, false).await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(reply.all("transfer-encoding"), Vec::<&str>::new());
+
+    // bearerd's own answer: JSON with its length, and the connection stays usable.
+    stream
+        .write_all(get_as(echo, "/x", "nope", "").as_bytes())
+        .await
+        .unwrap();
+    let reply = read_reply(&mut stream, &mut buf, false).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.all("content-length"), [reply.body.len().to_string()]);
+    assert_eq!(reply.all("date").len(), 1);
+    let error: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(error["error"], "unknown_auth_config");
+
+    stream.write_all(get(echo, "/last", "").as_bytes()).await.unwrap();
+    assert_eq!(read_reply(&mut stream, &mut buf, false).await.echoed().uri, "/last");
+    // Nothing was left over between the responses.
+    assert!(buf.is_empty());
+}
+
+#[tokio::test]
+async fn an_app_that_goes_away_cancels_its_request() {
+    let world = World::billing("upstream_timeout: 60s\n").await;
+    let echo = world.echo.addr;
+    let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+    stream.write_all(get(echo, "/slow/30000", "").as_bytes()).await.unwrap();
+    let inflight = || async {
+        let text = metrics(&world.bearerd).await;
+        text.lines()
+            .find_map(|line| line.strip_prefix("bearerd_inflight_requests "))
+            .map(|value| value.trim().to_owned())
+    };
+    eventually("the request upstream", || async { world.echo.requests() == 1 }).await;
+    assert_eq!(inflight().await.as_deref(), Some("1"));
+    drop(stream);
+    // Well before the upstream's 30 s: the request was dropped with the connection.
+    eventually("the request to be cancelled", || async {
+        inflight().await.as_deref() == Some("0")
+    })
+    .await;
+}
+
+/// The header read timeout on a paused clock: an idle connection, and one that sent half a
+/// head, close after 30 s; a connection's timer starts again with each head it waits for.
+#[tokio::test(start_paused = true)]
+async fn connections_that_send_no_head_for_30_seconds_are_closed() {
+    let tokens = TokenServer::start().await;
+    let bearerd = start_bearerd(&billing(&tokens, "")).await;
+    let started = tokio::time::Instant::now();
+    let proxy = bearerd.proxy_addr;
+    // Whether the server closes it (reads end of file), and when.
+    let closed_at = |mut stream: TcpStream| async move {
+        assert!(closes_by(&mut stream, Duration::from_secs(120)).await, "not closed");
+        started.elapsed()
+    };
+    let idle = async { closed_at(TcpStream::connect(proxy).await.unwrap()).await };
+    let half = async {
+        let mut half = TcpStream::connect(proxy).await.unwrap();
+        half.write_all(b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127")
+            .await
+            .unwrap();
+        closed_at(half).await
+    };
+    // A request at 20 s, answered by bearerd itself (an unknown auth config, so no upstream
+    // timer runs); then 30 s from that answer.
+    let busy = async {
+        let mut busy = TcpStream::connect(proxy).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        busy.write_all(b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\nX-Auth-Config: nope\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(read_reply(&mut busy, &mut buf, false).await.status, 400);
+        closed_at(busy).await
+    };
+    let (idle, half, busy) = tokio::join!(idle, half, busy);
+    let secs = |from: u64| Duration::from_secs(from)..Duration::from_secs(from + 1);
+    assert!(secs(30).contains(&idle), "{idle:?}");
+    assert!(secs(30).contains(&half), "{half:?}");
+    assert!(secs(50).contains(&busy), "{busy:?}");
+}
+
+async fn closes_by(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut rest = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut rest)).await {
+        Ok(Ok(_)) => {
+            assert!(
+                rest.is_empty(),
+                "unexpected bytes: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+            true
+        }
+        // Reset rather than closed: closed all the same.
+        Ok(Err(_)) => true,
+        Err(_) => false,
+    }
+}
