@@ -369,3 +369,30 @@ async fn closes_by(stream: &mut TcpStream, within: Duration) -> bool {
         Err(_) => false,
     }
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_ends_a_busy_one_after_its_response() {
+    let world = World::billing("").await;
+    let World { echo, bearerd, .. } = world;
+    let echo_addr = echo.addr;
+    let mut buf = Vec::new();
+    let mut idle = TcpStream::connect(bearerd.proxy_addr).await.unwrap();
+    idle.write_all(get(echo_addr, "/one", "").as_bytes()).await.unwrap();
+    assert_eq!(read_reply(&mut idle, &mut buf, false).await.status, 200);
+    let mut busy = TcpStream::connect(bearerd.proxy_addr).await.unwrap();
+    busy.write_all(get(echo_addr, "/slow/500", "").as_bytes())
+        .await
+        .unwrap();
+    eventually("the slow request upstream", || async { echo.requests() == 2 }).await;
+
+    let shutdown = tokio::spawn(bearerd.shutdown());
+    assert!(closes_by(&mut idle, WAIT).await, "the idle connection stayed open");
+    let reply = read_reply(&mut busy, &mut buf, false).await;
+    assert_eq!(reply.echoed().uri, "/slow/500");
+    assert_eq!(reply.all("connection"), ["close"]);
+    assert!(closes_by(&mut busy, WAIT).await, "the busy connection stayed open");
+    assert!(
+        shutdown.await.unwrap(),
+        "shutdown did not finish within the grace period"
+    );
+}
