@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -42,6 +42,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::h1::{self, header_line};
 use super::{HEADER_READ_TIMEOUT, Proxy};
 use crate::ProxyBody;
 use crate::error::{ProxyError, respond};
@@ -267,28 +268,24 @@ impl Conn {
                 length = parse_length(value.as_bytes()).map(|n| n as u64);
             }
             dated |= name == header::DATE;
-            line(out, name.as_str().as_bytes(), value.as_bytes());
+            header_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        let bodiless = method == Method::HEAD
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
-        let mut framing = if bodiless {
+        let mut framing = if h1::bodiless(method, parts.status) {
             Framing::None
         } else if let Some(length) = length.or_else(|| body.size_hint().exact()) {
             if parts.headers.get(header::CONTENT_LENGTH).is_none() {
-                line(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
+                header_line(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
             }
             Framing::Length(length)
         } else {
-            line(out, b"transfer-encoding", b"chunked");
+            header_line(out, b"transfer-encoding", b"chunked");
             Framing::Chunked
         };
         if !dated {
-            DATE.with_borrow_mut(|date| line(out, b"date", date.now()));
+            DATE.with_borrow_mut(|date| header_line(out, b"date", date.now()));
         }
         if !keep_alive {
-            line(out, b"connection", b"close");
+            header_line(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
         parts.headers.clear();
@@ -341,7 +338,7 @@ impl Conn {
                 if let (Ok(fields), Framing::Chunked, true) = (frame.into_trailers(), &framing, trailers) {
                     self.out.extend_from_slice(b"0\r\n");
                     for (name, value) in &fields {
-                        line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+                        header_line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
                     }
                     self.out.extend_from_slice(b"\r\n");
                     *framing = Framing::Ended;
@@ -454,13 +451,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
 fn parse_length(value: &[u8]) -> Option<usize> {
     if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
@@ -557,6 +547,7 @@ impl hyper::rt::Write for Rewound {
 mod tests {
     use std::collections::VecDeque;
 
+    use http::StatusCode;
     use http_body_util::BodyExt;
     use tokio::net::TcpListener;
 

@@ -139,18 +139,34 @@ fn encode(out: &mut Vec<u8>, method: &Method, target: &str, host: &str, headers:
         if name == header::HOST || name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header_line(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+        );
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+}
+
+/// Writes one `name: value` header line.
+pub(super) fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a response to `method` with `status` has no body whatever its headers say
+/// (RFC 9112 §6.3): after `HEAD`, and for 1xx, 204 and 304.
+pub(super) fn bodiless(method: &Method, status: StatusCode) -> bool {
+    *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Takes a complete response head off the front of `input`, or `None` if more must be read.
@@ -285,11 +301,7 @@ impl Facts {
         version: Version,
         headers: &mut HeaderMap,
     ) -> (Framing, bool) {
-        if *method == Method::HEAD
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+        if bodiless(method, status) {
             return (Framing::Empty, !self.close);
         }
         if let Some(chunked) = self.transfer_encoding {
