@@ -201,17 +201,11 @@ async fn requests_handed_to_hyper_are_served_in_order_on_the_same_connection() {
     assert_eq!(read_reply(&mut stream, &mut buf, false).await.echoed().uri, "/after");
 
     // HTTP/1.0, and `Expect: 100-continue`, each on its own connection.
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    stream
-        .write_all(format!("GET http://{echo}/old HTTP/1.0\r\nX-Auth-Config: billing\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut old = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut old))
-        .await
-        .unwrap()
-        .unwrap();
-    let old = String::from_utf8(old).unwrap();
+    let old = raw_exchange(
+        proxy,
+        format!("GET http://{echo}/old HTTP/1.0\r\nX-Auth-Config: billing\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
     assert!(old.contains("\"/old\""), "{old}");
 

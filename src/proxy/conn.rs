@@ -678,7 +678,6 @@ mod tests {
 
     #[tokio::test]
     async fn responses_are_framed_by_their_length_chunks_or_not_at_all() {
-        // No length: chunked, trailers only for an app that said `TE: trailers`.
         let chunked = || {
             response(
                 200,
@@ -687,82 +686,79 @@ mod tests {
                 None,
             )
         };
-        assert_eq!(
-            written(chunked(), Method::GET, true, true).await,
+        let big = "x".repeat(COPY_LIMIT + 1);
+        // (what, response, method, keep-alive, `TE: trailers`, bytes written, whole)
+        let cases = [
             (
-                "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-check: 1\r\n\r\n".into(),
-                true
-            )
-        );
-        assert_eq!(
-            written(chunked(), Method::GET, false, false).await,
+                "no length: chunked, with trailers for an app that said `TE: trailers`",
+                chunked(),
+                Method::GET,
+                true,
+                true,
+                "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-check: 1\r\n\r\n".to_owned(),
+                true,
+            ),
             (
-                "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".into(),
-                true
-            )
-        );
-        // A known size: its length; the upstream's own length line is kept, and a body that
-        // ends short of it leaves the connection unusable.
-        assert_eq!(
-            written(
+                "no length: chunked, no trailers for other apps",
+                chunked(),
+                Method::GET,
+                false,
+                false,
+                "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".to_owned(),
+                true,
+            ),
+            (
+                "a known size: its length",
                 response(201, &[], vec![data("hello")], Some(5)),
                 Method::POST,
                 true,
-                false
-            )
-            .await,
-            ("HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello".into(), true)
-        );
-        assert_eq!(
-            written(
+                false,
+                "HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello".to_owned(),
+                true,
+            ),
+            (
+                "the upstream's own length is kept; a body ending short of it leaves the connection unusable",
                 response(200, &[("content-length", "9")], vec![data("short")], None),
                 Method::GET,
                 true,
-                false
-            )
-            .await,
-            ("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort".into(), false)
-        );
-        // No body after HEAD, 204 and 304, whatever the headers say; hop-by-hop lines of the
-        // response are not passed on.
-        assert_eq!(
-            written(
-                response(
-                    200,
-                    &[("content-length", "10"), ("connection", "keep-alive")],
-                    vec![],
-                    None
-                ),
+                false,
+                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort".to_owned(),
+                false,
+            ),
+            (
+                "no body after HEAD; the response's hop-by-hop lines are not passed on",
+                response(200, &[("content-length", "10"), ("connection", "keep-alive")], vec![], None),
                 Method::HEAD,
                 true,
-                false
-            )
-            .await,
-            ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".into(), true)
-        );
-        assert_eq!(
-            written(
+                false,
+                "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_owned(),
+                true,
+            ),
+            (
+                "no body for 204, whatever the headers say",
                 response(204, &[("transfer-encoding", "chunked")], vec![data("x")], None),
                 Method::GET,
                 true,
-                false
-            )
-            .await,
-            ("HTTP/1.1 204 No Content\r\n\r\n".into(), true)
-        );
-        // A large part is written from its own buffer, after the head.
-        let big = "x".repeat(COPY_LIMIT + 1);
-        let (text, whole) = written(
-            response(200, &[], vec![data("a"), data(&big)], Some(1 + big.len() as u64)),
-            Method::GET,
-            true,
-            false,
-        )
-        .await;
-        assert_eq!(
-            text,
-            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\na{big}", big.len() + 1)
-        );
-        assert!(whole);
+                false,
+                "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
+                true,
+            ),
+            (
+                "a large part is written from its own buffer, after the head",
+                response(200, &[], vec![data("a"), data(&big)], Some(1 + big.len() as u64)),
+                Method::GET,
+                true,
+                false,
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\na{big}", big.len() + 1),
+                true,
+            ),
+        ];
+        for (what, response, method, keep_alive, trailers, bytes, whole) in cases {
+            assert_eq!(
+                written(response, method, keep_alive, trailers).await,
+                (bytes, whole),
+                "{what}"
+            );
+        }
     }
 }
