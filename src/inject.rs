@@ -37,18 +37,35 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// `name`'s bit in a set of [`HOP_BY_HOP`] names (bit `i` for `HOP_BY_HOP[i]`), 0 for others.
 pub(crate) fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    lowercase_hop_by_hop_bit(name.as_str().as_bytes())
+}
+
+/// [`hop_by_hop_bit`] for a name as a message wrote it, in any case.
+pub(crate) fn hop_by_hop_bit_of(name: &[u8]) -> u16 {
+    const LONGEST: usize = "proxy-authorization".len();
+    if name.len() > LONGEST {
+        return 0;
+    }
+    let mut lower = [0_u8; LONGEST];
+    let lower = &mut lower[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    lowercase_hop_by_hop_bit(lower)
+}
+
+fn lowercase_hop_by_hop_bit(name: &[u8]) -> u16 {
     // By text: a `match` on a string compares lengths first, and most names differ there;
     // comparing `HeaderName`s is a match on their representation, nine times per header.
-    match name.as_str() {
-        "connection" => 1 << 0,
-        "keep-alive" => 1 << 1,
-        "proxy-connection" => 1 << 2,
-        "proxy-authenticate" => 1 << 3,
-        "proxy-authorization" => 1 << 4,
-        "te" => 1 << 5,
-        "trailer" => 1 << 6,
-        "transfer-encoding" => 1 << 7,
-        "upgrade" => 1 << 8,
+    match name {
+        b"connection" => 1 << 0,
+        b"keep-alive" => 1 << 1,
+        b"proxy-connection" => 1 << 2,
+        b"proxy-authenticate" => 1 << 3,
+        b"proxy-authorization" => 1 << 4,
+        b"te" => 1 << 5,
+        b"trailer" => 1 << 6,
+        b"transfer-encoding" => 1 << 7,
+        b"upgrade" => 1 << 8,
         _ => 0,
     }
 }
@@ -237,6 +254,21 @@ mod tests {
         }
         assert_eq!(hop_by_hop_bit(&header::AUTHORIZATION), 0);
         assert_eq!(hop_by_hop_bit(&HeaderName::from_static("x-connection")), 0);
+        // As written in a message, in any case.
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_eq!(hop_by_hop_bit_of(upper.as_bytes()), 1 << i, "{upper}");
+        }
+        assert_eq!(hop_by_hop_bit_of(b"Transfer-Encoding"), 1 << 7);
+        for other in [
+            &b"Authorization"[..],
+            b"X-Connection",
+            b"Proxy-Authorization-X",
+            b"",
+            b"t",
+        ] {
+            assert_eq!(hop_by_hop_bit_of(other), 0);
+        }
     }
 
     #[test]

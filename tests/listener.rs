@@ -285,6 +285,105 @@ async fn responses_are_framed_by_length_by_chunks_or_not_at_all() {
     assert!(buf.is_empty());
 }
 
+/// An upstream that answers each request head it reads with the next of `responses`, in
+/// turn, on keep-alive connections.
+async fn scripted_upstream(responses: &'static [&'static str]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let next = std::sync::Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while find(&buf, b"\r\n\r\n").is_none() {
+                        let mut chunk = [0_u8; 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(read) if read > 0 => buf.extend_from_slice(&chunk[..read]),
+                            _ => return,
+                        }
+                    }
+                    buf.drain(..find(&buf, b"\r\n\r\n").unwrap() + 4);
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let response = responses[i % responses.len()];
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A response head as the app read it, with the value of its one `date` line (any case)
+/// replaced by `*`.
+fn undated(head: &str) -> String {
+    head.split_inclusive("\r\n")
+        .map(|line| match line.split_once(':') {
+            Some((name, _)) if name.eq_ignore_ascii_case("date") => format!("{name}: *\r\n"),
+            _ => line.to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_upstreams_header_lines_reach_the_app_as_written_less_the_hop_by_hop_ones() {
+    static RESPONSES: &[&str] = &[
+        "HTTP/1.1 200 OK\r\nServer: script\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n\
+         Keep-Alive: timeout=5\r\nX-Multi: a\r\nX-Multi: b\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 201 Created\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nTransfer-Encoding: chunked\r\n\
+         Location: /items/7\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ];
+    let upstream = scripted_upstream(RESPONSES).await;
+    let world = World::billing("").await;
+    let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+    let mut buf = Vec::new();
+    let head = async |stream: &mut TcpStream, buf: &mut Vec<u8>| {
+        while find(buf, b"\r\n\r\n").is_none() {
+            fill(stream, buf).await;
+        }
+        let end = find(buf, b"\r\n\r\n").unwrap() + 4;
+        String::from_utf8(buf.drain(..end).collect()).unwrap()
+    };
+
+    // bearerd's own loop: the lines as the upstream wrote them, then bearerd's own.
+    stream.write_all(get(upstream, "/one", "").as_bytes()).await.unwrap();
+    assert_eq!(
+        undated(&head(&mut stream, &mut buf).await),
+        "HTTP/1.1 200 OK\r\nServer: script\r\nX-Multi: a\r\nX-Multi: b\r\nContent-Length: 2\r\n\
+         date: *\r\n\r\n"
+    );
+    while buf.len() < 2 {
+        fill(&mut stream, &mut buf).await;
+    }
+    assert_eq!(std::mem::take(&mut buf), b"ok");
+    // The upstream's Date is the only one; its chunked body is chunked again.
+    stream.write_all(get(upstream, "/two", "").as_bytes()).await.unwrap();
+    assert_eq!(
+        head(&mut stream, &mut buf).await,
+        "HTTP/1.1 201 Created\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nLocation: /items/7\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    );
+    while find(&buf, b"0\r\n\r\n").is_none() {
+        fill(&mut stream, &mut buf).await;
+    }
+    assert_eq!(std::mem::take(&mut buf), b"3\r\nabc\r\n0\r\n\r\n");
+
+    // hyper's server (HTTP/1.0 here) writes the same headers from the response's map.
+    let old = raw_exchange(
+        world.bearerd.proxy_addr,
+        format!("GET http://{upstream}/three HTTP/1.0\r\nX-Auth-Config: billing\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        undated(&old),
+        "HTTP/1.0 200 OK\r\nserver: script\r\nx-multi: a\r\nx-multi: b\r\ncontent-length: 2\r\n\
+         date: *\r\n\r\nok"
+    );
+}
+
 #[tokio::test]
 async fn an_app_that_goes_away_cancels_its_request() {
     let world = World::billing("upstream_timeout: 60s\n").await;

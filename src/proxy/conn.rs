@@ -43,8 +43,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::h1::{self, header_line};
-use super::{HEADER_READ_TIMEOUT, Proxy};
-use crate::ProxyBody;
+use super::{AppBody, HEADER_READ_TIMEOUT, Proxy};
 use crate::error::{ProxyError, respond};
 
 /// The largest request head served here (hyper takes larger ones).
@@ -120,7 +119,7 @@ pub(super) async fn serve(
             Ok(request) => request,
             Err(error) => {
                 // Well-formed for httparse, not for `http` (a URI it rejects, say).
-                let response = respond(&error, None);
+                let response = respond(&error, None).map(AppBody::Own);
                 let _ = conn.write(response, &method, false, false).await;
                 return conn.close().await;
             }
@@ -243,7 +242,7 @@ impl Conn {
     /// another request (the body was written whole and framed by its length or chunks).
     async fn write(
         &mut self,
-        response: Response<ProxyBody>,
+        response: Response<AppBody>,
         method: &Method,
         keep_alive: bool,
         trailers: bool,
@@ -258,6 +257,16 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
         let mut length = None;
         let mut dated = false;
+        // An upstream's lines as it wrote them (bearerd's client cut out the hop-by-hop ones),
+        // or the map's.
+        let lines = body.take_header_lines();
+        let mut length_line = false;
+        if let Some(lines) = &lines {
+            out.extend_from_slice(lines.as_bytes());
+            // The client's body decoder stops at the upstream's length; its size hint is it.
+            length_line = lines.length;
+            dated = lines.date;
+        }
         for (name, value) in &parts.headers {
             if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
                 // Hop-by-hop: this connection's own are written below.
@@ -273,7 +282,7 @@ impl Conn {
         let mut framing = if h1::bodiless(method, parts.status) {
             Framing::None
         } else if let Some(length) = length.or_else(|| body.size_hint().exact()) {
-            if parts.headers.get(header::CONTENT_LENGTH).is_none() {
+            if !length_line && parts.headers.get(header::CONTENT_LENGTH).is_none() {
                 header_line(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
             }
             Framing::Length(length)
@@ -620,12 +629,7 @@ mod tests {
     }
 
     /// What `Conn::write` sends for `response`, with the Date line taken out, and its result.
-    async fn written(
-        response: Response<ProxyBody>,
-        method: Method,
-        keep_alive: bool,
-        trailers: bool,
-    ) -> (String, bool) {
+    async fn written(response: Response<AppBody>, method: Method, keep_alive: bool, trailers: bool) -> (String, bool) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut app = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
@@ -654,8 +658,8 @@ mod tests {
         headers: &[(&str, &str)],
         frames: Vec<Frame<Bytes>>,
         exact: Option<u64>,
-    ) -> Response<ProxyBody> {
-        let mut response = Response::new(Frames(frames.into(), exact).boxed_unsync());
+    ) -> Response<AppBody> {
+        let mut response = Response::new(AppBody::Own(Frames(frames.into(), exact).boxed_unsync()));
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         for (name, value) in headers {
             response.headers_mut().append(

@@ -118,10 +118,49 @@ enum Framing {
 
 /// A parsed response head and how its body is delimited.
 struct Head {
-    response: http::response::Parts,
+    status: StatusCode,
+    version: Version,
+    lines: HeaderLines,
     framing: Framing,
     /// The connection can take another request once the body is read.
     reusable: bool,
+}
+
+/// A response's header lines as the upstream wrote them, passed on to the app as bytes:
+/// building a `HeaderMap` from them only to write it out again cost about 3k instructions a
+/// response (benches/README.md). Hop-by-hop lines, and those `Connection` names, are cut out;
+/// every line ends in CRLF.
+pub struct HeaderLines {
+    bytes: Bytes,
+    /// A `Content-Length` line is among them.
+    pub length: bool,
+    /// A `Date` line is among them.
+    pub date: bool,
+}
+
+impl HeaderLines {
+    /// The lines, each ending in CRLF, without the empty line that ends a head.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Adds the lines to `headers`, for what needs them as a map (hyper's server).
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        for line in self.bytes.split(|&byte| byte == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&byte| byte == b':') else {
+                continue;
+            };
+            let value = self.bytes.slice_ref(line[colon + 1..].trim_ascii());
+            // httparse accepted the lines, and it accepts no name or value `http` refuses.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_maybe_shared(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
 }
 
 /// Writes the request into `out`: request line in origin-form, `Host` first, the headers,
@@ -171,8 +210,9 @@ pub(super) fn bodiless(method: &Method, status: StatusCode) -> bool {
 
 /// Takes a complete response head off the front of `input`, or `None` if more must be read.
 ///
-/// Header values share `input`'s memory instead of being copied. Hop-by-hop headers (and
-/// those `Connection` names) are read for the framing and left out: they are not forwarded.
+/// The header lines stay as the upstream wrote them, in `input`'s memory: those not passed on
+/// (hop-by-hop ones, and those `Connection` names) are read for the framing and cut out by
+/// moving the later lines over them.
 fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, BoxError> {
     // Uninitialised: the parser fills only as many as there are headers.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -196,79 +236,116 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
         close: version == Version::HTTP_10,
         ..Facts::default()
     };
-    // The values are found by their place in the head, which is cut off `input` afterwards.
-    let start = input.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
-    for field in &*parsed.headers {
-        let name = HeaderName::from_bytes(field.name.as_bytes())?;
-        if inject::hop_by_hop_bit(&name) != 0 {
-            facts.hop_by_hop(&name, field.value, version);
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
+    // Where each line starts; httparse takes no folded lines, so a line runs up to the next
+    // one, and the last up to the empty line that ends the head (CRLF, or a bare LF).
+    let count = parsed.headers.len();
+    let mut starts = [0_usize; MAX_HEADERS + 1];
+    starts[count] = length - if input[..length].ends_with(b"\r\n") { 2 } else { 1 };
+    // Bit `i` for line `i`: those cut out, and the `Content-Length` lines.
+    let (mut cut, mut lengths) = (0_u128, 0_u128);
+    let mut date = false;
+    for (i, field) in parsed.headers.iter().enumerate() {
+        starts[i] = field.name.as_ptr().addr() - input.as_ptr().addr();
+        let name = field.name.as_bytes();
+        if inject::hop_by_hop_bit_of(name) != 0 {
+            facts.hop_by_hop(name, field.value, version);
+            cut |= 1 << i;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             facts.content_length(field.value)?;
+            lengths |= 1 << i;
+        } else if name.eq_ignore_ascii_case(b"date") {
+            date = true;
         }
-        let value = if field.value.is_empty() {
-            0..0
-        } else {
-            let offset = field.value.as_ptr() as usize - start;
-            offset..offset + field.value.len()
-        };
-        fields.push((name, value));
+    }
+    if !facts.listed.is_empty() {
+        for (i, field) in parsed.headers.iter().enumerate() {
+            if facts
+                .listed
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(field.name.as_bytes()))
+            {
+                cut |= 1 << i;
+            }
+        }
+    }
+    let (framing, reusable) = facts.framing(method, status, version);
+    if facts.transfer_encoding.is_some() {
+        // A length beside `Transfer-Encoding` is not passed on (RFC 9112 §6.1).
+        cut |= lengths;
+        lengths = 0;
+    }
+    let first = starts[0];
+    let mut to = first;
+    let mut crlf = true;
+    for i in (0..count).filter(|&i| cut & (1 << i) == 0) {
+        let line = starts[i]..starts[i + 1];
+        // Read before any line moves onto it: lines only move towards the front.
+        crlf &= input[..line.end].ends_with(b"\r\n");
+        let len = line.len();
+        if line.start != to {
+            input.copy_within(line, to);
+        }
+        to += len;
     }
     let head = input.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, value) in fields {
-        headers.append(name, HeaderValue::from_maybe_shared(head.slice(value))?);
-    }
-    for name in &facts.listed {
-        headers.remove(name);
-    }
-    let (framing, reusable) = facts.framing(method, status, version, &mut headers);
-    let mut response = Response::new(()).into_parts().0;
-    response.status = status;
-    response.version = version;
-    response.headers = headers;
+    let bytes = if crlf {
+        head.slice(first..to)
+    } else {
+        with_crlf(&head[first..to])
+    };
     Ok(Some(Head {
-        response,
+        status,
+        version,
+        lines: HeaderLines {
+            bytes,
+            length: lengths != 0,
+            date,
+        },
         framing,
         reusable,
     }))
 }
 
+/// `lines` with each ending in CRLF (some ended in a bare LF).
+fn with_crlf(lines: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(lines.len() + 32);
+    for line in lines.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.into()
+}
+
 /// What a response head's headers say about its framing and its connection.
 #[derive(Default)]
-struct Facts {
+struct Facts<'a> {
     /// The connection ends after this response.
     close: bool,
     /// There is a `Transfer-Encoding`, and its last coding is `chunked`.
     transfer_encoding: Option<bool>,
     content_length: Option<u64>,
     /// Other headers `Connection` names, to be left out too.
-    listed: Vec<HeaderName>,
+    listed: Vec<&'a [u8]>,
 }
 
-impl Facts {
-    fn hop_by_hop(&mut self, name: &HeaderName, value: &[u8], version: Version) {
-        let value = std::str::from_utf8(value).unwrap_or_default();
-        if name == header::CONNECTION {
-            for option in value.split(',').map(str::trim) {
-                if option.eq_ignore_ascii_case("close") {
+impl<'a> Facts<'a> {
+    fn hop_by_hop(&mut self, name: &[u8], value: &'a [u8], version: Version) {
+        if name.eq_ignore_ascii_case(b"connection") {
+            for option in value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+                if option.eq_ignore_ascii_case(b"close") {
                     self.close = true;
-                } else if option.eq_ignore_ascii_case("keep-alive") {
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
                     if version == Version::HTTP_10 {
                         self.close = false;
                     }
-                } else if let Ok(listed) = HeaderName::from_bytes(option.as_bytes())
-                    && inject::hop_by_hop_bit(&listed) == 0
-                {
-                    self.listed.push(listed);
+                } else if !option.is_empty() && inject::hop_by_hop_bit_of(option) == 0 {
+                    self.listed.push(option);
                 }
             }
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // The last line's last coding is the final one.
-            let last = value.rsplit(',').next().unwrap_or_default();
-            self.transfer_encoding = Some(last.trim().eq_ignore_ascii_case("chunked"));
+            let last = value.rsplit(|&byte| byte == b',').next().unwrap_or_default();
+            self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
 
@@ -293,14 +370,8 @@ impl Facts {
     }
 
     /// How the body of a response to `method` is delimited, and whether the connection stays
-    /// open after it. A `Content-Length` beside `Transfer-Encoding` is removed.
-    fn framing(
-        &self,
-        method: &Method,
-        status: StatusCode,
-        version: Version,
-        headers: &mut HeaderMap,
-    ) -> (Framing, bool) {
+    /// open after it.
+    fn framing(&self, method: &Method, status: StatusCode, version: Version) -> (Framing, bool) {
         if bodiless(method, status) {
             return (Framing::Empty, !self.close);
         }
@@ -308,9 +379,6 @@ impl Facts {
             // Both headers is a sign of request smuggling (RFC 9112 §6.1): the connection
             // ends with this response.
             let smuggled = self.content_length.is_some();
-            if smuggled {
-                headers.remove(header::CONTENT_LENGTH);
-            }
             return if chunked && version == Version::HTTP_11 {
                 (Framing::Chunked, !self.close && !smuggled)
             } else {
@@ -348,10 +416,10 @@ async fn read_head(connection: &mut Connection, method: &Method) -> Result<Head,
     loop {
         if !connection.input.is_empty() {
             match parse_head(&mut connection.input, method).map_err(Failed::Other)? {
-                Some(head) if head.response.status == StatusCode::SWITCHING_PROTOCOLS => {
+                Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(Failed::Other("the upstream switched protocols unasked".into()));
                 }
-                Some(head) if head.response.status.is_informational() => continue,
+                Some(head) if head.status.is_informational() => continue,
                 Some(head) => return Ok(head),
                 None if connection.input.len() >= MAX_HEAD => {
                     return Err(Failed::Other(
@@ -413,14 +481,28 @@ enum Step {
 /// A response body read off its upstream connection; the connection goes back to the pool
 /// when the body ends, and closes if the body is dropped before.
 pub struct ResponseBody {
-    connection: Option<Connection>,
+    /// Boxed, as everywhere: the response that holds it is moved through several futures.
+    connection: Option<Box<Connection>>,
     state: State,
     reusable: bool,
     home: Option<Home>,
+    /// The response's header lines, until taken.
+    lines: Option<HeaderLines>,
 }
 
 impl ResponseBody {
-    fn new(connection: Connection, framing: Framing, reusable: bool, home: Home) -> Self {
+    /// The response's header lines (not in its header map): `None` once taken.
+    pub fn take_header_lines(&mut self) -> Option<HeaderLines> {
+        self.lines.take()
+    }
+
+    fn new(connection: Box<Connection>, head: Head, home: Home) -> Self {
+        let Head {
+            lines,
+            framing,
+            reusable,
+            ..
+        } = head;
         let state = match framing {
             Framing::Empty => State::Length(0),
             Framing::Length(length) => State::Length(length),
@@ -432,6 +514,7 @@ impl ResponseBody {
             state,
             reusable,
             home: Some(home),
+            lines: Some(lines),
         };
         // hyper does not poll a body that is already at its end.
         if state == State::Length(0) {
@@ -665,7 +748,7 @@ struct Host {
 }
 
 struct Idle {
-    connection: Connection,
+    connection: Box<Connection>,
     since: Instant,
 }
 
@@ -675,7 +758,7 @@ impl Host {
     }
 
     /// The most recently used idle connection that can take a request.
-    fn checkout(&self) -> Option<Connection> {
+    fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.lock();
         while let Some(idle) = idle.pop() {
             if idle.since.elapsed() < POOL_IDLE_TIMEOUT && idle.connection.is_usable() {
@@ -717,7 +800,7 @@ impl Pool {
         Arc::clone(self.lock().entry(Key(authority)).or_default())
     }
 
-    fn put(&self, host: &Host, connection: Connection) {
+    fn put(&self, host: &Host, connection: Box<Connection>) {
         let now = Instant::now();
         {
             let mut idle = host.lock();
@@ -739,7 +822,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Connection, BoxError> {
+    async fn connect(&self, authority: &Authority) -> Result<Box<Connection>, BoxError> {
         let (host, port) = super::target::split_authority(authority);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port.unwrap_or(80))))
@@ -747,11 +830,13 @@ impl Pool {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
         stream.set_nodelay(true)?;
         socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
-        Ok(Connection::new(stream))
+        Ok(Box::new(Connection::new(stream)))
     }
 
     /// Sends a request for `uri` (absolute-form `http://`) in origin-form, with its `Host`
-    /// and `body`, on an idle connection or a new one, and reads the response head.
+    /// and `body`, on an idle connection or a new one, and reads the response head. The
+    /// response's header map is empty: its header lines are in its body
+    /// ([`ResponseBody::take_header_lines`]).
     ///
     /// A reused connection may turn out closed by the upstream while idle: the request is
     /// then sent again on a new connection when the upstream cannot have acted on it (the
@@ -780,7 +865,7 @@ impl Pool {
                 self.connect(&authority).await?
             };
             encode(&mut connection.output, method, &target, &host, headers, body);
-            let Connection { stream, output, .. } = &mut connection;
+            let Connection { stream, output, .. } = &mut *connection;
             let result = match stream.write_all(output).await {
                 Ok(()) => read_head(&mut connection, method).await,
                 Err(err) => Err(Failed::Write(err)),
@@ -791,8 +876,11 @@ impl Pool {
                         pool: Arc::clone(self),
                         host: slot,
                     };
-                    let body = ResponseBody::new(connection, head.framing, head.reusable, home);
-                    return Ok(Response::from_parts(head.response, body));
+                    let (status, version) = (head.status, head.version);
+                    let mut response = Response::new(ResponseBody::new(connection, head, home));
+                    *response.status_mut() = status;
+                    *response.version_mut() = version;
+                    return Ok(response);
                 }
                 Err(Failed::Write(_)) if reused => idle = slot.checkout(),
                 Err(Failed::NothingReceived(_)) if reused && method.is_idempotent() => idle = slot.checkout(),
@@ -976,18 +1064,28 @@ mod tests {
     }
 
     /// One response, read whole, then a second request: whether it came on the same
-    /// connection says whether the first one went back to the pool.
+    /// connection says whether the first one went back to the pool. The response's header
+    /// lines are in its header map, as `HeaderLines::append_to` puts them there.
     async fn exchange_then_another(
         method: Method,
         response: &[u8],
-    ) -> (Response<Result<(Bytes, Option<HeaderMap>), String>>, usize) {
+    ) -> (Response<Result<(Bytes, Option<HeaderMap>), String>>, Lines, usize) {
         let next = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext".to_vec();
         let upstream = Script::start(vec![response.to_vec(), next], false).await;
         let pool = pool();
-        let (parts, body) = send(&pool, method, &upstream.uri("/"), &HeaderMap::new(), b"")
+        let (mut parts, mut body) = send(&pool, method, &upstream.uri("/"), &HeaderMap::new(), b"")
             .await
             .unwrap()
             .into_parts();
+        assert!(parts.headers.is_empty(), "the lines are in the body, not in the map");
+        let lines = body.take_header_lines().expect("the header lines");
+        lines.append_to(&mut parts.headers);
+        let lines = Lines {
+            text: String::from_utf8(lines.as_bytes().to_vec()).unwrap(),
+            length: lines.length,
+            date: lines.date,
+        };
+        assert!(body.take_header_lines().is_none(), "taken once");
         let body = read_body(body).await.map_err(|err| err.to_string());
         if body.is_ok() {
             let second = send(&pool, Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
@@ -995,7 +1093,15 @@ mod tests {
                 .unwrap();
             assert_eq!(read_body(second.into_body()).await.unwrap().0, "next");
         }
-        (Response::from_parts(parts, body), upstream.connections())
+        (Response::from_parts(parts, body), lines, upstream.connections())
+    }
+
+    /// A response's `HeaderLines`, as text.
+    #[derive(Debug, PartialEq)]
+    struct Lines {
+        text: String,
+        length: bool,
+        date: bool,
     }
 
     #[tokio::test]
@@ -1050,13 +1156,17 @@ mod tests {
         ];
         for (method, response, body, connections) in cases {
             let text = String::from_utf8_lossy(response).into_owned();
-            let (response, used) = exchange_then_another(method, response).await;
+            let (response, lines, used) = exchange_then_another(method, response).await;
             let (read, trailers) = response.body().as_ref().unwrap_or_else(|err| panic!("{text}: {err}"));
             assert_eq!(read, body, "{text}");
             assert_eq!(trailers, &None, "{text}");
             assert_eq!(used, connections, "{text}");
             if text.contains("chunked") {
-                assert!(response.headers().get(header::CONTENT_LENGTH).is_none(), "{text}");
+                // Neither line passed on: the length beside it was a sign of smuggling.
+                assert_eq!(lines.text, "", "{text}");
+                assert!(!lines.length, "{text}");
+            } else {
+                assert_eq!(lines.length, text.contains("content-length"), "{text}");
             }
         }
     }
@@ -1065,8 +1175,18 @@ mod tests {
     async fn trailers_and_header_values_come_through_as_sent() {
         let response = b"HTTP/1.1 201 Created\r\nx-empty:\r\nx-list: a\r\nx-list: b\r\nlocation: /v1/items/7\r\n\
             transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\nx-count: 1\r\n\r\n";
-        let (response, connections) = exchange_then_another(Method::POST, response).await;
+        let (response, lines, connections) = exchange_then_another(Method::POST, response).await;
         assert_eq!(response.status(), StatusCode::CREATED);
+        let text = "x-empty:\r\nx-list: a\r\nx-list: b\r\nlocation: /v1/items/7\r\n";
+        assert_eq!(
+            lines,
+            Lines {
+                text: text.into(),
+                length: false,
+                date: false
+            }
+        );
+        assert_eq!(response.headers().len(), 4);
         assert_eq!(response.headers()["x-empty"], "");
         assert_eq!(
             response.headers().get_all("x-list").iter().collect::<Vec<_>>(),
@@ -1084,15 +1204,46 @@ mod tests {
 
     #[tokio::test]
     async fn hop_by_hop_headers_and_those_connection_names_are_left_out() {
-        let response = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
-            x-private: 1\r\nproxy-authenticate: Basic\r\nupgrade: h2c\r\ntrailer: x-sum\r\n\
-            x-public: 2\r\ncontent-length: 2\r\n\r\nok";
-        let (response, connections) = exchange_then_another(Method::GET, response).await;
+        // The lines passed on keep their case and spacing; those after a cut move up.
+        let response = b"HTTP/1.1 200 OK\r\nServer: script\r\nConnection: keep-alive, X-Private\r\n\
+            Keep-Alive: timeout=5\r\nX-PRIVATE: 1\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\n\
+            proxy-authenticate: Basic\r\nUpgrade: h2c\r\ntrailer: x-sum\r\nX-Public:  2 \r\n\
+            Content-Length: 2\r\nTE: trailers\r\n\r\nok";
+        let (response, lines, connections) = exchange_then_another(Method::GET, response).await;
+        assert_eq!(
+            lines,
+            Lines {
+                text: "Server: script\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nX-Public:  2 \r\n\
+                    Content-Length: 2\r\n"
+                    .into(),
+                length: true,
+                date: true
+            }
+        );
         let mut names: Vec<_> = response.headers().keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["content-length", "x-public"]);
+        assert_eq!(names, ["content-length", "date", "server", "x-public"]);
+        assert_eq!(response.headers()["x-public"], "2");
         assert_eq!(response.body().as_ref().unwrap().0, "ok");
         assert_eq!(connections, 1, "keep-alive, and `close` is not among the names");
+    }
+
+    #[tokio::test]
+    async fn header_lines_that_end_in_a_bare_line_feed_are_passed_on_ending_in_crlf() {
+        let response = b"HTTP/1.1 200 OK\nServer: script\nconnection: keep-alive\r\nx-a: 1\n\
+            content-length: 2\n\nok";
+        let (response, lines, connections) = exchange_then_another(Method::GET, response).await;
+        assert_eq!(
+            lines,
+            Lines {
+                text: "Server: script\r\nx-a: 1\r\ncontent-length: 2\r\n".into(),
+                length: true,
+                date: false
+            }
+        );
+        assert_eq!(response.headers()["x-a"], "1");
+        assert_eq!(response.body().as_ref().unwrap().0, "ok");
+        assert_eq!(connections, 1);
     }
 
     #[tokio::test]
@@ -1219,7 +1370,7 @@ mod tests {
         assert!(connection.stream.poll_read_ready(&mut cx).is_pending());
     }
 
-    async fn idle_connection(listener: &TcpListener, authority: &Authority) -> (Connection, TcpStream) {
+    async fn idle_connection(listener: &TcpListener, authority: &Authority) -> (Box<Connection>, TcpStream) {
         let connection = pool().connect(authority).await.unwrap();
         let (server_side, _) = listener.accept().await.unwrap();
         (connection, server_side)

@@ -58,6 +58,17 @@ enum Received {
     Hyper(Incoming),
 }
 
+impl Permitted {
+    /// The response's header lines, when bearerd's client kept them as the upstream wrote
+    /// them instead of putting them in the response's header map.
+    pub fn take_header_lines(&mut self) -> Option<h1::HeaderLines> {
+        match &mut self.body {
+            Received::H1(body) => body.take_header_lines(),
+            Received::Hyper(_) => None,
+        }
+    }
+}
+
 impl http_body::Body for Permitted {
     type Data = Bytes;
     type Error = BoxError;
@@ -114,7 +125,8 @@ impl Upstream {
     }
 
     /// Sends the request and returns the response without its hop-by-hop headers; `timeout`
-    /// bounds waiting for a permit, connecting, and waiting for the response headers.
+    /// bounds waiting for a permit, connecting, and waiting for the response headers. A
+    /// plain-HTTP upstream's header lines are in the body ([`Permitted::take_header_lines`]).
     pub async fn send(
         &self,
         request: Cow<'_, http::request::Parts>,
