@@ -258,10 +258,10 @@ impl Conn {
         let mut length = None;
         let mut dated = false;
         // An upstream's lines as it wrote them (bearerd's client cut out the hop-by-hop ones),
-        // or the map's.
-        let lines = body.take_header_lines();
+        // or the map's. Dropped once copied: they share the upstream connection's read buffer,
+        // which takes its memory back without a copy only when nothing else holds it.
         let mut length_line = false;
-        if let Some(lines) = &lines {
+        if let Some(lines) = body.take_header_lines() {
             out.extend_from_slice(lines.as_bytes());
             // The client's body decoder stops at the upstream's length; its size hint is it.
             length_line = lines.length;
