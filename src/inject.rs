@@ -91,7 +91,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     for value in headers.get_all(header::CONNECTION) {
         for name in value.to_str().unwrap_or_default().split(',').map(str::trim) {
             if !name.is_empty()
-                && !HOP_BY_HOP.iter().any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+                && hop_by_hop_bit_of(name.as_bytes()) == 0
                 && headers.contains_key(name)
                 && let Ok(name) = HeaderName::from_bytes(name.as_bytes())
             {
