@@ -32,9 +32,9 @@ impl Reply {
     }
 }
 
-/// Reads one response off `stream` (bytes after it stay in `buf`). `head` says the request
-/// was a `HEAD`: no body follows whatever the length says.
-async fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> Reply {
+/// Reads one response head off `stream`, up to and with its empty line, as text (bytes
+/// after it stay in `buf`).
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> String {
     tokio::time::timeout(WAIT, async {
         let end = loop {
             if let Some(end) = find(buf, b"\r\n\r\n") {
@@ -42,7 +42,17 @@ async fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> Re
             }
             fill(stream, buf).await;
         };
-        let text = String::from_utf8(buf.drain(..end + 4).collect()).unwrap();
+        String::from_utf8(buf.drain(..end + 4).collect()).unwrap()
+    })
+    .await
+    .expect("a response head in time")
+}
+
+/// Reads one response off `stream` (bytes after it stay in `buf`). `head` says the request
+/// was a `HEAD`: no body follows whatever the length says.
+async fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> Reply {
+    tokio::time::timeout(WAIT, async {
+        let text = read_head(stream, buf).await;
         let mut lines = text.trim_end().split("\r\n");
         let status_line = lines.next().unwrap();
         assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
@@ -340,35 +350,35 @@ async fn the_upstreams_header_lines_reach_the_app_as_written_less_the_hop_by_hop
     let world = World::billing("").await;
     let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
     let mut buf = Vec::new();
-    let head = async |stream: &mut TcpStream, buf: &mut Vec<u8>| {
-        while find(buf, b"\r\n\r\n").is_none() {
-            fill(stream, buf).await;
-        }
-        let end = find(buf, b"\r\n\r\n").unwrap() + 4;
-        String::from_utf8(buf.drain(..end).collect()).unwrap()
-    };
-
     // bearerd's own loop: the lines as the upstream wrote them, then bearerd's own.
     stream.write_all(get(upstream, "/one", "").as_bytes()).await.unwrap();
     assert_eq!(
-        undated(&head(&mut stream, &mut buf).await),
+        undated(&read_head(&mut stream, &mut buf).await),
         "HTTP/1.1 200 OK\r\nServer: script\r\nX-Multi: a\r\nX-Multi: b\r\nContent-Length: 2\r\n\
          date: *\r\n\r\n"
     );
-    while buf.len() < 2 {
-        fill(&mut stream, &mut buf).await;
-    }
+    tokio::time::timeout(WAIT, async {
+        while buf.len() < 2 {
+            fill(&mut stream, &mut buf).await;
+        }
+    })
+    .await
+    .expect("the body in time");
     assert_eq!(std::mem::take(&mut buf), b"ok");
     // The upstream's Date is the only one; its chunked body is chunked again.
     stream.write_all(get(upstream, "/two", "").as_bytes()).await.unwrap();
     assert_eq!(
-        head(&mut stream, &mut buf).await,
+        read_head(&mut stream, &mut buf).await,
         "HTTP/1.1 201 Created\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nLocation: /items/7\r\n\
          transfer-encoding: chunked\r\n\r\n"
     );
-    while find(&buf, b"0\r\n\r\n").is_none() {
-        fill(&mut stream, &mut buf).await;
-    }
+    tokio::time::timeout(WAIT, async {
+        while find(&buf, b"0\r\n\r\n").is_none() {
+            fill(&mut stream, &mut buf).await;
+        }
+    })
+    .await
+    .expect("the body in time");
     assert_eq!(std::mem::take(&mut buf), b"3\r\nabc\r\n0\r\n\r\n");
 
     // hyper's server (HTTP/1.0 here) writes the same headers from the response's map.
