@@ -295,38 +295,6 @@ async fn responses_are_framed_by_length_by_chunks_or_not_at_all() {
     assert!(buf.is_empty());
 }
 
-/// An upstream that answers each request head it reads with the next of `responses`, in
-/// turn, on keep-alive connections.
-async fn scripted_upstream(responses: &'static [&'static str]) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let next = std::sync::Arc::clone(&next);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    while find(&buf, b"\r\n\r\n").is_none() {
-                        let mut chunk = [0_u8; 1024];
-                        match stream.read(&mut chunk).await {
-                            Ok(read) if read > 0 => buf.extend_from_slice(&chunk[..read]),
-                            _ => return,
-                        }
-                    }
-                    buf.drain(..find(&buf, b"\r\n\r\n").unwrap() + 4);
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let response = responses[i % responses.len()];
-                    if stream.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A response head as the app read it, with the value of its one `date` line (any case)
 /// replaced by `*`.
 fn undated(head: &str) -> String {
@@ -346,7 +314,8 @@ async fn the_upstreams_header_lines_reach_the_app_as_written_less_the_hop_by_hop
         "HTTP/1.1 201 Created\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nTransfer-Encoding: chunked\r\n\
          Location: /items/7\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     ];
-    let upstream = scripted_upstream(RESPONSES).await;
+    let scripted = Scripted::start(RESPONSES, false).await;
+    let upstream = scripted.addr;
     let world = World::billing("").await;
     let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
     let mut buf = Vec::new();

@@ -644,29 +644,13 @@ async fn healthz_answers_on_the_admin_listener() {
 
 #[tokio::test]
 async fn an_upstream_that_closes_after_each_response_gets_a_new_connection_each_time() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Answers one request per connection with `Connection: close`, then hangs up.
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = upstream.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = std::sync::Arc::clone(&accepted);
-    let server = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = upstream.accept().await {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut head = Vec::new();
-            let mut buf = [0_u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-                .await;
-            let _ = stream.shutdown().await;
-        }
-    });
+    let upstream = Scripted::start(
+        &["HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"],
+        true,
+    )
+    .await;
+    let addr = upstream.addr;
     let bearerd = start_bearerd("").await;
     let proxy = proxied_client(bearerd.proxy_addr);
     for i in 0..3 {
@@ -674,8 +658,7 @@ async fn an_upstream_that_closes_after_each_response_gets_a_new_connection_each_
         assert_eq!(response.status(), 200, "request {i}");
         assert_eq!(response.text().await.unwrap(), "ok");
     }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
-    server.abort();
+    assert_eq!(upstream.connections(), 3);
 }
 
 /// Sends `body` to the echo upstream through bearerd, as written (raw, so chunked framing

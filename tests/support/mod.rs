@@ -406,6 +406,74 @@ impl Echoed {
 }
 
 // ---------------------------------------------------------------------------------------
+// Scripted upstream
+
+/// A hand-written upstream: answers each request head it reads (requests without a body)
+/// with the next of `responses`, in turn, keeping the connection open, or closing it after
+/// one answer when `close_each`. Counts the connections it accepted. Stops when dropped.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Scripted {
+    pub async fn start(responses: &'static [&'static str], close_each: bool) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let next = Arc::clone(&next);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end;
+                            }
+                            let mut chunk = [0_u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(read) if read > 0 => buf.extend_from_slice(&chunk[..read]),
+                                _ => return,
+                            }
+                        };
+                        buf.drain(..end + 4);
+                        let response = responses[next.fetch_add(1, Ordering::SeqCst) % responses.len()];
+                        if stream.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if close_each {
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // TLS
 
 /// A throwaway CA and a server certificate for `localhost` and `127.0.0.1`.
