@@ -364,6 +364,66 @@ async fn the_upstreams_header_lines_reach_the_app_as_written_less_the_hop_by_hop
 }
 
 #[tokio::test]
+async fn the_apps_header_lines_reach_the_upstream_as_written_less_what_stops_at_the_proxy() {
+    static RESPONSES: &[&str] = &["HTTP/1.1 204 No Content\r\n\r\n"];
+    let scripted = Scripted::start(RESPONSES, false).await;
+    let upstream = scripted.addr;
+    let world = World::billing("").await;
+    let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+    let mut buf = Vec::new();
+    let app_lines = "User-Agent: raw/1\r\nauthorization: Basic YXBwOnNlY3JldA==\r\nConnection: X-Private\r\n\
+                     X-Private: 1\r\nProxy-Authorization: Basic cHJveHk=\r\nKeep-Alive: timeout=5\r\n\
+                     X-Request-Id: app-7\r\nX-Multi:a\r\nx-multi: b\r\nTE: trailers\r\n";
+    // bearerd's own loop: the app's lines as it wrote them, then the token.
+    stream
+        .write_all(
+            format!(
+                "GET http://{upstream}/in?x=1 HTTP/1.1\r\nHost: {upstream}\r\nx-auth-config: billing\r\n{app_lines}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        read_head(&mut stream, &mut buf)
+            .await
+            .starts_with("HTTP/1.1 204 No Content\r\n")
+    );
+    // hyper's server (HTTP/1.0) for the same request: the same headers, from a map.
+    let old = raw_exchange(
+        world.bearerd.proxy_addr,
+        format!("GET http://{upstream}/in?x=1 HTTP/1.0\r\nX-Auth-Config: billing\r\n{app_lines}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(old.starts_with("HTTP/1.0 204 No Content\r\n"), "{old}");
+    let heads = scripted.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert_eq!(
+        heads[0],
+        format!(
+            "GET /in?x=1 HTTP/1.1\r\nhost: {upstream}\r\nUser-Agent: raw/1\r\nX-Request-Id: app-7\r\n\
+             X-Multi: a\r\nx-multi: b\r\nauthorization: Bearer tok-1\r\n\r\n"
+        )
+    );
+    let mut lines: Vec<&str> = heads[1].split("\r\n").collect();
+    lines[2..].sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "GET /in?x=1 HTTP/1.1".to_owned(),
+            format!("host: {upstream}"),
+            String::new(),
+            String::new(),
+            "authorization: Bearer tok-1".to_owned(),
+            "user-agent: raw/1".to_owned(),
+            "x-multi: a".to_owned(),
+            "x-multi: b".to_owned(),
+            "x-request-id: app-7".to_owned(),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn an_app_that_goes_away_cancels_its_request() {
     let world = World::billing("upstream_timeout: 60s\n").await;
     let echo = world.echo.addr;

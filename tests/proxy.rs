@@ -489,6 +489,10 @@ routes:
     let proxy = proxied_client(bearerd.proxy_addr);
     let response = proxy
         .get(format!("http://localhost:{}/tls?x=1", echo.addr.port()))
+        .header("authorization", "Basic YXBwOnNlY3JldA==")
+        .header("x-app", "a")
+        .header("x-app", "b")
+        .header("x-auth-config", "secure")
         .send()
         .await
         .unwrap();
@@ -497,6 +501,11 @@ routes:
     // The echo offers h2, so the URI arrives as HTTP/2's :scheme, :authority and :path.
     assert_eq!(seen.uri, format!("https://localhost:{}/tls?x=1", echo.addr.port()));
     assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    // The app's own headers come too (from the lines bearerd's listener loop kept), less
+    // what stops at the proxy.
+    assert_eq!(seen.all("x-app"), ["a", "b"]);
+    assert_eq!(seen.all("x-auth-config"), Vec::<&str>::new());
+    assert_eq!(seen.all("x-request-id").len(), 1);
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::Full;
@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::h1::{self, header_line};
+use super::lines::{self, RequestLines};
 use super::{AppBody, HEADER_READ_TIMEOUT, Proxy};
 use crate::error::{ProxyError, respond};
 
@@ -71,8 +72,7 @@ pub(super) async fn serve(
         stream,
         buf: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(1024),
-        indices: Vec::new(),
-        spare: None,
+        lines: RequestLines::default(),
     };
     // One timer for the connection: armed for the first head, and moved on only when it
     // fires early (a head wait started later), so a request does not reset it.
@@ -124,14 +124,16 @@ pub(super) async fn serve(
                 return conn.close().await;
             }
         };
+        let Conn { stream, buf, lines, .. } = &mut conn;
         let response = tokio::select! {
             biased;
-            response = proxy.handle(request, local) => response,
-            () = conn.peer_gone() => {
+            response = proxy.handle(request, Some(lines), local) => response,
+            () = peer_gone(stream, buf) => {
                 tracing::debug!(%peer, "the app closed the connection before the response");
                 return;
             }
         };
+        conn.lines.clear();
         let keep_alive = keep_alive && !*stop.borrow() && !says_close(response.headers());
         match conn.write(response, &method, keep_alive, trailers).await {
             Ok(true) if keep_alive => {}
@@ -159,10 +161,9 @@ struct Conn {
     buf: BytesMut,
     /// A response head (and the body parts at hand) on its way out.
     out: Vec<u8>,
-    /// Where each header line's name and value are in the head, kept for the next request.
-    indices: Vec<(Range<usize>, Range<usize>)>,
-    /// The last response's header map, emptied, for the next request.
-    spare: Option<HeaderMap>,
+    /// The request's header lines, passed upstream as the app wrote them; kept between
+    /// requests for their allocation.
+    lines: RequestLines,
 }
 
 /// What parsing the buffer found.
@@ -188,54 +189,27 @@ struct Head {
 
 impl Conn {
     fn parse(&mut self) -> Parsed {
-        parse(&self.buf, &mut self.indices)
+        parse(&self.buf, &mut self.lines)
     }
 
-    /// The request `head` describes, taken off the buffer with its body.
+    /// The request `head` describes, taken off the buffer with its body. Its header lines
+    /// are in `self.lines`; its header map is empty.
     fn request(&mut self, head: Head) -> Result<Request<Full<Bytes>>, ProxyError> {
         let bytes = self.buf.split_to(head.len).freeze();
         let body = self.buf.split_to(head.body).freeze();
-        let bad = |what: &str| ProxyError::BadRequest(format!("the request has an invalid {what}"));
-        let uri = Uri::from_maybe_shared(bytes.slice(head.target)).map_err(|_| bad("target"))?;
-        // The last response's map, emptied: its allocation serves again (as in hyper). Room
-        // for the two lines the proxy adds (the token and X-Request-Id).
-        let mut headers = self.spare.take().unwrap_or_default();
-        headers.reserve(self.indices.len() + 2);
-        for (name, value) in self.indices.drain(..) {
-            let name = HeaderName::from_bytes(&bytes[name]).map_err(|_| bad("header name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value)).map_err(|_| bad("header value"))?;
-            headers.append(name, value);
-        }
+        let uri = Uri::from_maybe_shared(bytes.slice(head.target))
+            .map_err(|_| ProxyError::BadRequest("the request has an invalid target".into()))?;
+        self.lines.set_head(bytes);
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = head.method;
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers;
         Ok(request)
     }
 
-    /// Room to read into. The buffer is made larger only when little is left: while a
-    /// request is served its head still holds the start of the buffer, and once it is
-    /// dropped an empty buffer takes its whole allocation back without copying.
+    /// Room to read into.
     fn make_room(&mut self) {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
-            self.buf.reserve(READ_SIZE);
-        }
-    }
-
-    /// Returns when the app closes the connection (or it breaks). Bytes it sends meanwhile
-    /// (pipelined requests) are kept, up to one head's worth.
-    async fn peer_gone(&mut self) {
-        loop {
-            if self.buf.len() >= MAX_HEAD {
-                return std::future::pending().await;
-            }
-            self.make_room();
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
+        make_room(&mut self.buf);
     }
 
     /// Writes `response` to a `method` request. Returns whether the connection can carry
@@ -247,7 +221,7 @@ impl Conn {
         keep_alive: bool,
         trailers: bool,
     ) -> io::Result<bool> {
-        let (mut parts, mut body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -274,7 +248,7 @@ impl Conn {
             }
             if name == header::CONTENT_LENGTH {
                 // The upstream's length is what its body decoder enforces.
-                length = parse_length(value.as_bytes()).map(|n| n as u64);
+                length = lines::parse_length(value.as_bytes()).map(|n| n as u64);
             }
             dated |= name == header::DATE;
             header_line(out, name.as_str().as_bytes(), value.as_bytes());
@@ -297,8 +271,6 @@ impl Conn {
             header_line(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        parts.headers.clear();
-        self.spare = Some(parts.headers);
         if matches!(framing, Framing::None) {
             self.stream.write_all(&self.out).await?;
             return Ok(true);
@@ -386,12 +358,12 @@ impl Conn {
     }
 }
 
-/// Finds the request head at the start of `buf`, noting where its header lines are in
-/// `indices`, and decides whether this loop serves it.
-fn parse(buf: &[u8], indices: &mut Vec<(Range<usize>, Range<usize>)>) -> Parsed {
-    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+/// Finds the request head at the start of `buf`, noting its header lines in `lines`, and
+/// decides whether this loop serves it.
+fn parse(buf: &[u8], lines: &mut RequestLines) -> Parsed {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
-    let len = match parsed.parse_with_uninit_headers(buf, &mut lines) {
+    let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::HandOff,
@@ -405,44 +377,24 @@ fn parse(buf: &[u8], indices: &mut Vec<(Range<usize>, Range<usize>)>) -> Parsed 
     if method == Method::CONNECT {
         return Parsed::HandOff;
     }
-    let at = |part: &[u8]| {
-        let start = part.as_ptr().addr() - buf.as_ptr().addr();
-        start..start + part.len()
-    };
-    let mut head = Head {
-        len,
-        method,
-        target: at(target.as_bytes()),
-        body: 0,
-        keep_alive: true,
-        trailers: false,
-    };
-    let mut content_length = None;
-    indices.clear();
-    for line in &*parsed.headers {
-        let name = line.name.as_bytes();
-        let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
-        if is(&header::TRANSFER_ENCODING) || is(&header::UPGRADE) || is(&header::EXPECT) {
-            return Parsed::HandOff;
-        }
-        if is(&header::CONTENT_LENGTH) {
-            let Some(length) = parse_length(line.value).filter(|_| content_length.is_none()) else {
-                return Parsed::HandOff;
-            };
-            content_length = Some(length);
-        } else if is(&header::CONNECTION) {
-            head.keep_alive &= !has_token(line.value, b"close");
-        } else if is(&header::TE) {
-            head.trailers |= has_token(line.value, b"trailers");
-        }
-        indices.push((at(name), at(line.value)));
+    let found = lines.read(buf, parsed.headers);
+    if found.hand_off {
+        return Parsed::HandOff;
     }
-    head.body = match content_length {
+    let start = target.as_ptr().addr() - buf.as_ptr().addr();
+    let body = match found.content_length {
         None => 0,
         Some(length) if length <= MAX_BODY && len + length <= buf.len() => length,
         Some(_) => return Parsed::HandOff,
     };
-    Parsed::Serve(head)
+    Parsed::Serve(Head {
+        len,
+        method,
+        target: start..start + target.len(),
+        body,
+        keep_alive: !found.close,
+        trailers: found.trailers,
+    })
 }
 
 enum Framing {
@@ -455,17 +407,33 @@ enum Framing {
     Ended,
 }
 
+/// Room to read into `buf`. It is made larger only when little is left: while a request is
+/// served its head still holds the start of the buffer, and once it is dropped an empty
+/// buffer takes its whole allocation back without copying.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_SIZE / 8 {
+        buf.reserve(READ_SIZE);
+    }
+}
+
+/// Returns when the app closes the connection (or it breaks). Bytes it sends meanwhile
+/// (pipelined requests) are kept in `buf`, up to one head's worth.
+async fn peer_gone(stream: &mut TcpStream, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return std::future::pending().await;
+        }
+        make_room(buf);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Returns once shutdown has started (or the server is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
-}
-
-/// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
-fn parse_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0, |n, digit| n * 10 + usize::from(digit - b'0')))
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
@@ -557,13 +525,14 @@ mod tests {
     use std::collections::VecDeque;
 
     use http::StatusCode;
+    use http::header::{HeaderName, HeaderValue};
     use http_body_util::BodyExt;
     use tokio::net::TcpListener;
 
     use super::*;
 
     fn decide(text: &[u8]) -> Result<(usize, usize, bool, bool), &'static str> {
-        match parse(text, &mut Vec::new()) {
+        match parse(text, &mut RequestLines::default()) {
             Parsed::Serve(head) => Ok((head.len, head.body, head.keep_alive, head.trailers)),
             Parsed::Partial => Err("partial"),
             Parsed::HandOff => Err("hyper"),
@@ -637,8 +606,7 @@ mod tests {
             stream,
             buf: BytesMut::new(),
             out: Vec::new(),
-            indices: Vec::new(),
-            spare: None,
+            lines: RequestLines::default(),
         };
         let whole = conn.write(response, &method, keep_alive, trailers).await.unwrap();
         drop(conn);

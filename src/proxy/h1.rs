@@ -35,6 +35,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::lines::RequestLines;
 use crate::{BoxError, inject};
 
 /// Idle upstream connections close after this (tests assume 90 s).
@@ -164,9 +165,18 @@ impl HeaderLines {
     }
 }
 
-/// Writes the request into `out`: request line in origin-form, `Host` first, the headers,
-/// `Content-Length` for a body (or an empty one where a body is expected), then the body.
-fn encode(out: &mut Vec<u8>, method: &Method, target: &str, host: &str, headers: &HeaderMap, body: &[u8]) {
+/// Writes the request into `out`: request line in origin-form, `Host` first, the app's
+/// header `lines` as it wrote them (when the listener loop kept them) and the headers in the
+/// map, `Content-Length` for a body (or an empty one where a body is expected), then the body.
+fn encode(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    host: &str,
+    lines: Option<&RequestLines>,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -174,6 +184,12 @@ fn encode(out: &mut Vec<u8>, method: &Method, target: &str, host: &str, headers:
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
+    for (name, value) in lines.into_iter().flat_map(RequestLines::iter) {
+        // The lines hold no `Host` or hop-by-hop ones.
+        if !name.eq_ignore_ascii_case(b"content-length") {
+            header_line(out, name, value);
+        }
+    }
     for (name, value) in headers {
         // bearerd writes these itself; hop-by-hop headers were stripped before.
         if name == header::HOST || name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -881,6 +897,7 @@ impl Pool {
         self: &Arc<Self>,
         method: &Method,
         uri: &http::Uri,
+        lines: Option<&RequestLines>,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response<ResponseBody>, BoxError> {
@@ -899,7 +916,7 @@ impl Pool {
                 reused = false;
                 self.connect(&authority).await?
             };
-            encode(&mut connection.output, method, &target, &host, headers, body);
+            encode(&mut connection.output, method, &target, &host, lines, headers, body);
             let Connection { stream, output, .. } = &mut *connection;
             let result = match stream.write_all(output).await {
                 Ok(()) => read_head(&mut connection, method).await,
@@ -1044,7 +1061,7 @@ mod tests {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response<ResponseBody>, BoxError> {
-        tokio::time::timeout(LIMIT, pool.send(&method, uri, headers, body))
+        tokio::time::timeout(LIMIT, pool.send(&method, uri, None, headers, body))
             .await
             .expect("an answer in time")
     }
@@ -1096,6 +1113,32 @@ mod tests {
             ]
         );
         assert_eq!(upstream.connections(), 1, "one kept-alive connection for all four");
+    }
+
+    #[tokio::test]
+    async fn the_apps_header_lines_go_as_written_before_what_the_proxy_adds() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let upstream = Script::start(vec![ok], false).await;
+        let (lines, _) = RequestLines::parsed(
+            b"POST http://a.test/x HTTP/1.1\r\nHost: a.test\r\nX-Many:  1\r\nContent-Length: 999\r\nAccept: */*\r\n\
+              Connection: close\r\nx-many: 2\r\n\r\n",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        let uri = upstream.uri("/x");
+        let response = tokio::time::timeout(LIMIT, pool().send(&Method::POST, &uri, Some(&lines), &headers, b"ab"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            upstream.requests(),
+            [format!(
+                "POST /x HTTP/1.1\r\nhost: {}\r\nX-Many: 1\r\nAccept: */*\r\nx-many: 2\r\n\
+                 authorization: Bearer t\r\ncontent-length: 2\r\n\r\nab",
+                upstream.addr
+            )]
+        );
     }
 
     /// One response, read whole, then a second request: whether it came on the same

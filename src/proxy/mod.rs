@@ -4,6 +4,7 @@
 mod conn;
 mod connect;
 mod h1;
+mod lines;
 mod replay;
 mod target;
 mod upstream;
@@ -37,6 +38,7 @@ use crate::routes::{self, RequestFacts, RouteKind, SelectError};
 use crate::token::{CachedToken, Lookup, TokenCache, TokenError};
 use crate::{BoxError, ProxyBody};
 
+use lines::RequestLines;
 use replay::{Keep, MAX_REPLAY_BODY};
 use target::Target;
 
@@ -130,7 +132,7 @@ impl Proxy {
     {
         let service = service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(with_header_map(proxy.handle(request, local).await)) }
+            async move { Ok::<_, Infallible>(with_header_map(proxy.handle(request, None, local).await)) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -146,9 +148,16 @@ impl Proxy {
     /// Answers one request that came in on the listener socket `local`; every failure becomes
     /// bearerd's JSON error response. Counts it, times it, and logs one line at debug.
     ///
-    /// A plain-HTTP upstream's header lines come in the body, not in the response's header
-    /// map ([`AppBody::take_header_lines`]).
-    pub async fn handle<B>(&self, mut request: Request<B>, local: Option<SocketAddr>) -> Response<AppBody>
+    /// The request's header lines are in `lines` when the listener loop kept them as the app
+    /// wrote them; its header map then holds only what the proxy adds. A plain-HTTP
+    /// upstream's header lines come in the body, not in the response's header map
+    /// ([`AppBody::take_header_lines`]).
+    async fn handle<B>(
+        &self,
+        mut request: Request<B>,
+        mut lines: Option<&mut RequestLines>,
+        local: Option<SocketAddr>,
+    ) -> Response<AppBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -156,7 +165,11 @@ impl Proxy {
         let started = Instant::now();
         let inflight = Inflight::start(&self.metrics);
         // The id is kept for the log line only when that line will be written.
-        let request_id = request_id(request.headers_mut(), tracing::enabled!(tracing::Level::DEBUG));
+        let request_id = request_id(
+            request.headers_mut(),
+            lines.as_deref_mut(),
+            tracing::enabled!(tracing::Level::DEBUG),
+        );
         let method = request.method().clone();
         let mut seen = Seen::default();
         let config = self.config.load_full();
@@ -166,7 +179,7 @@ impl Proxy {
                 .await
                 .map(|response| response.map(AppBody::Own))
         } else {
-            self.forward(&config, request, local, &mut seen).await
+            self.forward(&config, request, lines, local, &mut seen).await
         };
         let auth_config = seen
             .auth_config
@@ -231,6 +244,7 @@ impl Proxy {
         &self,
         config: &Config,
         request: Request<B>,
+        mut lines: Option<&mut RequestLines>,
         local: Option<SocketAddr>,
         seen: &mut Seen,
     ) -> Result<Response<AppBody>, ProxyError>
@@ -239,15 +253,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         // 1. Where is it going, as the app wrote it?
-        let target = Target::of(request.uri(), request.headers(), local)?;
-        let named = match request.headers().get(inject::X_AUTH_CONFIG) {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .map_err(|_| ProxyError::BadRequest("X-Auth-Config is not a valid auth config name".into()))?,
-            ),
-        };
+        let (target, named) = target_and_name(&request, lines.as_deref(), local)?;
 
         // 2. Which auth config, and which route?
         let facts = RequestFacts {
@@ -286,19 +292,25 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        inject::strip_request_headers(&mut parts.headers);
+        if lines.is_none() {
+            inject::strip_request_headers(&mut parts.headers);
+        }
         let body = outgoing(body, config.upstream_timeout).await?;
         let Some(auth_config) = selection.auth_config else {
-            return self.send(config.upstream_timeout, Cow::Owned(parts), body).await;
+            return self
+                .send(config.upstream_timeout, Cow::Owned(parts), lines.as_deref(), body)
+                .await;
         };
 
         // 4. Token, from the cache or the one fetch in flight.
         let token = self.token(&auth_config).await?;
 
         // 5. and 6. Inject and forward, keeping the body in case of a replay.
-        let mut parts = with_token(parts, &auth_config, &token)?;
+        let mut parts = with_token(parts, lines.as_deref_mut(), &auth_config, &token)?;
         if !auth_config.retry_on_401 {
-            return self.send(config.upstream_timeout, Cow::Owned(parts), body).await;
+            return self
+                .send(config.upstream_timeout, Cow::Owned(parts), lines.as_deref(), body)
+                .await;
         }
         let (body, kept) = match body {
             Outgoing::Full(body) => (Outgoing::Full(body.clone()), Kept::Whole(body)),
@@ -309,7 +321,9 @@ impl Proxy {
         };
         // Lent, not given: the head stays here for a replay (a plain-HTTP upstream's request
         // is written from it; only hyper's client takes a copy).
-        let response = self.send(config.upstream_timeout, Cow::Borrowed(&parts), body).await?;
+        let response = self
+            .send(config.upstream_timeout, Cow::Borrowed(&parts), lines.as_deref(), body)
+            .await?;
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
         // and replay once with a new one, when the body was small enough to keep.
@@ -330,9 +344,14 @@ impl Proxy {
             .upstream_retries
             .with_label_values(&[auth_config.id.as_str()])
             .inc();
-        parts = with_token(parts, &auth_config, &token)?;
-        self.send(config.upstream_timeout, Cow::Owned(parts), Outgoing::Full(body))
-            .await
+        parts = with_token(parts, lines.as_deref_mut(), &auth_config, &token)?;
+        self.send(
+            config.upstream_timeout,
+            Cow::Owned(parts),
+            lines.as_deref(),
+            Outgoing::Full(body),
+        )
+        .await
     }
 
     /// A token from the cache, the lookup counted by how it was found.
@@ -358,10 +377,11 @@ impl Proxy {
         &self,
         timeout: Duration,
         parts: Cow<'_, http::request::Parts>,
+        lines: Option<&RequestLines>,
         body: Outgoing,
     ) -> Result<Response<AppBody>, ProxyError> {
         // Its hop-by-hop headers are already gone.
-        let response = self.upstream.send(parts, body, timeout).await?;
+        let response = self.upstream.send(parts, lines, body, timeout).await?;
         Ok(response.map(|body| AppBody::Upstream(Box::new(body))))
     }
 }
@@ -426,12 +446,48 @@ fn with_header_map(mut response: Response<AppBody>) -> Response<AppBody> {
     response
 }
 
-/// The request head with `token` injected as `auth_config` says.
+/// Where the request is going as the app wrote it, and the auth config it names with
+/// `X-Auth-Config`: read from its header `lines` when the listener loop kept them, else from
+/// its header map.
+fn target_and_name<'r, B>(
+    request: &'r Request<B>,
+    lines: Option<&'r RequestLines>,
+    local: Option<SocketAddr>,
+) -> Result<(Target<'r>, Option<&'r str>), ProxyError> {
+    let (host, named) = if let Some(lines) = lines {
+        (lines.host(), lines.auth_config())
+    } else {
+        let headers = request.headers();
+        let value = |name| headers.get(name).map(http::HeaderValue::as_bytes);
+        (value(http::header::HOST), value(inject::X_AUTH_CONFIG))
+    };
+    let target = Target::of(request.uri(), host, local)?;
+    let Some(named) = named else {
+        return Ok((target, None));
+    };
+    // Visible ASCII, as `HeaderValue::to_str` has it.
+    match std::str::from_utf8(named) {
+        Ok(name)
+            if name
+                .bytes()
+                .all(|byte| byte.is_ascii_graphic() || byte == b' ' || byte == b'\t') =>
+        {
+            Ok((target, Some(name)))
+        }
+        _ => Err(ProxyError::BadRequest(
+            "X-Auth-Config is not a valid auth config name".into(),
+        )),
+    }
+}
+
+/// The request head with `token` injected as `auth_config` says, in place of any header of
+/// that name the app sent (among its `lines` too).
 ///
 /// A header value is rendered once per token (and prefix) and then shared: on a cache hit,
 /// injecting a header allocates nothing.
 fn with_token(
     mut parts: http::request::Parts,
+    lines: Option<&mut RequestLines>,
     auth_config: &AuthConfig,
     token: &CachedToken,
 ) -> Result<http::request::Parts, ProxyError> {
@@ -449,7 +505,12 @@ fn with_token(
                     value
                 }
             };
-            parts.headers.insert(name.clone(), value);
+            match lines {
+                Some(lines) => lines.insert(name.clone(), value),
+                None => {
+                    parts.headers.insert(name.clone(), value);
+                }
+            }
         }
         Inject::Query { .. } => {
             inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri).map_err(invalid)?;
@@ -530,17 +591,31 @@ impl Drop for Inflight<'_> {
 }
 
 /// The request's `X-Request-Id`: the app's, when it sent a usable one, else a new random
-/// one, added to the request so the upstream sees the same id as bearerd's log.
-fn request_id(headers: &mut http::HeaderMap, keep: bool) -> Option<http::HeaderValue> {
-    if let Some(id) = headers
-        .get(&X_REQUEST_ID)
-        .filter(|id| !id.is_empty() && id.len() <= 200 && id.to_str().is_ok())
-    {
-        return keep.then(|| id.clone());
+/// one, added to the request so the upstream sees the same id as bearerd's log. The app's is
+/// among its `lines` when the listener loop kept them, else in `headers`.
+fn request_id(
+    headers: &mut http::HeaderMap,
+    lines: Option<&mut RequestLines>,
+    keep: bool,
+) -> Option<http::HeaderValue> {
+    let usable =
+        |id: &[u8]| !id.is_empty() && id.len() <= 200 && id.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    let app = match &lines {
+        Some(lines) => lines.get(&X_REQUEST_ID),
+        None => headers.get(&X_REQUEST_ID).map(http::HeaderValue::as_bytes),
+    };
+    match app {
+        Some(id) if usable(id) => return keep.then(|| http::HeaderValue::from_bytes(id).ok()).flatten(),
+        _ => {}
     }
     let id = random_id();
     let kept = keep.then(|| id.clone());
-    headers.insert(X_REQUEST_ID, id);
+    match lines {
+        Some(lines) => lines.insert(X_REQUEST_ID, id),
+        None => {
+            headers.insert(X_REQUEST_ID, id);
+        }
+    }
     kept
 }
 
@@ -575,17 +650,42 @@ mod tests {
         }
         let mut headers = http::HeaderMap::new();
         headers.insert(X_REQUEST_ID, http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        let id = request_id(&mut headers, true).unwrap();
+        let id = request_id(&mut headers, None, true).unwrap();
         assert_eq!(id.len(), 32);
         assert_eq!(headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
         // Not kept for a log line that will not be written, and still sent upstream.
         let mut headers = http::HeaderMap::new();
-        assert_eq!(request_id(&mut headers, false), None);
+        assert_eq!(request_id(&mut headers, None, false), None);
         assert_eq!(headers.get(&X_REQUEST_ID).unwrap().len(), 32);
         let mut headers = http::HeaderMap::new();
         headers.insert(X_REQUEST_ID, http::HeaderValue::from_static("app-1"));
-        assert_eq!(request_id(&mut headers, true).unwrap(), "app-1");
-        assert_eq!(request_id(&mut headers, false), None);
+        assert_eq!(request_id(&mut headers, None, true).unwrap(), "app-1");
+        assert_eq!(request_id(&mut headers, None, false), None);
         assert_eq!(headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), ["app-1"]);
+    }
+
+    #[test]
+    fn the_apps_request_id_among_its_lines_is_kept_there_or_replaced() {
+        let names = |lines: &RequestLines| {
+            lines
+                .iter()
+                .map(|(name, value)| format!("{}={}", String::from_utf8_lossy(name), String::from_utf8_lossy(value)))
+                .collect::<Vec<_>>()
+        };
+        let (mut lines, _) = RequestLines::parsed(b"GET / HTTP/1.1\r\nX-Request-ID: app-1\r\nAccept: x\r\n\r\n");
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(request_id(&mut headers, Some(&mut lines), true).unwrap(), "app-1");
+        assert_eq!(request_id(&mut headers, Some(&mut lines), false), None);
+        assert!(headers.is_empty());
+        assert_eq!(names(&lines), ["X-Request-ID=app-1", "Accept=x"]);
+        let (mut lines, _) =
+            RequestLines::parsed(b"GET / HTTP/1.1\r\nx-request-id: caf\xe9\r\nAccept: x\r\nX-Request-Id: b\r\n\r\n");
+        let id = request_id(&mut headers, Some(&mut lines), true).unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(headers.is_empty(), "added beside the lines, not in the map");
+        assert_eq!(
+            names(&lines),
+            ["Accept=x".to_owned(), format!("x-request-id={}", id.to_str().unwrap())]
+        );
     }
 }

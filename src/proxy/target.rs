@@ -20,23 +20,20 @@ pub enum Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    /// The target of a request that came in on the listener socket `local`. An absolute URI
-    /// naming that socket itself (HTTP/2 requests always carry one) is origin-form.
-    pub fn of(uri: &'a Uri, headers: &http::HeaderMap, local: Option<SocketAddr>) -> Result<Self, ProxyError> {
+    /// The target of a request (with its `Host` header's value, `host`) that came in on the
+    /// listener socket `local`. An absolute URI naming that socket itself (HTTP/2 requests
+    /// always carry one) is origin-form.
+    pub fn of(uri: &'a Uri, host: Option<&[u8]>, local: Option<SocketAddr>) -> Result<Self, ProxyError> {
         if uri.scheme().is_none() {
             if uri.authority().is_some() || !uri.path().starts_with('/') {
                 return Err(ProxyError::BadRequest(
                     "request target must be absolute-form or origin-form".into(),
                 ));
             }
-            let host = headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Authority>().ok())
-                .map(|authority| {
-                    let host = Cow::Owned(normalize_host(authority.host()).into_owned());
-                    (host, authority.port_u16().unwrap_or(80))
-                });
+            let host = host.and_then(|v| Authority::try_from(v).ok()).map(|authority| {
+                let host = Cow::Owned(normalize_host(authority.host()).into_owned());
+                (host, authority.port_u16().unwrap_or(80))
+            });
             return Ok(Self::Origin { host });
         }
         match uri.scheme_str() {
@@ -255,28 +252,25 @@ mod tests {
 
     #[test]
     fn targets_are_classified() {
-        let headers = http::HeaderMap::new();
         assert!(matches!(
-            Target::of(&Uri::from_static("http://API.test:81/x"), &headers, None).unwrap(),
+            Target::of(&Uri::from_static("http://API.test:81/x"), None, None).unwrap(),
             Target::Absolute { ref host, port: 81 } if host == "api.test"
         ));
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::HOST, "bearerd.local:8080".parse().unwrap());
+        let host = Some(&b"bearerd.local:8080"[..]);
         assert!(matches!(
-            Target::of(&Uri::from_static("/x"), &headers, None).unwrap(),
+            Target::of(&Uri::from_static("/x"), host, None).unwrap(),
             Target::Origin { host: Some((ref h, 8080)) } if h == "bearerd.local"
         ));
-        let err = Target::of(&Uri::from_static("ftp://files.test/x"), &headers, None).unwrap_err();
+        let err = Target::of(&Uri::from_static("ftp://files.test/x"), host, None).unwrap_err();
         assert_eq!(err.to_string(), "scheme `ftp` is not http or https");
         assert_eq!(err.code(), "bad_request");
     }
 
     #[test]
     fn an_absolute_uri_naming_the_listener_itself_is_origin_form() {
-        let headers = http::HeaderMap::new();
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let of = |uri: &'static str| {
-            Target::of(&Uri::from_static(uri), &headers, Some(local))
+            Target::of(&Uri::from_static(uri), None, Some(local))
                 .unwrap()
                 .is_origin_form()
         };
@@ -287,6 +281,6 @@ mod tests {
         assert!(!of("http://api.test:8080/x"));
         let v6: SocketAddr = "[::1]:8080".parse().unwrap();
         let uri = Uri::from_static("http://[::1]:8080/x");
-        assert!(Target::of(&uri, &headers, Some(v6)).unwrap().is_origin_form());
+        assert!(Target::of(&uri, None, Some(v6)).unwrap().is_origin_form());
     }
 }

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::h1::{self, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
+use super::lines::RequestLines;
 use crate::error::ProxyError;
 use crate::{BoxError, ProxyBody};
 
@@ -124,12 +125,15 @@ impl Upstream {
         }
     }
 
-    /// Sends the request and returns the response without its hop-by-hop headers; `timeout`
-    /// bounds waiting for a permit, connecting, and waiting for the response headers. A
-    /// plain-HTTP upstream's header lines are in the body ([`Permitted::take_header_lines`]).
-    pub async fn send(
+    /// Sends the request, with the app's header `lines` when the listener loop kept them
+    /// (then `request`'s map holds what the proxy adds), and returns the response without its
+    /// hop-by-hop headers; `timeout` bounds waiting for a permit, connecting, and waiting for
+    /// the response headers. A plain-HTTP upstream's header lines are in the body
+    /// ([`Permitted::take_header_lines`]).
+    pub(super) async fn send(
         &self,
         request: Cow<'_, http::request::Parts>,
+        lines: Option<&RequestLines>,
         body: Outgoing,
         timeout: Duration,
     ) -> Result<Response<Permitted>, ProxyError> {
@@ -144,7 +148,7 @@ impl Upstream {
             let response = match body {
                 Outgoing::Full(body) if request.uri.scheme() == Some(&Scheme::HTTP) => self
                     .plain
-                    .send(&request.method, &request.uri, &request.headers, &body)
+                    .send(&request.method, &request.uri, lines, &request.headers, &body)
                     .await?
                     .map(Received::H1),
                 body => {
@@ -152,7 +156,11 @@ impl Upstream {
                         Outgoing::Full(body) => Full::new(body).map_err(|never| match never {}).boxed_unsync(),
                         Outgoing::Stream(body) => body,
                     };
-                    let request = Request::from_parts(request.into_owned(), body);
+                    let mut parts = request.into_owned();
+                    if let Some(lines) = lines {
+                        lines.append_to(&mut parts.headers);
+                    }
+                    let request = Request::from_parts(parts, body);
                     let mut response = self.client.request(request).await.map_err(BoxError::from)?;
                     crate::inject::strip_hop_by_hop(response.headers_mut());
                     response.map(Received::Hyper)

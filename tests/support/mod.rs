@@ -410,10 +410,12 @@ impl Echoed {
 
 /// A hand-written upstream: answers each request head it reads (requests without a body)
 /// with the next of `responses`, in turn, keeping the connection open, or closing it after
-/// one answer when `close_each`. Counts the connections it accepted. Stops when dropped.
+/// one answer when `close_each`. Counts the connections it accepted and keeps the request
+/// heads it read, byte for byte. Stops when dropped.
 pub struct Scripted {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -425,10 +427,13 @@ impl Scripted {
         let connections = Arc::new(AtomicUsize::new(0));
         let next = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&connections);
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&heads);
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let next = Arc::clone(&next);
+                let kept = Arc::clone(&kept);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
@@ -442,7 +447,8 @@ impl Scripted {
                                 _ => return,
                             }
                         };
-                        buf.drain(..end + 4);
+                        let head = buf.drain(..end + 4).collect::<Vec<_>>();
+                        kept.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
                         let response = responses[next.fetch_add(1, Ordering::SeqCst) % responses.len()];
                         if stream.write_all(response.as_bytes()).await.is_err() {
                             return;
@@ -458,12 +464,18 @@ impl Scripted {
         Self {
             addr,
             connections,
+            heads,
             task,
         }
     }
 
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The request heads read so far, in order.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 }
 

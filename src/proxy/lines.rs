@@ -1,0 +1,293 @@
+//! An app request's header lines as the listener loop read them, passed upstream as bytes.
+//!
+//! Building a `HeaderMap` from a request's lines, only to write it out again to a plain-HTTP
+//! upstream, cost about 2.5k instructions a request with the stripping and dropping that
+//! went with it (benches/README.md). The loop notes where each line's name and value are in
+//! the head instead, leaves out there what stops at the proxy, and bearerd's HTTP/1.1 client
+//! writes the rest from the head's bytes, then the proxy's own additions (the token, a new
+//! `X-Request-Id`), which are kept beside the lines; the request's header map stays empty.
+//! What needs a map (hyper's client, for HTTPS upstreams and streaming bodies) gets the lines
+//! and the additions put in it.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::inject;
+
+/// A request's header lines, less those that do not travel upstream: hop-by-hop ones and
+/// those `Connection` names, `Host` (the upstream's is written from its URI) and
+/// `X-Auth-Config` (bearerd's own). Those two are kept aside for the proxy to read.
+#[derive(Default)]
+pub struct RequestLines {
+    /// The whole request head.
+    head: Bytes,
+    /// Where each line's name and value are in `head`, in order.
+    lines: Vec<(Range<usize>, Range<usize>)>,
+    host: Option<Range<usize>>,
+    auth_config: Option<Range<usize>>,
+    /// What the proxy adds, in place of any lines of the same names.
+    added: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What [`RequestLines::read`] found in the lines, for the listener loop.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    pub content_length: Option<usize>,
+    /// `Connection: close`.
+    pub close: bool,
+    /// `TE: trailers`: the app takes trailers on a chunked response.
+    pub trailers: bool,
+    /// `Transfer-Encoding`, `Upgrade`, `Expect`, or a `Content-Length` that is not one plain
+    /// number: a request this loop does not serve.
+    pub hand_off: bool,
+}
+
+impl RequestLines {
+    /// Takes the lines of a request head that starts at `base` (httparse parsed them out of
+    /// that memory) and says what they tell the listener loop. The head's bytes come later,
+    /// with [`RequestLines::set_head`].
+    pub fn read(&mut self, base: &[u8], parsed: &[httparse::Header<'_>]) -> Found {
+        let at = |part: &[u8]| {
+            let start = part.as_ptr().addr() - base.as_ptr().addr();
+            start..start + part.len()
+        };
+        let mut found = Found::default();
+        self.clear();
+        let mut listed = false;
+        for line in parsed {
+            let name = line.name.as_bytes();
+            let bit = inject::hop_by_hop_bit_of(name);
+            if bit != 0 {
+                if name.eq_ignore_ascii_case(b"connection") {
+                    for option in options(line.value) {
+                        found.close |= option.eq_ignore_ascii_case(b"close");
+                        listed |= !option.eq_ignore_ascii_case(b"close") && inject::hop_by_hop_bit_of(option) == 0;
+                    }
+                } else if name.eq_ignore_ascii_case(b"te") {
+                    found.trailers |= options(line.value).any(|option| option.eq_ignore_ascii_case(b"trailers"));
+                } else if name.eq_ignore_ascii_case(b"transfer-encoding") || name.eq_ignore_ascii_case(b"upgrade") {
+                    found.hand_off = true;
+                }
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"host") {
+                self.host.get_or_insert(at(line.value));
+                continue;
+            }
+            if name.eq_ignore_ascii_case(inject::X_AUTH_CONFIG.as_str().as_bytes()) {
+                self.auth_config.get_or_insert(at(line.value));
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                match parse_length(line.value).filter(|_| found.content_length.is_none()) {
+                    Some(length) => found.content_length = Some(length),
+                    None => found.hand_off = true,
+                }
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                found.hand_off = true;
+            }
+            self.lines.push((at(name), at(line.value)));
+        }
+        if listed {
+            // Names `Connection` lists are hop-by-hop for this message too (RFC 9110 §7.6.1).
+            let listed: Vec<&[u8]> = parsed
+                .iter()
+                .filter(|line| line.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|line| options(line.value))
+                .collect();
+            self.lines.retain(|(name, _)| {
+                !listed
+                    .iter()
+                    .any(|listed| listed.eq_ignore_ascii_case(&base[name.clone()]))
+            });
+        }
+        found
+    }
+
+    /// The head the lines were read from, now that it is taken off the read buffer.
+    pub fn set_head(&mut self, head: Bytes) {
+        self.head = head;
+    }
+
+    /// Lets the head's memory go (the read buffer takes it back without a copy only when
+    /// nothing else holds it).
+    pub fn clear(&mut self) {
+        self.head = Bytes::new();
+        self.lines.clear();
+        self.host = None;
+        self.auth_config = None;
+        self.added.clear();
+    }
+
+    /// The first `Host` line's value.
+    pub fn host(&self) -> Option<&[u8]> {
+        self.host.clone().map(|value| &self.head[value])
+    }
+
+    /// The first `X-Auth-Config` line's value.
+    pub fn auth_config(&self) -> Option<&[u8]> {
+        self.auth_config.clone().map(|value| &self.head[value])
+    }
+
+    /// The first value of `name` among the lines and what was added.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.iter()
+            .find(|(line, _)| line.eq_ignore_ascii_case(name.as_str().as_bytes()))
+            .map(|(_, value)| value)
+    }
+
+    /// Adds `name: value`, in place of every line (and addition) of that name.
+    pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        self.remove(&name);
+        self.added.push((name, value));
+    }
+
+    /// Leaves out every line, and addition, named `name`.
+    pub fn remove(&mut self, name: &HeaderName) {
+        let head = &self.head;
+        self.lines
+            .retain(|(line, _)| !head[line.clone()].eq_ignore_ascii_case(name.as_str().as_bytes()));
+        self.added.retain(|(added, _)| added != name);
+    }
+
+    /// Each line's name, as the app wrote it, and value; then what the proxy added.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let lines = self
+            .lines
+            .iter()
+            .map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]));
+        let added = self
+            .added
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        lines.chain(added)
+    }
+
+    /// Adds the lines, and what the proxy added, to `headers`, for what needs them as a map
+    /// (hyper's client).
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        headers.reserve(self.lines.len() + self.added.len());
+        for (name, value) in &self.lines {
+            // httparse accepted the lines, and it accepts no name or value `http` refuses.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&self.head[name.clone()]),
+                HeaderValue::from_maybe_shared(self.head.slice(value.clone())),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        for (name, value) in &self.added {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+impl RequestLines {
+    /// The lines of a whole request `head`, read as the listener loop reads them, and what
+    /// was found in them.
+    pub fn parsed(head: &'static [u8]) -> (Self, Found) {
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 16];
+        let mut request = httparse::Request::new(&mut []);
+        let status = request.parse_with_uninit_headers(head, &mut headers);
+        assert!(matches!(status, Ok(httparse::Status::Complete(_))), "{status:?}");
+        let mut lines = Self::default();
+        let found = lines.read(head, request.headers);
+        lines.set_head(Bytes::from_static(head));
+        (lines, found)
+    }
+}
+
+/// The items of a comma-separated header value, trimmed, empty ones left out.
+fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|option| !option.is_empty())
+}
+
+/// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
+pub fn parse_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, digit| n * 10 + usize::from(digit - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(lines: &RequestLines) -> Vec<String> {
+        lines
+            .iter()
+            .map(|(name, value)| format!("{}: {}", String::from_utf8_lossy(name), String::from_utf8_lossy(value)))
+            .collect()
+    }
+
+    #[test]
+    fn lines_that_stop_at_the_proxy_are_left_out_and_the_rest_kept_as_written() {
+        let (lines, found) = RequestLines::parsed(
+            b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX-Auth-Config: billing\r\nX-Auth-Config: other\r\n\
+              Accept: */*\r\nConnection: keep-alive, X-Private, close\r\nKeep-Alive: 5\r\nx-private: 1\r\n\
+              Proxy-Authorization: Basic eA==\r\nTE: gzip, trailers\r\nContent-Length: 0\r\nX-Multi: a\r\n\
+              X-MULTI: b\r\n\r\n",
+        );
+        assert_eq!(
+            text(&lines),
+            ["Accept: */*", "Content-Length: 0", "X-Multi: a", "X-MULTI: b"]
+        );
+        assert_eq!(lines.host(), Some(&b"a.test"[..]));
+        assert_eq!(lines.auth_config(), Some(&b"billing"[..]));
+        assert_eq!(lines.get(&HeaderName::from_static("x-multi")), Some(&b"a"[..]));
+        assert_eq!(
+            found,
+            Found {
+                content_length: Some(0),
+                close: true,
+                trailers: true,
+                ..Found::default()
+            }
+        );
+        let mut map = HeaderMap::new();
+        lines.append_to(&mut map);
+        assert_eq!(map.get_all("x-multi").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn a_named_line_is_removed_in_any_case_and_an_added_one_replaces_it() {
+        let (mut lines, _) =
+            RequestLines::parsed(b"GET / HTTP/1.1\r\nauthorization: app\r\nAccept: x\r\nAUTHORIZATION: again\r\n\r\n");
+        lines.remove(&http::header::ACCEPT);
+        assert_eq!(text(&lines), ["authorization: app", "AUTHORIZATION: again"]);
+        lines.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer 1"));
+        lines.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer 2"));
+        lines.insert(http::header::ACCEPT, HeaderValue::from_static("y"));
+        assert_eq!(text(&lines), ["authorization: Bearer 2", "accept: y"]);
+        let mut map = HeaderMap::new();
+        lines.append_to(&mut map);
+        assert_eq!(map.get_all("authorization").iter().collect::<Vec<_>>(), ["Bearer 2"]);
+        assert_eq!(map.len(), 2);
+        lines.clear();
+        assert_eq!((lines.iter().count(), lines.host()), (0, None));
+    }
+
+    #[test]
+    fn what_the_loop_hands_to_hyper_is_found() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+        ] {
+            let (_, found) = RequestLines::parsed(head);
+            assert!(found.hand_off, "{}", String::from_utf8_lossy(head));
+        }
+        let (_, found) = RequestLines::parsed(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!((found.hand_off, found.content_length), (false, Some(10)));
+    }
+}
