@@ -36,7 +36,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::lines::RequestLines;
-use crate::{BoxError, inject};
+use crate::BoxError;
+use crate::inject::{self, Known};
 
 /// Idle upstream connections close after this (tests assume 90 s).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -263,15 +264,17 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
     let mut date = false;
     for (i, field) in parsed.headers.iter().enumerate() {
         starts[i] = field.name.as_ptr().addr() - input.as_ptr().addr();
-        let name = field.name.as_bytes();
-        if inject::hop_by_hop_bit_of(name) != 0 {
-            facts.hop_by_hop(name, field.value, version);
-            cut |= 1 << i;
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            facts.content_length(field.value)?;
-            lengths |= 1 << i;
-        } else if name.eq_ignore_ascii_case(b"date") {
-            date = true;
+        match inject::known(field.name.as_bytes()) {
+            Known::HopByHop(bit) => {
+                facts.hop_by_hop(bit, field.value, version);
+                cut |= 1 << i;
+            }
+            Known::ContentLength => {
+                facts.content_length(field.value)?;
+                lengths |= 1 << i;
+            }
+            Known::Date => date = true,
+            _ => {}
         }
     }
     if !facts.listed.is_empty() {
@@ -346,8 +349,9 @@ struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    fn hop_by_hop(&mut self, name: &[u8], value: &'a [u8], version: Version) {
-        if name.eq_ignore_ascii_case(b"connection") {
+    /// Takes a hop-by-hop line, named by its bit in [`inject::bit`].
+    fn hop_by_hop(&mut self, name: u16, value: &'a [u8], version: Version) {
+        if name == inject::bit::CONNECTION {
             for option in value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
                 if option.eq_ignore_ascii_case(b"close") {
                     self.close = true;
@@ -359,7 +363,7 @@ impl<'a> Facts<'a> {
                     self.listed.push(option);
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if name == inject::bit::TRANSFER_ENCODING {
             // The last line's last coding is the final one.
             let last = value.rsplit(|&byte| byte == b',').next().unwrap_or_default();
             self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -914,7 +918,7 @@ impl Pool {
                 connection
             } else {
                 reused = false;
-                self.connect(&authority).await?
+                Box::pin(self.connect(&authority)).await?
             };
             encode(&mut connection.output, method, &target, &host, lines, headers, body);
             let Connection { stream, output, .. } = &mut *connection;
@@ -946,6 +950,12 @@ impl Pool {
 /// Borrowed from the authority, whose text `http` has already checked (no control characters
 /// or spaces), except when user info has to be cut out of `host:port`.
 fn host_header(authority: &Authority) -> Cow<'_, str> {
+    let text = authority.as_str();
+    // Most authorities are already it: no user info, and no port that could be 80 (`:80`,
+    // `:080`, ...).
+    if !text.as_bytes().contains(&b'@') && !text.ends_with("80") {
+        return text.into();
+    }
     let (host, port) = super::target::split_authority(authority);
     match port {
         None | Some(80) => host.into(),
@@ -1594,6 +1604,9 @@ mod tests {
             ("u@api.test", "api.test"),
             ("[::1]:9000", "[::1]:9000"),
             ("[::1]:80", "[::1]"),
+            ("api.test:080", "api.test"),
+            ("api.test:9080", "api.test:9080"),
+            ("[::80]", "[::80]"),
         ] {
             assert_eq!(host_header(&authority.parse().unwrap()), host, "{authority}");
         }

@@ -175,11 +175,15 @@ impl Proxy {
         let config = self.config.load_full();
         let result = if method == Method::CONNECT {
             seen.authority = request.uri().authority().cloned();
-            connect::open(&config, request)
+            // Boxed, as other rare paths are: a future's size is its largest path's, and the
+            // request's futures are moved (copied) at each step.
+            Box::pin(connect::open(&config, request))
                 .await
                 .map(|response| response.map(AppBody::Own))
         } else {
-            self.forward(&config, request, lines, local, &mut seen).await
+            self.forward(&config, request, lines, local, &mut seen)
+                .await
+                .map(|response| response.map(|body| AppBody::Upstream(Box::new(body))))
         };
         let auth_config = seen
             .auth_config
@@ -247,7 +251,7 @@ impl Proxy {
         mut lines: Option<&mut RequestLines>,
         local: Option<SocketAddr>,
         seen: &mut Seen,
-    ) -> Result<Response<AppBody>, ProxyError>
+    ) -> Result<Response<Permitted>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -268,20 +272,28 @@ impl Proxy {
             SelectError::Denied => ProxyError::RouteDenied(err.to_string()),
         })?;
         seen.auth_config.clone_from(&selection.auth_config);
-        let uri = match selection.route.map(|route| &route.kind) {
+        // The app's URI goes on as it is unless a route sends it elsewhere; then its host and
+        // port are the target's.
+        let (uri, as_sent) = match selection.route.map(|route| &route.kind) {
             Some(RouteKind::Gateway { upstream }) => {
                 let prefix = selection.route.map_or("/", |route| route.path_prefix.as_str());
-                target::gateway_uri(upstream, prefix, request.uri())?
+                (target::gateway_uri(upstream, prefix, request.uri())?, false)
             }
-            Some(RouteKind::Forward { upstream_tls }) => target.forward_uri(request.uri(), *upstream_tls)?,
-            None => target.forward_uri(request.uri(), false)?,
+            Some(RouteKind::Forward { upstream_tls }) => {
+                (target.forward_uri(request.uri(), *upstream_tls)?, !*upstream_tls)
+            }
+            None => (target.forward_uri(request.uri(), false)?, true),
         };
         seen.authority = uri.authority().cloned();
 
         // 3. Guard: a token only ever goes to the hosts its config allows.
         if let Some(auth_config) = &selection.auth_config {
-            let (host, port) = target::host_port_of(&uri)
-                .ok_or_else(|| ProxyError::BadRequest("the request target has no host".into()))?;
+            let host_port = match target.host_port() {
+                Some((host, port)) if as_sent => Some((Cow::Borrowed(host), port)),
+                _ => target::host_port_of(&uri),
+            };
+            let (host, port) =
+                host_port.ok_or_else(|| ProxyError::BadRequest("the request target has no host".into()))?;
             if !routes::host_allowed(auth_config, &host, port) {
                 return Err(ProxyError::HostNotAllowed {
                     host: format!("{}:{port}", target::bracketed(&host)),
@@ -296,62 +308,84 @@ impl Proxy {
             inject::strip_request_headers(&mut parts.headers);
         }
         let body = outgoing(body, config.upstream_timeout).await?;
-        let Some(auth_config) = selection.auth_config else {
-            return self
-                .send(config.upstream_timeout, Cow::Owned(parts), lines.as_deref(), body)
-                .await;
-        };
 
-        // 4. Token, from the cache or the one fetch in flight.
-        let token = self.token(&auth_config).await?;
-
-        // 5. and 6. Inject and forward, keeping the body in case of a replay.
-        let mut parts = with_token(parts, lines.as_deref_mut(), &auth_config, &token)?;
-        if !auth_config.retry_on_401 {
-            return self
-                .send(config.upstream_timeout, Cow::Owned(parts), lines.as_deref(), body)
-                .await;
+        // 4. Token, from the cache or the one fetch in flight, and 5. injected.
+        let mut token = None;
+        if let Some(auth_config) = &selection.auth_config {
+            let cached = self.token(auth_config).await?;
+            parts = with_token(parts, lines.as_deref_mut(), auth_config, &cached)?;
+            token = Some(cached);
         }
+        // Keeping the body in case of a replay.
         let (body, kept) = match body {
-            Outgoing::Full(body) => (Outgoing::Full(body.clone()), Kept::Whole(body)),
+            body if !selection.auth_config.as_ref().is_some_and(|c| c.retry_on_401) => (body, None),
+            Outgoing::Full(body) => (Outgoing::Full(body.clone()), Some(Kept::Whole(body))),
             Outgoing::Stream(body) => {
                 let (body, kept) = Keep::new(body);
-                (Outgoing::Stream(boxed(body)), Kept::Streamed(kept))
+                (Outgoing::Stream(boxed(body)), Some(Kept::Streamed(kept)))
             }
         };
-        // Lent, not given: the head stays here for a replay (a plain-HTTP upstream's request
-        // is written from it; only hyper's client takes a copy).
+
+        // 6. Forward. One call for every case: a future is as large as its largest path, and
+        // the request's futures are moved (copied) at each step. The head is lent, not
+        // given: it stays here for a replay (a plain-HTTP upstream's request is written from
+        // it; only hyper's client takes a copy).
         let response = self
-            .send(config.upstream_timeout, Cow::Borrowed(&parts), lines.as_deref(), body)
+            .upstream
+            .send(Cow::Borrowed(&parts), lines.as_deref(), body, config.upstream_timeout)
             .await?;
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
         // and replay once with a new one, when the body was small enough to keep.
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
+        match (selection.auth_config, token, kept) {
+            (Some(auth_config), Some(token), Some(kept)) if response.status() == StatusCode::UNAUTHORIZED => {
+                let replay = Replay {
+                    parts,
+                    lines,
+                    auth_config,
+                    token,
+                    kept,
+                    timeout: config.upstream_timeout,
+                };
+                Box::pin(self.replay(response, replay)).await
+            }
+            _ => Ok(response),
         }
+    }
+
+    /// Sends the request again after the upstream answered `refused` (a 401) to the token in
+    /// `replay`, with a new one, if the body was kept whole.
+    async fn replay(
+        &self,
+        refused: Response<Permitted>,
+        replay: Replay<'_>,
+    ) -> Result<Response<Permitted>, ProxyError> {
+        let Replay {
+            parts,
+            mut lines,
+            auth_config,
+            token,
+            kept,
+            timeout,
+        } = replay;
         self.tokens.evict_if_current(&auth_config, &token);
         let body = match kept {
             Kept::Whole(body) => body,
             Kept::Streamed(kept) => match kept.whole() {
                 Some(body) => body,
-                None => return Ok(response),
+                None => return Ok(refused),
             },
         };
-        drop(response);
+        drop(refused);
         let token = self.token(&auth_config).await?;
         self.metrics
             .upstream_retries
             .with_label_values(&[auth_config.id.as_str()])
             .inc();
-        parts = with_token(parts, lines.as_deref_mut(), &auth_config, &token)?;
-        self.send(
-            config.upstream_timeout,
-            Cow::Owned(parts),
-            lines.as_deref(),
-            Outgoing::Full(body),
-        )
-        .await
+        let parts = with_token(parts, lines.as_deref_mut(), &auth_config, &token)?;
+        self.upstream
+            .send(Cow::Owned(parts), lines.as_deref(), Outgoing::Full(body), timeout)
+            .await
     }
 
     /// A token from the cache, the lookup counted by how it was found.
@@ -370,19 +404,6 @@ impl Proxy {
             .with_label_values(&[auth_config.id.as_str(), result])
             .inc();
         Ok(token)
-    }
-
-    /// Sends a prepared request upstream and prepares its response for the app.
-    async fn send(
-        &self,
-        timeout: Duration,
-        parts: Cow<'_, http::request::Parts>,
-        lines: Option<&RequestLines>,
-        body: Outgoing,
-    ) -> Result<Response<AppBody>, ProxyError> {
-        // Its hop-by-hop headers are already gone.
-        let response = self.upstream.send(parts, lines, body, timeout).await?;
-        Ok(response.map(|body| AppBody::Upstream(Box::new(body))))
     }
 }
 
@@ -552,6 +573,17 @@ where
         }
         _ => Ok(Outgoing::Stream(boxed(body))),
     }
+}
+
+/// What a replay after a 401 needs.
+struct Replay<'a> {
+    parts: http::request::Parts,
+    lines: Option<&'a mut RequestLines>,
+    auth_config: Arc<AuthConfig>,
+    /// The token the upstream refused.
+    token: Arc<CachedToken>,
+    kept: Kept,
+    timeout: Duration,
 }
 
 /// A request body kept for a replay.

@@ -141,9 +141,16 @@ impl Upstream {
         let target = request.uri.authority().cloned();
         let authority = || target.as_ref().map(ToString::to_string).unwrap_or_default();
         let exchange = async {
-            // The semaphore is never closed, so acquiring only waits.
-            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                unreachable!("the upstream semaphore is never closed")
+            // Waiting for a permit, and hyper's client, are boxed: a future is as large as its
+            // largest path, and the request's futures are moved (copied) at each step.
+            let permit = if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+                permit
+            } else {
+                // The semaphore is never closed, so acquiring only waits.
+                let Ok(permit) = Box::pin(Arc::clone(&self.permits).acquire_owned()).await else {
+                    unreachable!("the upstream semaphore is never closed")
+                };
+                permit
             };
             let response = match body {
                 Outgoing::Full(body) if request.uri.scheme() == Some(&Scheme::HTTP) => self
@@ -151,20 +158,7 @@ impl Upstream {
                     .send(&request.method, &request.uri, lines, &request.headers, &body)
                     .await?
                     .map(Received::H1),
-                body => {
-                    let body = match body {
-                        Outgoing::Full(body) => Full::new(body).map_err(|never| match never {}).boxed_unsync(),
-                        Outgoing::Stream(body) => body,
-                    };
-                    let mut parts = request.into_owned();
-                    if let Some(lines) = lines {
-                        lines.append_to(&mut parts.headers);
-                    }
-                    let request = Request::from_parts(parts, body);
-                    let mut response = self.client.request(request).await.map_err(BoxError::from)?;
-                    crate::inject::strip_hop_by_hop(response.headers_mut());
-                    response.map(Received::Hyper)
-                }
+                body => Box::pin(self.via_hyper(request, lines, body)).await?,
             };
             Ok::<_, BoxError>(response.map(|body| Permitted { body, _permit: permit }))
         };
@@ -183,6 +177,29 @@ impl Upstream {
                 cause: crate::error::chain(err.as_ref()),
             }),
         }
+    }
+}
+
+impl Upstream {
+    /// Sends the request with hyper's client (HTTPS upstreams, streaming bodies): its header
+    /// map gets the app's `lines`, when there are any.
+    async fn via_hyper(
+        &self,
+        request: Cow<'_, http::request::Parts>,
+        lines: Option<&RequestLines>,
+        body: Outgoing,
+    ) -> Result<Response<Received>, BoxError> {
+        let body = match body {
+            Outgoing::Full(body) => Full::new(body).map_err(|never| match never {}).boxed_unsync(),
+            Outgoing::Stream(body) => body,
+        };
+        let mut parts = request.into_owned();
+        if let Some(lines) = lines {
+            lines.append_to(&mut parts.headers);
+        }
+        let mut response = self.client.request(Request::from_parts(parts, body)).await?;
+        crate::inject::strip_hop_by_hop(response.headers_mut());
+        Ok(response.map(Received::Hyper))
     }
 }
 

@@ -314,7 +314,7 @@ impl TokenCache {
                     flight
                 }
             };
-            match wait(&slot, flight).await {
+            match Box::pin(wait(&slot, flight)).await {
                 Ok(token) if Instant::now() < token.expires_at => return Ok((token, Lookup::Miss)),
                 Ok(_) => {}
                 Err(err) => return Err(TokenFailure::Unavailable(err)),
