@@ -352,14 +352,14 @@ impl<'a> Facts<'a> {
     /// Takes a hop-by-hop line, named by its bit in [`inject::bit`].
     fn hop_by_hop(&mut self, name: u16, value: &'a [u8], version: Version) {
         if name == inject::bit::CONNECTION {
-            for option in value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+            for option in super::lines::options(value) {
                 if option.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if option.eq_ignore_ascii_case(b"keep-alive") {
                     if version == Version::HTTP_10 {
                         self.close = false;
                     }
-                } else if !option.is_empty() && inject::hop_by_hop_bit_of(option) == 0 {
+                } else if inject::hop_by_hop_bit_of(option) == 0 {
                     self.listed.push(option);
                 }
             }

@@ -2,8 +2,9 @@
 //!
 //! Building a `HeaderMap` from a request's lines, only to write it out again to a plain-HTTP
 //! upstream, cost about 1.5k instructions a request with the stripping and dropping that
-//! went with it (20.2k → 18.7k per proxied request, benches/README.md). The loop notes where each line's name and value are in
-//! the head instead, leaves out there what stops at the proxy, and bearerd's HTTP/1.1 client
+//! went with it (20.2k → 18.7k per proxied request, benches/README.md). The loop notes where
+//! each line's name and value are in the head instead, leaves out there what stops at the
+//! proxy, and bearerd's HTTP/1.1 client
 //! writes the rest from the head's bytes, then the proxy's own additions (the token, a new
 //! `X-Request-Id`), which are kept beside the lines; the request's header map stays empty.
 //! What needs a map (hyper's client, for HTTPS upstreams and streaming bodies) gets the lines
@@ -55,20 +56,20 @@ impl RequestLines {
         };
         let mut found = Found::default();
         self.clear();
-        let mut listed = false;
+        // The non-hop-by-hop names `Connection` lists (rarely any: no allocation then).
+        let mut listed = Vec::new();
         for line in parsed {
             let name = line.name.as_bytes();
             match inject::known(name) {
                 Known::HopByHop(bit::CONNECTION) => {
                     for option in options(line.value) {
-                        let close = option.eq_ignore_ascii_case(b"close");
-                        found.close |= close;
-                        listed |= !close && inject::hop_by_hop_bit_of(option) == 0;
+                        found.close |= option.eq_ignore_ascii_case(b"close");
+                        if inject::hop_by_hop_bit_of(option) == 0 {
+                            listed.push(option);
+                        }
                     }
                 }
-                Known::HopByHop(bit::TE) => {
-                    found.trailers |= options(line.value).any(|option| option.eq_ignore_ascii_case(b"trailers"));
-                }
+                Known::HopByHop(bit::TE) => found.trailers |= has_token(line.value, b"trailers"),
                 Known::HopByHop(bit::TRANSFER_ENCODING | bit::UPGRADE) | Known::Expect => found.hand_off = true,
                 Known::HopByHop(_) => {}
                 Known::Host => {
@@ -87,13 +88,8 @@ impl RequestLines {
                 Known::Date | Known::Other => self.lines.push((at(name), at(line.value))),
             }
         }
-        if listed {
+        if listed.iter().any(|option| !option.eq_ignore_ascii_case(b"close")) {
             // Names `Connection` lists are hop-by-hop for this message too (RFC 9110 §7.6.1).
-            let listed: Vec<&[u8]> = parsed
-                .iter()
-                .filter(|line| line.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|line| options(line.value))
-                .collect();
             self.lines.retain(|(name, _)| {
                 !listed
                     .iter()
@@ -198,11 +194,16 @@ impl RequestLines {
 }
 
 /// The items of a comma-separated header value, trimmed, empty ones left out.
-fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&byte| byte == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|option| !option.is_empty())
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    options(value).any(|option| option.eq_ignore_ascii_case(token))
 }
 
 /// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.

@@ -486,18 +486,34 @@ fn target_and_name<'r, B>(
     let Some(named) = named else {
         return Ok((target, None));
     };
-    // Visible ASCII, as `HeaderValue::to_str` has it.
     match std::str::from_utf8(named) {
-        Ok(name)
-            if name
-                .bytes()
-                .all(|byte| byte.is_ascii_graphic() || byte == b' ' || byte == b'\t') =>
-        {
-            Ok((target, Some(name)))
-        }
+        Ok(name) if visible_ascii(named) => Ok((target, Some(name))),
         _ => Err(ProxyError::BadRequest(
             "X-Auth-Config is not a valid auth config name".into(),
         )),
+    }
+}
+
+/// Whether a header value is visible ASCII, spaces and tabs, as `HeaderValue::to_str` has it.
+fn visible_ascii(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&byte| byte.is_ascii_graphic() || byte == b' ' || byte == b'\t')
+}
+
+/// Puts `name: value` on the request in place of any header of that name the app sent:
+/// beside its `lines` when the listener loop kept them, else in its header map.
+fn set_header(
+    headers: &mut http::HeaderMap,
+    lines: Option<&mut RequestLines>,
+    name: http::HeaderName,
+    value: http::HeaderValue,
+) {
+    match lines {
+        Some(lines) => lines.insert(name, value),
+        None => {
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -526,12 +542,7 @@ fn with_token(
                     value
                 }
             };
-            match lines {
-                Some(lines) => lines.insert(name.clone(), value),
-                None => {
-                    parts.headers.insert(name.clone(), value);
-                }
-            }
+            set_header(&mut parts.headers, lines, name.clone(), value);
         }
         Inject::Query { .. } => {
             inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri).map_err(invalid)?;
@@ -630,8 +641,7 @@ fn request_id(
     lines: Option<&mut RequestLines>,
     keep: bool,
 ) -> Option<http::HeaderValue> {
-    let usable =
-        |id: &[u8]| !id.is_empty() && id.len() <= 200 && id.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    let usable = |id: &[u8]| !id.is_empty() && id.len() <= 200 && visible_ascii(id);
     let app = match &lines {
         Some(lines) => lines.get(&X_REQUEST_ID),
         None => headers.get(&X_REQUEST_ID).map(http::HeaderValue::as_bytes),
@@ -642,12 +652,7 @@ fn request_id(
     }
     let id = random_id();
     let kept = keep.then(|| id.clone());
-    match lines {
-        Some(lines) => lines.insert(X_REQUEST_ID, id),
-        None => {
-            headers.insert(X_REQUEST_ID, id);
-        }
-    }
+    set_header(headers, lines, X_REQUEST_ID, id);
     kept
 }
 

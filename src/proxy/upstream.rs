@@ -178,9 +178,7 @@ impl Upstream {
             }),
         }
     }
-}
 
-impl Upstream {
     /// Sends the request with hyper's client (HTTPS upstreams, streaming bodies): its header
     /// map gets the app's `lines`, when there are any.
     async fn via_hyper(
