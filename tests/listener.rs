@@ -485,6 +485,52 @@ async fn connections_that_send_no_head_for_30_seconds_are_closed() {
     assert!(secs(50).contains(&busy), "{busy:?}");
 }
 
+/// The upstream's deadline on the connection's one timer, on a paused clock: a deadline
+/// after the head timer's (60 s against 30 s) is not cut short when that timer fires first,
+/// one before it (5 s) moves the timer earlier, and the head wait after the answers still
+/// gets its 30 s.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_does_not_answer_times_out_on_the_connections_timer() {
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let request = format!("GET http://{silent_addr}/x HTTP/1.1\r\nHost: {silent_addr}\r\n\r\n");
+    let started = tokio::time::Instant::now();
+    // Each answer's status and error code, when it came; then when the connection closed.
+    let answers = |timeout: &'static str, requests: usize| {
+        let request = request.clone();
+        async move {
+            let bearerd = start_bearerd(&format!("upstream_timeout: {timeout}\n")).await;
+            let mut stream = TcpStream::connect(bearerd.proxy_addr).await.unwrap();
+            let mut buf = Vec::new();
+            let mut seen = Vec::new();
+            for _ in 0..requests {
+                stream.write_all(request.as_bytes()).await.unwrap();
+                // Longer than `read_reply`'s own wait.
+                tokio::time::timeout(Duration::from_secs(120), stream.readable())
+                    .await
+                    .expect("an answer")
+                    .unwrap();
+                let reply = read_reply(&mut stream, &mut buf, false).await;
+                let code = serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["error"].clone();
+                seen.push((reply.status, code, started.elapsed().as_secs()));
+            }
+            assert!(closes_by(&mut stream, Duration::from_secs(120)).await, "not closed");
+            (seen, started.elapsed().as_secs())
+        }
+    };
+    let (long, short) = tokio::join!(answers("60s", 1), answers("5s", 2));
+    let timed_out = |at| (504, serde_json::json!("upstream_timeout"), at);
+    assert_eq!(long, (vec![timed_out(60)], 90));
+    assert_eq!(short, (vec![timed_out(5), timed_out(10)], 40));
+}
+
 async fn closes_by(stream: &mut TcpStream, within: Duration) -> bool {
     let mut rest = Vec::new();
     match tokio::time::timeout(within, stream.read_to_end(&mut rest)).await {

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use super::h1::{self, header_line};
 use super::lines::{self, RequestLines};
+use super::timer;
 use super::{AppBody, HEADER_READ_TIMEOUT, Proxy};
 use crate::error::{ProxyError, respond};
 
@@ -74,8 +75,8 @@ pub(super) async fn serve(
         out: Vec::with_capacity(1024),
         lines: RequestLines::default(),
     };
-    // One timer for the connection: armed for the first head, and moved on only when it
-    // fires early (a head wait started later), so a request does not reset it.
+    // One timer for the connection (see `timer`): armed for the first head, lent to each
+    // request for its upstream's deadline, and moved on only when it fires early.
     let deadline = tokio::time::sleep(HEADER_READ_TIMEOUT);
     tokio::pin!(deadline);
     loop {
@@ -103,13 +104,9 @@ pub(super) async fn serve(
                         return;
                     }
                 },
-                () = &mut deadline => {
-                    let due = waiting_since + HEADER_READ_TIMEOUT;
-                    if Instant::now() >= due {
-                        tracing::debug!(%peer, "connection ended: no request head within {HEADER_READ_TIMEOUT:?}");
-                        return conn.close().await;
-                    }
-                    deadline.as_mut().reset(due);
+                () = timer::until(deadline.as_mut(), waiting_since + HEADER_READ_TIMEOUT) => {
+                    tracing::debug!(%peer, "connection ended: no request head within {HEADER_READ_TIMEOUT:?}");
+                    return conn.close().await;
                 }
                 () = stopped(&mut stop), if conn.buf.is_empty() => return conn.close().await,
             }
@@ -127,7 +124,7 @@ pub(super) async fn serve(
         let Conn { stream, buf, lines, .. } = &mut conn;
         let response = tokio::select! {
             biased;
-            response = proxy.handle(request, Some(lines), local) => response,
+            response = proxy.handle(request, Some(lines), Some(deadline.as_mut()), local) => response,
             () = peer_gone(stream, buf) => {
                 tracing::debug!(%peer, "the app closed the connection before the response");
                 return;

@@ -7,11 +7,13 @@ mod h1;
 mod lines;
 mod replay;
 mod target;
+mod timer;
 mod upstream;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 pub use upstream::Upstream;
 use upstream::{Outgoing, Permitted};
@@ -132,7 +135,7 @@ impl Proxy {
     {
         let service = service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(with_header_map(proxy.handle(request, None, local).await)) }
+            async move { Ok::<_, Infallible>(with_header_map(proxy.handle(request, None, None, local).await)) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -156,6 +159,7 @@ impl Proxy {
         &self,
         mut request: Request<B>,
         mut lines: Option<&mut RequestLines>,
+        timer: Option<Pin<&mut Sleep>>,
         local: Option<SocketAddr>,
     ) -> Response<AppBody>
     where
@@ -181,7 +185,7 @@ impl Proxy {
                 .await
                 .map(|response| response.map(AppBody::Own))
         } else {
-            self.forward(&config, request, lines, local, &mut seen)
+            self.forward(&config, request, lines, timer, local, &mut seen)
                 .await
                 .map(|response| response.map(|body| AppBody::Upstream(Box::new(body))))
         };
@@ -249,6 +253,7 @@ impl Proxy {
         config: &Config,
         request: Request<B>,
         mut lines: Option<&mut RequestLines>,
+        mut timer: Option<Pin<&mut Sleep>>,
         local: Option<SocketAddr>,
         seen: &mut Seen,
     ) -> Result<Response<Permitted>, ProxyError>
@@ -332,7 +337,13 @@ impl Proxy {
         // it; only hyper's client takes a copy).
         let response = self
             .upstream
-            .send(Cow::Borrowed(&parts), lines.as_deref(), body, config.upstream_timeout)
+            .send(
+                Cow::Borrowed(&parts),
+                lines.as_deref(),
+                body,
+                config.upstream_timeout,
+                timer.as_mut().map(Pin::as_mut),
+            )
             .await?;
 
         // 7. The upstream refused the token: drop it (only if it is still the cached one)
@@ -346,6 +357,7 @@ impl Proxy {
                     token,
                     kept,
                     timeout: config.upstream_timeout,
+                    timer,
                 };
                 Box::pin(self.replay(response, replay)).await
             }
@@ -367,6 +379,7 @@ impl Proxy {
             token,
             kept,
             timeout,
+            timer,
         } = replay;
         self.tokens.evict_if_current(&auth_config, &token);
         let body = match kept {
@@ -384,7 +397,13 @@ impl Proxy {
             .inc();
         let parts = with_token(parts, lines.as_deref_mut(), &auth_config, &token)?;
         self.upstream
-            .send(Cow::Owned(parts), lines.as_deref(), Outgoing::Full(body), timeout)
+            .send(
+                Cow::Owned(parts),
+                lines.as_deref(),
+                Outgoing::Full(body),
+                timeout,
+                timer,
+            )
             .await
     }
 
@@ -595,6 +614,8 @@ struct Replay<'a> {
     token: Arc<CachedToken>,
     kept: Kept,
     timeout: Duration,
+    /// The listener loop's connection timer, when it lent one.
+    timer: Option<Pin<&'a mut Sleep>>,
 }
 
 /// A request body kept for a replay.

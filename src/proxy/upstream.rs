@@ -22,9 +22,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
 use super::lines::RequestLines;
+use super::timer;
 use crate::error::ProxyError;
 use crate::{BoxError, ProxyBody};
 
@@ -128,7 +130,7 @@ impl Upstream {
     /// Sends the request, with the app's header `lines` when the listener loop kept them
     /// (then `request`'s map holds what the proxy adds), and returns the response without its
     /// hop-by-hop headers; `timeout` bounds waiting for a permit, connecting, and waiting for
-    /// the response headers. A plain-HTTP upstream's header lines are in the body
+    /// the response headers, on the listener loop's connection `timer` when it lends one. A plain-HTTP upstream's header lines are in the body
     /// ([`Permitted::take_header_lines`]).
     pub(super) async fn send(
         &self,
@@ -136,6 +138,7 @@ impl Upstream {
         lines: Option<&RequestLines>,
         body: Outgoing,
         timeout: Duration,
+        timer: Option<Pin<&mut Sleep>>,
     ) -> Result<Response<Permitted>, ProxyError> {
         // Named in an error only; cloning it shares its bytes.
         let target = request.uri.authority().cloned();
@@ -162,17 +165,21 @@ impl Upstream {
             };
             Ok::<_, BoxError>(response.map(|body| Permitted { body, _permit: permit }))
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout {
+        let outcome = match timer {
+            Some(timer) => timer::within(timer, Instant::now() + timeout, exchange).await,
+            None => tokio::time::timeout(timeout, exchange).await.ok(),
+        };
+        match outcome {
+            None => Err(ProxyError::UpstreamTimeout {
                 authority: authority(),
                 timeout,
             }),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) if is_timeout(err.as_ref()) => Err(ProxyError::UpstreamTimeout {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(err)) if is_timeout(err.as_ref()) => Err(ProxyError::UpstreamTimeout {
                 authority: authority(),
                 timeout,
             }),
-            Ok(Err(err)) => Err(ProxyError::UpstreamUnreachable {
+            Some(Err(err)) => Err(ProxyError::UpstreamUnreachable {
                 authority: authority(),
                 cause: crate::error::chain(err.as_ref()),
             }),
