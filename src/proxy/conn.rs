@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use super::h1::{self, header_line};
 use super::lines::{self, RequestLines};
-use super::timer;
+use super::timer::Timer;
 use super::{AppBody, HEADER_READ_TIMEOUT, Proxy};
 use crate::error::{ProxyError, respond};
 
@@ -66,7 +66,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     local: Option<SocketAddr>,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
     let mut conn = Conn {
@@ -77,8 +77,8 @@ pub(super) async fn serve(
     };
     // One timer for the connection (see `timer`): armed for the first head, lent to each
     // request for its upstream's deadline, and moved on only when it fires early.
-    let deadline = tokio::time::sleep(HEADER_READ_TIMEOUT);
-    tokio::pin!(deadline);
+    let mut timer = Timer::new(HEADER_READ_TIMEOUT);
+    let mut shutdown = Shutdown::new(stop);
     loop {
         let waiting_since = Instant::now();
         let head = loop {
@@ -90,7 +90,7 @@ pub(super) async fn serve(
                         return hand_off(proxy, conn, local, peer, watcher).await;
                     }
                 }
-            } else if *stop.borrow() {
+            } else if shutdown.started() {
                 return conn.close().await;
             }
             conn.make_room();
@@ -104,11 +104,11 @@ pub(super) async fn serve(
                         return;
                     }
                 },
-                () = timer::until(deadline.as_mut(), waiting_since + HEADER_READ_TIMEOUT) => {
+                () = timer.until(waiting_since + HEADER_READ_TIMEOUT) => {
                     tracing::debug!(%peer, "connection ended: no request head within {HEADER_READ_TIMEOUT:?}");
                     return conn.close().await;
                 }
-                () = stopped(&mut stop), if conn.buf.is_empty() => return conn.close().await,
+                () = shutdown.wait(), if conn.buf.is_empty() => return conn.close().await,
             }
         };
         let (method, keep_alive, trailers) = (head.method.clone(), head.keep_alive, head.trailers);
@@ -121,17 +121,21 @@ pub(super) async fn serve(
                 return conn.close().await;
             }
         };
-        let Conn { stream, buf, lines, .. } = &mut conn;
-        let response = tokio::select! {
-            biased;
-            response = proxy.handle(request, Some(lines), Some(deadline.as_mut()), local) => response,
-            () = peer_gone(stream, buf) => {
-                tracing::debug!(%peer, "the app closed the connection before the response");
-                return;
+        let response = {
+            let Conn { stream, buf, lines, .. } = &mut conn;
+            // Pinned where it is made: the select takes a pointer to it, not the whole future.
+            let handling = std::pin::pin!(proxy.handle(request, Some(lines), Some(&mut timer), local));
+            tokio::select! {
+                biased;
+                response = handling => response,
+                () = peer_gone(stream, buf) => {
+                    tracing::debug!(%peer, "the app closed the connection before the response");
+                    return;
+                }
             }
         };
         conn.lines.clear();
-        let keep_alive = keep_alive && !*stop.borrow() && !says_close(response.headers());
+        let keep_alive = keep_alive && !shutdown.started() && !says_close(response.headers());
         match conn.write(response, &method, keep_alive, trailers).await {
             Ok(true) if keep_alive => {}
             Ok(_) => return conn.close().await,
@@ -428,9 +432,47 @@ async fn peer_gone(stream: &mut TcpStream, buf: &mut BytesMut) {
     }
 }
 
-/// Returns once shutdown has started (or the server is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
+/// Shutdown, waited for over a whole connection. A wait made for each head wait registered
+/// a waiter with the watch and removed it again (about 190 instructions a request); this one
+/// stays registered, and is polled again only when the watch has changed.
+struct Shutdown {
+    stop: watch::Receiver<bool>,
+    /// Waits on a receiver of its own; `stop` only looks.
+    waiting: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `waiting` holds the task's waker.
+    registered: bool,
+}
+
+impl Shutdown {
+    fn new(stop: watch::Receiver<bool>) -> Self {
+        let mut watching = stop.clone();
+        Self {
+            stop,
+            waiting: Box::pin(async move {
+                let _ = watching.wait_for(|stop| *stop).await;
+            }),
+            registered: false,
+        }
+    }
+
+    fn started(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Returns once shutdown has started (or the server is gone). Not to be awaited again
+    /// after it returned.
+    fn wait(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.registered && matches!(self.stop.has_changed(), Ok(false)) {
+                return Poll::Pending;
+            }
+            // Outside tokio's budget: a wait the budget refused would be left without the
+            // waker, and not polled again.
+            let started = std::pin::pin!(tokio::task::coop::unconstrained(self.waiting.as_mut())).poll(cx);
+            self.registered = started.is_pending();
+            started
+        })
+    }
 }
 
 fn says_close(headers: &HeaderMap) -> bool {

@@ -15,6 +15,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::X_REQUEST_ID;
 use crate::inject::{self, Known, bit};
 
 /// A request's header lines, less those that do not travel upstream: hop-by-hop ones and
@@ -28,9 +29,18 @@ pub struct RequestLines {
     lines: Vec<(Range<usize>, Range<usize>)>,
     host: Option<Range<usize>>,
     auth_config: Option<Range<usize>>,
+    /// A bit for each length of a name among `lines` (modulo 64): a name whose bit is clear
+    /// is not there, so looking it up or leaving it out takes no pass over the lines.
+    lengths: u64,
     /// What the proxy adds, in place of any lines of the same names.
     added: Vec<(HeaderName, HeaderValue)>,
+    /// A new `X-Request-Id` the proxy made, also added: its 32 hex digits are kept here, not
+    /// allocated as a header value for each request.
+    request_id: Option<[u8; REQUEST_ID_LEN]>,
 }
+
+/// The length of a request id bearerd makes: 128 bits in hex.
+pub const REQUEST_ID_LEN: usize = 32;
 
 /// What [`RequestLines::read`] found in the lines, for the listener loop.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -83,9 +93,9 @@ impl RequestLines {
                         Some(length) => found.content_length = Some(length),
                         None => found.hand_off = true,
                     }
-                    self.lines.push((at(name), at(line.value)));
+                    self.push(at(name), at(line.value));
                 }
-                Known::Date | Known::Other => self.lines.push((at(name), at(line.value))),
+                Known::Date | Known::Other => self.push(at(name), at(line.value)),
             }
         }
         if listed.iter().any(|option| !option.eq_ignore_ascii_case(b"close")) {
@@ -97,6 +107,16 @@ impl RequestLines {
             });
         }
         found
+    }
+
+    fn push(&mut self, name: Range<usize>, value: Range<usize>) {
+        self.lengths |= length_bit(name.len());
+        self.lines.push((name, value));
+    }
+
+    /// Whether a line may be named `name` (no line is when this says no).
+    fn may_have(&self, name: &[u8]) -> bool {
+        self.lengths & length_bit(name.len()) != 0
     }
 
     /// The head the lines were read from, now that it is taken off the read buffer.
@@ -111,7 +131,9 @@ impl RequestLines {
         self.lines.clear();
         self.host = None;
         self.auth_config = None;
+        self.lengths = 0;
         self.added.clear();
+        self.request_id = None;
     }
 
     /// The first `Host` line's value.
@@ -126,9 +148,18 @@ impl RequestLines {
 
     /// The first value of `name` among the lines and what was added.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.iter()
-            .find(|(line, _)| line.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        let name = name.as_str().as_bytes();
+        let lines = self.lines().filter(|_| self.may_have(name));
+        lines
+            .chain(self.added())
+            .find(|(line, _)| line.eq_ignore_ascii_case(name))
             .map(|(_, value)| value)
+    }
+
+    /// Adds `X-Request-Id: id`, in place of every line (and addition) of that name.
+    pub fn set_request_id(&mut self, id: [u8; REQUEST_ID_LEN]) {
+        self.remove(&X_REQUEST_ID);
+        self.request_id = Some(id);
     }
 
     /// Adds `name: value`, in place of every line (and addition) of that name.
@@ -140,28 +171,44 @@ impl RequestLines {
     /// Leaves out every line, and addition, named `name`.
     pub fn remove(&mut self, name: &HeaderName) {
         let head = &self.head;
-        self.lines
-            .retain(|(line, _)| !head[line.clone()].eq_ignore_ascii_case(name.as_str().as_bytes()));
+        let name_bytes = name.as_str().as_bytes();
+        if self.may_have(name_bytes) {
+            self.lines
+                .retain(|(line, _)| !head[line.clone()].eq_ignore_ascii_case(name_bytes));
+        }
         self.added.retain(|(added, _)| added != name);
+        if *name == X_REQUEST_ID {
+            self.request_id = None;
+        }
     }
 
     /// Each line's name, as the app wrote it, and value; then what the proxy added.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let lines = self
-            .lines
+        self.lines().chain(self.added())
+    }
+
+    fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines
             .iter()
-            .map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]));
+            .map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
+    }
+
+    fn added(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let added = self
             .added
             .iter()
             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
-        lines.chain(added)
+        let request_id = self
+            .request_id
+            .as_ref()
+            .map(|id| (X_REQUEST_ID.as_str().as_bytes(), &id[..]));
+        added.chain(request_id)
     }
 
     /// Adds the lines, and what the proxy added, to `headers`, for what needs them as a map
     /// (hyper's client).
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        headers.reserve(self.lines.len() + self.added.len());
+        headers.reserve(self.lines.len() + self.added.len() + 1);
         for (name, value) in &self.lines {
             // httparse accepted the lines, and it accepts no name or value `http` refuses.
             if let (Ok(name), Ok(value)) = (
@@ -173,6 +220,9 @@ impl RequestLines {
         }
         for (name, value) in &self.added {
             headers.append(name.clone(), value.clone());
+        }
+        if let Some(id) = self.request_id.and_then(|id| HeaderValue::from_bytes(&id).ok()) {
+            headers.append(X_REQUEST_ID.clone(), id);
         }
     }
 }
@@ -191,6 +241,10 @@ impl RequestLines {
         lines.set_head(Bytes::from_static(head));
         (lines, found)
     }
+}
+
+fn length_bit(length: usize) -> u64 {
+    1 << (length % 64)
 }
 
 /// The items of a comma-separated header value, trimmed, empty ones left out.
@@ -271,5 +325,38 @@ mod tests {
         assert_eq!(map.len(), 2);
         lines.clear();
         assert_eq!((lines.iter().count(), lines.host()), (0, None));
+    }
+
+    #[test]
+    fn a_new_request_id_replaces_the_apps_and_goes_last() {
+        let (mut lines, _) = RequestLines::parsed(
+            b"GET / HTTP/1.1\r\nX-Request-Id: app\r\nContent-Type: x\r\nx-request-id: again\r\n\r\n",
+        );
+        assert_eq!(lines.get(&X_REQUEST_ID), Some(&b"app"[..]));
+        // Not there: no line's name is as long.
+        assert_eq!(lines.get(&http::header::ACCEPT), None);
+        lines.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer 1"));
+        lines.set_request_id(*b"0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            text(&lines),
+            [
+                "Content-Type: x",
+                "authorization: Bearer 1",
+                "x-request-id: 0123456789abcdef0123456789abcdef"
+            ]
+        );
+        assert_eq!(lines.get(&X_REQUEST_ID), Some(&b"0123456789abcdef0123456789abcdef"[..]));
+        let mut map = HeaderMap::new();
+        lines.append_to(&mut map);
+        assert_eq!(
+            map.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(),
+            ["0123456789abcdef0123456789abcdef"]
+        );
+        assert_eq!(map.len(), 3);
+        lines.remove(&X_REQUEST_ID);
+        assert_eq!(text(&lines), ["Content-Type: x", "authorization: Bearer 1"]);
+        lines.set_request_id(*b"0123456789abcdef0123456789abcdef");
+        lines.clear();
+        assert_eq!(lines.iter().count(), 0);
     }
 }

@@ -13,7 +13,6 @@ mod upstream;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,9 +25,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use timer::Timer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::time::Sleep;
 
 pub use upstream::Upstream;
 use upstream::{Outgoing, Permitted};
@@ -45,7 +44,7 @@ use lines::RequestLines;
 use replay::{Keep, MAX_REPLAY_BODY};
 use target::Target;
 
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,7 +158,7 @@ impl Proxy {
         &self,
         mut request: Request<B>,
         mut lines: Option<&mut RequestLines>,
-        timer: Option<Pin<&mut Sleep>>,
+        timer: Option<&mut Timer>,
         local: Option<SocketAddr>,
     ) -> Response<AppBody>
     where
@@ -185,7 +184,8 @@ impl Proxy {
                 .await
                 .map(|response| response.map(AppBody::Own))
         } else {
-            self.forward(&config, request, lines, timer, local, &mut seen)
+            // Pinned where it is made, as the listener loop does with this one.
+            std::pin::pin!(self.forward(&config, request, lines, timer, local, &mut seen))
                 .await
                 .map(|response| response.map(|body| AppBody::Upstream(Box::new(body))))
         };
@@ -253,7 +253,7 @@ impl Proxy {
         config: &Config,
         request: Request<B>,
         mut lines: Option<&mut RequestLines>,
-        mut timer: Option<Pin<&mut Sleep>>,
+        mut timer: Option<&mut Timer>,
         local: Option<SocketAddr>,
         seen: &mut Seen,
     ) -> Result<Response<Permitted>, ProxyError>
@@ -318,7 +318,7 @@ impl Proxy {
         let mut token = None;
         if let Some(auth_config) = &selection.auth_config {
             let cached = self.token(auth_config).await?;
-            parts = with_token(parts, lines.as_deref_mut(), auth_config, &cached)?;
+            with_token(&mut parts, lines.as_deref_mut(), auth_config, &cached)?;
             token = Some(cached);
         }
         // Keeping the body in case of a replay.
@@ -342,7 +342,7 @@ impl Proxy {
                 lines.as_deref(),
                 body,
                 config.upstream_timeout,
-                timer.as_mut().map(Pin::as_mut),
+                timer.as_deref_mut(),
             )
             .await?;
 
@@ -373,7 +373,7 @@ impl Proxy {
         replay: Replay<'_>,
     ) -> Result<Response<Permitted>, ProxyError> {
         let Replay {
-            parts,
+            mut parts,
             mut lines,
             auth_config,
             token,
@@ -395,7 +395,7 @@ impl Proxy {
             .upstream_retries
             .with_label_values(&[auth_config.id.as_str()])
             .inc();
-        let parts = with_token(parts, lines.as_deref_mut(), &auth_config, &token)?;
+        with_token(&mut parts, lines.as_deref_mut(), &auth_config, &token)?;
         self.upstream
             .send(
                 Cow::Owned(parts),
@@ -536,17 +536,18 @@ fn set_header(
     }
 }
 
-/// The request head with `token` injected as `auth_config` says, in place of any header of
-/// that name the app sent (among its `lines` too).
+/// Injects `token` into the request head as `auth_config` says, in place of any header of
+/// that name the app sent (among its `lines` too). The head is lent, not moved: moving it in
+/// and out cost two copies of it.
 ///
 /// A header value is rendered once per token (and prefix) and then shared: on a cache hit,
 /// injecting a header allocates nothing.
 fn with_token(
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     lines: Option<&mut RequestLines>,
     auth_config: &AuthConfig,
     token: &CachedToken,
-) -> Result<http::request::Parts, ProxyError> {
+) -> Result<(), ProxyError> {
     let invalid =
         |err: inject::InjectError| ProxyError::TokenUnavailable(Arc::new(TokenError::Invalid(err.to_string())));
     match &auth_config.inject {
@@ -567,7 +568,7 @@ fn with_token(
             inject::inject(&auth_config.inject, &token.token, &mut parts.headers, &mut parts.uri).map_err(invalid)?;
         }
     }
-    Ok(parts)
+    Ok(())
 }
 
 fn boxed<B>(body: B) -> ProxyBody
@@ -615,7 +616,7 @@ struct Replay<'a> {
     kept: Kept,
     timeout: Duration,
     /// The listener loop's connection timer, when it lent one.
-    timer: Option<Pin<&'a mut Sleep>>,
+    timer: Option<&'a mut Timer>,
 }
 
 /// A request body kept for a replay.
@@ -672,21 +673,29 @@ fn request_id(
         _ => {}
     }
     let id = random_id();
-    let kept = keep.then(|| id.clone());
-    set_header(headers, lines, X_REQUEST_ID, id);
+    let value =
+        || http::HeaderValue::from_bytes(&id).unwrap_or_else(|_| unreachable!("hex digits are a valid header value"));
+    let kept = keep.then(value);
+    match lines {
+        // Kept as its digits beside the lines: no header value is allocated for it.
+        Some(lines) => lines.set_request_id(id),
+        None => {
+            headers.insert(X_REQUEST_ID.clone(), value());
+        }
+    }
     kept
 }
 
 /// 128 random bits as 32 lowercase hex digits.
-fn random_id() -> http::HeaderValue {
+fn random_id() -> [u8; lines::REQUEST_ID_LEN] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 32];
+    let mut text = [0u8; lines::REQUEST_ID_LEN];
     // A byte at a time: shifting the u128 for each digit cost twice as many instructions.
     for (pair, byte) in text.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    http::HeaderValue::from_bytes(&text).unwrap_or_else(|_| unreachable!("hex digits are a valid header value"))
+    text
 }
 
 /// App-supplied text made safe to echo in a message.
@@ -704,10 +713,10 @@ mod tests {
             fastrand::seed(seed);
             let expected = format!("{:032x}", fastrand::u128(..));
             fastrand::seed(seed);
-            assert_eq!(random_id().to_str().unwrap(), expected);
+            assert_eq!(std::str::from_utf8(&random_id()).unwrap(), expected);
         }
         let mut headers = http::HeaderMap::new();
-        headers.insert(X_REQUEST_ID, http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        headers.insert(X_REQUEST_ID.clone(), http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
         let id = request_id(&mut headers, None, true).unwrap();
         assert_eq!(id.len(), 32);
         assert_eq!(headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
@@ -716,7 +725,7 @@ mod tests {
         assert_eq!(request_id(&mut headers, None, false), None);
         assert_eq!(headers.get(&X_REQUEST_ID).unwrap().len(), 32);
         let mut headers = http::HeaderMap::new();
-        headers.insert(X_REQUEST_ID, http::HeaderValue::from_static("app-1"));
+        headers.insert(X_REQUEST_ID.clone(), http::HeaderValue::from_static("app-1"));
         assert_eq!(request_id(&mut headers, None, true).unwrap(), "app-1");
         assert_eq!(request_id(&mut headers, None, false), None);
         assert_eq!(headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), ["app-1"]);

@@ -10,30 +10,92 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::{Duration, Instant, Sleep};
 
-/// Returns once `due` has passed, waiting on `timer`.
-pub async fn until(mut timer: Pin<&mut Sleep>, due: Instant) {
-    if timer.deadline() > due {
-        timer.as_mut().reset(due);
-    }
-    loop {
-        timer.as_mut().await;
-        if Instant::now() >= due {
-            return;
+/// A connection's one timer. Use it from that connection's task only: it keeps the waker it
+/// was last polled with.
+pub struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    /// The timer holds the task's waker: until it fires, polling it again (about 120
+    /// instructions, at each wake-up of the task for its sockets) would change nothing.
+    registered: bool,
+}
+
+impl Timer {
+    /// A timer armed `after` from now.
+    pub fn new(after: Duration) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(after)),
+            registered: false,
         }
-        // Fired for an earlier wait's deadline.
-        timer.as_mut().reset(due);
+    }
+
+    /// Returns once `due` has passed.
+    pub fn until(&mut self, due: Instant) -> Until<'_> {
+        self.not_after(due);
+        Until { timer: self, due }
+    }
+
+    /// `future`'s output, or `None` once `due` has passed first. The future is lent, pinned
+    /// where it is: a request's future is large, and moving it in here cost several copies.
+    pub fn within<'a, F: Future>(
+        &'a mut self,
+        due: Instant,
+        mut future: Pin<&'a mut F>,
+    ) -> impl Future<Output = Option<F::Output>> + 'a {
+        self.not_after(due);
+        std::future::poll_fn(move |cx| match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending => self.poll_until(due, cx).map(|()| None),
+        })
+    }
+
+    /// Moves the timer earlier when `due` is before its deadline.
+    fn not_after(&mut self, due: Instant) {
+        if self.sleep.deadline() > due {
+            self.sleep.as_mut().reset(due);
+            self.registered = false;
+        }
+    }
+
+    fn poll_until(&mut self, due: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            std::task::ready!(self.poll_fired(cx));
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier wait's deadline.
+            self.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// Polls the timer, unless it holds the task's waker and has not fired.
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered && !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        // Outside tokio's budget: a timer the budget refused would be left without the waker,
+        // and not polled again.
+        let fired = std::pin::pin!(tokio::task::coop::unconstrained(self.sleep.as_mut())).poll(cx);
+        self.registered = fired.is_pending();
+        fired
     }
 }
 
-/// `future`'s output, or `None` once `due` has passed first, waiting on `timer`.
-pub async fn within<F: Future>(timer: Pin<&mut Sleep>, due: Instant, future: F) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        output = future => Some(output),
-        () = until(timer, due) => None,
+/// See [`Timer::until`].
+pub struct Until<'a> {
+    timer: &'a mut Timer,
+    due: Instant,
+}
+
+impl Future for Until<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Until { timer, due } = self.get_mut();
+        timer.poll_until(*due, cx)
     }
 }
 
@@ -48,37 +110,42 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_later_deadline_leaves_the_timer_where_it_is() {
         let start = Instant::now();
-        let timer = tokio::time::sleep(10 * SECOND);
-        tokio::pin!(timer);
-        let output = within(timer.as_mut(), start + 30 * SECOND, async {
-            tokio::time::sleep(SECOND).await;
-            7
-        })
-        .await;
+        let mut timer = Timer::new(10 * SECOND);
+        let output = timer
+            .within(
+                start + 30 * SECOND,
+                std::pin::pin!(async {
+                    tokio::time::sleep(SECOND).await;
+                    7
+                }),
+            )
+            .await;
         assert_eq!(output, Some(7));
-        assert_eq!(timer.deadline(), start + 10 * SECOND);
+        assert_eq!(timer.sleep.deadline(), start + 10 * SECOND);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_timer_that_fires_early_is_moved_on_to_the_deadline() {
         let start = Instant::now();
-        let timer = tokio::time::sleep(10 * SECOND);
-        tokio::pin!(timer);
-        let output = within(timer.as_mut(), start + 30 * SECOND, std::future::pending::<()>()).await;
+        let mut timer = Timer::new(10 * SECOND);
+        let output = timer
+            .within(start + 30 * SECOND, std::pin::pin!(std::future::pending::<()>()))
+            .await;
         assert_eq!(output, None);
         assert_eq!(start.elapsed(), 30 * SECOND);
-        assert_eq!(timer.deadline(), start + 30 * SECOND);
+        assert_eq!(timer.sleep.deadline(), start + 30 * SECOND);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_moves_the_timer_earlier() {
         let start = Instant::now();
-        let timer = tokio::time::sleep(30 * SECOND);
-        tokio::pin!(timer);
-        until(timer.as_mut(), start + 5 * SECOND).await;
+        let mut timer = Timer::new(30 * SECOND);
+        timer.until(start + 5 * SECOND).await;
         assert_eq!(start.elapsed(), 5 * SECOND);
         // A timer that has fired already waits again for the next deadline.
-        let output = within(timer.as_mut(), start + 8 * SECOND, std::future::pending::<()>()).await;
+        let output = timer
+            .within(start + 8 * SECOND, std::pin::pin!(std::future::pending::<()>()))
+            .await;
         assert_eq!(output, None);
         assert_eq!(start.elapsed(), 8 * SECOND);
     }

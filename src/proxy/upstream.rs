@@ -22,11 +22,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::h1::{self, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
 use super::lines::RequestLines;
-use super::timer;
+use super::timer::Timer;
 use crate::error::ProxyError;
 use crate::{BoxError, ProxyBody};
 
@@ -138,12 +138,13 @@ impl Upstream {
         lines: Option<&RequestLines>,
         body: Outgoing,
         timeout: Duration,
-        timer: Option<Pin<&mut Sleep>>,
+        timer: Option<&mut Timer>,
     ) -> Result<Response<Permitted>, ProxyError> {
         // Named in an error only; cloning it shares its bytes.
         let target = request.uri.authority().cloned();
         let authority = || target.as_ref().map(ToString::to_string).unwrap_or_default();
-        let exchange = async {
+        // Pinned here: lent to the timer, not moved into it (a move copies the whole future).
+        let mut exchange = std::pin::pin!(async {
             // Waiting for a permit, and hyper's client, are boxed: a future is as large as its
             // largest path, and the request's futures are moved (copied) at each step.
             let permit = if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
@@ -164,9 +165,9 @@ impl Upstream {
                 body => Box::pin(self.via_hyper(request, lines, body)).await?,
             };
             Ok::<_, BoxError>(response.map(|body| Permitted { body, _permit: permit }))
-        };
+        });
         let outcome = match timer {
-            Some(timer) => timer::within(timer, Instant::now() + timeout, exchange).await,
+            Some(timer) => timer.within(Instant::now() + timeout, exchange.as_mut()).await,
             None => tokio::time::timeout(timeout, exchange).await.ok(),
         };
         match outcome {
