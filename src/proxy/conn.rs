@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header;
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Version};
 use http_body::{Body, Frame};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use super::h1::{self, header_line};
 use super::lines::{self, RequestLines};
+use super::target::LastOrigin;
 use super::timer::Timer;
 use super::{AppBody, HEADER_READ_TIMEOUT, Proxy};
 use crate::error::{ProxyError, respond};
@@ -74,6 +75,7 @@ pub(super) async fn serve(
         buf: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(1024),
         lines: RequestLines::default(),
+        origin: LastOrigin::default(),
     };
     // One timer for the connection (see `timer`): armed for the first head, lent to each
     // request for its upstream's deadline, and moved on only when it fires early.
@@ -165,6 +167,7 @@ struct Conn {
     /// The request's header lines, passed upstream as the app wrote them; kept between
     /// requests for their allocation.
     lines: RequestLines,
+    origin: LastOrigin,
 }
 
 /// What parsing the buffer found.
@@ -198,7 +201,9 @@ impl Conn {
     fn request(&mut self, head: Head) -> Result<Request<Full<Bytes>>, ProxyError> {
         let bytes = self.buf.split_to(head.len).freeze();
         let body = self.buf.split_to(head.body).freeze();
-        let uri = Uri::from_maybe_shared(bytes.slice(head.target))
+        let uri = self
+            .origin
+            .parse(bytes.slice(head.target))
             .map_err(|_| ProxyError::BadRequest("the request has an invalid target".into()))?;
         self.lines.set_head(bytes);
         let mut request = Request::new(Full::new(body));
@@ -639,6 +644,7 @@ mod tests {
             buf: BytesMut::new(),
             out: Vec::new(),
             lines: RequestLines::default(),
+            origin: LastOrigin::default(),
         };
         let whole = conn.write(response, &method, keep_alive, trailers).await.unwrap();
         drop(conn);

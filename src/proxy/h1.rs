@@ -774,6 +774,14 @@ impl Hash for Key {
     }
 }
 
+/// Whether two authorities are the same (case-insensitively, as `Authority`'s `==` has it):
+/// compared as bytes first, since `==` lowercases each byte of both (about 250 instructions
+/// for `127.0.0.1:8080`).
+fn same_authority(a: &Authority, b: &Authority) -> bool {
+    let (a, b) = (a.as_str(), b.as_str());
+    a == b || a.eq_ignore_ascii_case(b)
+}
+
 /// One authority's idle connections, in the order they came back.
 #[derive(Default)]
 struct Host {
@@ -834,7 +842,7 @@ impl Pool {
         LAST_HOST.with_borrow_mut(|last| {
             if let Some((pool, cached, host)) = last.as_ref()
                 && *pool == self.id
-                && cached == authority
+                && same_authority(cached, authority)
                 && let Some(host) = host.upgrade()
             {
                 return host;

@@ -688,13 +688,21 @@ fn request_id(
 
 /// 128 random bits as 32 lowercase hex digits.
 fn random_id() -> [u8; lines::REQUEST_ID_LEN] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; lines::REQUEST_ID_LEN];
-    // A byte at a time: shifting the u128 for each digit cost twice as many instructions.
-    for (pair, byte) in text.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
+    /// Each byte's two hex digits: a byte a time from a table took half the instructions of
+    /// a nibble a time (and shifting the u128 for each digit, twice as many again).
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0; 2]; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+            byte += 1;
+        }
+        pairs
+    };
+    let pairs = fastrand::u128(..).to_be_bytes().map(|byte| PAIRS[usize::from(byte)]);
+    let mut text = [0; lines::REQUEST_ID_LEN];
+    text.copy_from_slice(pairs.as_flattened());
     text
 }
 
