@@ -491,15 +491,8 @@ async fn connections_that_send_no_head_for_30_seconds_are_closed() {
 /// gets its 30 s.
 #[tokio::test(start_paused = true)]
 async fn an_upstream_that_does_not_answer_times_out_on_the_connections_timer() {
-    // An upstream that accepts and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let _held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            open.push(stream);
-        }
-    });
+    let silent = Silent::start().await;
+    let silent_addr = silent.addr;
     let request = format!("GET http://{silent_addr}/x HTTP/1.1\r\nHost: {silent_addr}\r\n\r\n");
     let started = tokio::time::Instant::now();
     // Each answer's status and error code, when it came; then when the connection closed.

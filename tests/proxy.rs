@@ -394,15 +394,8 @@ async fn unreachable_and_silent_upstreams() {
         .unwrap()
         .local_addr()
         .unwrap();
-    // A server that accepts and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let _held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            open.push(stream);
-        }
-    });
+    let silent = Silent::start().await;
+    let silent_addr = silent.addr;
     let bearerd = start_bearerd("upstream_timeout: 300ms\n").await;
     let proxy = proxied_client(bearerd.proxy_addr);
 

@@ -485,6 +485,33 @@ impl Drop for Scripted {
     }
 }
 
+/// An upstream that accepts connections, holds them open and never answers. Stops when
+/// dropped.
+pub struct Silent {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Silent {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // TLS
 
