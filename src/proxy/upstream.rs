@@ -130,8 +130,8 @@ impl Upstream {
     /// Sends the request, with the app's header `lines` when the listener loop kept them
     /// (then `request`'s map holds what the proxy adds), and returns the response without its
     /// hop-by-hop headers; `timeout` bounds waiting for a permit, connecting, and waiting for
-    /// the response headers, on the listener loop's connection `timer` when it lends one. A plain-HTTP upstream's header lines are in the body
-    /// ([`Permitted::take_header_lines`]).
+    /// the response headers, on the listener loop's connection `timer` when it lends one. A
+    /// plain-HTTP upstream's header lines are in the body ([`Permitted::take_header_lines`]).
     pub(super) async fn send(
         &self,
         request: Cow<'_, http::request::Parts>,
