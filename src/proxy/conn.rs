@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use super::h1::{self, header_line};
 use super::lines::{self, RequestLines};
 use super::target::LastOrigin;
-use super::timer::Timer;
+use super::timer::{self, Timer};
 use super::{AppBody, HEADER_READ_TIMEOUT, Proxy};
 use crate::error::{ProxyError, respond};
 
@@ -468,14 +468,8 @@ impl Shutdown {
     /// after it returned.
     fn wait(&mut self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| {
-            if self.registered && matches!(self.stop.has_changed(), Ok(false)) {
-                return Poll::Pending;
-            }
-            // Outside tokio's budget: a wait the budget refused would be left without the
-            // waker, and not polled again.
-            let started = std::pin::pin!(tokio::task::coop::unconstrained(self.waiting.as_mut())).poll(cx);
-            self.registered = started.is_pending();
-            started
+            let changed = !matches!(self.stop.has_changed(), Ok(false));
+            timer::poll_kept(self.waiting.as_mut(), &mut self.registered, changed, cx)
         })
     }
 }

@@ -759,9 +759,17 @@ const SWEEP_EVERY_MS: u64 = 1000;
 
 /// An authority as the pool's key. `http`'s own `Hash` for `Authority` gives the hasher one
 /// lowercased byte at a time, which made hashing most of a pool lookup; this gives it the
-/// text at once (lowercased only if it has capitals, to agree with the case-insensitive `Eq`).
-#[derive(PartialEq, Eq)]
+/// text at once (lowercased only if it has capitals, to agree with the case-insensitive `Eq`,
+/// which is [`same_authority`], as for the thread's last host).
 struct Key(Authority);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        same_authority(&self.0, &other.0)
+    }
+}
+
+impl Eq for Key {}
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -33,9 +33,9 @@ impl Timer {
     }
 
     /// Returns once `due` has passed.
-    pub fn until(&mut self, due: Instant) -> Until<'_> {
+    pub fn until(&mut self, due: Instant) -> impl Future<Output = ()> + '_ {
         self.not_after(due);
-        Until { timer: self, due }
+        std::future::poll_fn(move |cx| self.poll_until(due, cx))
     }
 
     /// `future`'s output, or `None` once `due` has passed first. The future is lent, pinned
@@ -73,30 +73,28 @@ impl Timer {
 
     /// Polls the timer, unless it holds the task's waker and has not fired.
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.registered && !self.sleep.is_elapsed() {
-            return Poll::Pending;
-        }
-        // Outside tokio's budget: a timer the budget refused would be left without the waker,
-        // and not polled again.
-        let fired = std::pin::pin!(tokio::task::coop::unconstrained(self.sleep.as_mut())).poll(cx);
-        self.registered = fired.is_pending();
-        fired
+        let elapsed = self.sleep.is_elapsed();
+        poll_kept(self.sleep.as_mut(), &mut self.registered, elapsed, cx)
     }
 }
 
-/// See [`Timer::until`].
-pub struct Until<'a> {
-    timer: &'a mut Timer,
-    due: Instant,
-}
-
-impl Future for Until<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Until { timer, due } = self.get_mut();
-        timer.poll_until(*due, cx)
+/// Polls `wait`, a future kept across polls that holds the task's waker once it has returned
+/// `Pending` (then `registered` is set), unless it is `registered` and not `may_be_ready`:
+/// polling it again at every wake-up of the task for its sockets would change nothing. The
+/// poll is outside tokio's budget: a wait the budget refused would be left without the waker,
+/// and not polled again.
+pub fn poll_kept<F: Future + ?Sized>(
+    wait: Pin<&mut F>,
+    registered: &mut bool,
+    may_be_ready: bool,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    if *registered && !may_be_ready {
+        return Poll::Pending;
     }
+    let polled = std::pin::pin!(tokio::task::coop::unconstrained(wait)).poll(cx);
+    *registered = polled.is_pending();
+    polled
 }
 
 #[cfg(test)]
