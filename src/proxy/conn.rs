@@ -424,12 +424,19 @@ fn make_room(buf: &mut BytesMut) {
 
 /// Returns when the app closes the connection (or it breaks). Bytes it sends meanwhile
 /// (pipelined requests) are kept in `buf`, up to one head's worth.
+///
+/// The buffer is grown here only when it is full: the request's head still holds its start,
+/// so growing it would move it to a new allocation (and make the next head's split
+/// allocate again), where any room left is enough to see the app close, and after the
+/// request [`make_room`] takes the whole allocation back.
 async fn peer_gone(stream: &mut TcpStream, buf: &mut BytesMut) {
     loop {
         if buf.len() >= MAX_HEAD {
             return std::future::pending().await;
         }
-        make_room(buf);
+        if buf.len() == buf.capacity() {
+            buf.reserve(READ_SIZE);
+        }
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}

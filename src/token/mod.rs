@@ -596,6 +596,37 @@ mod tests {
         );
     }
 
+    /// The hit path only loads the slot's current token: with the slot's lock held elsewhere
+    /// (by a refresh being started, say), a hit is answered at its first poll.
+    #[tokio::test]
+    async fn a_hit_is_answered_while_the_slots_lock_is_held() {
+        let config = auth_config("60s", "300s");
+        let (cache, calls) = cache(Duration::ZERO, Some(Duration::from_secs(3600)));
+        assert_eq!(token(&cache, &config).await, "t1");
+        let slot = cache.slot(&config);
+        let held = slot.lock();
+        let (answered, answer) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut get = std::pin::pin!(cache.get(&config));
+                let polled = get
+                    .as_mut()
+                    .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                let _ = answered.send(match polled {
+                    std::task::Poll::Ready(Ok((token, lookup))) => Some((token.token.expose().to_owned(), lookup)),
+                    _ => None,
+                });
+            });
+            let answer = answer.recv_timeout(Duration::from_secs(10));
+            drop(held);
+            assert_eq!(
+                answer.expect("a hit waited for the slot's lock"),
+                Some(("t1".to_owned(), Lookup::Hit))
+            );
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fifty_concurrent_requests_on_a_cold_cache_share_one_fetch() {
         let (cache, calls) = cache(Duration::from_secs(1), Some(Duration::from_secs(3600)));

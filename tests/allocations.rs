@@ -1,0 +1,151 @@
+//! Heap allocations bearerd makes for a proxied request on the hit path: a cached token, a
+//! pooled upstream connection, the app's keep-alive connection. bearerd runs on a thread of
+//! its own (a current-thread runtime, as in production on one CPU), and this binary's
+//! global allocator counts the allocations made on that thread; the app, the upstream and
+//! the token endpoint run on the test's thread and are not counted.
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{Echo, TokenServer, WAIT};
+
+/// bearerd on a thread of its own. Its runtime runs only inside `block_on`, so between two
+/// phases nothing of bearerd's runs: a phase's allocations are exactly what it did.
+struct Bearerd {
+    addr: SocketAddr,
+    /// Each ends a phase: the warm-up, then the measured one.
+    ends: [Option<oneshot::Sender<()>>; 2],
+    /// The allocations counted in the measured phase.
+    counted: mpsc::Receiver<u64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Bearerd {
+    /// Starts bearerd with `yaml`, and its warm-up phase.
+    fn start(yaml: String) -> Self {
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (counted_tx, counted) = mpsc::channel();
+        let (end_warm_up, warm_up_ended) = oneshot::channel::<()>();
+        let (end_measured, measured_ended) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let bearerd = runtime.block_on(support::start_bearerd(&yaml));
+            addr_tx.send(bearerd.proxy_addr).unwrap();
+            let _ = runtime.block_on(warm_up_ended);
+            let measured = allocation_counter::measure(|| {
+                let _ = runtime.block_on(measured_ended);
+            });
+            counted_tx.send(measured.count_total).unwrap();
+            drop(bearerd);
+        });
+        let addr = addr_rx.recv_timeout(WAIT).expect("bearerd did not start");
+        Self {
+            addr,
+            ends: [Some(end_warm_up), Some(end_measured)],
+            counted,
+            thread,
+        }
+    }
+
+    /// Ends the warm-up: what bearerd does from now on is counted.
+    fn count_from_now(&mut self) {
+        self.ends[0].take().unwrap().send(()).unwrap();
+    }
+
+    /// Ends the measured phase and stops bearerd; returns the allocations counted.
+    fn stop(mut self) -> usize {
+        self.ends[1].take().unwrap().send(()).unwrap();
+        let counted = self.counted.recv_timeout(WAIT).expect("the count");
+        self.thread.join().unwrap();
+        usize::try_from(counted).unwrap()
+    }
+}
+
+/// Sends `request` on `stream` and reads one response with a `Content-Length`; returns its
+/// status line and body.
+async fn exchange(stream: &mut TcpStream, request: &[u8], buffer: &mut Vec<u8>) -> (String, Vec<u8>) {
+    stream.write_all(request).await.unwrap();
+    buffer.clear();
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            while buffer.len() < end + 4 + length {
+                read_more(stream, buffer).await;
+            }
+            assert_eq!(buffer.len(), end + 4 + length, "nothing after the response");
+            let status = head.lines().next().unwrap().to_owned();
+            return (status, buffer[end + 4..].to_vec());
+        }
+        read_more(stream, buffer).await;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
+    let mut chunk = [0_u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+        .await
+        .expect("a response within WAIT")
+        .unwrap();
+    assert!(n > 0, "bearerd closed the connection");
+    buffer.extend_from_slice(&chunk[..n]);
+}
+
+#[tokio::test]
+async fn a_request_on_the_hit_path_allocates_once() {
+    const WARM_UP: usize = 20;
+    const REQUESTS: usize = 200;
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let mut bearerd = Bearerd::start(support::billing(&tokens, ""));
+    let request = format!(
+        "GET http://{0}/hit?x=1 HTTP/1.1\r\nHost: {0}\r\nX-Auth-Config: billing\r\nAccept: */*\r\n\r\n",
+        echo.addr
+    );
+    let mut app = TcpStream::connect(bearerd.addr).await.unwrap();
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    // Warm up: the token fetched and cached, the upstream connection pooled, the buffers of
+    // both connections and the header lines grown to their size.
+    for _ in 0..WARM_UP {
+        let (status, _) = exchange(&mut app, request.as_bytes(), &mut buffer).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+    }
+    bearerd.count_from_now();
+    let mut last = Vec::new();
+    for _ in 0..REQUESTS {
+        let (status, body) = exchange(&mut app, request.as_bytes(), &mut buffer).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        last = body;
+    }
+    let allocations = bearerd.stop();
+    // What went upstream: the cached token, on the one pooled connection.
+    let echoed = support::Echoed::parse(&last);
+    assert_eq!(echoed.header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(tokens.count(), 1);
+    assert_eq!(echo.connections(), 1);
+    assert_eq!(echo.requests(), WARM_UP + REQUESTS);
+    // One allocation a request: the upstream response's body is boxed in the response to
+    // the app (`AppBody::Upstream`), which keeps the futures that move it small. The token
+    // goes in as a shared, once-rendered header value; the header lines, the read buffers
+    // and the pooled connection are reused.
+    assert_eq!(
+        allocations, REQUESTS,
+        "allocations on bearerd's thread for {REQUESTS} requests"
+    );
+}
