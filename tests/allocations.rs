@@ -8,10 +8,9 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 
-use tokio::sync::oneshot;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use support::{Echo, TokenServer, WAIT};
 
@@ -56,7 +55,9 @@ impl Bearerd {
         }
     }
 
-    /// Ends the warm-up: what bearerd does from now on is counted.
+    /// Ends the warm-up: what bearerd does from now on is counted. (Woken by this, bearerd's
+    /// `block_on` polls its own future first and returns before running any task again, so a
+    /// request sent after this call is served in the counted phase.)
     fn count_from_now(&mut self) {
         self.ends[0].take().unwrap().send(()).unwrap();
     }
