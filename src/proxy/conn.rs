@@ -95,7 +95,7 @@ pub(super) async fn serve(
             } else if shutdown.started() {
                 return conn.close().await;
             }
-            conn.make_room();
+            make_room(&mut conn.buf, READ_SIZE / 8);
             tokio::select! {
                 biased;
                 read = conn.stream.read_buf(&mut conn.buf) => match read {
@@ -211,11 +211,6 @@ impl Conn {
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         Ok(request)
-    }
-
-    /// Room to read into.
-    fn make_room(&mut self) {
-        make_room(&mut self.buf);
     }
 
     /// Writes `response` to a `method` request. Returns whether the connection can carry
@@ -413,30 +408,26 @@ enum Framing {
     Ended,
 }
 
-/// Room to read into `buf`. It is made larger only when little is left: while a request is
-/// served its head still holds the start of the buffer, and once it is dropped an empty
-/// buffer takes its whole allocation back without copying.
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_SIZE / 8 {
+/// Room to read into `buf`: grown by [`READ_SIZE`] only when less than `least` is left.
+/// Growing while a request's head still holds the buffer's start moves the buffer to a new
+/// allocation (and makes the next head's split allocate again); once the head is dropped, an
+/// empty buffer takes its whole allocation back without copying. So between requests it is
+/// grown when little is left (`READ_SIZE / 8`), and during one only when it is full (`1`).
+fn make_room(buf: &mut BytesMut, least: usize) {
+    if buf.capacity() - buf.len() < least {
         buf.reserve(READ_SIZE);
     }
 }
 
 /// Returns when the app closes the connection (or it breaks). Bytes it sends meanwhile
-/// (pipelined requests) are kept in `buf`, up to one head's worth.
-///
-/// The buffer is grown here only when it is full: the request's head still holds its start,
-/// so growing it would move it to a new allocation (and make the next head's split
-/// allocate again), where any room left is enough to see the app close, and after the
-/// request [`make_room`] takes the whole allocation back.
+/// (pipelined requests) are kept in `buf`, up to one head's worth. The request's head still
+/// holds the buffer's start: any room left is enough to see the app close.
 async fn peer_gone(stream: &mut TcpStream, buf: &mut BytesMut) {
     loop {
         if buf.len() >= MAX_HEAD {
             return std::future::pending().await;
         }
-        if buf.len() == buf.capacity() {
-            buf.reserve(READ_SIZE);
-        }
+        make_room(buf, 1);
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
