@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -71,41 +71,13 @@ impl Bearerd {
     }
 }
 
-/// Sends `request` on `stream` and reads one response with a `Content-Length`; returns its
-/// status line and body.
-async fn exchange(stream: &mut TcpStream, request: &[u8], buffer: &mut Vec<u8>) -> (String, Vec<u8>) {
+/// Sends `request` on `stream` and reads its response, which must be all there is.
+async fn exchange(stream: &mut TcpStream, request: &[u8], buffer: &mut Vec<u8>) -> support::RawReply {
     stream.write_all(request).await.unwrap();
-    buffer.clear();
-    loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-            let length: usize = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().unwrap())
-                })
-                .expect("a Content-Length");
-            while buffer.len() < end + 4 + length {
-                read_more(stream, buffer).await;
-            }
-            assert_eq!(buffer.len(), end + 4 + length, "nothing after the response");
-            let status = head.lines().next().unwrap().to_owned();
-            return (status, buffer[end + 4..].to_vec());
-        }
-        read_more(stream, buffer).await;
-    }
-}
-
-async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
-    let mut chunk = [0_u8; 4096];
-    let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-        .await
-        .expect("a response within WAIT")
-        .unwrap();
-    assert!(n > 0, "bearerd closed the connection");
-    buffer.extend_from_slice(&chunk[..n]);
+    let reply = support::read_reply(stream, buffer, false).await;
+    assert_eq!(reply.all("content-length").len(), 1, "a Content-Length");
+    assert!(buffer.is_empty(), "nothing after the response");
+    reply
 }
 
 #[tokio::test]
@@ -124,19 +96,19 @@ async fn a_request_on_the_hit_path_allocates_once() {
     // Warm up: the token fetched and cached, the upstream connection pooled, the buffers of
     // both connections and the header lines grown to their size.
     for _ in 0..WARM_UP {
-        let (status, _) = exchange(&mut app, request.as_bytes(), &mut buffer).await;
-        assert_eq!(status, "HTTP/1.1 200 OK");
+        let reply = exchange(&mut app, request.as_bytes(), &mut buffer).await;
+        assert_eq!(reply.status_line, "HTTP/1.1 200 OK");
     }
     bearerd.count_from_now();
-    let mut last = Vec::new();
+    let mut last = None;
     for _ in 0..REQUESTS {
-        let (status, body) = exchange(&mut app, request.as_bytes(), &mut buffer).await;
-        assert_eq!(status, "HTTP/1.1 200 OK");
-        last = body;
+        let reply = exchange(&mut app, request.as_bytes(), &mut buffer).await;
+        assert_eq!(reply.status_line, "HTTP/1.1 200 OK");
+        last = Some(reply);
     }
     let allocations = bearerd.stop();
     // What went upstream: the cached token, on the one pooled connection.
-    let echoed = support::Echoed::parse(&last);
+    let echoed = last.expect("a response").echoed();
     assert_eq!(echoed.header("authorization"), Some("Bearer tok-1"));
     assert_eq!(tokens.count(), 1);
     assert_eq!(echo.connections(), 1);

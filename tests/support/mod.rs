@@ -16,7 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use bearerd::config::{Config, Env};
@@ -393,11 +394,7 @@ impl Echoed {
 
     /// Every value of header `name` (lowercase), in order.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values(&self.headers, name)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -510,6 +507,132 @@ impl Drop for Silent {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses read off a raw connection
+
+/// One HTTP/1.1 response as the app reads it off a raw connection.
+pub struct RawReply {
+    /// As the app read it, without its line end.
+    pub status_line: String,
+    pub status: u16,
+    /// Header lines, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    /// Every value of header `name` (lowercase), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        values(&self.headers, name)
+    }
+
+    pub fn echoed(&self) -> Echoed {
+        Echoed::parse(&self.body)
+    }
+}
+
+/// Reads one response head off `stream`, up to and with its empty line, as text (bytes
+/// after it stay in `buf`).
+pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    tokio::time::timeout(WAIT, async {
+        let end = loop {
+            if let Some(end) = find(buf, b"\r\n\r\n") {
+                break end;
+            }
+            fill(stream, buf).await;
+        };
+        String::from_utf8(buf.drain(..end + 4).collect()).unwrap()
+    })
+    .await
+    .expect("a response head in time")
+}
+
+/// Reads one response off `stream` (bytes after it stay in `buf`). `head` says the request
+/// was a `HEAD`: no body follows whatever the length says.
+pub async fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> RawReply {
+    tokio::time::timeout(WAIT, async {
+        let text = read_head(stream, buf).await;
+        let mut lines = text.trim_end().split("\r\n");
+        let status_line = lines.next().unwrap();
+        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+        let status = status_line[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|line| {
+                let (name, value) = line.split_once(':').unwrap();
+                (name.to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect();
+        let value = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if head || status == 204 || status == 304 || status < 200 {
+        } else if let Some(length) = value("content-length") {
+            let length: usize = length.parse().unwrap();
+            while buf.len() < length {
+                fill(stream, buf).await;
+            }
+            body.extend(buf.drain(..length));
+        } else if value("transfer-encoding").as_deref() == Some("chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(end) = find(buf, b"\r\n") {
+                        break end;
+                    }
+                    fill(stream, buf).await;
+                };
+                let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+                buf.drain(..line_end + 2);
+                if size == 0 {
+                    // No trailers in these tests: the empty line ends the body.
+                    while buf.len() < 2 {
+                        fill(stream, buf).await;
+                    }
+                    assert_eq!(&buf[..2], b"\r\n", "trailers where none were expected");
+                    buf.drain(..2);
+                    break;
+                }
+                while buf.len() < size + 2 {
+                    fill(stream, buf).await;
+                }
+                body.extend(buf.drain(..size));
+                assert_eq!(buf.drain(..2).collect::<Vec<_>>(), b"\r\n");
+            }
+        } else {
+            panic!("a response with neither a length nor chunks: {text}");
+        }
+        RawReply {
+            status_line: status_line.to_owned(),
+            status,
+            headers,
+            body,
+        }
+    })
+    .await
+    .expect("a whole response within WAIT")
+}
+
+pub async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    buf.reserve(16 * 1024);
+    let n = stream.read_buf(buf).await.unwrap();
+    assert!(
+        n > 0,
+        "the connection closed mid-response; read so far: {:?}",
+        String::from_utf8_lossy(buf)
+    );
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Every value of header `name` (lowercase) among `headers`, in order.
+fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
