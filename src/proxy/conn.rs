@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Version};
 use http_body::{Body, Frame};
 use http_body_util::Full;
@@ -230,36 +230,36 @@ impl Conn {
         out.push(b' ');
         out.extend_from_slice(parts.status.canonical_reason().unwrap_or("<none>").as_bytes());
         out.extend_from_slice(b"\r\n");
-        let mut length = None;
+        // An upstream's lines as it wrote them, less those that frame the message (bearerd's
+        // client cut them out), or the map's; this side's framing is written below, from
+        // what the body will deliver, never from a peer's lines. The lines are dropped once
+        // copied: they share the upstream connection's read buffer, which takes its memory
+        // back without a copy only when nothing else holds it.
+        let mut declared = None;
         let mut dated = false;
-        // An upstream's lines as it wrote them (bearerd's client cut out the hop-by-hop ones),
-        // or the map's. Dropped once copied: they share the upstream connection's read buffer,
-        // which takes its memory back without a copy only when nothing else holds it.
-        let mut length_line = false;
         if let Some(lines) = body.take_header_lines() {
             out.extend_from_slice(lines.as_bytes());
-            // The client's body decoder stops at the upstream's length; its size hint is it.
-            length_line = lines.length;
+            declared = lines.declared;
             dated = lines.date;
         }
+        let mut lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().peekable();
+        if lengths.peek().is_some() {
+            declared = h1::declared_length(lengths.map(HeaderValue::as_bytes)).ok().flatten();
+        }
         for (name, value) in &parts.headers {
-            if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
-                // Hop-by-hop: this connection's own are written below.
+            if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
                 continue;
-            }
-            if name == header::CONTENT_LENGTH {
-                // The upstream's length is what its body decoder enforces.
-                length = lines::parse_length(value.as_bytes()).map(|n| n as u64);
             }
             dated |= name == header::DATE;
             header_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
         let mut framing = if h1::bodiless(method, parts.status) {
-            Framing::None
-        } else if let Some(length) = length.or_else(|| body.size_hint().exact()) {
-            if !length_line && parts.headers.get(header::CONTENT_LENGTH).is_none() {
-                header_line(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
+            if let Some(declared) = declared.filter(|_| h1::declares_length(method, parts.status)) {
+                header_line(out, b"content-length", itoa::Buffer::new().format(declared).as_bytes());
             }
+            Framing::None
+        } else if let Some(length) = body.size_hint().exact() {
+            header_line(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
             Framing::Length(length)
         } else {
             header_line(out, b"transfer-encoding", b"chunked");
@@ -319,7 +319,7 @@ impl Conn {
             Err(frame) => {
                 if let (Ok(fields), Framing::Chunked, true) = (frame.into_trailers(), &framing, trailers) {
                     self.out.extend_from_slice(b"0\r\n");
-                    for (name, value) in &fields {
+                    for (name, value) in fields.iter().filter(|(name, _)| h1::trailer_allowed(name)) {
                         header_line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
                     }
                     self.out.extend_from_slice(b"\r\n");
@@ -719,17 +719,108 @@ mod tests {
                 true,
             ),
             (
-                "the upstream's own length is kept; a body ending short of it leaves the connection unusable",
+                "a large part is written from its own buffer, after the head",
+                response(200, &[], vec![data("a"), data(&big)], Some(1 + big.len() as u64)),
+                Method::GET,
+                true,
+                false,
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\na{big}", big.len() + 1),
+                true,
+            ),
+        ];
+        check(cases).await;
+    }
+
+    /// (what, response, method, keep-alive, `TE: trailers`, bytes written, whole)
+    type Case = (&'static str, Response<AppBody>, Method, bool, bool, String, bool);
+
+    async fn check(cases: impl IntoIterator<Item = Case>) {
+        for (what, response, method, keep_alive, trailers, bytes, whole) in cases {
+            assert_eq!(
+                written(response, method, keep_alive, trailers).await,
+                (bytes, whole),
+                "{what}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_peers_framing_and_trailers_that_may_not_be_trailers_are_never_passed_on() {
+        let cases = [
+            (
+                "a length in the map is not what frames the body: what the body will deliver is",
                 response(200, &[("content-length", "9")], vec![data("short")], None),
                 Method::GET,
                 true,
                 false,
-                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort".to_owned(),
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nshort\r\n0\r\n\r\n".to_owned(),
+                true,
+            ),
+            (
+                "a body ending short of its length leaves the connection unusable",
+                response(
+                    200,
+                    &[("content-length", "5"), ("content-length", "5")],
+                    vec![data("sho")],
+                    Some(9),
+                ),
+                Method::GET,
+                true,
+                false,
+                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nsho".to_owned(),
                 false,
             ),
             (
+                "trailers that may not be trailers are not passed on",
+                response(
+                    200,
+                    &[],
+                    vec![data("ab"), {
+                        let mut fields = HeaderMap::new();
+                        for (name, value) in [
+                            ("content-length", "2"),
+                            ("x-sum", "7"),
+                            ("transfer-encoding", "gzip"),
+                            ("host", "a"),
+                        ] {
+                            fields.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+                        }
+                        Frame::trailers(fields)
+                    }],
+                    None,
+                ),
+                Method::GET,
+                true,
+                true,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nx-sum: 7\r\n\r\n".to_owned(),
+                true,
+            ),
+            (
+                "a 304 passes its declared length on, once; a 204 never has one",
+                response(304, &[("content-length", "7, 7"), ("etag", "\"x\"")], vec![], None),
+                Method::GET,
+                true,
+                false,
+                "HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\ncontent-length: 7\r\n\r\n".to_owned(),
+                true,
+            ),
+            (
+                "no length on a 204",
+                response(204, &[("content-length", "0")], vec![], None),
+                Method::HEAD,
+                true,
+                false,
+                "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
+                true,
+            ),
+            (
                 "no body after HEAD; the response's hop-by-hop lines are not passed on",
-                response(200, &[("content-length", "10"), ("connection", "keep-alive")], vec![], None),
+                response(
+                    200,
+                    &[("content-length", "10"), ("connection", "keep-alive")],
+                    vec![],
+                    None,
+                ),
                 Method::HEAD,
                 true,
                 false,
@@ -745,22 +836,7 @@ mod tests {
                 "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
                 true,
             ),
-            (
-                "a large part is written from its own buffer, after the head",
-                response(200, &[], vec![data("a"), data(&big)], Some(1 + big.len() as u64)),
-                Method::GET,
-                true,
-                false,
-                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\na{big}", big.len() + 1),
-                true,
-            ),
         ];
-        for (what, response, method, keep_alive, trailers, bytes, whole) in cases {
-            assert_eq!(
-                written(response, method, keep_alive, trailers).await,
-                (bytes, whole),
-                "{what}"
-            );
-        }
+        check(cases).await;
     }
 }

@@ -129,15 +129,17 @@ struct Head {
     reusable: bool,
 }
 
-/// A response's header lines as the upstream wrote them, passed on to the app as bytes:
-/// building a `HeaderMap` from them only to write it out again cost about 3k instructions a
-/// response (benches/README.md). Hop-by-hop lines, and those `Connection` names, are cut out;
-/// every line ends in CRLF.
+/// A response's header lines as the upstream wrote them, passed on to the app as bytes
+/// rather than built into a `HeaderMap` only to be written out again. Cut out: hop-by-hop
+/// lines, those `Connection` names, and every `Content-Length` line: the writer frames the
+/// body itself, from what the decoder will deliver, never from the peer's lines. Every line
+/// ends in CRLF.
 pub struct HeaderLines {
     bytes: Bytes,
-    /// A `Content-Length` line is among them.
-    pub length: bool,
-    /// A `Date` line is among them.
+    /// The upstream's `Content-Length` (checked: one value, however often repeated) for a
+    /// response that has no body but whose length is its metadata: to `HEAD`, and 304.
+    pub declared: Option<u64>,
+    /// A `Date` line is among the lines passed on.
     pub date: bool,
 }
 
@@ -147,8 +149,12 @@ impl HeaderLines {
         &self.bytes
     }
 
-    /// Adds the lines to `headers`, for what needs them as a map (hyper's server).
+    /// Adds the lines to `headers`, for what needs them as a map (hyper's server), with the
+    /// declared length of a bodiless response.
     pub fn append_to(&self, headers: &mut HeaderMap) {
+        if let Some(declared) = self.declared {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+        }
         for line in self.bytes.split(|&byte| byte == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(colon) = line.iter().position(|&byte| byte == b':') else {
@@ -226,6 +232,13 @@ pub(super) fn bodiless(method: &Method, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
+/// Whether a response to `method` with `status` has no body but passes on the length the
+/// body would have had (RFC 9110 §8.6): after `HEAD` (except a 204) and for 304.
+pub(super) fn declares_length(method: &Method, status: StatusCode) -> bool {
+    (*method == Method::HEAD && status != StatusCode::NO_CONTENT && !status.is_informational())
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// Takes a complete response head off the front of `input`, or `None` if more must be read.
 ///
 /// The header lines stay as the upstream wrote them, in `input`'s memory: those not passed on
@@ -259,9 +272,8 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
     let count = parsed.headers.len();
     let mut starts = [0_usize; MAX_HEADERS + 1];
     starts[count] = length - if input[..length].ends_with(b"\r\n") { 2 } else { 1 };
-    // Bit `i` for line `i`: those cut out, and the `Content-Length` lines.
-    let (mut cut, mut lengths) = (0_u128, 0_u128);
-    let mut date = false;
+    // Bit `i` for line `i`: those cut out, and the `Date` lines.
+    let (mut cut, mut dates) = (0_u128, 0_u128);
     for (i, field) in parsed.headers.iter().enumerate() {
         starts[i] = field.name.as_ptr().addr() - input.as_ptr().addr();
         match inject::known(field.name.as_bytes()) {
@@ -271,9 +283,9 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
             }
             Known::ContentLength => {
                 facts.content_length(field.value)?;
-                lengths |= 1 << i;
+                cut |= 1 << i;
             }
-            Known::Date => date = true,
+            Known::Date => dates |= 1 << i,
             _ => {}
         }
     }
@@ -289,11 +301,11 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
         }
     }
     let (framing, reusable) = facts.framing(method, status, version);
-    if facts.transfer_encoding.is_some() {
-        // A length beside `Transfer-Encoding` is not passed on (RFC 9112 §6.1).
-        cut |= lengths;
-        lengths = 0;
-    }
+    // A length beside `Transfer-Encoding` means nothing (RFC 9112 §6.1), and 1xx and 204
+    // responses may not carry one (RFC 9110 §8.6).
+    let declared = facts
+        .content_length
+        .filter(|_| facts.transfer_encoding.is_none() && declares_length(method, status));
     let first = starts[0];
     let mut to = first;
     let mut crlf = true;
@@ -318,8 +330,8 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
         version,
         lines: HeaderLines {
             bytes,
-            length: lengths != 0,
-            date,
+            declared,
+            date: dates & !cut != 0,
         },
         framing,
         reusable,
@@ -372,21 +384,7 @@ impl<'a> Facts<'a> {
 
     /// Takes one `Content-Length` line: one length, or a list of the same length.
     fn content_length(&mut self, value: &[u8]) -> Result<(), BoxError> {
-        for item in value.split(|&byte| byte == b',') {
-            let item = item.trim_ascii();
-            let parsed = if !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit) {
-                std::str::from_utf8(item)
-                    .ok()
-                    .and_then(|digits| digits.parse::<u64>().ok())
-            } else {
-                None
-            };
-            match (parsed, self.content_length) {
-                (Some(length), None) => self.content_length = Some(length),
-                (Some(length), Some(seen)) if length == seen => {}
-                _ => return Err("the response has an invalid Content-Length".into()),
-            }
-        }
+        self.content_length = length_items(self.content_length, value)?;
         Ok(())
     }
 
@@ -411,6 +409,98 @@ impl<'a> Facts<'a> {
             None => (Framing::UntilClose, false),
         }
     }
+}
+
+/// The length that `Content-Length` field lines say: one number, however often repeated or
+/// listed (`5, 5`); lines that disagree, or an item that is not a number, are an error (RFC
+/// 9110 §8.6, RFC 9112 §6.3).
+pub(super) fn declared_length<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<Option<u64>, BoxError> {
+    values.into_iter().try_fold(None, length_items)
+}
+
+/// Takes the peer's framing out of a response's header map, as bearerd's client does with
+/// its lines: whoever writes the response frames it from what its body delivers (hyper's
+/// client keeps a `Content-Length` it decoded a chunked body past, RFC 9112 §6.3). Only the
+/// length a bodiless response declares stays, as one value.
+pub(super) fn unframe(headers: &mut HeaderMap, method: &Method, status: StatusCode) -> Result<(), BoxError> {
+    let Some(_) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    let declared = declared_length(
+        headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )?;
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(declared) = declared.filter(|_| declares_length(method, status)) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+    }
+    Ok(())
+}
+
+/// Whether a field may be passed on in a trailer section (RFC 9110 §6.5.1): not one that
+/// frames or routes the message, modifies the request, authenticates, controls the response
+/// or says how to process its content, nor a hop-by-hop one.
+pub(super) fn trailer_allowed(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "age"
+            | "authorization"
+            | "cache-control"
+            | "connection"
+            | "content-encoding"
+            | "content-length"
+            | "content-range"
+            | "content-type"
+            | "cookie"
+            | "date"
+            | "expect"
+            | "expires"
+            | "host"
+            | "if-match"
+            | "if-modified-since"
+            | "if-none-match"
+            | "if-range"
+            | "if-unmodified-since"
+            | "keep-alive"
+            | "location"
+            | "max-forwards"
+            | "pragma"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "range"
+            | "retry-after"
+            | "set-cookie"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "vary"
+            | "warning"
+            | "www-authenticate"
+    )
+}
+
+/// `seen` and the lengths a `Content-Length` line lists, if they all agree.
+fn length_items(mut seen: Option<u64>, value: &[u8]) -> Result<Option<u64>, BoxError> {
+    for item in value.split(|&byte| byte == b',') {
+        let item = item.trim_ascii();
+        let parsed = if !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit) {
+            std::str::from_utf8(item)
+                .ok()
+                .and_then(|digits| digits.parse::<u64>().ok())
+        } else {
+            None
+        };
+        match (parsed, seen) {
+            (Some(length), None) => seen = Some(length),
+            (Some(length), Some(earlier)) if length == earlier => {}
+            _ => return Err("the response has an invalid Content-Length".into()),
+        }
+    }
+    Ok(seen)
 }
 
 /// Why an exchange failed, as far as sending the request again is concerned.
@@ -1186,7 +1276,7 @@ mod tests {
         lines.append_to(&mut parts.headers);
         let lines = Lines {
             text: String::from_utf8(lines.as_bytes().to_vec()).unwrap(),
-            length: lines.length,
+            declared: lines.declared,
             date: lines.date,
         };
         assert!(body.take_header_lines().is_none(), "taken once");
@@ -1204,7 +1294,7 @@ mod tests {
     #[derive(Debug, PartialEq)]
     struct Lines {
         text: String,
-        length: bool,
+        declared: Option<u64>,
         date: bool,
     }
 
@@ -1260,18 +1350,19 @@ mod tests {
         ];
         for (method, response, body, connections) in cases {
             let text = String::from_utf8_lossy(response).into_owned();
-            let (response, lines, used) = exchange_then_another(method, response).await;
+            let (response, lines, used) = exchange_then_another(method.clone(), response).await;
             let (read, trailers) = response.body().as_ref().unwrap_or_else(|err| panic!("{text}: {err}"));
             assert_eq!(read, body, "{text}");
             assert_eq!(trailers, &None, "{text}");
             assert_eq!(used, connections, "{text}");
-            if text.contains("chunked") {
-                // Neither line passed on: the length beside it was a sign of smuggling.
-                assert_eq!(lines.text, "", "{text}");
-                assert!(!lines.length, "{text}");
-            } else {
-                assert_eq!(lines.length, text.contains("content-length"), "{text}");
-            }
+            // No framing line is passed on: the writer frames the body itself.
+            assert_eq!(lines.text, "", "{text}");
+            let declared = match text.as_str() {
+                _ if text.starts_with("HTTP/1.1 304") => Some(7),
+                _ if method == Method::HEAD => Some(10),
+                _ => None,
+            };
+            assert_eq!(lines.declared, declared, "{text}");
         }
     }
 
@@ -1286,7 +1377,7 @@ mod tests {
             lines,
             Lines {
                 text: text.into(),
-                length: false,
+                declared: None,
                 date: false
             }
         );
@@ -1317,19 +1408,91 @@ mod tests {
         assert_eq!(
             lines,
             Lines {
-                text: "Server: script\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nX-Public:  2 \r\n\
-                    Content-Length: 2\r\n"
-                    .into(),
-                length: true,
+                text: "Server: script\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nX-Public:  2 \r\n".into(),
+                declared: None,
                 date: true
             }
         );
         let mut names: Vec<_> = response.headers().keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["content-length", "date", "server", "x-public"]);
+        assert_eq!(names, ["date", "server", "x-public"]);
         assert_eq!(response.headers()["x-public"], "2");
         assert_eq!(response.body().as_ref().unwrap().0, "ok");
         assert_eq!(connections, 1, "keep-alive, and `close` is not among the names");
+    }
+
+    #[tokio::test]
+    async fn no_framing_line_is_passed_on_and_a_date_only_if_one_survives() {
+        // (response, lines passed on, a Date among them)
+        let cases: [(&[u8], &str, bool); 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\nx-a: 1\r\n\r\nhello",
+                "x-a: 1\r\n",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: Date\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello",
+                "",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello",
+                "Date: Mon, 23 Nov 2026 10:00:00 GMT\r\n",
+                true,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello", "", false),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                "",
+                false,
+            ),
+        ];
+        for (response, text, date) in cases {
+            let what = String::from_utf8_lossy(response).into_owned();
+            let upstream = Script::start(vec![response.to_vec()], false).await;
+            let mut body = send(&pool(), Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
+                .await
+                .unwrap()
+                .into_body();
+            let lines = body.take_header_lines().unwrap();
+            assert_eq!(std::str::from_utf8(lines.as_bytes()).unwrap(), text, "{what}");
+            assert_eq!((lines.date, lines.declared), (date, None), "{what}");
+            let chunked = what.contains("chunked");
+            assert_eq!(body.size_hint().exact(), (!chunked).then_some(5), "{what}");
+            assert_eq!(read_body(body).await.unwrap().0, "hello", "{what}");
+        }
+    }
+
+    #[test]
+    fn a_map_keeps_no_length_but_the_one_a_bodiless_response_declares() {
+        let map = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let lengths = |headers: &HeaderMap| {
+            headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|value| value.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let mut headers = map(&["3"]);
+        unframe(&mut headers, &Method::GET, StatusCode::OK).unwrap();
+        assert!(lengths(&headers).is_empty());
+        let mut headers = map(&["7", "7, 7"]);
+        unframe(&mut headers, &Method::HEAD, StatusCode::OK).unwrap();
+        assert_eq!(lengths(&headers), ["7"]);
+        let mut headers = map(&["7"]);
+        unframe(&mut headers, &Method::GET, StatusCode::NOT_MODIFIED).unwrap();
+        assert_eq!(lengths(&headers), ["7"]);
+        let mut headers = map(&["0"]);
+        unframe(&mut headers, &Method::HEAD, StatusCode::NO_CONTENT).unwrap();
+        assert!(lengths(&headers).is_empty());
+        assert!(unframe(&mut map(&["5", "6"]), &Method::GET, StatusCode::OK).is_err());
+        assert!(unframe(&mut map(&["5, x"]), &Method::HEAD, StatusCode::OK).is_err());
     }
 
     #[tokio::test]
@@ -1340,8 +1503,8 @@ mod tests {
         assert_eq!(
             lines,
             Lines {
-                text: "Server: script\r\nx-a: 1\r\ncontent-length: 2\r\n".into(),
-                length: true,
+                text: "Server: script\r\nx-a: 1\r\n".into(),
+                declared: None,
                 date: false
             }
         );

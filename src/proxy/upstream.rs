@@ -203,8 +203,11 @@ impl Upstream {
         if let Some(lines) = lines {
             lines.append_to(&mut parts.headers);
         }
+        let method = parts.method.clone();
         let mut response = self.client.request(Request::from_parts(parts, body)).await?;
         crate::inject::strip_hop_by_hop(response.headers_mut());
+        let status = response.status();
+        h1::unframe(response.headers_mut(), &method, status)?;
         Ok(response.map(Received::Hyper))
     }
 }
