@@ -73,6 +73,27 @@ impl ProxyError {
     }
 }
 
+/// The app's request body failed while it was being sent on (a malformed chunk, the app
+/// gone): the app's fault, answered 400 whichever side of the exchange noticed it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct AppBodyError(pub crate::BoxError);
+
+impl AppBodyError {
+    /// The app's body error among `err` and its causes.
+    #[must_use]
+    pub fn in_chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut source = Some(err);
+        while let Some(cause) = source {
+            if let Some(found) = cause.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            source = cause.source();
+        }
+        None
+    }
+}
+
 /// An error and its causes on one line, skipping a cause whose text the line already has.
 #[must_use]
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -458,3 +458,32 @@ async fn shutdown_closes_idle_connections_and_ends_a_busy_one_after_its_response
         "shutdown did not finish within the grace period"
     );
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_the_apps_400_not_the_upstreams_502() {
+    let world = World::billing("").await;
+    let echo = world.echo.addr;
+    for body in [
+        "ffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+        "3\r\nabcX\r\n0\r\n\r\n",
+        "zz\r\n\r\n",
+    ] {
+        let request = format!(
+            "POST http://{echo}/x HTTP/1.1\r\nHost: {echo}\r\nX-Auth-Config: billing\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        let reply = raw_exchange(world.bearerd.proxy_addr, request.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{body:?}: {reply}");
+        assert!(reply.contains("x-bearerd-error: bad_request\r\n"), "{body:?}: {reply}");
+        assert!(
+            reply.contains("the request body could not be read"),
+            "{body:?}: {reply}"
+        );
+    }
+    let metrics = metrics(&world.bearerd).await;
+    assert!(
+        metrics.contains(r#"bearerd_requests_total{auth_config="billing",status="bad_request"} 3"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("upstream_unreachable"), "{metrics}");
+}

@@ -33,7 +33,7 @@ pub use upstream::Upstream;
 use upstream::{Outgoing, Permitted};
 
 use crate::config::{AuthConfig, Config, Inject};
-use crate::error::{ProxyError, respond};
+use crate::error::{AppBodyError, ProxyError, respond};
 use crate::inject;
 use crate::metrics::{Metrics, NO_AUTH_CONFIG};
 use crate::routes::{self, RequestFacts, RouteKind, SelectError};
@@ -602,7 +602,10 @@ where
                 })?;
             Ok(Outgoing::Full(collected.to_bytes()))
         }
-        _ => Ok(Outgoing::Stream(boxed(body))),
+        _ => Ok(Outgoing::Stream(
+            body.map_err(|err| BoxError::from(AppBodyError(err.into())))
+                .boxed_unsync(),
+        )),
     }
 }
 

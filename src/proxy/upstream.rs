@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::h1::{self, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
 use super::lines::RequestLines;
 use super::timer::Timer;
-use crate::error::ProxyError;
+use crate::error::{AppBodyError, ProxyError};
 use crate::{BoxError, ProxyBody};
 
 /// Sends requests upstream over pooled connections, at most `max_concurrency` at once.
@@ -176,6 +176,9 @@ impl Upstream {
                 timeout,
             }),
             Some(Ok(response)) => Ok(response),
+            Some(Err(ref err)) if let Some(app) = AppBodyError::in_chain(err.as_ref()) => {
+                Err(ProxyError::BadRequest(app.to_string()))
+            }
             Some(Err(err)) if is_timeout(err.as_ref()) => Err(ProxyError::UpstreamTimeout {
                 authority: authority(),
                 timeout,
