@@ -487,3 +487,106 @@ async fn a_malformed_chunked_request_body_is_the_apps_400_not_the_upstreams_502(
     );
     assert!(!metrics.contains("upstream_unreachable"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_head_that_is_not_http_is_answered_400_at_once_and_the_connection_closed() {
+    let world = World::billing("").await;
+    for head in [
+        "GET / HTTP/1.1\r\nHost: a\r\n\r\r\n",
+        "GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
+    ] {
+        // raw_exchange reads until the connection closes: a closed connection ends it at once.
+        let started = std::time::Instant::now();
+        let reply = raw_exchange(world.bearerd.proxy_addr, head.as_bytes()).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "{head:?} waited");
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head:?}: {reply}");
+        assert!(reply.contains("connection: close\r\n"), "{head:?}: {reply}");
+        assert!(reply.contains(r#""error":"bad_request""#), "{head:?}: {reply}");
+    }
+    assert_eq!(world.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_request_needs_one_valid_host_and_a_target_without_user_info_on_either_path() {
+    let world = World::billing("").await;
+    let echo = world.echo.addr;
+    // bearerd's own loop serves the plain GET; a chunked body hands the request to hyper.
+    let paths = ["", "Transfer-Encoding: chunked\r\n"];
+    for (hosts, target, why) in [
+        (String::new(), format!("http://{echo}/x"), "no Host"),
+        (
+            format!("Host: {echo}\r\nHost: {echo}\r\n"),
+            format!("http://{echo}/x"),
+            "two Host lines",
+        ),
+        (
+            "Host: a b\r\n".to_owned(),
+            format!("http://{echo}/x"),
+            "a space in Host",
+        ),
+        (
+            "Host: u@a.test\r\n".to_owned(),
+            format!("http://{echo}/x"),
+            "user info in Host",
+        ),
+        (
+            "Host: a:1:2\r\n".to_owned(),
+            format!("http://{echo}/x"),
+            "two ports in Host",
+        ),
+        (
+            "Host: [::1\r\n".to_owned(),
+            format!("http://{echo}/x"),
+            "an open bracket in Host",
+        ),
+        (
+            format!("Host: {echo}\r\n"),
+            format!("http://127.0.0.1@{echo}/x"),
+            "user info in the target",
+        ),
+        (
+            format!("Host: {echo}\r\n"),
+            format!("http://u:p@{echo}/x"),
+            "user and password in the target",
+        ),
+    ] {
+        for path in paths {
+            let body = if path.is_empty() { "" } else { "0\r\n\r\n" };
+            let request = format!(
+                "GET {target} HTTP/1.1\r\n{hosts}X-Auth-Config: billing\r\n{path}Connection: close\r\n\r\n{body}"
+            );
+            let reply = raw_exchange(world.bearerd.proxy_addr, request.as_bytes()).await;
+            assert!(
+                reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{why} {path:?}: {reply}"
+            );
+            assert!(
+                reply.contains("x-bearerd-error: bad_request\r\n"),
+                "{why} {path:?}: {reply}"
+            );
+        }
+    }
+    assert_eq!(world.echo.requests(), 0, "nothing was sent upstream");
+    assert_eq!(world.tokens.count(), 0, "no token was fetched");
+    // HTTP/1.0 may leave Host out; a Host that differs from the target's is replaced by it.
+    let old = raw_exchange(
+        world.bearerd.proxy_addr,
+        format!("GET http://{echo}/old HTTP/1.0\r\nX-Auth-Config: billing\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
+    for path in paths {
+        let body = if path.is_empty() { "" } else { "0\r\n\r\n" };
+        let request = format!(
+            "GET http://{echo}/other HTTP/1.1\r\nHost: other.test\r\nX-Auth-Config: billing\r\n{path}Connection: close\r\n\r\n{body}"
+        );
+        let reply = raw_exchange(world.bearerd.proxy_addr, request.as_bytes()).await;
+        // The echo's JSON, however the response was framed.
+        let json = &reply[reply.find('{').unwrap()..=reply.rfind('}').unwrap()];
+        let seen = Echoed::parse(json.as_bytes());
+        assert_eq!(seen.all("host"), [echo.to_string()], "{path:?}");
+    }
+}

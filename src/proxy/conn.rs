@@ -91,6 +91,13 @@ pub(super) async fn serve(
                     Parsed::Partial | Parsed::HandOff => {
                         return hand_off(proxy, conn, local, peer, watcher).await;
                     }
+                    Parsed::Malformed(why) => {
+                        let error = ProxyError::BadRequest(format!("malformed request head: {why}"));
+                        let _ = conn
+                            .write(respond(&error, None).map(AppBody::Own), &Method::GET, false, false)
+                            .await;
+                        return conn.close().await;
+                    }
                 }
             } else if shutdown.started() {
                 return conn.close().await;
@@ -177,6 +184,8 @@ enum Parsed {
     Partial,
     /// A request for hyper (see the module docs).
     HandOff,
+    /// Not an HTTP/1 request head: answered 400 at once, and the connection closed.
+    Malformed(httparse::Error),
 }
 
 /// A request head this loop serves, found at the start of the buffer.
@@ -367,7 +376,9 @@ fn parse(buf: &[u8], lines: &mut RequestLines) -> Parsed {
     let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::HandOff,
+        // Another version (HTTP/2's preface), or more headers than served here: hyper's.
+        Err(httparse::Error::Version | httparse::Error::TooManyHeaders) => return Parsed::HandOff,
+        Err(err) => return Parsed::Malformed(err),
     };
     let (Some(method), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version) else {
         return Parsed::HandOff;
@@ -565,6 +576,7 @@ mod tests {
             Parsed::Serve(head) => Ok((head.len, head.body, head.keep_alive, head.trailers)),
             Parsed::Partial => Err("partial"),
             Parsed::HandOff => Err("hyper"),
+            Parsed::Malformed(_) => Err("malformed"),
         }
     }
 
@@ -577,7 +589,6 @@ mod tests {
             (&b"GET http://a.test/ HTTP/1.0\r\n\r\n"[..], "HTTP/1.0"),
             (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", "CONNECT"),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "h2c preface"),
-            (b"GET /\x01 HTTP/1.1\r\n\r\n", "a bad target"),
             (
                 b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 "chunked",
@@ -602,6 +613,16 @@ mod tests {
             (b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n", "a large body"),
         ] {
             assert_eq!(decide(head), Err("hyper"), "{why}");
+        }
+        for (head, why) in [
+            (&b"GET /\x01 HTTP/1.1\r\n\r\n"[..], "a bad target"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\r\n", "a bare CR ending the head"),
+            (b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", "a bare CR in a line"),
+            (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", "space before the colon"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "obs-fold"),
+            (b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", "NUL in a value"),
+        ] {
+            assert_eq!(decide(head), Err("malformed"), "{why}");
         }
         let post =
             b"POST / HTTP/1.1\r\ncontent-length: 3\r\nConnection: keep-alive, Close\r\nTE: trailers\r\n\r\nabcGET";

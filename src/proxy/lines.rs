@@ -28,6 +28,8 @@ pub struct RequestLines {
     /// Where each line's name and value are in `head`, in order.
     lines: Vec<(Range<usize>, Range<usize>)>,
     host: Option<Range<usize>>,
+    /// How many `Host` lines there were (a request with more than one is refused).
+    hosts: u8,
     auth_config: Option<Range<usize>>,
     /// A bit for each length of a name among `lines` (modulo 64): a name whose bit is clear
     /// is not there, so looking it up or leaving it out takes no pass over the lines.
@@ -84,6 +86,7 @@ impl RequestLines {
                 Known::HopByHop(_) => {}
                 Known::Host => {
                     self.host.get_or_insert(at(line.value));
+                    self.hosts = self.hosts.saturating_add(1);
                 }
                 Known::XAuthConfig => {
                     self.auth_config.get_or_insert(at(line.value));
@@ -130,6 +133,7 @@ impl RequestLines {
         self.head = Bytes::new();
         self.lines.clear();
         self.host = None;
+        self.hosts = 0;
         self.auth_config = None;
         self.lengths = 0;
         self.added.clear();
@@ -139,6 +143,11 @@ impl RequestLines {
     /// The first `Host` line's value.
     pub fn host(&self) -> Option<&[u8]> {
         self.host.clone().map(|value| &self.head[value])
+    }
+
+    /// How many `Host` lines the request had.
+    pub fn hosts(&self) -> usize {
+        usize::from(self.hosts)
     }
 
     /// The first `X-Auth-Config` line's value.

@@ -494,13 +494,15 @@ fn target_and_name<'r, B>(
     lines: Option<&'r RequestLines>,
     local: Option<SocketAddr>,
 ) -> Result<(Target<'r>, Option<&'r str>), ProxyError> {
-    let (host, named) = if let Some(lines) = lines {
-        (lines.host(), lines.auth_config())
+    let (host, hosts, named) = if let Some(lines) = lines {
+        (lines.host(), lines.hosts(), lines.auth_config())
     } else {
         let headers = request.headers();
         let value = |name| headers.get(name).map(http::HeaderValue::as_bytes);
-        (value(http::header::HOST), value(inject::X_AUTH_CONFIG))
+        let hosts = headers.get_all(http::header::HOST).iter().count();
+        (value(http::header::HOST), hosts, value(inject::X_AUTH_CONFIG))
     };
+    check_host(request.version(), host, hosts)?;
     let target = Target::of(request.uri(), host, local)?;
     let Some(named) = named else {
         return Ok((target, None));
@@ -511,6 +513,19 @@ fn target_and_name<'r, B>(
             "X-Auth-Config is not a valid auth config name".into(),
         )),
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` line, an HTTP/1.0 one at most,
+/// and its value is a host and optional port (empty only for a target without one).
+fn check_host(version: Version, host: Option<&[u8]>, hosts: usize) -> Result<(), ProxyError> {
+    let problem = match (version, hosts) {
+        (Version::HTTP_2 | Version::HTTP_3, _) => return Ok(()),
+        (Version::HTTP_11, 0) => "the request has no Host header",
+        (_, 2..) => "the request has more than one Host header",
+        _ if host.is_some_and(|host| !target::valid_host(host)) => "the Host header is not a host and port",
+        _ => return Ok(()),
+    };
+    Err(ProxyError::BadRequest(problem.into()))
 }
 
 /// Whether a header value is visible ASCII, spaces and tabs, as `HeaderValue::to_str` has it.

@@ -47,6 +47,16 @@ impl<'a> Target<'a> {
             }
             None => unreachable!("checked above"),
         }
+        if uri
+            .authority()
+            .is_some_and(|authority| authority.as_str().contains('@'))
+        {
+            // `http://allowed.test@elsewhere.test/` names elsewhere.test: user info only
+            // serves to mislead (RFC 9110 §4.2.4).
+            return Err(ProxyError::BadRequest(
+                "the request target has user info; it is not accepted".into(),
+            ));
+        }
         let (host, port) = host_port_of(uri)
             .ok_or_else(|| ProxyError::BadRequest("absolute-form request target has no host".into()))?;
         if local.is_some_and(|local| is_listener(&host, port, local)) {
@@ -168,6 +178,38 @@ pub fn gateway_uri(upstream: &Url, prefix: &str, uri: &Uri) -> Result<Uri, Proxy
 }
 
 /// Lowercase host without brackets, and the effective port, of an absolute URI.
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2), or
+/// empty: a registered name or IPv4 address, or an IPv6 address in brackets; no user info;
+/// at most one port, of digits. Read in place: it runs for every request.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&byte| byte == b']') else {
+            return false;
+        };
+        let address = &rest[..end];
+        let ipv6 = |byte: &u8| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.');
+        if address.is_empty() || !address.iter().all(ipv6) {
+            return false;
+        }
+        (value, &rest[end + 1..])
+    } else {
+        let colon = value.iter().position(|&byte| byte == b':').unwrap_or(value.len());
+        let (host, port) = value.split_at(colon);
+        let reg_name = |byte: &u8| byte.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(byte);
+        if !host.iter().all(reg_name) {
+            return false;
+        }
+        (host, port)
+    };
+    if value.is_empty() {
+        return true;
+    }
+    !host.is_empty()
+        && port
+            .strip_prefix(b":")
+            .map_or(port.is_empty(), |digits| digits.iter().all(u8::is_ascii_digit))
+}
+
 pub fn host_port_of(uri: &Uri) -> Option<(Cow<'_, str>, u16)> {
     let (host, port) = split_authority(uri.authority()?);
     let default = if uri.scheme() == Some(&Scheme::HTTPS) { 443 } else { 80 };
@@ -231,6 +273,42 @@ fn printable_scheme(scheme: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_values_are_a_host_and_an_optional_port() {
+        for valid in [
+            &b""[..],
+            b"a.test",
+            b"A-1.test:8080",
+            b"a.test:",
+            b"127.0.0.1:80",
+            b"[::1]",
+            b"[::1]:9000",
+            b"[::ffff:127.0.0.1]:1",
+            b"xn--d1acufc.test",
+            b"a%20b",
+        ] {
+            assert!(super::valid_host(valid), "{}", String::from_utf8_lossy(valid));
+        }
+        for invalid in [
+            &b"a b"[..],
+            b"u@a.test",
+            b"u:p@a.test",
+            b"a:1:2",
+            b"a:x",
+            b"[::1",
+            b"[::1]x",
+            b"[]",
+            b"[a.test]",
+            b":80",
+            b"a/b",
+            b"a\tb",
+            b"a\x00",
+            b"caf\xc3\xa9.test",
+        ] {
+            assert!(!super::valid_host(invalid), "{}", String::from_utf8_lossy(invalid));
+        }
+    }
+
     use super::*;
 
     #[test]
