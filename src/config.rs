@@ -68,6 +68,9 @@ pub struct Config {
     pub upstream_max_concurrency: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: Duration,
+    /// App connections served at once; more wait in the listener's accept queue. Read at
+    /// start: a reload does not change it.
+    pub max_connections: usize,
     /// Tokio worker threads; `None`: one per CPU the process may use (affinity and cgroup
     /// CPU limits counted).
     pub worker_threads: Option<usize>,
@@ -481,6 +484,7 @@ struct RawTop {
     connect: ConnectPolicy,
     upstream_timeout: Option<RawDuration>,
     upstream_max_concurrency: Option<usize>,
+    max_connections: Option<usize>,
     shutdown_grace: Option<RawDuration>,
     config_watch_interval: Option<RawDuration>,
     worker_threads: Option<usize>,
@@ -718,6 +722,7 @@ impl Loader<'_> {
             upstream_timeout,
             upstream_max_concurrency: raw_top.upstream_max_concurrency.filter(|&n| n > 0).unwrap_or(256),
             shutdown_grace,
+            max_connections: raw_top.max_connections.filter(|&n| n > 0).unwrap_or(4096),
             config_watch_interval,
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
