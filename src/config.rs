@@ -144,6 +144,9 @@ pub struct AuthConfig {
     pub inject: Inject,
     pub allowed_hosts: Vec<HostPattern>,
     pub refresh_before: Duration,
+    /// A token counts as expired this long before its lifetime (or its JWT `exp`) ends, at
+    /// most half the lifetime.
+    pub expiry_skew: Duration,
     pub default_ttl: Duration,
     /// The whole token request.
     pub timeout: Duration,
@@ -534,6 +537,7 @@ struct RawAuthConfig {
     inject: Option<RawInject>,
     allowed_hosts: Option<Vec<String>>,
     refresh_before: Option<RawDuration>,
+    expiry_skew: Option<RawDuration>,
     default_ttl: Option<RawDuration>,
     timeout: Option<RawDuration>,
     backoff: Option<RawBackoff>,
@@ -929,6 +933,7 @@ impl Loader<'_> {
         });
         let hosts_invalid = listed_hosts > 0 && allowed_hosts.as_ref().is_some_and(Vec::is_empty);
         let refresh_before = self.duration(cid, "refresh_before", raw.refresh_before, Duration::from_mins(1));
+        let expiry_skew = self.duration(cid, "expiry_skew", raw.expiry_skew, Duration::from_secs(5));
         let default_ttl = self.duration(cid, "default_ttl", raw.default_ttl, Duration::from_mins(5));
         let timeout = self.duration(cid, "timeout", raw.timeout, Duration::from_secs(10));
         if timeout.is_zero() {
@@ -968,6 +973,7 @@ impl Loader<'_> {
             inject,
             allowed_hosts: Vec::new(),
             refresh_before,
+            expiry_skew,
             default_ttl,
             timeout,
             backoff_initial,
