@@ -5,6 +5,7 @@ use http::uri::{PathAndQuery, Uri};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::config::Inject;
+use crate::http1::hop_by_hop_bit_of;
 use crate::secret::AccessToken;
 
 /// The header an app uses to name the auth config; never forwarded.
@@ -36,75 +37,9 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// `name`'s bit in a set of [`HOP_BY_HOP`] names (bit `i` for `HOP_BY_HOP[i]`, as in
-/// [`bit`]), 0 for others.
+/// [`crate::http1::bit`]), 0 for others.
 pub(crate) fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     hop_by_hop_bit_of(name.as_str().as_bytes())
-}
-
-/// [`hop_by_hop_bit`] for a name as a message wrote it, in any case.
-pub(crate) fn hop_by_hop_bit_of(name: &[u8]) -> u16 {
-    match known(name) {
-        Known::HopByHop(bit) => bit,
-        _ => 0,
-    }
-}
-
-/// The bits of the [`HOP_BY_HOP`] names.
-pub(crate) mod bit {
-    pub const CONNECTION: u16 = 1 << 0;
-    pub const KEEP_ALIVE: u16 = 1 << 1;
-    pub const PROXY_CONNECTION: u16 = 1 << 2;
-    pub const PROXY_AUTHENTICATE: u16 = 1 << 3;
-    pub const PROXY_AUTHORIZATION: u16 = 1 << 4;
-    pub const TE: u16 = 1 << 5;
-    pub const TRAILER: u16 = 1 << 6;
-    pub const TRANSFER_ENCODING: u16 = 1 << 7;
-    pub const UPGRADE: u16 = 1 << 8;
-}
-
-/// A header name the proxy acts on, as [`known`] tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Known {
-    /// One of [`HOP_BY_HOP`], by its [`bit`].
-    HopByHop(u16),
-    ContentLength,
-    Date,
-    Expect,
-    Host,
-    XAuthConfig,
-    Other,
-}
-
-/// What `name`, as a message wrote it (in any case), is to the proxy. Told by its length
-/// first, then compared with at most two names, without a lowercased copy: a copy and a
-/// match on the text cost about 100 instructions a name, and a proxied request reads about
-/// ten names (benches/README.md).
-pub(crate) fn known(name: &[u8]) -> Known {
-    let is = |lower: &[u8]| same_name(name, lower);
-    match name.len() {
-        2 if is(b"te") => Known::HopByHop(bit::TE),
-        4 if is(b"date") => Known::Date,
-        4 if is(b"host") => Known::Host,
-        6 if is(b"expect") => Known::Expect,
-        7 if is(b"trailer") => Known::HopByHop(bit::TRAILER),
-        7 if is(b"upgrade") => Known::HopByHop(bit::UPGRADE),
-        10 if is(b"connection") => Known::HopByHop(bit::CONNECTION),
-        10 if is(b"keep-alive") => Known::HopByHop(bit::KEEP_ALIVE),
-        13 if is(b"x-auth-config") => Known::XAuthConfig,
-        14 if is(b"content-length") => Known::ContentLength,
-        16 if is(b"proxy-connection") => Known::HopByHop(bit::PROXY_CONNECTION),
-        17 if is(b"transfer-encoding") => Known::HopByHop(bit::TRANSFER_ENCODING),
-        18 if is(b"proxy-authenticate") => Known::HopByHop(bit::PROXY_AUTHENTICATE),
-        19 if is(b"proxy-authorization") => Known::HopByHop(bit::PROXY_AUTHORIZATION),
-        _ => Known::Other,
-    }
-}
-
-/// Whether `name` is `lower` (lowercase letters and `-`, as long as `name`) in any case.
-fn same_name(name: &[u8], lower: &[u8]) -> bool {
-    name.iter()
-        .zip(lower)
-        .all(|(&byte, &want)| byte == want || (byte | 0x20 == want && want.is_ascii_lowercase()))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
@@ -224,6 +159,7 @@ fn with_query_param(uri: &Uri, name: &str, value: &str) -> Result<Uri, InjectErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::{Known, bit, known};
 
     fn bearer() -> Inject {
         Inject::Header {

@@ -4,6 +4,11 @@
 //! The modules, in the order one request meets them:
 //!
 //! - [`config`]: YAML + environment → a validated [`config::Config`] (auth configs, routes).
+//! - [`http1`]: HTTP/1.1 on the wire, knowing nothing of the rest: the server loop that reads
+//!   an app's request and writes its response, and the pooled client that sends it on to a
+//!   plain-HTTP upstream. It owns framing: no peer's `Content-Length`, `Transfer-Encoding`
+//!   or `Connection`-named line is passed on. (hyper serves what it hands over: HTTP/2,
+//!   streamed bodies, `CONNECT`, HTTPS upstreams.)
 //! - [`proxy`]: the listener and [`proxy::Proxy::handle`], which walks each request through
 //!   the steps below and forwards it over pooled connections (or tunnels a `CONNECT`).
 //! - [`routes`]: which auth config a request gets (`X-Auth-Config`, else the first matching
@@ -24,6 +29,7 @@ pub mod admin;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod http1;
 pub mod inject;
 pub mod metrics;
 pub mod proxy;

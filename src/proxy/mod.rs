@@ -1,13 +1,9 @@
 //! The proxy listener and the request path, step by step as in DESIGN.md
 //! "Handling one request": accept → choose the auth config → guard → token → inject → forward.
 
-mod conn;
 mod connect;
-mod h1;
-mod lines;
 mod replay;
 mod target;
-mod timer;
 mod upstream;
 
 use std::borrow::Cow;
@@ -21,11 +17,11 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use timer::Timer;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -34,20 +30,18 @@ use upstream::{Outgoing, Permitted};
 
 use crate::config::{AuthConfig, Config, Inject};
 use crate::error::{AppBodyError, ProxyError, respond};
+use crate::http1::lines::{REQUEST_ID_LEN, RequestLines, X_REQUEST_ID};
+use crate::http1::server::{self, HEADER_READ_TIMEOUT, Rewound, Service, TakeLines};
+use crate::http1::timer::Timer;
+use crate::http1::{self, client::HeaderLines};
 use crate::inject;
 use crate::metrics::{Metrics, NO_AUTH_CONFIG};
 use crate::routes::{self, RequestFacts, RouteKind, SelectError};
 use crate::token::{CachedToken, Lookup, TokenCache, TokenError};
 use crate::{BoxError, ProxyBody};
 
-use lines::RequestLines;
 use replay::{Keep, MAX_REPLAY_BODY};
 use target::Target;
-
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
@@ -122,7 +116,7 @@ impl Proxy {
             let proxy = Arc::clone(&self);
             let (stop, watcher) = (stop.clone(), graceful.watcher());
             tokio::spawn(async move {
-                conn::serve(proxy, stream, local, peer, stop, watcher).await;
+                server::serve(proxy, stream, local, peer, stop, watcher).await;
                 drop(open);
             });
         }
@@ -135,12 +129,9 @@ impl Proxy {
         graceful.shutdown().await;
     }
 
-    /// Serves a connection with hyper (HTTP/2, and what [`conn`] hands over), until it ends
-    /// or a graceful shutdown closes it.
-    async fn serve_hyper<I>(self: Arc<Self>, io: I, local: Option<SocketAddr>, peer: SocketAddr, watcher: Watcher)
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
+    /// Serves a connection with hyper (HTTP/2, and what bearerd's HTTP/1.1 loop hands over),
+    /// until it ends or a graceful shutdown closes it.
+    async fn serve_hyper(self: Arc<Self>, io: Rewound, local: Option<SocketAddr>, peer: SocketAddr, watcher: Watcher) {
         let service = service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&self);
             async move { Ok::<_, Infallible>(with_header_map(proxy.handle(request, None, None, local).await)) }
@@ -435,6 +426,35 @@ impl Proxy {
     }
 }
 
+/// The proxy, as bearerd's HTTP/1.1 loop sees it.
+impl Service for Proxy {
+    type Body = AppBody;
+
+    fn call<'a>(
+        &'a self,
+        request: Request<Full<Bytes>>,
+        lines: &'a mut RequestLines,
+        timer: &'a mut Timer,
+        local: Option<SocketAddr>,
+    ) -> impl Future<Output = Response<AppBody>> + Send + 'a {
+        self.handle(request, Some(lines), Some(timer), local)
+    }
+
+    fn refuse(&self, why: String) -> Response<AppBody> {
+        respond(&ProxyError::BadRequest(why), None).map(AppBody::Own)
+    }
+
+    fn hand_off(
+        self: Arc<Self>,
+        io: Rewound,
+        local: Option<SocketAddr>,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) -> impl Future<Output = ()> + Send {
+        self.serve_hyper(io, local, peer, watcher)
+    }
+}
+
 /// The body of a response to the app.
 pub enum AppBody {
     /// From the upstream. Holds its request's permit and, from bearerd's own HTTP/1.1 client,
@@ -446,10 +466,10 @@ pub enum AppBody {
     Own(ProxyBody),
 }
 
-impl AppBody {
+impl TakeLines for AppBody {
     /// The upstream response's header lines when they are here and not in the response's
     /// header map; `None` once taken.
-    pub fn take_header_lines(&mut self) -> Option<h1::HeaderLines> {
+    fn take_header_lines(&mut self) -> Option<HeaderLines> {
         match self {
             Self::Upstream(body) => body.take_header_lines(),
             Self::Own(_) => None,
@@ -531,7 +551,7 @@ fn check_host(version: Version, host: Option<&[u8]>, hosts: usize) -> Result<(),
         (Version::HTTP_2 | Version::HTTP_3, _) => return Ok(()),
         (Version::HTTP_11, 0) => "the request has no Host header",
         (_, 2..) => "the request has more than one Host header",
-        _ if host.is_some_and(|host| !target::valid_host(host)) => "the Host header is not a host and port",
+        _ if host.is_some_and(|host| !http1::valid_host(host)) => "the Host header is not a host and port",
         _ => return Ok(()),
     };
     Err(ProxyError::BadRequest(problem.into()))
@@ -737,7 +757,7 @@ fn request_id(
 }
 
 /// 128 random bits as 32 lowercase hex digits.
-fn random_id() -> [u8; lines::REQUEST_ID_LEN] {
+fn random_id() -> [u8; REQUEST_ID_LEN] {
     /// Each byte's two hex digits: a byte a time from a table took half the instructions of
     /// a nibble a time (and shifting the u128 for each digit, twice as many again).
     const PAIRS: [[u8; 2]; 256] = {
@@ -751,7 +771,7 @@ fn random_id() -> [u8; lines::REQUEST_ID_LEN] {
         pairs
     };
     let pairs = fastrand::u128(..).to_be_bytes().map(|byte| PAIRS[usize::from(byte)]);
-    let mut text = [0; lines::REQUEST_ID_LEN];
+    let mut text = [0; REQUEST_ID_LEN];
     text.copy_from_slice(pairs.as_flattened());
     text
 }

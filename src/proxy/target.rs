@@ -4,12 +4,12 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::Bytes;
 use http::Uri;
-use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use url::Url;
 
 use crate::error::ProxyError;
+use crate::http1::split_authority;
 
 /// Hosts are borrowed from the request's URI when it has them in lowercase already.
 #[derive(Debug)]
@@ -99,62 +99,6 @@ impl<'a> Target<'a> {
     }
 }
 
-/// A connection's last absolute-form request target's scheme and authority, for parsing the
-/// next target. A keep-alive connection's requests mostly go to one upstream: when a target
-/// starts with the same scheme and authority, byte for byte, only its path and query are
-/// parsed, and the checked scheme and authority are shared (`http`'s whole parse of a
-/// target was about 450 instructions a request).
-#[derive(Default)]
-pub struct LastOrigin(Option<(Scheme, Authority)>);
-
-/// Targets longer than this are parsed whole (`http` refuses URIs longer than 65,534 bytes).
-const SHORT_TARGET: usize = 8 * 1024;
-
-impl LastOrigin {
-    /// The URI of a request target, as `Uri::from_maybe_shared` parses it.
-    pub fn parse(&mut self, target: Bytes) -> Result<Uri, InvalidUri> {
-        if let Some(uri) = self.same_origin(&target) {
-            return uri;
-        }
-        let uri = Uri::from_maybe_shared(target)?;
-        if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
-            // A copy: the target shares the memory of its whole request head.
-            let authority = Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_str().as_bytes()));
-            self.0 = authority.ok().map(|authority| (scheme.clone(), authority));
-        }
-        Ok(uri)
-    }
-
-    fn same_origin(&self, target: &Bytes) -> Option<Result<Uri, InvalidUri>> {
-        let (scheme, authority) = self.0.as_ref()?;
-        let (scheme_text, authority_text) = (scheme.as_str().as_bytes(), authority.as_str().as_bytes());
-        let end = scheme_text.len() + 3 + authority_text.len();
-        let same = target.len() <= SHORT_TARGET
-            && target.starts_with(scheme_text)
-            && target[scheme_text.len()..].starts_with(b"://")
-            && target[scheme_text.len() + 3..].starts_with(authority_text)
-            // The authority ends there, as `http` finds its end.
-            && target.get(end).is_none_or(|byte| matches!(byte, b'/' | b'?' | b'#'));
-        if !same {
-            return None;
-        }
-        // An absolute URI's empty path is `/`, as `http` has it.
-        let path = if target.len() == end {
-            Ok(PathAndQuery::from_static("/"))
-        } else {
-            PathAndQuery::from_maybe_shared(target.slice(end..))
-        };
-        let uri = path.map(|path| {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(scheme.clone());
-            parts.authority = Some(authority.clone());
-            parts.path_and_query = Some(path);
-            Uri::from_parts(parts).unwrap_or_else(|_| unreachable!("a scheme, an authority and a path make a URI"))
-        });
-        Some(uri)
-    }
-}
-
 /// The URI of an origin-form request through a gateway route: `prefix` of the request
 /// path is replaced by the upstream base URL; the query is kept.
 pub fn gateway_uri(upstream: &Url, prefix: &str, uri: &Uri) -> Result<Uri, ProxyError> {
@@ -178,38 +122,6 @@ pub fn gateway_uri(upstream: &Url, prefix: &str, uri: &Uri) -> Result<Uri, Proxy
 }
 
 /// Lowercase host without brackets, and the effective port, of an absolute URI.
-/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2), or
-/// empty: a registered name or IPv4 address, or an IPv6 address in brackets; no user info;
-/// at most one port, of digits. Read in place: it runs for every request.
-pub fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
-        let Some(end) = rest.iter().position(|&byte| byte == b']') else {
-            return false;
-        };
-        let address = &rest[..end];
-        let ipv6 = |byte: &u8| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.');
-        if address.is_empty() || !address.iter().all(ipv6) {
-            return false;
-        }
-        (value, &rest[end + 1..])
-    } else {
-        let colon = value.iter().position(|&byte| byte == b':').unwrap_or(value.len());
-        let (host, port) = value.split_at(colon);
-        let reg_name = |byte: &u8| byte.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(byte);
-        if !host.iter().all(reg_name) {
-            return false;
-        }
-        (host, port)
-    };
-    if value.is_empty() {
-        return true;
-    }
-    !host.is_empty()
-        && port
-            .strip_prefix(b":")
-            .map_or(port.is_empty(), |digits| digits.iter().all(u8::is_ascii_digit))
-}
-
 pub fn host_port_of(uri: &Uri) -> Option<(Cow<'_, str>, u16)> {
     let (host, port) = split_authority(uri.authority()?);
     let default = if uri.scheme() == Some(&Scheme::HTTPS) { 443 } else { 80 };
@@ -218,25 +130,6 @@ pub fn host_port_of(uri: &Uri) -> Option<(Cow<'_, str>, u16)> {
         return None;
     }
     Some((host, port.unwrap_or(default)))
-}
-
-/// The host (IPv6 in its brackets) and port of a parsed authority, as `http`'s
-/// `Authority::host` and `port_u16` give them, in one pass over the text (those two took
-/// ~700 instructions per request, each searching the text again). Byte loops: `rfind` of a
-/// `char` goes through `memrchr`, whose setup costs more than these short texts.
-pub fn split_authority(authority: &Authority) -> (&str, Option<u16>) {
-    let text = authority.as_str();
-    let host_port = match text.bytes().rposition(|byte| byte == b'@') {
-        Some(at) => &text[at + 1..],
-        None => text,
-    };
-    // The last `:` is a port's unless a `]` follows it (then it is inside an IPv6 address).
-    match host_port.bytes().rposition(|byte| byte == b':' || byte == b']') {
-        Some(colon) if host_port.as_bytes()[colon] == b':' => {
-            (&host_port[..colon], host_port[colon + 1..].parse().ok())
-        }
-        _ => (host_port, None),
-    }
 }
 
 /// Whether `host:port` is the listener socket `local` (by its address, or as `localhost`).
@@ -273,100 +166,7 @@ fn printable_scheme(scheme: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn host_values_are_a_host_and_an_optional_port() {
-        for valid in [
-            &b""[..],
-            b"a.test",
-            b"A-1.test:8080",
-            b"a.test:",
-            b"127.0.0.1:80",
-            b"[::1]",
-            b"[::1]:9000",
-            b"[::ffff:127.0.0.1]:1",
-            b"xn--d1acufc.test",
-            b"a%20b",
-        ] {
-            assert!(super::valid_host(valid), "{}", String::from_utf8_lossy(valid));
-        }
-        for invalid in [
-            &b"a b"[..],
-            b"u@a.test",
-            b"u:p@a.test",
-            b"a:1:2",
-            b"a:x",
-            b"[::1",
-            b"[::1]x",
-            b"[]",
-            b"[a.test]",
-            b":80",
-            b"a/b",
-            b"a\tb",
-            b"a\x00",
-            b"caf\xc3\xa9.test",
-        ] {
-            assert!(!super::valid_host(invalid), "{}", String::from_utf8_lossy(invalid));
-        }
-    }
-
     use super::*;
-
-    #[test]
-    fn a_target_after_one_with_the_same_origin_parses_as_http_parses_it() {
-        let targets: &[&[u8]] = &[
-            b"http://a.test:8080/x?q=1",
-            b"http://a.test:8080",
-            b"http://a.test:8080?q",
-            b"http://a.test:8080#frag",
-            b"http://a.test:8080/p/a%20th?x=%zz#f",
-            b"http://a.test:80801/x",
-            b"http://a.test:8080@b.test/x",
-            b"http://A.test:8080/x",
-            b"HTTP://a.test:8080/x",
-            b"https://a.test:8080/x",
-            b"http://a.test:8080/\x7f",
-            b"http://a.test:8080/a b",
-            b"http://a.test:8080/\xff",
-            b"/origin/form",
-            b"http://b.test/y",
-            b"http://b.test/",
-        ];
-        let parsed = |target: &[u8]| Uri::from_maybe_shared(Bytes::copy_from_slice(target));
-        let shown = |uri: Result<Uri, InvalidUri>| {
-            uri.map(|uri| {
-                let parts = (
-                    uri.scheme_str(),
-                    uri.authority().map(Authority::as_str),
-                    uri.path(),
-                    uri.query(),
-                );
-                format!("{parts:?} {uri}")
-            })
-            .map_err(|err| err.to_string())
-        };
-        for first in [&b"http://a.test:8080/first"[..], b"https://a.test:8080/"] {
-            for target in targets {
-                let mut last = LastOrigin::default();
-                shown(last.parse(Bytes::copy_from_slice(first))).unwrap();
-                let expected = shown(parsed(target));
-                assert_eq!(
-                    shown(last.parse(Bytes::copy_from_slice(target))),
-                    expected,
-                    "{first:?} {target:?}"
-                );
-            }
-        }
-        // The shortcut is taken: the authority's memory is the kept copy's, not the target's.
-        let mut last = LastOrigin::default();
-        let first = last.parse(Bytes::from_static(b"http://a.test:8080/1")).unwrap();
-        let second = last.parse(Bytes::from_static(b"http://a.test:8080/2")).unwrap();
-        let text = |uri: &Uri| uri.authority().unwrap().as_str().as_ptr();
-        assert_ne!(text(&first), text(&second));
-        assert_eq!(
-            Some(text(&second)),
-            last.0.as_ref().map(|(_, authority)| authority.as_str().as_ptr())
-        );
-    }
 
     #[test]
     fn gateway_replaces_the_prefix_and_keeps_the_query() {

@@ -2,7 +2,7 @@
 //! with HTTP/2 when the server offers it by ALPN and HTTP/1.1 otherwise.
 //!
 //! A request to a plain-HTTP upstream (the sidecar's common case, and its hot path) whose
-//! body is in memory goes through bearerd's own HTTP/1.1 client ([`super::h1`]). HTTPS, and
+//! body is in memory goes through bearerd's own HTTP/1.1 client ([`crate::http1::client`]). HTTPS, and
 //! requests with a streaming body, go through hyper-util's pooled client, which also handles
 //! ALPN and HTTP/2.
 
@@ -24,10 +24,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::h1::{self, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
-use super::lines::RequestLines;
-use super::timer::Timer;
 use crate::error::{AppBodyError, ProxyError};
+use crate::http1::client::{self as h1, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
+use crate::http1::lines::RequestLines;
+use crate::http1::timer::Timer;
+use crate::http1::unframe;
 use crate::{BoxError, ProxyBody};
 
 /// Sends requests upstream over pooled connections, at most `max_concurrency` at once.
@@ -210,7 +211,7 @@ impl Upstream {
         let mut response = self.client.request(Request::from_parts(parts, body)).await?;
         crate::inject::strip_hop_by_hop(response.headers_mut());
         let status = response.status();
-        h1::unframe(response.headers_mut(), &method, status)?;
+        unframe(response.headers_mut(), &method, status)?;
         Ok(response.map(Received::Hyper))
     }
 }

@@ -25,6 +25,7 @@ pub struct Timer {
 
 impl Timer {
     /// A timer armed `after` from now.
+    #[must_use]
     pub fn new(after: Duration) -> Self {
         Self {
             sleep: Box::pin(tokio::time::sleep(after)),

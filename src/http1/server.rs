@@ -1,19 +1,19 @@
-//! One app connection to the proxy listener, served by bearerd's own HTTP/1.1 loop.
+//! bearerd's HTTP/1.1 server loop: one app connection, served by a [`Service`].
 //!
 //! The common request — a well-formed HTTP/1.1 head with no body, or with a small
-//! `Content-Length` body that arrived with it — is parsed with httparse, answered by
-//! [`Proxy::handle`] in this task, and its response written back with the head and the body
-//! parts at hand in one write. Requests on a keep-alive connection are read one after another
-//! (pipelined ones from the buffer). hyper's server connection cost about 11k instructions
-//! per request around the handler (parse, dispatch, encode; benches/README.md).
+//! `Content-Length` body that arrived with it — is parsed with httparse, answered by the
+//! service in this task, and its response written back with the head and the body parts at
+//! hand in one write. Requests on a keep-alive connection are read one after another
+//! (pipelined ones from the buffer); between them the connection holds no buffers.
 //!
-//! Everything else hands the connection to hyper, with the bytes already read put back in
-//! front, and hyper serves the rest of it with the same handler: HTTP/2 (h2c prior
-//! knowledge), HTTP/1.0, `CONNECT`, `Upgrade`, `Expect`, `Transfer-Encoding`, a body that is
-//! larger or not all here yet, a repeated `Content-Length`, and any head httparse rejects or
-//! that is larger than 64 KiB. The edges of HTTP/1.1 — its errors, streaming bodies, tunnels
-//! and upgrades — keep hyper's handling; this loop takes only the requests it can serve
-//! whole.
+//! Everything else is handed to the service's [`Service::hand_off`] (hyper), with the bytes
+//! already read put back in front: HTTP/2 (h2c prior knowledge), HTTP/1.0, `CONNECT`,
+//! `Upgrade`, `Expect`, `Transfer-Encoding`, a body that is larger or not all here yet, a
+//! repeated `Content-Length`, more than 100 header lines, or a head larger than 64 KiB. The
+//! edges of HTTP/1.1 — streaming bodies, tunnels and upgrades — keep hyper's handling; this
+//! loop takes only the requests it can serve whole. A head that is not HTTP/1 at all (bare
+//! CR, a space before a colon, obs-fold, NUL) is answered 400 at once, and the connection
+//! closed.
 //!
 //! Like hyper's: a connection may take [`HEADER_READ_TIMEOUT`] to send a head (also while
 //! idle between requests); a request whose app closes the connection before its response is
@@ -28,7 +28,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -42,28 +42,66 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::h1::{self, header_line};
-use super::lines::{self, RequestLines};
+use super::client::HeaderLines;
+use super::lines::RequestLines;
 use super::target::LastOrigin;
 use super::timer::{self, Timer};
-use super::{AppBody, HEADER_READ_TIMEOUT, Proxy};
-use crate::error::{ProxyError, respond};
+use super::{
+    DATE, MAX_HEAD, MAX_HEADERS, READ_SIZE, bodiless, declared_length, declares_length, has_token, header_line,
+    trailer_allowed,
+};
+use crate::BoxError;
 
-/// The largest request head served here (hyper takes larger ones).
-const MAX_HEAD: usize = 64 * 1024;
-/// The most header lines served here (hyper's default limit too).
-const MAX_HEADERS: usize = 100;
+/// How long a connection may take to send a request head, also while idle between requests.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The largest request body served here; it must have arrived with the head.
 const MAX_BODY: usize = 64 * 1024;
-const READ_SIZE: usize = 8 * 1024;
 /// A data frame at least this large is written from its own buffer, not copied behind the head.
 const COPY_LIMIT: usize = 8 * 1024;
 
+/// What the loop serves requests with: to this layer, the proxy is one of these.
+pub trait Service: Send + Sync + 'static {
+    /// The body of its responses.
+    type Body: Body<Data = Bytes, Error = BoxError> + TakeLines + Send + Unpin;
+
+    /// Answers one request. Its header lines are in `lines` (its header map is empty, and
+    /// what the service adds goes beside the lines); the connection's `timer` is lent for the
+    /// request's deadlines. `local` is the listener socket it came in on.
+    fn call<'a>(
+        &'a self,
+        request: Request<Full<Bytes>>,
+        lines: &'a mut RequestLines,
+        timer: &'a mut Timer,
+        local: Option<SocketAddr>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'a;
+
+    /// The answer to a request refused before it reached [`Service::call`] (a 400): `why`
+    /// says what was wrong with it.
+    fn refuse(&self, why: String) -> Response<Self::Body>;
+
+    /// Serves the rest of a connection this loop does not serve.
+    fn hand_off(
+        self: Arc<Self>,
+        io: Rewound,
+        local: Option<SocketAddr>,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A response body that may carry the upstream's header lines as bytes, not in the
+/// response's header map.
+pub trait TakeLines {
+    /// The header lines, when the body has them and they were not taken yet.
+    fn take_header_lines(&mut self) -> Option<HeaderLines>;
+}
+
 /// Serves `stream` until the app closes it, the connection times out or breaks, or shutdown
-/// (`stop`) finds it idle; hands it to hyper for what this loop does not serve. `watcher`
-/// is held until the connection ends, so a graceful shutdown waits for it.
-pub(super) async fn serve(
-    proxy: Arc<Proxy>,
+/// (`stop`) finds it idle; hands it to the service for what this loop does not serve.
+/// `watcher` is held until the connection ends, so a graceful shutdown waits for it.
+pub async fn serve<S: Service>(
+    service: Arc<S>,
     stream: TcpStream,
     local: Option<SocketAddr>,
     peer: SocketAddr,
@@ -90,13 +128,11 @@ pub(super) async fn serve(
                     Parsed::Serve(head) => break head,
                     Parsed::Partial if conn.buf.len() < MAX_HEAD => {}
                     Parsed::Partial | Parsed::HandOff => {
-                        return hand_off(proxy, conn, local, peer, watcher).await;
+                        return hand_off(service, conn, local, peer, watcher).await;
                     }
                     Parsed::Malformed(why) => {
-                        let error = ProxyError::BadRequest(format!("malformed request head: {why}"));
-                        let _ = conn
-                            .write(respond(&error, None).map(AppBody::Own), &Method::GET, false, false)
-                            .await;
+                        let refused = service.refuse(format!("malformed request head: {why}"));
+                        let _ = conn.write(refused, &Method::GET, false, false).await;
                         return conn.close().await;
                     }
                 }
@@ -129,17 +165,16 @@ pub(super) async fn serve(
         let (method, keep_alive, trailers) = (head.method.clone(), head.keep_alive, head.trailers);
         let request = match conn.request(head) {
             Ok(request) => request,
-            Err(error) => {
+            Err(why) => {
                 // Well-formed for httparse, not for `http` (a URI it rejects, say).
-                let response = respond(&error, None).map(AppBody::Own);
-                let _ = conn.write(response, &method, false, false).await;
+                let _ = conn.write(service.refuse(why.into()), &method, false, false).await;
                 return conn.close().await;
             }
         };
         let response = {
             let Conn { stream, buf, lines, .. } = &mut conn;
             // Pinned where it is made: the select takes a pointer to it, not the whole future.
-            let handling = std::pin::pin!(proxy.handle(request, Some(lines), Some(&mut timer), local));
+            let handling = std::pin::pin!(service.call(request, lines, &mut timer, local));
             tokio::select! {
                 biased;
                 response = handling => response,
@@ -162,13 +197,19 @@ pub(super) async fn serve(
     }
 }
 
-/// Gives the connection, with what was read and not yet served, to hyper.
-async fn hand_off(proxy: Arc<Proxy>, conn: Conn, local: Option<SocketAddr>, peer: SocketAddr, watcher: Watcher) {
+/// Gives the connection, with what was read and not yet served, to the service.
+async fn hand_off<S: Service>(
+    service: Arc<S>,
+    conn: Conn,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    watcher: Watcher,
+) {
     let io = Rewound {
         read: conn.buf.freeze(),
         stream: TokioIo::new(conn.stream),
     };
-    proxy.serve_hyper(io, local, peer, watcher).await;
+    service.hand_off(io, local, peer, watcher).await;
 }
 
 struct Conn {
@@ -293,13 +334,13 @@ impl Conn {
 
     /// The request `head` describes, taken off the buffer with its body. Its header lines
     /// are in `self.lines`; its header map is empty.
-    fn request(&mut self, head: Head) -> Result<Request<Full<Bytes>>, ProxyError> {
+    fn request(&mut self, head: Head) -> Result<Request<Full<Bytes>>, &'static str> {
         let bytes = self.buf.split_to(head.len).freeze();
         let body = self.buf.split_to(head.body).freeze();
         let uri = self
             .origin
             .parse(bytes.slice(head.target))
-            .map_err(|_| ProxyError::BadRequest("the request has an invalid target".into()))?;
+            .map_err(|_| "the request has an invalid target")?;
         self.lines.set_head(bytes);
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = head.method;
@@ -310,13 +351,16 @@ impl Conn {
 
     /// Writes `response` to a `method` request. Returns whether the connection can carry
     /// another request (the body was written whole and framed by its length or chunks).
-    async fn write(
+    async fn write<B>(
         &mut self,
-        response: Response<AppBody>,
+        response: Response<B>,
         method: &Method,
         keep_alive: bool,
         trailers: bool,
-    ) -> io::Result<bool> {
+    ) -> io::Result<bool>
+    where
+        B: Body<Data = Bytes, Error = BoxError> + TakeLines + Unpin,
+    {
         let (parts, mut body) = response.into_parts();
         let out = &mut self.out;
         out.clear();
@@ -339,7 +383,7 @@ impl Conn {
         }
         let mut lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().peekable();
         if lengths.peek().is_some() {
-            declared = h1::declared_length(lengths.map(HeaderValue::as_bytes)).ok().flatten();
+            declared = declared_length(lengths.map(HeaderValue::as_bytes)).ok().flatten();
         }
         for (name, value) in &parts.headers {
             if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
@@ -348,8 +392,8 @@ impl Conn {
             dated |= name == header::DATE;
             header_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        let mut framing = if h1::bodiless(method, parts.status) {
-            if let Some(declared) = declared.filter(|_| h1::declares_length(method, parts.status)) {
+        let mut framing = if bodiless(method, parts.status) {
+            if let Some(declared) = declared.filter(|_| declares_length(method, parts.status)) {
                 header_line(out, b"content-length", itoa::Buffer::new().format(declared).as_bytes());
             }
             Framing::None
@@ -414,7 +458,7 @@ impl Conn {
             Err(frame) => {
                 if let (Ok(fields), Framing::Chunked, true) = (frame.into_trailers(), &framing, trailers) {
                     self.out.extend_from_slice(b"0\r\n");
-                    for (name, value) in fields.iter().filter(|(name, _)| h1::trailer_allowed(name)) {
+                    for (name, value) in fields.iter().filter(|(name, _)| trailer_allowed(name)) {
                         header_line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
                     }
                     self.out.extend_from_slice(b"\r\n");
@@ -573,33 +617,11 @@ fn says_close(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .any(|value| lines::has_token(value.as_bytes(), b"close"))
+        .any(|value| has_token(value.as_bytes(), b"close"))
 }
 
-thread_local! {
-    static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, text: String::new() }) };
-}
-
-/// The `Date` header's text, formatted once a second.
-struct Date {
-    second: u64,
-    text: String,
-}
-
-impl Date {
-    fn now(&mut self) -> &[u8] {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
-        if second != self.second || self.text.is_empty() {
-            self.second = second;
-            self.text = httpdate::fmt_http_date(now);
-        }
-        self.text.as_bytes()
-    }
-}
-
-/// A connection handed to hyper: the bytes read and not served come first.
-struct Rewound {
+/// A connection handed on: the bytes read and not served come first.
+pub struct Rewound {
     read: Bytes,
     stream: TokioIo<TcpStream>,
 }
@@ -652,7 +674,6 @@ mod tests {
 
     use http::StatusCode;
     use http::header::{HeaderName, HeaderValue};
-    use http_body_util::BodyExt;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -718,6 +739,12 @@ mod tests {
     /// A body giving these frames, then its end.
     struct Frames(VecDeque<Frame<Bytes>>, Option<u64>);
 
+    impl TakeLines for Frames {
+        fn take_header_lines(&mut self) -> Option<HeaderLines> {
+            None
+        }
+    }
+
     impl Body for Frames {
         type Data = Bytes;
         type Error = crate::BoxError;
@@ -734,7 +761,7 @@ mod tests {
     }
 
     /// What `Conn::write` sends for `response`, with the Date line taken out, and its result.
-    async fn written(response: Response<AppBody>, method: Method, keep_alive: bool, trailers: bool) -> (String, bool) {
+    async fn written(response: Response<Frames>, method: Method, keep_alive: bool, trailers: bool) -> (String, bool) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut app = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
@@ -764,8 +791,8 @@ mod tests {
         headers: &[(&str, &str)],
         frames: Vec<Frame<Bytes>>,
         exact: Option<u64>,
-    ) -> Response<AppBody> {
-        let mut response = Response::new(AppBody::Own(Frames(frames.into(), exact).boxed_unsync()));
+    ) -> Response<Frames> {
+        let mut response = Response::new(Frames(frames.into(), exact));
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         for (name, value) in headers {
             response.headers_mut().append(
@@ -840,7 +867,7 @@ mod tests {
     }
 
     /// (what, response, method, keep-alive, `TE: trailers`, bytes written, whole)
-    type Case = (&'static str, Response<AppBody>, Method, bool, bool, String, bool);
+    type Case = (&'static str, Response<Frames>, Method, bool, bool, String, bool);
 
     async fn check(cases: impl IntoIterator<Item = Case>) {
         for (what, response, method, keep_alive, trailers, bytes, whole) in cases {

@@ -15,8 +15,10 @@ use std::ops::Range;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::X_REQUEST_ID;
-use crate::inject::{self, Known, bit};
+use super::{Known, bit, has_token, hop_by_hop_bit_of, known, options, parse_length};
+
+/// The request id header, which the proxy adds when the app sent no usable one.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A request's header lines, less those that do not travel upstream: hop-by-hop ones and
 /// those `Connection` names, `Host` (the upstream's is written from its URI) and
@@ -72,11 +74,11 @@ impl RequestLines {
         let mut listed = Vec::new();
         for line in parsed {
             let name = line.name.as_bytes();
-            match inject::known(name) {
+            match known(name) {
                 Known::HopByHop(bit::CONNECTION) => {
                     for option in options(line.value) {
                         found.close |= option.eq_ignore_ascii_case(b"close");
-                        if inject::hop_by_hop_bit_of(option) == 0 {
+                        if hop_by_hop_bit_of(option) == 0 {
                             listed.push(option);
                         }
                     }
@@ -240,6 +242,10 @@ impl RequestLines {
 impl RequestLines {
     /// The lines of a whole request `head`, read as the listener loop reads them, and what
     /// was found in them.
+    ///
+    /// # Panics
+    /// If `head` is not a whole request head.
+    #[must_use]
     pub fn parsed(head: &'static [u8]) -> (Self, Found) {
         let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 16];
         let mut request = httparse::Request::new(&mut []);
@@ -254,27 +260,6 @@ impl RequestLines {
 
 fn length_bit(length: usize) -> u64 {
     1 << (length % 64)
-}
-
-/// The items of a comma-separated header value, trimmed, empty ones left out.
-pub(super) fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&byte| byte == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|option| !option.is_empty())
-}
-
-/// Whether a comma-separated header value lists `token` (case-insensitive).
-pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
-    options(value).any(|option| option.eq_ignore_ascii_case(token))
-}
-
-/// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
-pub fn parse_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0, |n, digit| n * 10 + usize::from(digit - b'0')))
 }
 
 #[cfg(test)]

@@ -35,23 +35,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::body::{State, Step};
 use super::lines::RequestLines;
+use super::{
+    Known, MAX_HEAD, MAX_HEADERS, READ_SIZE, bit, bodiless, declares_length, header_line, hop_by_hop_bit_of, known,
+    length_items, options, split_authority,
+};
 use crate::BoxError;
-use crate::inject::{self, Known};
 
 /// Idle upstream connections close after this (tests assume 90 s).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const TCP_KEEPALIVE: Duration = Duration::from_mins(1);
-
-/// A response head (status line and headers) longer than this is refused.
-const MAX_HEAD: usize = 64 * 1024;
-/// At most this many response headers.
-const MAX_HEADERS: usize = 100;
-/// A chunk-size line, and a chunked body's trailer section, longer than these are refused.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
-/// Room made in the read buffer before each read.
-const READ_SIZE: usize = 8 * 1024;
 
 /// One connection to an upstream, with what was read from it and not yet used.
 pub struct Connection {
@@ -215,30 +209,6 @@ fn encode(
     out.extend_from_slice(body);
 }
 
-/// Writes one `name: value` header line.
-pub(super) fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Whether a response to `method` with `status` has no body whatever its headers say
-/// (RFC 9112 §6.3): after `HEAD`, and for 1xx, 204 and 304.
-pub(super) fn bodiless(method: &Method, status: StatusCode) -> bool {
-    *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-}
-
-/// Whether a response to `method` with `status` has no body but passes on the length the
-/// body would have had (RFC 9110 §8.6): after `HEAD` (except a 204) and for 304.
-pub(super) fn declares_length(method: &Method, status: StatusCode) -> bool {
-    (*method == Method::HEAD && status != StatusCode::NO_CONTENT && !status.is_informational())
-        || status == StatusCode::NOT_MODIFIED
-}
-
 /// Takes a complete response head off the front of `input`, or `None` if more must be read.
 ///
 /// The header lines stay as the upstream wrote them, in `input`'s memory: those not passed on
@@ -276,7 +246,7 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
     let (mut cut, mut dates) = (0_u128, 0_u128);
     for (i, field) in parsed.headers.iter().enumerate() {
         starts[i] = field.name.as_ptr().addr() - input.as_ptr().addr();
-        match inject::known(field.name.as_bytes()) {
+        match known(field.name.as_bytes()) {
             Known::HopByHop(bit) => {
                 facts.hop_by_hop(bit, field.value, version);
                 cut |= 1 << i;
@@ -363,19 +333,19 @@ struct Facts<'a> {
 impl<'a> Facts<'a> {
     /// Takes a hop-by-hop line, named by its bit in [`inject::bit`].
     fn hop_by_hop(&mut self, name: u16, value: &'a [u8], version: Version) {
-        if name == inject::bit::CONNECTION {
-            for option in super::lines::options(value) {
+        if name == bit::CONNECTION {
+            for option in options(value) {
                 if option.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if option.eq_ignore_ascii_case(b"keep-alive") {
                     if version == Version::HTTP_10 {
                         self.close = false;
                     }
-                } else if inject::hop_by_hop_bit_of(option) == 0 {
+                } else if hop_by_hop_bit_of(option) == 0 {
                     self.listed.push(option);
                 }
             }
-        } else if name == inject::bit::TRANSFER_ENCODING {
+        } else if name == bit::TRANSFER_ENCODING {
             // The last line's last coding is the final one.
             let last = value.rsplit(|&byte| byte == b',').next().unwrap_or_default();
             self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -409,98 +379,6 @@ impl<'a> Facts<'a> {
             None => (Framing::UntilClose, false),
         }
     }
-}
-
-/// The length that `Content-Length` field lines say: one number, however often repeated or
-/// listed (`5, 5`); lines that disagree, or an item that is not a number, are an error (RFC
-/// 9110 §8.6, RFC 9112 §6.3).
-pub(super) fn declared_length<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<Option<u64>, BoxError> {
-    values.into_iter().try_fold(None, length_items)
-}
-
-/// Takes the peer's framing out of a response's header map, as bearerd's client does with
-/// its lines: whoever writes the response frames it from what its body delivers (hyper's
-/// client keeps a `Content-Length` it decoded a chunked body past, RFC 9112 §6.3). Only the
-/// length a bodiless response declares stays, as one value.
-pub(super) fn unframe(headers: &mut HeaderMap, method: &Method, status: StatusCode) -> Result<(), BoxError> {
-    let Some(_) = headers.get(header::CONTENT_LENGTH) else {
-        return Ok(());
-    };
-    let declared = declared_length(
-        headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    )?;
-    headers.remove(header::CONTENT_LENGTH);
-    if let Some(declared) = declared.filter(|_| declares_length(method, status)) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
-    }
-    Ok(())
-}
-
-/// Whether a field may be passed on in a trailer section (RFC 9110 §6.5.1): not one that
-/// frames or routes the message, modifies the request, authenticates, controls the response
-/// or says how to process its content, nor a hop-by-hop one.
-pub(super) fn trailer_allowed(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "age"
-            | "authorization"
-            | "cache-control"
-            | "connection"
-            | "content-encoding"
-            | "content-length"
-            | "content-range"
-            | "content-type"
-            | "cookie"
-            | "date"
-            | "expect"
-            | "expires"
-            | "host"
-            | "if-match"
-            | "if-modified-since"
-            | "if-none-match"
-            | "if-range"
-            | "if-unmodified-since"
-            | "keep-alive"
-            | "location"
-            | "max-forwards"
-            | "pragma"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "range"
-            | "retry-after"
-            | "set-cookie"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "vary"
-            | "warning"
-            | "www-authenticate"
-    )
-}
-
-/// `seen` and the lengths a `Content-Length` line lists, if they all agree.
-fn length_items(mut seen: Option<u64>, value: &[u8]) -> Result<Option<u64>, BoxError> {
-    for item in value.split(|&byte| byte == b',') {
-        let item = item.trim_ascii();
-        let parsed = if !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit) {
-            std::str::from_utf8(item)
-                .ok()
-                .and_then(|digits| digits.parse::<u64>().ok())
-        } else {
-            None
-        };
-        match (parsed, seen) {
-            (Some(length), None) => seen = Some(length),
-            (Some(length), Some(earlier)) if length == earlier => {}
-            _ => return Err("the response has an invalid Content-Length".into()),
-        }
-    }
-    Ok(seen)
 }
 
 /// Why an exchange failed, as far as sending the request again is concerned.
@@ -565,30 +443,6 @@ struct Home {
     host: Arc<Host>,
 }
 
-/// Where a response body's decoding stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// This many bytes to go.
-    Length(u64),
-    ChunkSize,
-    /// This many bytes of the current chunk to go.
-    ChunkData(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    Trailers,
-    UntilClose,
-    Done,
-}
-
-/// What decoding the bytes at hand gave.
-enum Step {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    End,
-    /// More must be read first.
-    More,
-}
-
 /// A response body read off its upstream connection; the connection goes back to the pool
 /// when the body ends, and closes if the body is dropped before.
 pub struct ResponseBody {
@@ -645,111 +499,6 @@ impl ResponseBody {
             home.pool.put(&home.host, connection);
         }
     }
-
-    /// Decodes what `input` holds, as far as `state` allows.
-    fn decode(state: &mut State, input: &mut BytesMut) -> Result<Step, BoxError> {
-        loop {
-            match *state {
-                State::Done => return Ok(Step::End),
-                State::Length(0) => {
-                    *state = State::Done;
-                    return Ok(Step::End);
-                }
-                State::Length(left) | State::ChunkData(left) => {
-                    if input.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
-                    let left = left - take as u64;
-                    *state = match *state {
-                        State::Length(_) => State::Length(left),
-                        _ if left == 0 => State::ChunkEnd,
-                        _ => State::ChunkData(left),
-                    };
-                    return Ok(Step::Data(input.split_to(take).freeze()));
-                }
-                State::UntilClose => {
-                    if input.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    return Ok(Step::Data(input.split().freeze()));
-                }
-                State::ChunkSize => {
-                    let Some(end) = find_crlf(input) else {
-                        if input.len() > MAX_CHUNK_LINE {
-                            return Err("a chunk-size line is too long".into());
-                        }
-                        return Ok(Step::More);
-                    };
-                    let size = chunk_size(&input[..end])?;
-                    let _ = input.split_to(end + 2);
-                    *state = if size == 0 {
-                        State::Trailers
-                    } else {
-                        State::ChunkData(size)
-                    };
-                }
-                State::ChunkEnd => {
-                    if input.len() < 2 {
-                        return Ok(Step::More);
-                    }
-                    if &input[..2] != b"\r\n" {
-                        return Err("a chunk does not end with CRLF".into());
-                    }
-                    let _ = input.split_to(2);
-                    *state = State::ChunkSize;
-                }
-                State::Trailers => {
-                    if input.starts_with(b"\r\n") {
-                        let _ = input.split_to(2);
-                        *state = State::Done;
-                        return Ok(Step::End);
-                    }
-                    let Some(end) = input.windows(4).position(|window| window == b"\r\n\r\n") else {
-                        if input.len() > MAX_TRAILERS {
-                            return Err("the trailer section is too long".into());
-                        }
-                        return Ok(Step::More);
-                    };
-                    let section = input.split_to(end + 4);
-                    *state = State::Done;
-                    return Ok(Step::Trailers(trailers(&section)?));
-                }
-            }
-        }
-    }
-}
-
-fn find_crlf(input: &[u8]) -> Option<usize> {
-    input.windows(2).position(|window| window == b"\r\n")
-}
-
-/// The size on a chunk-size line (hex digits, then optional `;` extensions, which are ignored).
-fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
-    let digits = line.iter().take_while(|byte| byte.is_ascii_hexdigit()).count();
-    let rest = line[digits..].trim_ascii_start();
-    if digits == 0 || digits > 16 || !(rest.is_empty() || rest.starts_with(b";")) {
-        return Err("malformed chunk size".into());
-    }
-    let digits = std::str::from_utf8(&line[..digits]).unwrap_or_default();
-    u64::from_str_radix(digits, 16).map_err(|_| "malformed chunk size".into())
-}
-
-/// The fields of a trailer section (ending in an empty line).
-fn trailers(section: &[u8]) -> Result<HeaderMap, BoxError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let fields = match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        Ok(httparse::Status::Partial) | Err(_) => return Err("malformed trailer section".into()),
-    };
-    let mut trailers = HeaderMap::with_capacity(fields.len());
-    for field in fields {
-        trailers.append(
-            HeaderName::from_bytes(field.name.as_bytes())?,
-            HeaderValue::from_bytes(field.value)?,
-        );
-    }
-    Ok(trailers)
 }
 
 impl http_body::Body for ResponseBody {
@@ -762,7 +511,7 @@ impl http_body::Body for ResponseBody {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
             };
-            let step = match Self::decode(&mut this.state, &mut connection.input) {
+            let step = match this.state.decode(&mut connection.input) {
                 Ok(step) => step,
                 Err(err) => {
                     this.connection = None;
@@ -984,7 +733,7 @@ impl Pool {
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Box<Connection>, BoxError> {
-        let (host, port) = super::target::split_authority(authority);
+        let (host, port) = split_authority(authority);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port.unwrap_or(80))))
             .await
@@ -1062,7 +811,7 @@ fn host_header(authority: &Authority) -> Cow<'_, str> {
     if !text.as_bytes().contains(&b'@') && !text.ends_with("80") {
         return text.into();
     }
-    let (host, port) = super::target::split_authority(authority);
+    let (host, port) = split_authority(authority);
     match port {
         None | Some(80) => host.into(),
         // `host:port` as written, unless it carries user info.
@@ -1463,38 +1212,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_map_keeps_no_length_but_the_one_a_bodiless_response_declares() {
-        let map = |values: &[&'static str]| {
-            let mut headers = HeaderMap::new();
-            for value in values {
-                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
-            }
-            headers
-        };
-        let lengths = |headers: &HeaderMap| {
-            headers
-                .get_all(header::CONTENT_LENGTH)
-                .iter()
-                .map(|value| value.to_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        };
-        let mut headers = map(&["3"]);
-        unframe(&mut headers, &Method::GET, StatusCode::OK).unwrap();
-        assert!(lengths(&headers).is_empty());
-        let mut headers = map(&["7", "7, 7"]);
-        unframe(&mut headers, &Method::HEAD, StatusCode::OK).unwrap();
-        assert_eq!(lengths(&headers), ["7"]);
-        let mut headers = map(&["7"]);
-        unframe(&mut headers, &Method::GET, StatusCode::NOT_MODIFIED).unwrap();
-        assert_eq!(lengths(&headers), ["7"]);
-        let mut headers = map(&["0"]);
-        unframe(&mut headers, &Method::HEAD, StatusCode::NO_CONTENT).unwrap();
-        assert!(lengths(&headers).is_empty());
-        assert!(unframe(&mut map(&["5", "6"]), &Method::GET, StatusCode::OK).is_err());
-        assert!(unframe(&mut map(&["5, x"]), &Method::HEAD, StatusCode::OK).is_err());
-    }
-
     #[tokio::test]
     async fn header_lines_that_end_in_a_bare_line_feed_are_passed_on_ending_in_crlf() {
         let response = b"HTTP/1.1 200 OK\nServer: script\nconnection: keep-alive\r\nx-a: 1\n\
@@ -1833,22 +1550,5 @@ mod tests {
         assert!(first.host(&a).checkout().is_some(), "a's connection, under a");
         assert!(first.host(&b).checkout().is_some(), "b's connection, under b");
         assert!(first.host(&a).checkout().is_none());
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex_with_optional_extensions() {
-        for (line, size) in [
-            (&b"0"[..], 0),
-            (b"a", 10),
-            (b"FF", 255),
-            (b"10;name=value", 16),
-            (b"10 ;name", 16),
-            (b"ffffffffffffffff", u64::MAX),
-        ] {
-            assert_eq!(chunk_size(line).unwrap(), size, "{}", String::from_utf8_lossy(line));
-        }
-        for line in [&b""[..], b";ext", b"g", b"1 2", b"10000000000000000", b"-1", b"0x10"] {
-            assert!(chunk_size(line).is_err(), "{}", String::from_utf8_lossy(line));
-        }
     }
 }

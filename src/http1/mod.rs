@@ -1,0 +1,403 @@
+//! HTTP/1.1 on the wire, knowing nothing of auth configs, routes or tokens: bearerd's own
+//! server loop ([`server`]) and pooled client ([`client`]), which share one set of limits,
+//! one vocabulary of header names and one set of framing rules (this module), one body
+//! decoder ([`body`]) and the request's header lines ([`lines`]). The proxy plugs in
+//! through [`server::Service`] and sends with [`client::Pool::send`].
+//!
+//! Framing is this layer's alone. A peer's `Content-Length` and `Transfer-Encoding` lines,
+//! and the lines its `Connection` names, are read, checked and never passed on: whoever
+//! writes a message frames it from what its body will deliver (one `content-length`, or
+//! chunks), adds `Date` when none survives, and passes on only the trailers RFC 9110 §6.5.1
+//! allows.
+
+pub mod body;
+pub mod client;
+pub mod lines;
+pub mod server;
+pub mod target;
+pub mod timer;
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, StatusCode};
+
+use crate::BoxError;
+
+/// A head (request or response: start line and header lines) longer than this is refused.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// At most this many header lines in a head (hyper's default limit too).
+pub const MAX_HEADERS: usize = 100;
+/// Room made in a read buffer before each read.
+pub const READ_SIZE: usize = 8 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Header names
+
+/// A header name the proxy acts on, as [`known`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// A hop-by-hop name (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and
+    /// `Keep-Alive`), by its [`bit`].
+    HopByHop(u16),
+    ContentLength,
+    Date,
+    Expect,
+    Host,
+    XAuthConfig,
+    Other,
+}
+
+/// The bits of the hop-by-hop names, for sets of them.
+pub mod bit {
+    pub const CONNECTION: u16 = 1 << 0;
+    pub const KEEP_ALIVE: u16 = 1 << 1;
+    pub const PROXY_CONNECTION: u16 = 1 << 2;
+    pub const PROXY_AUTHENTICATE: u16 = 1 << 3;
+    pub const PROXY_AUTHORIZATION: u16 = 1 << 4;
+    pub const TE: u16 = 1 << 5;
+    pub const TRAILER: u16 = 1 << 6;
+    pub const TRANSFER_ENCODING: u16 = 1 << 7;
+    pub const UPGRADE: u16 = 1 << 8;
+}
+
+/// What `name`, as a message wrote it (in any case), is to the proxy. Told by its length
+/// first, then compared with at most two names, without a lowercased copy: every header
+/// line of every message is read through here.
+#[must_use]
+pub fn known(name: &[u8]) -> Known {
+    let is = |lower: &[u8]| same_name(name, lower);
+    match name.len() {
+        2 if is(b"te") => Known::HopByHop(bit::TE),
+        4 if is(b"date") => Known::Date,
+        4 if is(b"host") => Known::Host,
+        6 if is(b"expect") => Known::Expect,
+        7 if is(b"trailer") => Known::HopByHop(bit::TRAILER),
+        7 if is(b"upgrade") => Known::HopByHop(bit::UPGRADE),
+        10 if is(b"connection") => Known::HopByHop(bit::CONNECTION),
+        10 if is(b"keep-alive") => Known::HopByHop(bit::KEEP_ALIVE),
+        13 if is(b"x-auth-config") => Known::XAuthConfig,
+        14 if is(b"content-length") => Known::ContentLength,
+        16 if is(b"proxy-connection") => Known::HopByHop(bit::PROXY_CONNECTION),
+        17 if is(b"transfer-encoding") => Known::HopByHop(bit::TRANSFER_ENCODING),
+        18 if is(b"proxy-authenticate") => Known::HopByHop(bit::PROXY_AUTHENTICATE),
+        19 if is(b"proxy-authorization") => Known::HopByHop(bit::PROXY_AUTHORIZATION),
+        _ => Known::Other,
+    }
+}
+
+/// Whether `name` is `lower` (lowercase letters and `-`, as long as `name`) in any case.
+fn same_name(name: &[u8], lower: &[u8]) -> bool {
+    name.iter()
+        .zip(lower)
+        .all(|(&byte, &want)| byte == want || (byte | 0x20 == want && want.is_ascii_lowercase()))
+}
+
+/// The [`bit`] of a hop-by-hop name as a message wrote it, in any case; 0 for others.
+#[must_use]
+pub fn hop_by_hop_bit_of(name: &[u8]) -> u16 {
+    match known(name) {
+        Known::HopByHop(bit) => bit,
+        _ => 0,
+    }
+}
+
+/// The items of a comma-separated header value, trimmed, empty ones left out.
+pub fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|option| !option.is_empty())
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+#[must_use]
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    options(value).any(|option| option.eq_ignore_ascii_case(token))
+}
+
+/// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
+#[must_use]
+pub fn parse_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, digit| n * 10 + usize::from(digit - b'0')))
+}
+
+// ---------------------------------------------------------------------------------------
+// Framing
+
+/// Writes one `name: value` header line.
+pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a response to `method` with `status` has no body whatever its headers say
+/// (RFC 9112 §6.3): after `HEAD`, and for 1xx, 204 and 304.
+#[must_use]
+pub fn bodiless(method: &Method, status: StatusCode) -> bool {
+    *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Whether a response to `method` with `status` has no body but passes on the length the
+/// body would have had (RFC 9110 §8.6): after `HEAD` (except a 204) and for 304.
+#[must_use]
+pub fn declares_length(method: &Method, status: StatusCode) -> bool {
+    (*method == Method::HEAD && status != StatusCode::NO_CONTENT && !status.is_informational())
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// The length that `Content-Length` field lines say: one number, however often repeated or
+/// listed (`5, 5`); lines that disagree, or an item that is not a number, are an error (RFC
+/// 9110 §8.6, RFC 9112 §6.3).
+pub fn declared_length<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<Option<u64>, BoxError> {
+    values.into_iter().try_fold(None, length_items)
+}
+
+/// Takes the peer's framing out of a response's header map, as bearerd's client does with
+/// its lines: whoever writes the response frames it from what its body delivers (hyper's
+/// client keeps a `Content-Length` it decoded a chunked body past, RFC 9112 §6.3). Only the
+/// length a bodiless response declares stays, as one value.
+pub fn unframe(headers: &mut HeaderMap, method: &Method, status: StatusCode) -> Result<(), BoxError> {
+    let Some(_) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    let declared = declared_length(
+        headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )?;
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(declared) = declared.filter(|_| declares_length(method, status)) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+    }
+    Ok(())
+}
+
+/// Whether a field may be passed on in a trailer section (RFC 9110 §6.5.1): not one that
+/// frames or routes the message, modifies the request, authenticates, controls the response
+/// or says how to process its content, nor a hop-by-hop one.
+pub fn trailer_allowed(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "age"
+            | "authorization"
+            | "cache-control"
+            | "connection"
+            | "content-encoding"
+            | "content-length"
+            | "content-range"
+            | "content-type"
+            | "cookie"
+            | "date"
+            | "expect"
+            | "expires"
+            | "host"
+            | "if-match"
+            | "if-modified-since"
+            | "if-none-match"
+            | "if-range"
+            | "if-unmodified-since"
+            | "keep-alive"
+            | "location"
+            | "max-forwards"
+            | "pragma"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "range"
+            | "retry-after"
+            | "set-cookie"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "vary"
+            | "warning"
+            | "www-authenticate"
+    )
+}
+
+/// `seen` and the lengths a `Content-Length` line lists, if they all agree.
+fn length_items(mut seen: Option<u64>, value: &[u8]) -> Result<Option<u64>, BoxError> {
+    for item in value.split(|&byte| byte == b',') {
+        let item = item.trim_ascii();
+        let parsed = if !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit) {
+            std::str::from_utf8(item)
+                .ok()
+                .and_then(|digits| digits.parse::<u64>().ok())
+        } else {
+            None
+        };
+        match (parsed, seen) {
+            (Some(length), None) => seen = Some(length),
+            (Some(length), Some(earlier)) if length == earlier => {}
+            _ => return Err("the response has an invalid Content-Length".into()),
+        }
+    }
+    Ok(seen)
+}
+
+// ---------------------------------------------------------------------------------------
+// Hosts
+
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2), or
+/// empty: a registered name or IPv4 address, or an IPv6 address in brackets; no user info;
+/// at most one port, of digits. Read in place: it runs for every request.
+#[must_use]
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&byte| byte == b']') else {
+            return false;
+        };
+        let address = &rest[..end];
+        let ipv6 = |byte: &u8| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.');
+        if address.is_empty() || !address.iter().all(ipv6) {
+            return false;
+        }
+        (value, &rest[end + 1..])
+    } else {
+        let colon = value.iter().position(|&byte| byte == b':').unwrap_or(value.len());
+        let (host, port) = value.split_at(colon);
+        let reg_name = |byte: &u8| byte.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(byte);
+        if !host.iter().all(reg_name) {
+            return false;
+        }
+        (host, port)
+    };
+    if value.is_empty() {
+        return true;
+    }
+    !host.is_empty()
+        && port
+            .strip_prefix(b":")
+            .map_or(port.is_empty(), |digits| digits.iter().all(u8::is_ascii_digit))
+}
+
+/// The host (IPv6 in its brackets) and port of a parsed authority, as `http`'s
+/// `Authority::host` and `port_u16` give them, in one pass over the text (those two took
+/// ~700 instructions per request, each searching the text again). Byte loops: `rfind` of a
+/// `char` goes through `memrchr`, whose setup costs more than these short texts.
+#[must_use]
+pub fn split_authority(authority: &Authority) -> (&str, Option<u16>) {
+    let text = authority.as_str();
+    let host_port = match text.bytes().rposition(|byte| byte == b'@') {
+        Some(at) => &text[at + 1..],
+        None => text,
+    };
+    // The last `:` is a port's unless a `]` follows it (then it is inside an IPv6 address).
+    match host_port.bytes().rposition(|byte| byte == b':' || byte == b']') {
+        Some(colon) if host_port.as_bytes()[colon] == b':' => {
+            (&host_port[..colon], host_port[colon + 1..].parse().ok())
+        }
+        _ => (host_port, None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Date
+
+thread_local! {
+    pub static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, text: String::new() }) };
+}
+
+/// The `Date` header's text, formatted once a second.
+pub struct Date {
+    second: u64,
+    text: String,
+}
+
+impl Date {
+    pub fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        self.text.as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_keeps_no_length_but_the_one_a_bodiless_response_declares() {
+        let map = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let lengths = |headers: &HeaderMap| {
+            headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|value| value.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let mut headers = map(&["3"]);
+        unframe(&mut headers, &Method::GET, StatusCode::OK).unwrap();
+        assert!(lengths(&headers).is_empty());
+        let mut headers = map(&["7", "7, 7"]);
+        unframe(&mut headers, &Method::HEAD, StatusCode::OK).unwrap();
+        assert_eq!(lengths(&headers), ["7"]);
+        let mut headers = map(&["7"]);
+        unframe(&mut headers, &Method::GET, StatusCode::NOT_MODIFIED).unwrap();
+        assert_eq!(lengths(&headers), ["7"]);
+        let mut headers = map(&["0"]);
+        unframe(&mut headers, &Method::HEAD, StatusCode::NO_CONTENT).unwrap();
+        assert!(lengths(&headers).is_empty());
+        assert!(unframe(&mut map(&["5", "6"]), &Method::GET, StatusCode::OK).is_err());
+        assert!(unframe(&mut map(&["5, x"]), &Method::HEAD, StatusCode::OK).is_err());
+    }
+
+    #[test]
+    fn host_values_are_a_host_and_an_optional_port() {
+        for valid in [
+            &b""[..],
+            b"a.test",
+            b"A-1.test:8080",
+            b"a.test:",
+            b"127.0.0.1:80",
+            b"[::1]",
+            b"[::1]:9000",
+            b"[::ffff:127.0.0.1]:1",
+            b"xn--d1acufc.test",
+            b"a%20b",
+        ] {
+            assert!(valid_host(valid), "{}", String::from_utf8_lossy(valid));
+        }
+        for invalid in [
+            &b"a b"[..],
+            b"u@a.test",
+            b"u:p@a.test",
+            b"a:1:2",
+            b"a:x",
+            b"[::1",
+            b"[::1]x",
+            b"[]",
+            b"[a.test]",
+            b":80",
+            b"a/b",
+            b"a\tb",
+            b"a\x00",
+            b"caf\xc3\xa9.test",
+        ] {
+            assert!(!valid_host(invalid), "{}", String::from_utf8_lossy(invalid));
+        }
+    }
+}
