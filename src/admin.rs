@@ -121,6 +121,7 @@ fn auth_config(proxy: &Proxy, c: &AuthConfig) -> Value {
         "inject": inject,
         "allowed_hosts": c.allowed_hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "refresh_before_seconds": c.refresh_before.as_secs_f64(),
+        "expiry_skew_seconds": c.expiry_skew.as_secs_f64(),
         "default_ttl_seconds": c.default_ttl.as_secs_f64(),
         "timeout_seconds": c.timeout.as_secs_f64(),
         "retry_on_401": c.retry_on_401,

@@ -68,6 +68,9 @@ pub struct Config {
     pub upstream_max_concurrency: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: Duration,
+    /// App connections served at once; more wait in the listener's accept queue. Read at
+    /// start: a reload does not change it.
+    pub max_connections: usize,
     /// Tokio worker threads; `None`: one per CPU the process may use (affinity and cgroup
     /// CPU limits counted).
     pub worker_threads: Option<usize>,
@@ -141,6 +144,9 @@ pub struct AuthConfig {
     pub inject: Inject,
     pub allowed_hosts: Vec<HostPattern>,
     pub refresh_before: Duration,
+    /// A token counts as expired this long before its lifetime (or its JWT `exp`) ends, at
+    /// most half the lifetime.
+    pub expiry_skew: Duration,
     pub default_ttl: Duration,
     /// The whole token request.
     pub timeout: Duration,
@@ -481,6 +487,7 @@ struct RawTop {
     connect: ConnectPolicy,
     upstream_timeout: Option<RawDuration>,
     upstream_max_concurrency: Option<usize>,
+    max_connections: Option<usize>,
     shutdown_grace: Option<RawDuration>,
     config_watch_interval: Option<RawDuration>,
     worker_threads: Option<usize>,
@@ -530,6 +537,7 @@ struct RawAuthConfig {
     inject: Option<RawInject>,
     allowed_hosts: Option<Vec<String>>,
     refresh_before: Option<RawDuration>,
+    expiry_skew: Option<RawDuration>,
     default_ttl: Option<RawDuration>,
     timeout: Option<RawDuration>,
     backoff: Option<RawBackoff>,
@@ -718,6 +726,7 @@ impl Loader<'_> {
             upstream_timeout,
             upstream_max_concurrency: raw_top.upstream_max_concurrency.filter(|&n| n > 0).unwrap_or(256),
             shutdown_grace,
+            max_connections: raw_top.max_connections.filter(|&n| n > 0).unwrap_or(4096),
             config_watch_interval,
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
@@ -924,6 +933,7 @@ impl Loader<'_> {
         });
         let hosts_invalid = listed_hosts > 0 && allowed_hosts.as_ref().is_some_and(Vec::is_empty);
         let refresh_before = self.duration(cid, "refresh_before", raw.refresh_before, Duration::from_mins(1));
+        let expiry_skew = self.duration(cid, "expiry_skew", raw.expiry_skew, Duration::from_secs(5));
         let default_ttl = self.duration(cid, "default_ttl", raw.default_ttl, Duration::from_mins(5));
         let timeout = self.duration(cid, "timeout", raw.timeout, Duration::from_secs(10));
         if timeout.is_zero() {
@@ -963,6 +973,7 @@ impl Loader<'_> {
             inject,
             allowed_hosts: Vec::new(),
             refresh_before,
+            expiry_skew,
             default_ttl,
             timeout,
             backoff_initial,

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub client_secret_expiry: GaugeVec,
     /// `bearerd_inflight_requests`: requests between their head and their response's head.
     pub inflight: IntGauge,
+    /// `bearerd_connections`: app connections open on the proxy listener.
+    pub connections: IntGauge,
 }
 
 impl Metrics {
@@ -120,6 +122,11 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(inflight.clone())).expect("registered once");
+        let connections = IntGauge::new("bearerd_connections", "App connections open on the proxy listener.")
+            .expect("valid metric definition");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("registered once");
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
@@ -137,6 +144,7 @@ impl Metrics {
             config_reloads,
             client_secret_expiry,
             inflight,
+            connections,
         }
     }
 

@@ -24,6 +24,7 @@ fn the_reference_loads_and_shows_the_defaults() {
     let config = load("reference.yaml");
     let billing = config.auth_config("billing").unwrap();
     assert_eq!(billing.refresh_before.as_secs(), 60);
+    assert_eq!(billing.expiry_skew.as_secs(), 5);
     assert_eq!(billing.default_ttl.as_secs(), 300);
     assert_eq!(billing.timeout.as_secs(), 10);
     assert_eq!(config.upstream_timeout.as_secs(), 60);

@@ -590,3 +590,31 @@ async fn a_request_needs_one_valid_host_and_a_target_without_user_info_on_either
         assert_eq!(seen.all("host"), [echo.to_string()], "{path:?}");
     }
 }
+
+#[tokio::test]
+async fn past_max_connections_a_connection_waits_until_another_closes() {
+    let world = World::billing("max_connections: 2\n").await;
+    let echo = world.echo.addr;
+    let mut buf = Vec::new();
+    let mut open = Vec::new();
+    for path in ["/one", "/two"] {
+        let mut stream = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+        stream.write_all(get(echo, path, "").as_bytes()).await.unwrap();
+        assert_eq!(read_reply(&mut stream, &mut buf, false).await.echoed().uri, path);
+        open.push(stream);
+    }
+    assert!(metrics(&world.bearerd).await.contains("\nbearerd_connections 2\n"));
+    // The third is in the kernel's accept queue: connected, but its request is not read.
+    let mut third = TcpStream::connect(world.bearerd.proxy_addr).await.unwrap();
+    third.write_all(get(echo, "/three", "").as_bytes()).await.unwrap();
+    let mut byte = [0_u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
+    assert!(early.is_err(), "answered while two connections were open");
+    assert_eq!(world.echo.requests(), 2);
+    drop(open.pop());
+    assert_eq!(read_reply(&mut third, &mut buf, false).await.echoed().uri, "/three");
+    eventually("the closed connection uncounted", || async {
+        metrics(&world.bearerd).await.contains("\nbearerd_connections 2\n")
+    })
+    .await;
+}

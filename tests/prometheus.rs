@@ -74,6 +74,7 @@ async fn the_exposition_passes_promtool_check_metrics() {
         "bearerd_config_reloads_total",
         "bearerd_client_secret_expiry_timestamp_seconds",
         "bearerd_inflight_requests",
+        "bearerd_connections",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",

@@ -1,6 +1,7 @@
 //! Token life cycle through the real proxy: replay after an upstream 401, back-off after
 //! identity provider failures. (Expiry and refresh-ahead run on a paused clock in
-//! `src/token/mod.rs`.)
+//! `src/token/mod.rs`, and on the real clock against an upstream that checks `exp` in
+//! `tests/expiry.rs`.)
 mod support;
 
 use std::time::Duration;

@@ -675,3 +675,37 @@ fn timestamps_for_client_secret_expires_at() {
         None
     );
 }
+
+#[test]
+fn expiry_skew_reads_like_the_other_durations_and_the_environment_wins() {
+    let yaml = |skew: &str| {
+        format!(
+            "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n{skew}"
+        )
+    };
+    let skew = |yaml: &str, environment: &Env| {
+        Config::from_yaml("test.yaml", yaml, environment)
+            .unwrap()
+            .auth_config("a")
+            .unwrap()
+            .expiry_skew
+    };
+    assert_eq!(skew(&yaml(""), &Env::new()), Duration::from_secs(5));
+    assert_eq!(
+        skew(&yaml("    expiry_skew: 750ms\n"), &Env::new()),
+        Duration::from_millis(750)
+    );
+    assert_eq!(skew(&yaml("    expiry_skew: 0\n"), &Env::new()), Duration::ZERO);
+    let from_env = env(&[("BEARERD_CONFIG__A__EXPIRY_SKEW", "1m30s")]);
+    assert_eq!(skew(&yaml("    expiry_skew: 2s\n"), &from_env), Duration::from_secs(90));
+    assert_eq!(
+        errors(&yaml("    expiry_skew: soon\n"), &Env::new()),
+        ["test.yaml: auth config `a`: expiry_skew: `soon` is not a duration (like 500ms, 30s, 5m, 1h)"]
+    );
+    assert_eq!(
+        errors(&yaml(""), &env(&[("BEARERD_CONFIG__A__EXPIRY_SKEW", "-1s")])),
+        [
+            "test.yaml: auth config `a`: expiry_skew (from BEARERD_CONFIG__A__EXPIRY_SKEW): `-1s` is not a duration (like 500ms, 30s, 5m, 1h)"
+        ]
+    );
+}

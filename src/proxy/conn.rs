@@ -72,10 +72,11 @@ pub(super) async fn serve(
 ) {
     let mut conn = Conn {
         stream,
-        buf: BytesMut::with_capacity(READ_SIZE),
-        out: Vec::with_capacity(1024),
+        buf: BytesMut::new(),
+        out: Vec::new(),
         lines: RequestLines::default(),
         origin: LastOrigin::default(),
+        parked: true,
     };
     // One timer for the connection (see `timer`): armed for the first head, lent to each
     // request for its upstream's deadline, and moved on only when it fires early.
@@ -102,11 +103,16 @@ pub(super) async fn serve(
             } else if shutdown.started() {
                 return conn.close().await;
             }
-            make_room(&mut conn.buf, READ_SIZE / 8);
+            if conn.buf.is_empty() {
+                // Idle: nothing is held for a request that may never come.
+                conn.park();
+            } else {
+                make_room(&mut conn.buf, READ_SIZE / 8);
+            }
             tokio::select! {
                 biased;
-                read = conn.stream.read_buf(&mut conn.buf) => match read {
-                    Ok(0) => return,
+                read = conn.read() => match read {
+                    Ok(Some(0)) => return,
                     Ok(_) => {}
                     Err(err) => {
                         tracing::debug!(%peer, "connection ended: {err}");
@@ -175,6 +181,24 @@ struct Conn {
     /// requests for their allocation.
     lines: RequestLines,
     origin: LastOrigin,
+    /// `buf`, `out` and `lines` are empty and hold no memory: given back to the thread's
+    /// [`SPARES`] while the connection is idle.
+    parked: bool,
+}
+
+/// A connection's buffers while it has none: an idle keep-alive connection holds no memory
+/// for a request that may never come, and a busy one takes them back without allocating.
+struct Spare {
+    buf: BytesMut,
+    out: Vec<u8>,
+    lines: RequestLines,
+}
+
+/// The most spare buffer sets a thread keeps; more are freed.
+const MAX_SPARES: usize = 64;
+
+thread_local! {
+    static SPARES: RefCell<Vec<Spare>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What parsing the buffer found.
@@ -201,6 +225,68 @@ struct Head {
 }
 
 impl Conn {
+    /// Gives the (empty) buffers back to the thread's spares.
+    fn park(&mut self) {
+        if self.parked {
+            return;
+        }
+        self.parked = true;
+        self.out.clear();
+        self.lines.clear();
+        let spare = Spare {
+            buf: std::mem::take(&mut self.buf),
+            out: std::mem::take(&mut self.out),
+            lines: std::mem::take(&mut self.lines),
+        };
+        SPARES.with_borrow_mut(|spares| {
+            if spares.len() < MAX_SPARES {
+                spares.push(spare);
+            }
+        });
+    }
+
+    /// Takes buffers from the thread's spares, or new ones.
+    fn unpark(&mut self) {
+        if !self.parked {
+            return;
+        }
+        self.parked = false;
+        let spare = SPARES.with_borrow_mut(Vec::pop).unwrap_or_else(|| Spare {
+            buf: BytesMut::with_capacity(READ_SIZE),
+            out: Vec::with_capacity(1024),
+            lines: RequestLines::default(),
+        });
+        self.buf = spare.buf;
+        self.out = spare.out;
+        self.lines = spare.lines;
+        make_room(&mut self.buf, READ_SIZE / 8);
+    }
+
+    /// Reads what the app sent into `buf`: `Some(0)` at its end, `None` if a parked
+    /// connection's wake-up found nothing after all. A parked connection waits for the
+    /// socket to be readable before it takes buffers to read into.
+    async fn read(&mut self) -> io::Result<Option<usize>> {
+        if !self.parked {
+            return self.stream.read_buf(&mut self.buf).await.map(Some);
+        }
+        self.stream.readable().await?;
+        self.unpark();
+        // Through `AsyncRead`, which clears the socket's readiness after a short read, so
+        // the next idle wait does not wake at once only to find nothing.
+        match std::future::poll_fn(|cx| {
+            Poll::Ready(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.stream),
+                cx,
+                &mut self.buf,
+            ))
+        })
+        .await
+        {
+            Poll::Ready(read) => read.map(Some),
+            Poll::Pending => Ok(None),
+        }
+    }
+
     fn parse(&mut self) -> Parsed {
         parse(&self.buf, &mut self.lines)
     }
@@ -658,6 +744,7 @@ mod tests {
             out: Vec::new(),
             lines: RequestLines::default(),
             origin: LastOrigin::default(),
+            parked: false,
         };
         let whole = conn.write(response, &method, keep_alive, trailers).await.unwrap();
         drop(conn);

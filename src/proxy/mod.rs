@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use timer::Timer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 pub use upstream::Upstream;
 use upstream::{Outgoing, Permitted};
@@ -92,7 +92,17 @@ impl Proxy {
     /// connection to finish its requests and close, and returns when all have.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         let graceful = GracefulShutdown::new();
+        // A connection is accepted only with a slot free: past `max_connections`, the kernel's
+        // accept queue holds the rest, as nginx's `worker_connections` does.
+        let slots = Arc::new(Semaphore::new(self.config().max_connections));
         loop {
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => slot,
+                _ = stop.wait_for(|stop| *stop) => break,
+            };
+            let Ok(slot) = slot else {
+                unreachable!("the connection semaphore is never closed")
+            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = stop.wait_for(|stop| *stop) => break,
@@ -108,14 +118,13 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
-            tokio::spawn(conn::serve(
-                Arc::clone(&self),
-                stream,
-                local,
-                peer,
-                stop.clone(),
-                graceful.watcher(),
-            ));
+            let open = Open::start(&self.metrics, slot);
+            let proxy = Arc::clone(&self);
+            let (stop, watcher) = (stop.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                conn::serve(proxy, stream, local, peer, stop, watcher).await;
+                drop(open);
+            });
         }
         self.draining.store(true, Ordering::Relaxed);
         drop(listener);
@@ -654,6 +663,29 @@ struct Seen {
 enum Status {
     Http(StatusCode),
     Code(&'static str),
+}
+
+/// An open app connection: counted in `bearerd_connections` and holding one of the
+/// listener's `max_connections` slots until dropped.
+struct Open {
+    gauge: prometheus::IntGauge,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn start(metrics: &Metrics, slot: OwnedSemaphorePermit) -> Self {
+        metrics.connections.inc();
+        Self {
+            gauge: metrics.connections.clone(),
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Counts a request in `bearerd_inflight_requests` until dropped (also when the client goes

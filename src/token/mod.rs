@@ -12,13 +12,19 @@
 //!   request with no valid token fails fast with [`TokenFailure::Backoff`] instead of
 //!   reaching the provider. A still-valid token keeps being used when a refresh fails.
 //!
-//! Expiry is counted on the monotonic (tokio) clock from when the response arrived. An
+//! Expiry is counted on the monotonic (tokio) clock from when the token request was sent,
+//! not from when the response arrived: the provider starts the lifetime when it issues the
+//! token, which is in between, so counting from the request never runs late. A JWT access
+//! token's `exp` claim ends the lifetime when it comes first (whole seconds, so up to one
+//! second before `expires_in` does). `expiry_skew`, capped at half the lifetime, is taken off
+//! the end, for the time a request takes to reach an upstream that checks `exp` itself. An
 //! expired token is never handed out. Fetches run as their own tasks, so a request that
 //! gives up does not cancel a fetch other requests wait for.
 
 pub mod assertion;
 mod discovery;
 mod endpoint;
+mod jwt;
 
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -55,21 +61,37 @@ pub struct CachedToken {
     pub rendered: OnceLock<(String, http::HeaderValue)>,
 }
 
-/// When a token received at `received` expires and when its refresh should start.
+/// Lifetimes longer than this are cut to it, so instant arithmetic cannot overflow on a
+/// `default_ttl` of centuries; it is also the most `expires_in` may say.
+const LONGEST_LIFETIME: Duration = Duration::from_secs(10_000_000_000);
+
+/// When a token whose request was sent at `sent` expires, and when its refresh should start;
+/// `None` when it has no lifetime at all.
 ///
-/// The refresh window is `refresh_before`, or half the lifetime when the lifetime is not
-/// longer than that window, so a short-lived token is still used for a while.
+/// The lifetime runs from `sent` for `ttl`, or until the token's JWT `exp` (`exp_in` after
+/// `sent`) when that comes first. The last `skew` of it, or its second half when that is
+/// shorter, is never used. The refresh window is `refresh_before`, or half of what is left
+/// when that is not longer than the window, so a short-lived token is still used for a while.
 #[must_use]
 pub fn lifetimes(
-    received: Instant,
-    expires_in: Option<Duration>,
-    default_ttl: Duration,
+    sent: Instant,
+    ttl: Duration,
+    exp_in: Option<Duration>,
+    skew: Duration,
     refresh_before: Duration,
-) -> (Instant, Instant) {
-    let ttl = expires_in.unwrap_or(default_ttl);
-    let window = if refresh_before < ttl { refresh_before } else { ttl / 2 };
-    let expires_at = received + ttl;
-    (expires_at, expires_at - window)
+) -> Option<(Instant, Instant)> {
+    let lifetime = exp_in.map_or(ttl, |exp_in| exp_in.min(ttl)).min(LONGEST_LIFETIME);
+    if lifetime.is_zero() {
+        return None;
+    }
+    let usable = lifetime.saturating_sub(skew.min(lifetime / 2));
+    let window = if refresh_before < usable {
+        refresh_before
+    } else {
+        usable / 2
+    };
+    let expires_at = sent + usable;
+    Some((expires_at, expires_at - window))
 }
 
 /// The wait after `failures` consecutive failed fetches: `initial` doubling per failure,
@@ -443,20 +465,31 @@ pub fn unix_seconds(time: SystemTime) -> f64 {
 
 /// One token request, turned into a cache entry.
 async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
-    let started = Instant::now();
+    // Both clocks at once: `exp` is wall-clock time, expiry is on the monotonic clock.
+    let (sent, sent_wall) = (Instant::now(), SystemTime::now());
     let result = source.fetch(config).await;
     let received = Instant::now();
     let response = result.map_err(Arc::new)?;
-    let (expires_at, refresh_at) = lifetimes(received, response.expires_in, config.default_ttl, config.refresh_before);
+    let ttl = response.expires_in.unwrap_or(config.default_ttl);
+    let exp_in =
+        jwt::expiry(response.access_token.expose()).map(|exp| exp.duration_since(sent_wall).unwrap_or(Duration::ZERO));
+    let Some((expires_at, refresh_at)) = lifetimes(sent, ttl, exp_in, config.expiry_skew, config.refresh_before) else {
+        let why = if ttl.is_zero() {
+            "expires_in is 0: the token is already expired"
+        } else {
+            "the access token is a JWT whose exp has already passed"
+        };
+        return Err(Arc::new(TokenError::Invalid(why.into())));
+    };
     if expires_at <= received {
         return Err(Arc::new(TokenError::Invalid(
-            "expires_in is 0: the token is already expired".into(),
+            "the token's lifetime less expiry_skew ran out before the token response arrived".into(),
         )));
     }
     tracing::info!(
         auth_config = %config.id,
         expires_in_secs = (expires_at - received).as_secs(),
-        took_ms = u64::try_from((received - started).as_millis()).unwrap_or(u64::MAX),
+        took_ms = u64::try_from((received - sent).as_millis()).unwrap_or(u64::MAX),
         "fetched access token"
     );
     Ok(Arc::new(CachedToken {
@@ -499,11 +532,14 @@ mod tests {
     }
 
     /// Answers after `delay` (on the tokio clock): the next scripted result, or a token
-    /// `t<n>` with `expires_in` once the script is used up.
+    /// `t<n>` with `expires_in` once the script is used up. With `exp_in`, the token is a JWT
+    /// whose signature segment is `t<n>` and whose `exp` is that many seconds after the
+    /// request, in whole seconds of the wall clock, as issuers write it.
     struct Scripted {
         calls: Arc<AtomicUsize>,
         delay: Duration,
         expires_in: Option<Duration>,
+        exp_in: Option<i64>,
         script: Mutex<VecDeque<bool>>,
     }
 
@@ -514,6 +550,7 @@ mod tests {
         ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let exp = self.exp_in.map(|exp_in| unix_now() + exp_in);
                 tokio::time::sleep(self.delay).await;
                 if self.script.lock().unwrap().pop_front() == Some(false) {
                     return Err(TokenError::BadStatus {
@@ -521,8 +558,13 @@ mod tests {
                         content_type: "text/html".into(),
                     });
                 }
+                let name = format!("t{n}");
+                let access_token = match exp {
+                    Some(exp) => jwt(&format!(r#"{{"sub":"app","exp":{exp}}}"#), &name),
+                    None => name,
+                };
                 Ok(TokenResponse {
-                    access_token: AccessToken::new(format!("t{n}")),
+                    access_token: AccessToken::new(access_token),
                     expires_in: self.expires_in,
                     scope: None,
                 })
@@ -530,9 +572,38 @@ mod tests {
         }
     }
 
+    /// Whole seconds since the epoch, now, as an issuer writes `iat` and `exp`.
+    fn unix_now() -> i64 {
+        i64::try_from(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap()
+    }
+
+    /// A JWT with `claims` (JSON text) and `signature` as its last segment.
+    fn jwt(claims: &str, signature: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{signature}",
+            b64.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+            b64.encode(claims)
+        )
+    }
+
     fn auth_config(refresh_before: &str, default_ttl: &str) -> Arc<AuthConfig> {
+        auth_config_with(&format!(
+            "    refresh_before: {refresh_before}\n    default_ttl: {default_ttl}\n"
+        ))
+    }
+
+    /// Config `a` with `fields` (YAML lines) added.
+    fn auth_config_with(fields: &str) -> Arc<AuthConfig> {
         let yaml = format!(
-            "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    refresh_before: {refresh_before}\n    default_ttl: {default_ttl}\n"
+            "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n{fields}"
         );
         Config::from_yaml("t", &yaml, &crate::config::Env::new())
             .unwrap()
@@ -542,11 +613,22 @@ mod tests {
 
     /// A cache whose source succeeds or fails as `script` says (`true` = success), then succeeds.
     fn scripted(delay: Duration, expires_in: Option<Duration>, script: &[bool]) -> (TokenCache, Arc<AtomicUsize>) {
+        scripted_jwt(delay, expires_in, None, script)
+    }
+
+    /// As [`scripted`], with JWT tokens whose `exp` is `exp_in` seconds after each request.
+    fn scripted_jwt(
+        delay: Duration,
+        expires_in: Option<Duration>,
+        exp_in: Option<i64>,
+        script: &[bool],
+    ) -> (TokenCache, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let source = Scripted {
             calls: Arc::clone(&calls),
             delay,
             expires_in,
+            exp_in,
             script: Mutex::new(script.iter().copied().collect()),
         };
         (TokenCache::new(source, Arc::new(Metrics::new())), calls)
@@ -556,9 +638,23 @@ mod tests {
         scripted(delay, expires_in, &[])
     }
 
+    /// The name of the token `config` gets: `t<n>`, also when it is a JWT.
     async fn token(cache: &TokenCache, config: &Arc<AuthConfig>) -> String {
-        cache.get(config).await.unwrap().0.token.expose().to_owned()
+        name(&cache.get(config).await.unwrap().0)
     }
+
+    fn name(token: &CachedToken) -> String {
+        token.token.expose().rsplit('.').next().unwrap_or_default().to_owned()
+    }
+
+    /// Whether a request at this instant is refused a token, or gets one other than `old`.
+    async fn never_gets(cache: &TokenCache, config: &Arc<AuthConfig>, old: &str) -> bool {
+        cache.get(config).await.map_or(true, |(token, _)| name(&token) != old)
+    }
+
+    /// How much later than `sent + exp_in` a JWT's `exp` may fall: the wall clock is read
+    /// once when the request is sent and once when the scripted source writes `exp`.
+    const LATE: Duration = Duration::from_millis(1);
 
     /// Lets spawned fetch tasks run without moving the clock.
     async fn settle() {
@@ -649,8 +745,9 @@ mod tests {
     async fn refresh_ahead_uses_the_current_token_while_one_background_refresh_runs() {
         let (cache, calls) = cache(Duration::from_secs(1), Some(Duration::from_secs(120)));
         let config = auth_config("60s", "300s");
-        assert_eq!(token(&cache, &config).await, "t1"); // fetched at t=1s, refresh from 61s
-        tokio::time::advance(Duration::from_secs(59)).await;
+        // Sent at 0 s, fetched at 1 s: usable until 115 s (the 5 s skew), refresh from 55 s.
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::advance(Duration::from_secs(53)).await;
         assert_eq!(cache.get(&config).await.unwrap().1, Lookup::Hit);
         tokio::time::advance(Duration::from_secs(2)).await;
         // Inside the window: 20 requests get t1 at once, and only one refresh starts.
@@ -683,17 +780,18 @@ mod tests {
             assert!(Instant::now() < token.expires_at);
             settle().await;
         }
-        // One fetch per 240 s of token use, give or take the first and last.
+        // One fetch per 235 s of token use (300 s less the 5 s skew and the 60 s window),
+        // give or take the first and last.
         let fetched = calls.load(Ordering::SeqCst);
         assert!((29..=32).contains(&fetched), "{fetched} fetches");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_token_is_reused_until_expires_in_minus_refresh_before() {
+    async fn a_token_is_reused_until_expires_in_less_skew_and_refresh_before() {
         let (cache, calls) = cache(Duration::ZERO, Some(Duration::from_secs(120)));
         let config = auth_config("60s", "300s");
         assert_eq!(token(&cache, &config).await, "t1");
-        tokio::time::advance(Duration::from_secs(59)).await;
+        tokio::time::advance(Duration::from_secs(54)).await;
         assert_eq!(token(&cache, &config).await, "t1");
         settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -713,7 +811,7 @@ mod tests {
         let (cache, calls) = cache(Duration::ZERO, None);
         let config = auth_config("60s", "300s");
         assert_eq!(token(&cache, &config).await, "t1");
-        tokio::time::advance(Duration::from_secs(239)).await;
+        tokio::time::advance(Duration::from_secs(234)).await;
         assert_eq!(cache.get(&config).await.unwrap().1, Lookup::Hit);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(cache.get(&config).await.unwrap().1, Lookup::RefreshAhead);
@@ -722,14 +820,190 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn expiry_counts_from_when_the_response_arrived() {
-        // The fetch takes 10 s; the 120 s lifetime starts when it answers, not when it was sent.
-        let (cache, calls) = cache(Duration::from_secs(10), Some(Duration::from_secs(120)));
-        let config = auth_config("60s", "300s");
-        assert_eq!(token(&cache, &config).await, "t1");
-        tokio::time::advance(Duration::from_secs(59)).await;
+    async fn expiry_counts_from_when_the_request_was_sent() {
+        // The fetch takes 10 s; the provider's 120 s started somewhere in those 10 s, so
+        // bearerd's count starts when it sent the request. Every refresh fails, so t1 is used
+        // to its very end.
+        let script: Vec<bool> = std::iter::once(true).chain([false; 50]).collect();
+        let (cache, calls) = scripted(Duration::from_secs(10), Some(Duration::from_secs(120)), &script);
+        let config = auth_config_with("    refresh_before: 60s\n    expiry_skew: 0s\n");
+        let sent = Instant::now();
+        let (t1, lookup) = cache.get(&config).await.unwrap();
+        assert_eq!(
+            (name(&t1), lookup, Instant::now()),
+            ("t1".into(), Lookup::Miss, sent + Duration::from_secs(10))
+        );
+        assert_eq!(
+            (t1.expires_at, t1.refresh_at),
+            (sent + Duration::from_secs(120), sent + Duration::from_secs(60))
+        );
+        tokio::time::advance(Duration::from_secs(49)).await; // 59 s after sending
         assert_eq!(cache.get(&config).await.unwrap().1, Lookup::Hit);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (used, lookup) = cache.get(&config).await.unwrap();
+        assert_eq!((name(&used), lookup), ("t1".into(), Lookup::RefreshAhead));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::sleep_until(sent + Duration::from_millis(119_999)).await;
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::sleep_until(sent + Duration::from_secs(120)).await;
+        assert!(never_gets(&cache, &config, "t1").await, "t1 handed out at its expiry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_skew_is_taken_off_the_end_and_at_most_half_the_lifetime() {
+        let s = Duration::from_secs;
+        // (expires_in, expiry_skew, expected expires_at and refresh_at after sending)
+        let cases = [
+            (s(120), "5s", s(115), s(55)),
+            (s(120), "0s", s(120), s(60)),
+            // Capped at half the lifetime: 60 s are left, and half of them is the window.
+            (s(120), "90s", s(60), s(30)),
+            (s(6), "5s", s(3), Duration::from_millis(1500)),
+            (s(1), "5s", Duration::from_millis(500), Duration::from_millis(250)),
+        ];
+        for (expires_in, skew, expires_after, refresh_after) in cases {
+            let script: Vec<bool> = std::iter::once(true).chain([false; 50]).collect();
+            let (cache, _) = scripted(Duration::ZERO, Some(expires_in), &script);
+            let config = auth_config_with(&format!("    refresh_before: 60s\n    expiry_skew: {skew}\n"));
+            let sent = Instant::now();
+            let (t1, _) = cache.get(&config).await.unwrap();
+            let case = format!("expires_in {expires_in:?}, expiry_skew {skew}");
+            assert_eq!(t1.expires_at, sent + expires_after, "{case}");
+            assert_eq!(t1.refresh_at, sent + refresh_after, "{case}");
+            // The refresh fails: t1 serves to the end of its usable lifetime, not beyond.
+            tokio::time::sleep_until(sent + expires_after - Duration::from_millis(1)).await;
+            assert_eq!(token(&cache, &config).await, "t1", "{case}");
+            tokio::time::sleep_until(sent + expires_after).await;
+            assert!(
+                never_gets(&cache, &config, "t1").await,
+                "{case}: t1 used past its expiry"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_jwt_exp_before_expires_in_ends_the_lifetime() {
+        let s = Duration::from_secs;
+        let script: Vec<bool> = std::iter::once(true).chain([false; 50]).collect();
+        let (cache, _) = scripted_jwt(Duration::from_secs(2), Some(s(3600)), Some(120), &script);
+        let config = auth_config("60s", "300s");
+        let sent = Instant::now();
+        let (t1, _) = cache.get(&config).await.unwrap();
+        assert_eq!(name(&t1), "t1");
+        // `exp` is whole seconds of the wall clock: up to a second sooner than 120 s after
+        // the request (later only by the instant between reading the two clocks). The 5 s
+        // skew comes off that.
+        assert!(
+            sent + s(114) < t1.expires_at && t1.expires_at <= sent + s(115) + LATE,
+            "expires {:?} after sending",
+            t1.expires_at - sent
+        );
+        assert_eq!(t1.refresh_at, t1.expires_at - s(60));
+        // /configs and the expiry metric say the same.
+        let valid_until = cache.state(&config).valid_until.unwrap();
+        let left = valid_until.duration_since(SystemTime::now()).unwrap() + (Instant::now() - sent);
+        assert!(
+            left > s(113) && left <= s(115) + LATE,
+            "valid for {left:?} after sending"
+        );
+        let metric = cache.metrics.token_expiry.with_label_values(&["a"]).get();
+        assert!((metric - unix_seconds(valid_until)).abs() <= 1.0, "{metric}");
+        tokio::time::sleep_until(sent + s(114)).await;
+        assert_eq!(token(&cache, &config).await, "t1");
+        tokio::time::sleep_until(sent + s(115) + LATE).await;
+        assert!(never_gets(&cache, &config, "t1").await, "t1 used past its exp");
+
+        // An `exp` after expires_in bounds nothing; neither does a token that is no JWT.
+        for exp_in in [Some(7200), None] {
+            let (cache, _) = scripted_jwt(Duration::ZERO, Some(s(120)), exp_in, &[]);
+            let sent = Instant::now();
+            let (t1, _) = cache.get(&config).await.unwrap();
+            assert_eq!(t1.token.expose().contains('.'), exp_in.is_some());
+            assert_eq!((t1.expires_at, t1.refresh_at), (sent + s(115), sent + s(55)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_already_expired_is_an_error_and_backs_off() {
+        let config = auth_config("60s", "300s");
+        for exp_in in [-1, -3600] {
+            let (cache, calls) = scripted_jwt(Duration::ZERO, Some(Duration::from_secs(3600)), Some(exp_in), &[]);
+            let TokenFailure::Unavailable(error) = cache.get(&config).await.unwrap_err() else {
+                panic!("expected the fetch's error")
+            };
+            assert_eq!(
+                error.to_string(),
+                "token response is invalid: the access token is a JWT whose exp has already passed"
+            );
+            assert!(matches!(
+                cache.get(&config).await,
+                Err(TokenFailure::Backoff { failures: 1, .. })
+            ));
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+        }
+        let (cache, _) = scripted(Duration::ZERO, Some(Duration::ZERO), &[]);
+        let error = cache.get(&config).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "token response is invalid: expires_in is 0: the token is already expired"
+        );
+        // A token whose usable lifetime ran out while its response was on the way.
+        let (cache, _) = scripted(Duration::from_secs(3), Some(Duration::from_secs(6)), &[]);
+        let error = cache.get(&config).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "token response is invalid: the token's lifetime less expiry_skew ran out before the token response arrived"
+        );
+        assert_eq!(cache.state(&config).failures, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_and_back_off_run_on_a_jwts_clock() {
+        // 120 s JWTs, fetched in 1 s; after t1, two refreshes fail, then they succeed.
+        let s = Duration::from_secs;
+        let (cache, calls) = scripted_jwt(s(1), Some(s(120)), Some(120), &[true, false, false]);
+        let config = auth_config("60s", "300s");
+        let sent = Instant::now();
+        let (t1, _) = cache.get(&config).await.unwrap();
+        let refresh_at = t1.refresh_at;
+        assert!(
+            refresh_at > sent + s(54) && refresh_at <= sent + s(55) + LATE,
+            "{:?}",
+            refresh_at - sent
+        );
+        tokio::time::sleep_until(refresh_at - Duration::from_millis(1)).await;
+        assert_eq!(cache.get(&config).await.unwrap().1, Lookup::Hit);
+        tokio::time::sleep_until(refresh_at).await;
+        let (used, lookup) = cache.get(&config).await.unwrap();
+        assert_eq!((name(&used), lookup), ("t1".into(), Lookup::RefreshAhead));
+        // The refresh fails after 1 s; during the back-off t1 serves without a new request.
+        settle().await;
+        tokio::time::advance(s(1)).await;
+        settle().await;
+        assert_eq!(cache.state(&config).failures, 1);
+        let (used, lookup) = cache.get(&config).await.unwrap();
+        assert_eq!((name(&used), lookup), ("t1".into(), Lookup::RefreshAhead));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a refresh during the back-off");
+        // After it, the next request tries again (fails), and the one after that succeeds.
+        for expected_calls in [3, 4] {
+            tokio::time::advance(s(5)).await;
+            assert_eq!(token(&cache, &config).await, "t1");
+            settle().await;
+            assert_eq!(calls.load(Ordering::SeqCst), expected_calls);
+            tokio::time::advance(s(1)).await;
+            settle().await;
+        }
+        let (t4, lookup) = cache.get(&config).await.unwrap();
+        assert_eq!((name(&t4), lookup), ("t4".into(), Lookup::Hit));
+        // Sent a second ago: counted from then, less the skew.
+        assert!(
+            t4.expires_at <= Instant::now() + s(114) + LATE,
+            "{:?}",
+            t4.expires_at - Instant::now()
+        );
+        assert_eq!(cache.state(&config).failures, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -738,8 +1012,8 @@ mod tests {
         let script: Vec<bool> = std::iter::once(true).chain([false; 50]).collect();
         let (cache, calls) = scripted(Duration::ZERO, Some(Duration::from_secs(120)), &script);
         let config = auth_config("60s", "300s");
-        assert_eq!(token(&cache, &config).await, "t1");
-        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(token(&cache, &config).await, "t1"); // usable until 115 s, refresh from 55 s
+        tokio::time::advance(Duration::from_secs(56)).await;
         assert_eq!(token(&cache, &config).await, "t1"); // starts a refresh, which fails
         settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -752,7 +1026,7 @@ mod tests {
             );
             settle().await;
         }
-        tokio::time::advance(Duration::from_secs(1)).await; // t = 120 s: t1 has expired
+        tokio::time::advance(Duration::from_secs(1)).await; // t = 115 s: t1 has expired
         for _ in 0..5 {
             if let Ok((token, _)) = cache.get(&config).await {
                 assert_ne!(token.token.expose(), "t1", "an expired token was handed out");
@@ -860,14 +1134,42 @@ mod tests {
     fn refresh_window_is_refresh_before_or_half_a_short_lifetime() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
+        let lifetimes = |ttl, skew| lifetimes(t0, ttl, None, skew, s(60));
+        assert_eq!(lifetimes(s(3600), s(0)), Some((t0 + s(3600), t0 + s(3540))));
+        assert_eq!(lifetimes(s(60), s(0)), Some((t0 + s(60), t0 + s(30))));
+        assert_eq!(lifetimes(s(10), s(0)), Some((t0 + s(10), t0 + s(5))));
+        // The window is counted on what the skew leaves.
+        assert_eq!(lifetimes(s(3600), s(5)), Some((t0 + s(3595), t0 + s(3535))));
+        assert_eq!(lifetimes(s(65), s(5)), Some((t0 + s(60), t0 + s(30))));
+        assert_eq!(lifetimes(s(66), s(5)), Some((t0 + s(61), t0 + s(1))));
         assert_eq!(
-            lifetimes(t0, Some(s(3600)), s(300), s(60)),
-            (t0 + s(3600), t0 + s(3540))
+            lifetimes(s(10), s(5)),
+            Some((t0 + s(5), t0 + Duration::from_millis(2500)))
         );
-        assert_eq!(lifetimes(t0, None, s(300), s(60)), (t0 + s(300), t0 + s(240)));
-        assert_eq!(lifetimes(t0, Some(s(60)), s(300), s(60)), (t0 + s(60), t0 + s(30)));
-        assert_eq!(lifetimes(t0, Some(s(10)), s(300), s(60)), (t0 + s(10), t0 + s(5)));
-        assert_eq!(lifetimes(t0, Some(s(0)), s(300), s(60)), (t0, t0));
+        assert_eq!(lifetimes(s(0), s(5)), None);
+    }
+
+    #[test]
+    fn the_sooner_of_ttl_and_exp_ends_the_lifetime() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(
+            lifetimes(t0, s(3600), Some(s(120)), s(5), s(60)),
+            Some((t0 + s(115), t0 + s(55)))
+        );
+        assert_eq!(
+            lifetimes(t0, s(120), Some(s(3600)), s(5), s(60)),
+            Some((t0 + s(115), t0 + s(55)))
+        );
+        // A 3 s token whose whole-second exp came 0.4 s sooner than expires_in.
+        assert_eq!(
+            lifetimes(t0, s(3), Some(Duration::from_millis(2600)), s(5), s(60)),
+            Some((t0 + Duration::from_millis(1300), t0 + Duration::from_millis(650)))
+        );
+        assert_eq!(lifetimes(t0, s(3600), Some(Duration::ZERO), s(5), s(60)), None);
+        // A default_ttl of centuries is cut short enough to count with.
+        let (expires_at, _) = lifetimes(t0, Duration::MAX, None, s(5), s(60)).unwrap();
+        assert_eq!(expires_at, t0 + LONGEST_LIFETIME - s(5));
     }
 
     #[test]
@@ -884,26 +1186,38 @@ mod tests {
 
     proptest! {
         #[test]
-        fn refresh_starts_inside_the_lifetime(
-            expires_in in proptest::option::of(0_u64..10_000_000),
-            default_ttl in 1_u64..10_000_000,
-            refresh_before in 0_u64..10_000_000,
+        fn expiry_and_refresh_stay_inside_the_lifetime(
+            ttl_ms in prop_oneof![0_u64..10_000_000, Just(u64::MAX)],
+            exp_in_ms in proptest::option::of(0_u64..10_000_000),
+            skew_ms in 0_u64..10_000_000,
+            refresh_before_ms in 0_u64..10_000_000,
         ) {
-            let t0 = Instant::now();
-            let (expires_at, refresh_at) = lifetimes(
-                t0,
-                expires_in.map(Duration::from_secs),
-                Duration::from_secs(default_ttl),
-                Duration::from_secs(refresh_before),
-            );
-            let ttl = Duration::from_secs(expires_in.unwrap_or(default_ttl));
-            prop_assert_eq!(expires_at, t0 + ttl);
-            prop_assert!(t0 <= refresh_at && refresh_at <= expires_at);
-            // The window is refresh_before when the lifetime allows it, never more than half otherwise.
-            let window = expires_at - refresh_at;
-            prop_assert!(window <= Duration::from_secs(refresh_before) || window <= ttl / 2);
-            if ttl > Duration::from_secs(refresh_before) {
-                prop_assert_eq!(window, Duration::from_secs(refresh_before));
+            let ms = Duration::from_millis;
+            let (ttl, exp_in, skew, refresh_before) = (ms(ttl_ms), exp_in_ms.map(ms), ms(skew_ms), ms(refresh_before_ms));
+            let sent = Instant::now();
+            let lifetime = exp_in.map_or(ttl, |exp_in| exp_in.min(ttl)).min(LONGEST_LIFETIME);
+            let Some((expires_at, refresh_at)) = lifetimes(sent, ttl, exp_in, skew, refresh_before) else {
+                prop_assert!(lifetime.is_zero(), "no lifetime from {lifetime:?}");
+                return Ok(());
+            };
+            prop_assert!(!lifetime.is_zero());
+            // Never at or before the request, never past expires_in nor exp.
+            prop_assert!(sent < expires_at);
+            prop_assert!(expires_at <= sent + ttl.min(LONGEST_LIFETIME));
+            if let Some(exp_in) = exp_in {
+                prop_assert!(expires_at <= sent + exp_in);
+            }
+            // The skew taken is the configured one, or half the lifetime when that is less.
+            let taken = sent + lifetime - expires_at;
+            prop_assert_eq!(taken, skew.min(lifetime / 2));
+            prop_assert!(taken <= lifetime / 2);
+            // Refresh starts inside what is left: refresh_before, or half of it when not longer.
+            prop_assert!(sent <= refresh_at && refresh_at <= expires_at);
+            let (usable, window) = (expires_at - sent, expires_at - refresh_at);
+            if refresh_before < usable {
+                prop_assert_eq!(window, refresh_before);
+            } else {
+                prop_assert_eq!(window, usable / 2);
             }
         }
 
