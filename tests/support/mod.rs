@@ -878,3 +878,237 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+// ---------------------------------------------------------------------------------------
+// Raw recording upstream
+
+/// What a [`RawUpstream`] writes for one complete request: `bytes`; then, if `later` is set,
+/// after its delay, more bytes on the same connection that no request asked for; then it
+/// closes the connection if `close`.
+#[derive(Clone, Debug, Default)]
+pub struct Answer {
+    pub bytes: Vec<u8>,
+    pub later: Option<(Duration, Vec<u8>)>,
+    pub close: bool,
+}
+
+impl Answer {
+    pub fn new(bytes: impl AsRef<[u8]>) -> Self {
+        Self {
+            bytes: bytes.as_ref().to_vec(),
+            ..Self::default()
+        }
+    }
+
+    /// Writes `bytes` too, `delay` after the answer, on the same connection.
+    #[must_use]
+    pub fn then_after(mut self, delay: Duration, bytes: impl AsRef<[u8]>) -> Self {
+        self.later = Some((delay, bytes.as_ref().to_vec()));
+        self
+    }
+
+    /// Closes the connection after the answer.
+    #[must_use]
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+}
+
+/// Bytes received, shared between an upstream's tasks.
+type Record = Arc<Mutex<Vec<u8>>>;
+
+/// An upstream that keeps every byte it receives, per connection, and answers each complete
+/// request (a head ending in CRLF CRLF, then its `Content-Length` or chunked body) with the
+/// next of its `script` (counted over all its connections; the last one again once they run
+/// out; none if the script is empty). Plain, or TLS offering HTTP/1.1 only. Stops, with all
+/// its connections, when dropped.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    /// What each connection received, in the order they were accepted.
+    received: Arc<Mutex<Vec<Record>>>,
+    shared: Arc<RawShared>,
+    task: JoinHandle<()>,
+}
+
+/// What a [`RawUpstream`]'s connections share.
+#[derive(Default)]
+struct RawShared {
+    script: Vec<Answer>,
+    /// Every byte received, on any connection, in the order it arrived.
+    arrived: Record,
+    requests: AtomicUsize,
+    sent_later: AtomicUsize,
+}
+
+impl RawUpstream {
+    pub async fn start(script: Vec<Answer>) -> Self {
+        Self::serve(None, script).await
+    }
+
+    /// Over TLS with `ca`'s server certificate (for `localhost` and `127.0.0.1`), offering
+    /// only `http/1.1` by ALPN.
+    pub async fn start_tls(ca: &TestCa, script: Vec<Answer>) -> Self {
+        let mut config = (*ca.server_config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::serve(Some(Arc::new(config)), script).await
+    }
+
+    async fn serve(tls: Option<Arc<rustls::ServerConfig>>, script: Vec<Answer>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::new(RawShared {
+            script,
+            ..RawShared::default()
+        });
+        let (connections, all) = (Arc::clone(&received), Arc::clone(&shared));
+        let task = tokio::spawn(async move {
+            // Connections live in this set, so dropping the upstream closes them too.
+            let mut set = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                while set.try_join_next().is_some() {}
+                let record = Record::default();
+                connections.lock().unwrap().push(Arc::clone(&record));
+                let (shared, acceptor) = (Arc::clone(&all), acceptor.clone());
+                set.spawn(async move {
+                    match acceptor {
+                        None => answer_raw(stream, &record, &shared).await,
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                answer_raw(tls, &record, &shared).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            received,
+            shared,
+            task,
+        }
+    }
+
+    /// Every byte received so far, on any connection, in the order it arrived.
+    pub fn arrived(&self) -> Vec<u8> {
+        self.shared.arrived.lock().unwrap().clone()
+    }
+
+    /// The bytes received so far on each connection, in the order they were accepted.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|connection| connection.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// Complete requests read so far.
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many `then_after` writes have been made.
+    pub fn sent_later(&self) -> usize {
+        self.shared.sent_later.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads requests off one connection, keeping what arrives in `record`, and answers them.
+async fn answer_raw<S>(mut stream: S, record: &Record, shared: &RawShared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let mut pending = Vec::new();
+    let mut chunk = vec![0_u8; 16 * 1024];
+    loop {
+        while let Some(length) = request_length(&pending) {
+            pending.drain(..length);
+            let n = shared.requests.fetch_add(1, Ordering::SeqCst);
+            let Some(answer) = shared.script.get(n.min(shared.script.len().saturating_sub(1))) else {
+                continue;
+            };
+            if stream.write_all(&answer.bytes).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            if let Some((delay, bytes)) = &answer.later {
+                tokio::time::sleep(*delay).await;
+                if stream.write_all(bytes).await.is_err() || stream.flush().await.is_err() {
+                    return;
+                }
+                shared.sent_later.fetch_add(1, Ordering::SeqCst);
+            }
+            if answer.close {
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                // Both under one lock, so the two records agree.
+                let mut arrived = shared.arrived.lock().unwrap();
+                arrived.extend_from_slice(&chunk[..n]);
+                record.lock().unwrap().extend_from_slice(&chunk[..n]);
+                drop(arrived);
+                pending.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+}
+
+/// The length of the complete request at the start of `buf` (its head ends in CRLF CRLF; its
+/// body is framed by `Transfer-Encoding: chunked` or `Content-Length`), or `None` until it
+/// is all there or when its framing cannot be read.
+pub fn request_length(buf: &[u8]) -> Option<usize> {
+    let head = find(buf, b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+    let (mut length, mut chunked) = (0, false);
+    for line in text.split("\r\n").skip(1) {
+        match line.split_once(':') {
+            Some(("content-length", value)) => length = value.trim().parse().ok()?,
+            Some(("transfer-encoding", value)) => chunked = value.trim().ends_with("chunked"),
+            _ => {}
+        }
+    }
+    if chunked {
+        return chunked_length(&buf[head..]).map(|body| head + body);
+    }
+    (buf.len() >= head + length).then_some(head + length)
+}
+
+/// The length of the complete chunked body, with its trailer section, at the start of `buf`;
+/// `None` until it is all there or when a chunk size cannot be read.
+pub fn chunked_length(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line = find(&buf[at..], b"\r\n")?;
+        let text = std::str::from_utf8(&buf[at..at + line]).ok()?;
+        let size = usize::from_str_radix(text.split(';').next()?.trim(), 16).ok()?;
+        at += line + 2;
+        if size == 0 {
+            loop {
+                let line = find(&buf[at..], b"\r\n")?;
+                at += line + 2;
+                if line == 0 {
+                    return Some(at);
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
+    }
+}
