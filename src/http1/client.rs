@@ -39,7 +39,7 @@ use super::body::{State, Step};
 use super::lines::RequestLines;
 use super::{
     Known, MAX_HEAD, MAX_HEADERS, READ_SIZE, bit, bodiless, declares_length, header_line, hop_by_hop_bit_of, known,
-    length_items, options, split_authority,
+    length_items, options, other_coding, split_authority,
 };
 use crate::BoxError;
 
@@ -270,12 +270,19 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
             }
         }
     }
+    if let Some(coding) = facts.other_coding {
+        return Err(format!(
+            "the response has a transfer coding other than chunked ({})",
+            String::from_utf8_lossy(&coding[..coding.len().min(40)])
+        )
+        .into());
+    }
     let (framing, reusable) = facts.framing(method, status, version);
     // A length beside `Transfer-Encoding` means nothing (RFC 9112 §6.1), and 1xx and 204
     // responses may not carry one (RFC 9110 §8.6).
     let declared = facts
         .content_length
-        .filter(|_| facts.transfer_encoding.is_none() && declares_length(method, status));
+        .filter(|_| !facts.chunked && declares_length(method, status));
     let first = starts[0];
     let mut to = first;
     let mut crlf = true;
@@ -323,11 +330,13 @@ fn with_crlf(lines: &[u8]) -> Bytes {
 struct Facts<'a> {
     /// The connection ends after this response.
     close: bool,
-    /// There is a `Transfer-Encoding`, and its last coding is `chunked`.
-    transfer_encoding: Option<bool>,
+    /// There is a `Transfer-Encoding` (of `chunked` only: other codings are refused).
+    chunked: bool,
     content_length: Option<u64>,
     /// Other headers `Connection` names, to be left out too.
     listed: Vec<&'a [u8]>,
+    /// A transfer coding other than chunked, which bearerd does not decode.
+    other_coding: Option<&'a [u8]>,
 }
 
 impl<'a> Facts<'a> {
@@ -346,9 +355,8 @@ impl<'a> Facts<'a> {
                 }
             }
         } else if name == bit::TRANSFER_ENCODING {
-            // The last line's last coding is the final one.
-            let last = value.rsplit(|&byte| byte == b',').next().unwrap_or_default();
-            self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            self.other_coding = self.other_coding.or_else(|| other_coding([value]));
+            self.chunked = true;
         }
     }
 
@@ -364,11 +372,11 @@ impl<'a> Facts<'a> {
         if bodiless(method, status) {
             return (Framing::Empty, !self.close);
         }
-        if let Some(chunked) = self.transfer_encoding {
+        if self.chunked {
             // Both headers is a sign of request smuggling (RFC 9112 §6.1): the connection
             // ends with this response.
             let smuggled = self.content_length.is_some();
-            return if chunked && version == Version::HTTP_11 {
+            return if version == Version::HTTP_11 {
                 (Framing::Chunked, !self.close && !smuggled)
             } else {
                 (Framing::UntilClose, false)
@@ -1157,14 +1165,15 @@ mod tests {
         assert_eq!(
             lines,
             Lines {
-                text: "Server: script\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\nX-Public:  2 \r\n".into(),
+                text: "Server: script\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\ntrailer: x-sum\r\nX-Public:  2 \r\n"
+                    .into(),
                 declared: None,
                 date: true
             }
         );
         let mut names: Vec<_> = response.headers().keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["date", "server", "x-public"]);
+        assert_eq!(names, ["date", "server", "trailer", "x-public"]);
         assert_eq!(response.headers()["x-public"], "2");
         assert_eq!(response.body().as_ref().unwrap().0, "ok");
         assert_eq!(connections, 1, "keep-alive, and `close` is not among the names");

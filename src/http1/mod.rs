@@ -40,7 +40,8 @@ pub const READ_SIZE: usize = 8 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
     /// A hop-by-hop name (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and
-    /// `Keep-Alive`), by its [`bit`].
+    /// `Keep-Alive`), by its [`bit`]. `Trailer` is not one: it announces the trailer fields
+    /// end to end (RFC 9110 §6.6.2), and hyper's server sends only the fields it names.
     HopByHop(u16),
     ContentLength,
     Date,
@@ -58,9 +59,8 @@ pub mod bit {
     pub const PROXY_AUTHENTICATE: u16 = 1 << 3;
     pub const PROXY_AUTHORIZATION: u16 = 1 << 4;
     pub const TE: u16 = 1 << 5;
-    pub const TRAILER: u16 = 1 << 6;
-    pub const TRANSFER_ENCODING: u16 = 1 << 7;
-    pub const UPGRADE: u16 = 1 << 8;
+    pub const TRANSFER_ENCODING: u16 = 1 << 6;
+    pub const UPGRADE: u16 = 1 << 7;
 }
 
 /// What `name`, as a message wrote it (in any case), is to the proxy. Told by its length
@@ -74,7 +74,6 @@ pub fn known(name: &[u8]) -> Known {
         4 if is(b"date") => Known::Date,
         4 if is(b"host") => Known::Host,
         6 if is(b"expect") => Known::Expect,
-        7 if is(b"trailer") => Known::HopByHop(bit::TRAILER),
         7 if is(b"upgrade") => Known::HopByHop(bit::UPGRADE),
         10 if is(b"connection") => Known::HopByHop(bit::CONNECTION),
         10 if is(b"keep-alive") => Known::HopByHop(bit::KEEP_ALIVE),
@@ -110,6 +109,16 @@ pub fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|&byte| byte == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|option| !option.is_empty())
+}
+
+/// The first transfer coding other than `chunked` that `Transfer-Encoding` values name.
+/// bearerd decodes chunked only: passing on a body without the other codings in its header
+/// would hand the peer bytes it cannot read (RFC 9112 §6.1), so such a message is refused.
+pub fn other_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
+    values
+        .into_iter()
+        .flat_map(options)
+        .find(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).

@@ -134,7 +134,16 @@ impl Proxy {
     async fn serve_hyper(self: Arc<Self>, io: Rewound, local: Option<SocketAddr>, peer: SocketAddr, watcher: Watcher) {
         let service = service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(with_header_map(proxy.handle(request, None, None, local).await)) }
+            async move {
+                let version = request.version();
+                let mut response = with_header_map(proxy.handle(request, None, None, local).await);
+                if version < Version::HTTP_2 {
+                    // An intermediary answers in its own version (RFC 9110 §6.2), not the
+                    // upstream's.
+                    *response.version_mut() = Version::HTTP_11;
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -201,9 +210,11 @@ impl Proxy {
             Err(error) => {
                 let mut response =
                     respond(&error, seen.auth_config.as_deref().map(|c| c.id.as_str())).map(AppBody::Own);
-                if method == Method::CONNECT {
-                    // The client may already have sent tunnel bytes behind the CONNECT; they
-                    // must not be read as HTTP, so the connection ends with this answer.
+                if method == Method::CONNECT || matches!(error, ProxyError::BadRequest(_)) {
+                    // The client may already have sent tunnel bytes behind the CONNECT, or a
+                    // malformed request's body (whose framing is in doubt) may follow: neither
+                    // may be read as the next request, so the connection ends with this answer,
+                    // as nginx ends it after a 400.
                     response
                         .headers_mut()
                         .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
@@ -529,6 +540,13 @@ fn target_and_name<'r, B>(
         let headers = request.headers();
         let value = |name| headers.get(name).map(http::HeaderValue::as_bytes);
         let hosts = headers.get_all(http::header::HOST).iter().count();
+        let codings = headers.get_all(http::header::TRANSFER_ENCODING);
+        if let Some(coding) = http1::other_coding(codings.iter().map(http::HeaderValue::as_bytes)) {
+            return Err(ProxyError::BadRequest(format!(
+                "the request has a transfer coding other than chunked ({}); bearerd decodes only chunked",
+                printable(&String::from_utf8_lossy(coding))
+            )));
+        }
         (value(http::header::HOST), hosts, value(inject::X_AUTH_CONFIG))
     };
     check_host(request.version(), host, hosts)?;

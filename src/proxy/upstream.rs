@@ -28,7 +28,7 @@ use crate::error::{AppBodyError, ProxyError};
 use crate::http1::client::{self as h1, POOL_IDLE_TIMEOUT, TCP_KEEPALIVE};
 use crate::http1::lines::RequestLines;
 use crate::http1::timer::Timer;
-use crate::http1::unframe;
+use crate::http1::{self, unframe};
 use crate::{BoxError, ProxyBody};
 
 /// Sends requests upstream over pooled connections, at most `max_concurrency` at once.
@@ -209,6 +209,18 @@ impl Upstream {
         }
         let method = parts.method.clone();
         let mut response = self.client.request(Request::from_parts(parts, body)).await?;
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // bearerd sends no `Upgrade`: nothing it could relay would follow.
+            return Err("the upstream switched protocols unasked".into());
+        }
+        let codings = response.headers().get_all(http::header::TRANSFER_ENCODING);
+        if let Some(coding) = http1::other_coding(codings.iter().map(http::HeaderValue::as_bytes)) {
+            return Err(format!(
+                "the response has a transfer coding other than chunked ({})",
+                String::from_utf8_lossy(&coding[..coding.len().min(40)])
+            )
+            .into());
+        }
         crate::inject::strip_hop_by_hop(response.headers_mut());
         let status = response.status();
         unframe(response.headers_mut(), &method, status)?;
