@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bearerd::config::{AuthConfig, Config, Env};
 use bearerd::metrics::Metrics;
-use bearerd::routes::{RequestFacts, select};
+use bearerd::routes::{RequestFacts, RouteIndex, select};
 use bearerd::secret::AccessToken;
 use bearerd::token::{FetchToken, TokenCache, TokenError, TokenResponse};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -45,6 +45,7 @@ fn selection(c: &mut Criterion) {
     let mut group = c.benchmark_group("select");
     for n in [10, 1_000, 10_000] {
         let config = routes(n);
+        let index = RouteIndex::new(&config.routes);
         // The last route: the worst case for a walk of the table.
         let host = format!("h{}.test", n - 1);
         let method = Method::GET;
@@ -57,7 +58,7 @@ fn selection(c: &mut Criterion) {
                     origin_form: false,
                     named_config: None,
                 };
-                let selection = select(std::hint::black_box(&config), facts).unwrap();
+                let selection = select(std::hint::black_box(&config), &index, facts).unwrap();
                 assert!(selection.route.is_some());
             });
         });

@@ -94,22 +94,6 @@ impl AppBodyError {
     }
 }
 
-/// An error and its causes on one line, skipping a cause whose text the line already has.
-#[must_use]
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Logs the error once and turns it into bearerd's JSON error response.
 #[must_use]
 pub fn respond(error: &ProxyError, auth_config: Option<&str>) -> Response<ProxyBody> {

@@ -26,6 +26,7 @@
 //! replaces anything the app sent, and the request goes upstream; the response streams back.
 
 pub mod admin;
+pub mod assertion;
 pub mod check;
 pub mod config;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod inject;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod running;
 pub mod secret;
 mod server;
 pub mod tls;
@@ -62,4 +64,20 @@ pub enum StartError {
         addr: SocketAddr,
         cause: std::io::Error,
     },
+}
+
+/// An error and its causes on one line, skipping a cause whose text the line already has.
+#[must_use]
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

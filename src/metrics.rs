@@ -2,10 +2,6 @@
 //! `process_*` metrics. Labels carry auth config ids, status codes, error codes and fixed
 //! words only, never hosts, paths or user data, so their number stays bounded.
 
-use std::borrow::Cow;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -22,8 +18,6 @@ const DURATION_BUCKETS: &[f64] = &[
 
 /// The registry and every metric bearerd updates.
 pub struct Metrics {
-    /// Tells these metrics from another instance's in a [`SeriesMemo`].
-    id: u64,
     registry: Registry,
     /// `bearerd_requests_total{auth_config, status}`: status is the HTTP status, or bearerd's
     /// error code when bearerd answered itself.
@@ -57,7 +51,6 @@ impl Metrics {
     /// Never: the metric definitions are constant and registered once.
     #[must_use]
     pub fn new() -> Self {
-        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -132,7 +125,6 @@ impl Metrics {
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registered once");
         Self {
-            id: INSTANCES.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             request_duration,
@@ -178,22 +170,14 @@ impl Metrics {
         let _ = self.token_request_duration.remove_label_values(&[auth_config]);
     }
 
-    /// The series every request of `auth_config` updates, looked up once per config: each
-    /// `with_label_values` hashes its labels and searches a map under a lock (~150
-    /// instructions). Another `Metrics` (tests run several in one process) looks them up anew.
-    pub fn series<'a>(&self, auth_config: &'a crate::config::AuthConfig) -> Cow<'a, ConfigSeries> {
-        let lookup = || ConfigSeries {
-            ok: self.requests.with_label_values(&[auth_config.id.as_str(), "200"]),
-            duration: self.request_duration.with_label_values(&[auth_config.id.as_str()]),
-            hits: self
-                .token_cache_lookups
-                .with_label_values(&[auth_config.id.as_str(), "hit"]),
-        };
-        let (metrics, series) = auth_config.series.0.get_or_init(|| (self.id, lookup()));
-        if *metrics == self.id {
-            Cow::Borrowed(series)
-        } else {
-            Cow::Owned(lookup())
+    /// The series every request of auth config `id` updates, for the running state to keep:
+    /// each `with_label_values` hashes its labels and searches a map under a lock.
+    #[must_use]
+    pub fn series(&self, id: &str) -> ConfigSeries {
+        ConfigSeries {
+            ok: self.requests.with_label_values(&[id, "200"]),
+            duration: self.request_duration.with_label_values(&[id]),
+            hits: self.token_cache_lookups.with_label_values(&[id, "hit"]),
         }
     }
 
@@ -216,16 +200,6 @@ pub struct ConfigSeries {
     pub hits: IntCounter,
 }
 
-/// [`ConfigSeries`], kept on the auth config with the id of the `Metrics` they belong to.
-#[derive(Default)]
-pub struct SeriesMemo(OnceLock<(u64, ConfigSeries)>);
-
-impl std::fmt::Debug for SeriesMemo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SeriesMemo")
-    }
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -235,7 +209,6 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Env};
 
     fn value(metrics: &Metrics, series: &str) -> String {
         metrics
@@ -246,27 +219,16 @@ mod tests {
     }
 
     #[test]
-    fn an_auth_configs_series_are_looked_up_once_and_count_in_their_own_metrics() {
-        let yaml = "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    \
-                    client_secret: s\n    allowed_hosts: [h.test]\n";
-        let config = Config::from_yaml("t", yaml, &Env::new())
-            .unwrap()
-            .auth_config("a")
-            .unwrap();
+    fn an_auth_configs_series_count_in_their_own_metrics() {
         let (first, second) = (Metrics::new(), Metrics::new());
+        // Kept, as the running state keeps them, and looked up again: the same series.
+        let kept = first.series("a");
         for _ in 0..3 {
-            let series = first.series(&config);
-            assert!(matches!(series, Cow::Borrowed(_)), "remembered on the config");
-            series.ok.inc();
-            series.hits.inc();
-            series.duration.observe(0.002);
+            kept.ok.inc();
+            first.series("a").hits.inc();
+            kept.duration.observe(0.002);
         }
-        let series = second.series(&config);
-        assert!(
-            matches!(series, Cow::Owned(_)),
-            "another instance's series are looked up"
-        );
-        series.ok.inc();
+        second.series("a").ok.inc();
         assert_eq!(
             value(&first, r#"bearerd_requests_total{auth_config="a",status="200"}"#),
             "3"

@@ -1,166 +1,22 @@
-//! Which auth config a request gets: host patterns, the route table, and the
-//! `allowed_hosts` guard that keeps a token from leaving for a host it was not issued for.
+//! Which auth config a request gets: the route table indexed by host, the choice between
+//! `X-Auth-Config`, the first matching route and `default_action`, and the `allowed_hosts`
+//! guard that keeps a token from leaving for a host it was not issued for.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::Arc;
 
 use fnv::FnvBuildHasher;
 use http::Method;
-use url::Url;
 
-use crate::config::{AuthConfig, Config, DefaultAction};
-
-/// A host, `host:port`, or `*.suffix`, as written in `allowed_hosts` and `match.host`.
-#[derive(Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// `api.example.com` or an IP: any port.
-    Host(String),
-    /// `api.example.com:8443`: that port only.
-    HostPort(String, u16),
-    /// `*.example.com`: any name ending in `.example.com` (not `example.com` itself), any port.
-    Suffix(String),
-}
-
-impl HostPattern {
-    /// Parses a pattern; `allow_port` is false for `match.host`, which names hosts only.
-    pub fn parse(text: &str, allow_port: bool) -> Result<Self, String> {
-        let text = text.trim().to_ascii_lowercase();
-        if let Some(suffix) = text.strip_prefix("*.") {
-            if suffix.is_empty() || !suffix.split('.').all(is_dns_label) {
-                return Err(format!("`{text}` is not a valid `*.suffix` pattern"));
-            }
-            return Ok(Self::Suffix(format!(".{suffix}")));
-        }
-        let (host, port) =
-            split_host_port(&text).ok_or_else(|| format!("`{text}` is not a host, host:port or *.suffix"))?;
-        if !is_host(&host) {
-            return Err(format!("`{text}` is not a valid host name or IP address"));
-        }
-        match port {
-            None => Ok(Self::Host(host)),
-            Some(_) if !allow_port => Err(format!("`{text}`: a route matches a host, not a port")),
-            Some(port) => Ok(Self::HostPort(host, port)),
-        }
-    }
-
-    /// `host` is lowercase without brackets; `port` is the effective port of the target.
-    #[must_use]
-    pub fn matches(&self, host: &str, port: u16) -> bool {
-        match self {
-            Self::Host(h) => h == host,
-            Self::HostPort(h, p) => h == host && *p == port,
-            Self::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
-        }
-    }
-
-    /// The same pattern with any port dropped (routes contribute hosts, any port).
-    #[must_use]
-    pub fn without_port(&self) -> Self {
-        match self {
-            Self::HostPort(h, _) => Self::Host(h.clone()),
-            other => other.clone(),
-        }
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Host(h) if h.contains(':') => write!(f, "[{h}]"),
-            Self::Host(h) => f.write_str(h),
-            Self::HostPort(h, p) if h.contains(':') => write!(f, "[{h}]:{p}"),
-            Self::HostPort(h, p) => write!(f, "{h}:{p}"),
-            Self::Suffix(s) => write!(f, "*{s}"),
-        }
-    }
-}
-
-impl fmt::Debug for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Splits `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
-fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
-    if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        return match after {
-            "" => Some((host.to_owned(), None)),
-            _ => Some((host.to_owned(), Some(after.strip_prefix(':')?.parse().ok()?))),
-        };
-    }
-    if text.matches(':').count() > 1 {
-        return Some((text.to_owned(), None)); // bare IPv6
-    }
-    match text.split_once(':') {
-        Some((host, port)) => Some((host.to_owned(), Some(port.parse().ok()?))),
-        None => Some((text.to_owned(), None)),
-    }
-}
-
-fn is_dns_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn is_host(host: &str) -> bool {
-    host.parse::<std::net::IpAddr>().is_ok()
-        || (!host.is_empty() && host.len() <= 253 && host.split('.').all(is_dns_label))
-}
-
-/// Lowercase host without IPv6 brackets, and the effective port, of a URL-like target.
-#[must_use]
-pub fn host_and_port(url: &Url) -> Option<(String, u16)> {
-    let host = match url.host()? {
-        url::Host::Domain(d) => d.to_ascii_lowercase(),
-        url::Host::Ipv4(ip) => ip.to_string(),
-        url::Host::Ipv6(ip) => ip.to_string(),
-    };
-    Some((host, url.port_or_known_default()?))
-}
-
-/// How a route sends a matched request on.
-#[derive(Clone, Debug)]
-pub enum RouteKind {
-    /// Absolute-form (`HTTP_PROXY`) requests; the target is the request URI.
-    Forward { upstream_tls: bool },
-    /// Origin-form requests to bearerd itself; the prefix is replaced by `upstream`.
-    Gateway { upstream: Url },
-}
-
-#[derive(Clone, Debug)]
-pub struct Route {
-    pub host: Option<HostPattern>,
-    pub path_prefix: String,
-    /// Empty: any method.
-    pub methods: Vec<Method>,
-    pub auth_config: Arc<AuthConfig>,
-    pub kind: RouteKind,
-}
-
-impl Route {
-    fn matches(&self, method: &Method, host: Option<(&str, u16)>, path: &str) -> bool {
-        let host_ok = match (&self.host, host) {
-            (None, _) => true,
-            (Some(pattern), Some((h, p))) => pattern.matches(h, p),
-            (Some(_), None) => false,
-        };
-        host_ok && path.starts_with(&self.path_prefix) && (self.methods.is_empty() || self.methods.contains(method))
-    }
-}
+use crate::config::{AuthConfig, Config, DefaultAction, HostPattern, Route, RouteKind};
 
 /// What the route table decided for one request.
 #[derive(Debug)]
 pub struct Selection<'a> {
     /// The first matching route, if any (it may rewrite the target).
     pub route: Option<&'a Route>,
-    /// The auth config whose token goes on the request; `None` passes it through untouched.
-    pub auth_config: Option<Arc<AuthConfig>>,
+    /// The auth config whose token goes on the request, by its position in
+    /// [`Config::auth_configs`]; `None` passes the request through untouched.
+    pub auth_config: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -247,15 +103,19 @@ impl RouteIndex {
 
 /// Picks the route and auth config for a request: `X-Auth-Config`, else the first
 /// matching route (in file order), else `default_action`.
-pub fn select<'a>(config: &'a Config, facts: RequestFacts<'_>) -> Result<Selection<'a>, SelectError> {
-    let route = config.route_index.first(&config.routes, &facts);
+pub fn select<'a>(
+    config: &'a Config,
+    index: &RouteIndex,
+    facts: RequestFacts<'_>,
+) -> Result<Selection<'a>, SelectError> {
+    let route = index.first(&config.routes, &facts);
     let auth_config = match facts.named_config {
         Some(name) => Some(
             config
-                .auth_config(name)
+                .position(name)
                 .ok_or_else(|| SelectError::UnknownAuthConfig(name.to_owned()))?,
         ),
-        None => route.map(|route| Arc::clone(&route.auth_config)),
+        None => route.map(|route| route.auth_config),
     };
     if auth_config.is_none() && route.is_none() && config.default_action == DefaultAction::Deny {
         return Err(SelectError::Denied);
@@ -275,40 +135,6 @@ pub fn host_allowed(auth_config: &AuthConfig, host: &str, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_parse_and_match() {
-        let host = HostPattern::parse("API.Example.com", true).unwrap();
-        assert!(host.matches("api.example.com", 443));
-        assert!(host.matches("api.example.com", 8080));
-        assert!(!host.matches("evil-api.example.com", 443));
-        assert!(!host.matches("api.example.com.evil.com", 443));
-
-        let host_port = HostPattern::parse("api.example.com:8443", true).unwrap();
-        assert!(host_port.matches("api.example.com", 8443));
-        assert!(!host_port.matches("api.example.com", 443));
-
-        let suffix = HostPattern::parse("*.example.com", true).unwrap();
-        assert!(suffix.matches("a.example.com", 443));
-        assert!(suffix.matches("a.b.example.com", 80));
-        assert!(!suffix.matches("example.com", 443));
-        assert!(!suffix.matches("badexample.com", 443));
-
-        let v6 = HostPattern::parse("[::1]:9000", true).unwrap();
-        assert!(v6.matches("::1", 9000));
-        assert!(!v6.matches("::1", 9001));
-        assert_eq!(v6.to_string(), "[::1]:9000");
-        assert!(HostPattern::parse("::1", true).unwrap().matches("::1", 1));
-        assert!(HostPattern::parse("127.0.0.1", true).unwrap().matches("127.0.0.1", 1));
-    }
-
-    #[test]
-    fn bad_patterns_are_refused() {
-        for bad in ["", "*.", "a b", "host:port", "host:99999", "*.a..b", "[::1"] {
-            assert!(HostPattern::parse(bad, true).is_err(), "{bad}");
-        }
-        assert!(HostPattern::parse("api.example.com:443", false).is_err());
-    }
 
     use std::fmt::Write as _;
 
@@ -368,20 +194,11 @@ mod tests {
                     matches!(route.kind, RouteKind::Gateway { .. }) == origin_form
                         && route.matches(&method, facts.host, facts.path)
                 });
-                let indexed = config
-                    .route_index
+                let indexed = RouteIndex::new(&config.routes)
                     .first(&config.routes, &facts)
                     .map(|route| config.routes.iter().position(|r| std::ptr::eq(r, route)).unwrap());
                 proptest::prop_assert_eq!(linear, indexed, "{:?} {:?}", routes, facts);
             }
         }
-    }
-
-    #[test]
-    fn host_and_port_normalises() {
-        let url = Url::parse("https://API.Example.com/x").unwrap();
-        assert_eq!(host_and_port(&url), Some(("api.example.com".into(), 443)));
-        let url = Url::parse("http://[::1]:8080/").unwrap();
-        assert_eq!(host_and_port(&url), Some(("::1".into(), 8080)));
     }
 }

@@ -1,3 +1,6 @@
+use http::Method;
+
+use super::env::expand_vars;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Env {

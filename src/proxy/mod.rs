@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 pub use upstream::Upstream;
 use upstream::{Outgoing, Permitted};
 
-use crate::config::{AuthConfig, Config, Inject};
+use crate::config::{AuthConfig, Config, Inject, RouteKind};
 use crate::error::{AppBodyError, ProxyError, respond};
 use crate::http1::lines::{REQUEST_ID_LEN, RequestLines, X_REQUEST_ID};
 use crate::http1::server::{self, HEADER_READ_TIMEOUT, Rewound, Service, TakeLines};
@@ -36,7 +36,8 @@ use crate::http1::timer::Timer;
 use crate::http1::{self, client::HeaderLines};
 use crate::inject;
 use crate::metrics::{Metrics, NO_AUTH_CONFIG};
-use crate::routes::{self, RequestFacts, RouteKind, SelectError};
+use crate::routes::{self, RequestFacts, SelectError};
+use crate::running::{Active, Running};
 use crate::token::{CachedToken, Lookup, TokenCache, TokenError};
 use crate::{BoxError, ProxyBody};
 
@@ -45,8 +46,9 @@ use target::Target;
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
-    /// The configuration in force; a reload swaps it whole, so each request sees one.
-    config: ArcSwap<Config>,
+    /// The configuration in force and the state built from it; a reload swaps both whole, so
+    /// each request sees one.
+    running: ArcSwap<Running>,
     pub tokens: TokenCache,
     upstream: Upstream,
     pub metrics: Arc<Metrics>,
@@ -57,8 +59,9 @@ pub struct Proxy {
 impl Proxy {
     #[must_use]
     pub fn new(config: Arc<Config>, tokens: TokenCache, upstream: Upstream, metrics: Arc<Metrics>) -> Self {
+        let running = Running::build(config, &tokens, &metrics);
         Self {
-            config: ArcSwap::new(config),
+            running: ArcSwap::from_pointee(running),
             tokens,
             upstream,
             metrics,
@@ -69,12 +72,14 @@ impl Proxy {
     /// The configuration in force now.
     #[must_use]
     pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+        Arc::clone(&self.running.load().config)
     }
 
-    /// Puts `config` in force for every request that starts from now on.
+    /// Puts `config` in force, with the state built from it, for every request that starts
+    /// from now on. Unchanged auth configs keep their token slots (and tokens).
     pub fn set_config(&self, config: Arc<Config>) {
-        self.config.store(config);
+        self.running
+            .store(Arc::new(Running::build(config, &self.tokens, &self.metrics)));
     }
 
     #[must_use]
@@ -157,7 +162,10 @@ impl Proxy {
     }
 
     /// Answers one request that came in on the listener socket `local`; every failure becomes
-    /// bearerd's JSON error response. Counts it, times it, and logs one line at debug.
+    /// bearerd's JSON error response. The phases, in order: [`target`] (where is it going?),
+    /// [`select`] (which auth config and route?), [`guard`] (may its token go there?),
+    /// [`Proxy::authorize`] (the token, injected), [`Proxy::send`], [`Proxy::replay`] (on a
+    /// 401), and [`Proxy::finish`] (counted, timed, logged).
     ///
     /// The request's header lines are in `lines` when the listener loop kept them as the app
     /// wrote them; its header map then holds only what the proxy adds. A plain-HTTP
@@ -183,34 +191,186 @@ impl Proxy {
             tracing::enabled!(tracing::Level::DEBUG),
         );
         let method = request.method().clone();
+        let running = self.running.load_full();
         let mut seen = Seen::default();
-        let config = self.config.load_full();
         let result = if method == Method::CONNECT {
             seen.authority = request.uri().authority().cloned();
             // Boxed, as other rare paths are: a future's size is its largest path's, and the
             // request's futures are moved (copied) at each step.
-            Box::pin(connect::open(&config, request))
+            Box::pin(connect::open(&running.config, request))
                 .await
                 .map(|response| response.map(AppBody::Own))
         } else {
             // Pinned where it is made, as the listener loop does with this one.
-            std::pin::pin!(self.forward(&config, request, lines, timer, local, &mut seen))
+            std::pin::pin!(self.forward(&running, request, lines, timer, local, &mut seen))
                 .await
                 .map(|response| response.map(|body| AppBody::Upstream(Box::new(body))))
         };
+        let response = self.finish(result, &method, &seen, started, request_id.as_ref());
+        drop(inflight);
+        response
+    }
+
+    /// The phases of a request that goes upstream (every method but `CONNECT`).
+    async fn forward<'r, B>(
+        &self,
+        running: &'r Running,
+        request: Request<B>,
+        mut lines: Option<&mut RequestLines>,
+        mut timer: Option<&mut Timer>,
+        local: Option<SocketAddr>,
+        seen: &mut Seen<'r>,
+    ) -> Result<Response<Permitted>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (target, named) = target(&request, lines.as_deref(), local)?;
+        let chosen = select(running, &request, &target, named)?;
+        seen.auth_config = chosen.auth_config;
+        seen.authority = chosen.uri.authority().cloned();
+        if let Some(auth_config) = chosen.auth_config {
+            guard(&auth_config.config, &target, &chosen)?;
+        }
+        let Chosen { uri, auth_config, .. } = chosen;
+        let (mut parts, body) = request.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        if lines.is_none() {
+            inject::strip_request_headers(&mut parts.headers);
+        }
+        let timeout = running.config.upstream_timeout;
+        let body = outgoing(body, timeout).await?;
+        let token = match auth_config {
+            Some(auth_config) => Some(self.authorize(auth_config, &mut parts, lines.as_deref_mut()).await?),
+            None => None,
+        };
+        // Kept in case of a replay.
+        let (body, kept) = match body {
+            body if !auth_config.is_some_and(|active| active.config.retry_on_401) => (body, None),
+            Outgoing::Full(body) => (Outgoing::Full(body.clone()), Some(Kept::Whole(body))),
+            Outgoing::Stream(body) => {
+                let (body, kept) = Keep::new(body);
+                (Outgoing::Stream(boxed(body)), Some(Kept::Streamed(kept)))
+            }
+        };
+        // The head is lent, not given: it stays here for a replay.
+        let response = self
+            .send(
+                Cow::Borrowed(&parts),
+                lines.as_deref(),
+                body,
+                timeout,
+                timer.as_deref_mut(),
+            )
+            .await?;
+        match (auth_config, token, kept) {
+            (Some(auth_config), Some(token), Some(kept)) if response.status() == StatusCode::UNAUTHORIZED => {
+                let replay = Replay {
+                    parts,
+                    lines,
+                    auth_config,
+                    token,
+                    kept,
+                    timeout,
+                    timer,
+                };
+                Box::pin(self.replay(response, replay)).await
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// Phase: the token, from the cache or the one fetch in flight, put on the request as
+    /// the auth config says.
+    async fn authorize(
+        &self,
+        auth_config: &Active,
+        parts: &mut http::request::Parts,
+        lines: Option<&mut RequestLines>,
+    ) -> Result<Arc<CachedToken>, ProxyError> {
+        let token = self.token(auth_config).await?;
+        with_token(parts, lines, &auth_config.config, &token)?;
+        Ok(token)
+    }
+
+    /// Phase: the request upstream, over a pooled connection; `timeout` bounds waiting for
+    /// the response head, on the listener loop's connection `timer` when it lends one.
+    fn send<'a>(
+        &'a self,
+        parts: Cow<'a, http::request::Parts>,
+        lines: Option<&'a RequestLines>,
+        body: Outgoing,
+        timeout: Duration,
+        timer: Option<&'a mut Timer>,
+    ) -> impl Future<Output = Result<Response<Permitted>, ProxyError>> + 'a {
+        self.upstream.send(parts, lines, body, timeout, timer)
+    }
+
+    /// Phase, after the upstream answered `refused` (a 401) to the token in `replay`: that
+    /// token is dropped (only if it is still the cached one), and the request is sent once
+    /// more with a new one, when its body was small enough to keep whole.
+    async fn replay(
+        &self,
+        refused: Response<Permitted>,
+        replay: Replay<'_>,
+    ) -> Result<Response<Permitted>, ProxyError> {
+        let Replay {
+            mut parts,
+            lines,
+            auth_config,
+            token,
+            kept,
+            timeout,
+            timer,
+        } = replay;
+        self.tokens.evict_if_current(&auth_config.config, &token);
+        let body = match kept {
+            Kept::Whole(body) => body,
+            Kept::Streamed(kept) => match kept.whole() {
+                Some(body) => body,
+                None => return Ok(refused),
+            },
+        };
+        drop(refused);
+        self.metrics
+            .upstream_retries
+            .with_label_values(&[auth_config.config.id.as_str()])
+            .inc();
+        let mut lines = lines;
+        self.authorize(auth_config, &mut parts, lines.as_deref_mut()).await?;
+        self.send(
+            Cow::Owned(parts),
+            lines.as_deref(),
+            Outgoing::Full(body),
+            timeout,
+            timer,
+        )
+        .await
+    }
+
+    /// Phase, last: the outcome as the app's response (an error as bearerd's JSON), counted
+    /// in the metrics and logged at debug.
+    fn finish(
+        &self,
+        result: Result<Response<AppBody>, ProxyError>,
+        method: &Method,
+        seen: &Seen<'_>,
+        started: Instant,
+        request_id: Option<&http::HeaderValue>,
+    ) -> Response<AppBody> {
         let auth_config = seen
             .auth_config
-            .as_deref()
-            .map_or(NO_AUTH_CONFIG, |c: &AuthConfig| c.id.as_str());
+            .map_or(NO_AUTH_CONFIG, |active| active.config.id.as_str());
         let (response, status) = match result {
             Ok(response) => {
                 let status = response.status();
                 (response, Status::Http(status))
             }
             Err(error) => {
-                let mut response =
-                    respond(&error, seen.auth_config.as_deref().map(|c| c.id.as_str())).map(AppBody::Own);
-                if method == Method::CONNECT || matches!(error, ProxyError::BadRequest(_)) {
+                let id = seen.auth_config.map(|active| active.config.id.as_str());
+                let mut response = respond(&error, id).map(AppBody::Own);
+                if *method == Method::CONNECT || matches!(error, ProxyError::BadRequest(_)) {
                     // The client may already have sent tunnel bytes behind the CONNECT, or a
                     // malformed request's body (whose framing is in doubt) may follow: neither
                     // may be read as the next request, so the connection ends with this answer,
@@ -229,8 +389,8 @@ impl Proxy {
         };
         // An auth config's own series are at hand; others (no auth config, other statuses)
         // are looked up by their labels.
-        let series = seen.auth_config.as_deref().map(|config| self.metrics.series(config));
-        match &series {
+        let series = seen.auth_config.map(|active| &active.series);
+        match series {
             Some(series) if matches!(status, Status::Http(StatusCode::OK)) => series.ok.inc(),
             _ => self
                 .metrics
@@ -238,7 +398,7 @@ impl Proxy {
                 .with_label_values(&[auth_config, status_label])
                 .inc(),
         }
-        match &series {
+        match series {
             Some(series) => series.duration.observe(elapsed.as_secs_f64()),
             None => self
                 .metrics
@@ -246,9 +406,8 @@ impl Proxy {
                 .with_label_values(&[auth_config])
                 .observe(elapsed.as_secs_f64()),
         }
-        drop(inflight);
         tracing::debug!(
-            request_id = request_id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
+            request_id = request_id.and_then(|id| id.to_str().ok()).unwrap_or("-"),
             method = %method,
             authority = seen.authority.as_ref().map_or("-", http::uri::Authority::as_str),
             auth_config,
@@ -259,171 +418,12 @@ impl Proxy {
         response
     }
 
-    async fn forward<B>(
-        &self,
-        config: &Config,
-        request: Request<B>,
-        mut lines: Option<&mut RequestLines>,
-        mut timer: Option<&mut Timer>,
-        local: Option<SocketAddr>,
-        seen: &mut Seen,
-    ) -> Result<Response<Permitted>, ProxyError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        // 1. Where is it going, as the app wrote it?
-        let (target, named) = target_and_name(&request, lines.as_deref(), local)?;
-
-        // 2. Which auth config, and which route?
-        let facts = RequestFacts {
-            method: request.method(),
-            host: target.host_port(),
-            path: request.uri().path(),
-            origin_form: target.is_origin_form(),
-            named_config: named,
-        };
-        let selection = routes::select(config, facts).map_err(|err| match err {
-            SelectError::UnknownAuthConfig(name) => ProxyError::UnknownAuthConfig(printable(&name)),
-            SelectError::Denied => ProxyError::RouteDenied(err.to_string()),
-        })?;
-        seen.auth_config.clone_from(&selection.auth_config);
-        // The app's URI goes on as it is unless a route sends it elsewhere; then its host and
-        // port are the target's.
-        let (uri, as_sent) = match selection.route.map(|route| &route.kind) {
-            Some(RouteKind::Gateway { upstream }) => {
-                let prefix = selection.route.map_or("/", |route| route.path_prefix.as_str());
-                (target::gateway_uri(upstream, prefix, request.uri())?, false)
-            }
-            Some(RouteKind::Forward { upstream_tls }) => {
-                (target.forward_uri(request.uri(), *upstream_tls)?, !*upstream_tls)
-            }
-            None => (target.forward_uri(request.uri(), false)?, true),
-        };
-        seen.authority = uri.authority().cloned();
-
-        // 3. Guard: a token only ever goes to the hosts its config allows.
-        if let Some(auth_config) = &selection.auth_config {
-            let host_port = match target.host_port() {
-                Some((host, port)) if as_sent => Some((Cow::Borrowed(host), port)),
-                _ => target::host_port_of(&uri),
-            };
-            let (host, port) =
-                host_port.ok_or_else(|| ProxyError::BadRequest("the request target has no host".into()))?;
-            if !routes::host_allowed(auth_config, &host, port) {
-                return Err(ProxyError::HostNotAllowed {
-                    host: format!("{}:{port}", target::bracketed(&host)),
-                    auth_config: auth_config.id.clone(),
-                });
-            }
-        }
-        let (mut parts, body) = request.into_parts();
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        if lines.is_none() {
-            inject::strip_request_headers(&mut parts.headers);
-        }
-        let body = outgoing(body, config.upstream_timeout).await?;
-
-        // 4. Token, from the cache or the one fetch in flight, and 5. injected.
-        let mut token = None;
-        if let Some(auth_config) = &selection.auth_config {
-            let cached = self.token(auth_config).await?;
-            with_token(&mut parts, lines.as_deref_mut(), auth_config, &cached)?;
-            token = Some(cached);
-        }
-        // Keeping the body in case of a replay.
-        let (body, kept) = match body {
-            body if !selection.auth_config.as_ref().is_some_and(|c| c.retry_on_401) => (body, None),
-            Outgoing::Full(body) => (Outgoing::Full(body.clone()), Some(Kept::Whole(body))),
-            Outgoing::Stream(body) => {
-                let (body, kept) = Keep::new(body);
-                (Outgoing::Stream(boxed(body)), Some(Kept::Streamed(kept)))
-            }
-        };
-
-        // 6. Forward. One call for every case: a future is as large as its largest path, and
-        // the request's futures are moved (copied) at each step. The head is lent, not
-        // given: it stays here for a replay (a plain-HTTP upstream's request is written from
-        // it; only hyper's client takes a copy).
-        let response = self
-            .upstream
-            .send(
-                Cow::Borrowed(&parts),
-                lines.as_deref(),
-                body,
-                config.upstream_timeout,
-                timer.as_deref_mut(),
-            )
-            .await?;
-
-        // 7. The upstream refused the token: drop it (only if it is still the cached one)
-        // and replay once with a new one, when the body was small enough to keep.
-        match (selection.auth_config, token, kept) {
-            (Some(auth_config), Some(token), Some(kept)) if response.status() == StatusCode::UNAUTHORIZED => {
-                let replay = Replay {
-                    parts,
-                    lines,
-                    auth_config,
-                    token,
-                    kept,
-                    timeout: config.upstream_timeout,
-                    timer,
-                };
-                Box::pin(self.replay(response, replay)).await
-            }
-            _ => Ok(response),
-        }
-    }
-
-    /// Sends the request again after the upstream answered `refused` (a 401) to the token in
-    /// `replay`, with a new one, if the body was kept whole.
-    async fn replay(
-        &self,
-        refused: Response<Permitted>,
-        replay: Replay<'_>,
-    ) -> Result<Response<Permitted>, ProxyError> {
-        let Replay {
-            mut parts,
-            mut lines,
-            auth_config,
-            token,
-            kept,
-            timeout,
-            timer,
-        } = replay;
-        self.tokens.evict_if_current(&auth_config, &token);
-        let body = match kept {
-            Kept::Whole(body) => body,
-            Kept::Streamed(kept) => match kept.whole() {
-                Some(body) => body,
-                None => return Ok(refused),
-            },
-        };
-        drop(refused);
-        let token = self.token(&auth_config).await?;
-        self.metrics
-            .upstream_retries
-            .with_label_values(&[auth_config.id.as_str()])
-            .inc();
-        with_token(&mut parts, lines.as_deref_mut(), &auth_config, &token)?;
-        self.upstream
-            .send(
-                Cow::Owned(parts),
-                lines.as_deref(),
-                Outgoing::Full(body),
-                timeout,
-                timer,
-            )
-            .await
-    }
-
     /// A token from the cache, the lookup counted by how it was found.
-    async fn token(&self, auth_config: &Arc<AuthConfig>) -> Result<Arc<CachedToken>, ProxyError> {
-        let (token, lookup) = self.tokens.get(auth_config).await?;
+    async fn token(&self, auth_config: &Active) -> Result<Arc<CachedToken>, ProxyError> {
+        let (token, lookup) = self.tokens.get_in(&auth_config.slot, &auth_config.config).await?;
         let result = match lookup {
             Lookup::Hit => {
-                self.metrics.series(auth_config).hits.inc();
+                auth_config.series.hits.inc();
                 return Ok(token);
             }
             Lookup::Miss => "miss",
@@ -431,7 +431,7 @@ impl Proxy {
         };
         self.metrics
             .token_cache_lookups
-            .with_label_values(&[auth_config.id.as_str(), result])
+            .with_label_values(&[auth_config.config.id.as_str(), result])
             .inc();
         Ok(token)
     }
@@ -526,10 +526,10 @@ fn with_header_map(mut response: Response<AppBody>) -> Response<AppBody> {
     response
 }
 
-/// Where the request is going as the app wrote it, and the auth config it names with
+/// Phase: where the request is going as the app wrote it, and the auth config it names with
 /// `X-Auth-Config`: read from its header `lines` when the listener loop kept them, else from
 /// its header map.
-fn target_and_name<'r, B>(
+fn target<'r, B>(
     request: &'r Request<B>,
     lines: Option<&'r RequestLines>,
     local: Option<SocketAddr>,
@@ -559,6 +559,68 @@ fn target_and_name<'r, B>(
         _ => Err(ProxyError::BadRequest(
             "X-Auth-Config is not a valid auth config name".into(),
         )),
+    }
+}
+
+/// What [`select`] chose: the auth config (if any), and the URI the request goes to.
+struct Chosen<'r> {
+    auth_config: Option<&'r Active>,
+    uri: http::Uri,
+    /// `uri` is the app's own target, not one a route rewrote or moved to HTTPS.
+    as_sent: bool,
+}
+
+/// Phase: the auth config (`X-Auth-Config`, else the first matching route, else
+/// `default_action`), and where the request goes: the app's URI unless a route sends it
+/// elsewhere.
+fn select<'r, B>(
+    running: &'r Running,
+    request: &Request<B>,
+    target: &Target<'_>,
+    named: Option<&str>,
+) -> Result<Chosen<'r>, ProxyError> {
+    let facts = RequestFacts {
+        method: request.method(),
+        host: target.host_port(),
+        path: request.uri().path(),
+        origin_form: target.is_origin_form(),
+        named_config: named,
+    };
+    let chosen = running.choose(facts).map_err(|err| match err {
+        SelectError::UnknownAuthConfig(name) => ProxyError::UnknownAuthConfig(printable(&name)),
+        SelectError::Denied => ProxyError::RouteDenied(err.to_string()),
+    })?;
+    let (uri, as_sent) = match chosen.route.map(|route| &route.kind) {
+        Some(RouteKind::Gateway { upstream }) => {
+            let prefix = chosen.route.map_or("/", |route| route.path_prefix.as_str());
+            (target::gateway_uri(upstream, prefix, request.uri())?, false)
+        }
+        Some(RouteKind::Forward { upstream_tls }) => {
+            (target.forward_uri(request.uri(), *upstream_tls)?, !*upstream_tls)
+        }
+        None => (target.forward_uri(request.uri(), false)?, true),
+    };
+    Ok(Chosen {
+        auth_config: chosen.auth_config,
+        uri,
+        as_sent,
+    })
+}
+
+/// Phase: a token only ever goes to the hosts its config allows; nothing is sent otherwise.
+fn guard(auth_config: &AuthConfig, target: &Target<'_>, chosen: &Chosen<'_>) -> Result<(), ProxyError> {
+    let host_port = match target.host_port() {
+        Some((host, port)) if chosen.as_sent => Some((Cow::Borrowed(host), port)),
+        _ => target::host_port_of(&chosen.uri),
+    };
+    let (host, port) = host_port.ok_or_else(|| ProxyError::BadRequest("the request target has no host".into()))?;
+    if routes::host_allowed(auth_config, &host, port) {
+        Ok(())
+    } else {
+        Err(ProxyError::HostNotAllowed {
+            host: format!("{}:{port}", target::bracketed(&host)),
+            auth_config: auth_config.id.clone(),
+        })
     }
 }
 
@@ -675,7 +737,7 @@ where
 struct Replay<'a> {
     parts: http::request::Parts,
     lines: Option<&'a mut RequestLines>,
-    auth_config: Arc<AuthConfig>,
+    auth_config: &'a Active,
     /// The token the upstream refused.
     token: Arc<CachedToken>,
     kept: Kept,
@@ -692,8 +754,8 @@ enum Kept {
 
 /// What `forward` learned about a request, for its metrics and log line.
 #[derive(Default)]
-struct Seen {
-    auth_config: Option<Arc<AuthConfig>>,
+struct Seen<'r> {
+    auth_config: Option<&'r Active>,
     /// Where the request went (or was going).
     authority: Option<http::uri::Authority>,
 }

@@ -186,7 +186,7 @@ impl Upstream {
             }),
             Some(Err(err)) => Err(ProxyError::UpstreamUnreachable {
                 authority: authority(),
-                cause: crate::error::chain(err.as_ref()),
+                cause: crate::chain(err.as_ref()),
             }),
         }
     }

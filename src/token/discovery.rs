@@ -10,6 +10,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::{ClientAuth, check_endpoint_url};
+use crate::secret::ClientSecret;
 
 /// What bearerd takes from a discovery document.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub fn parse_document(expected_issuer: &str, body: &[u8]) -> Result<Discovered, 
         Some(Some(issuer)) => {
             return Err(format!(
                 "its issuer `{}` is not the configured issuer `{expected_issuer}`",
-                super::endpoint::quote(issuer, None)
+                quote(issuer, None)
             ));
         }
         Some(None) => return Err("its issuer is not a string".into()),
@@ -74,6 +75,25 @@ fn endpoint(value: Option<&serde_json::Value>, field: &str) -> Result<Option<Url
     check_endpoint_url(&url)
         .map_err(|message| format!("its {field} `{}` {message}", crate::config::endpoint_name(&url)))?;
     Ok(Some(url))
+}
+
+/// Provider text quoted in messages is cut to this many characters.
+const MAX_QUOTED_CHARS: usize = 300;
+
+/// Provider text made safe to repeat: printable, bounded, and never the client secret.
+pub(super) fn quote(text: &str, secret: Option<&ClientSecret>) -> String {
+    let mut text: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_QUOTED_CHARS)
+        .collect();
+    if let Some(secret) = secret
+        .map(ClientSecret::expose)
+        .filter(|s| !s.is_empty() && text.contains(s))
+    {
+        text = text.replace(secret, "[redacted]");
+    }
+    text
 }
 
 #[cfg(test)]

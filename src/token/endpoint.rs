@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use url::Url;
 
-use super::discovery::{self, Discovered};
+use super::discovery::{self, Discovered, quote};
 use crate::config::{AuthConfig, ClientAuth, Credential, TokenEndpoint, endpoint_name};
 use crate::secret::{AccessToken, ClientSecret};
 use crate::tls;
@@ -20,8 +20,6 @@ use crate::tls;
 /// Token responses larger than this are refused: no identity provider needs more.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Provider text quoted in messages is cut to this many characters.
-const MAX_QUOTED_CHARS: usize = 300;
 
 /// What a successful token response gave.
 #[derive(Debug)]
@@ -255,7 +253,7 @@ impl TokenClient {
                     .assertion(&config.client_id, url.as_str(), SystemTime::now())
                     .map_err(|err| TokenError::Invalid(err.to_string()))?;
                 form.push(("client_id", &config.client_id));
-                form.push(("client_assertion_type", super::assertion::ASSERTION_TYPE));
+                form.push(("client_assertion_type", crate::assertion::ASSERTION_TYPE));
                 form.push(("client_assertion", &assertion));
             }
             (ClientAuth::TlsClientAuth, Credential::Certificate(_)) => form.push(("client_id", &config.client_id)),
@@ -276,12 +274,12 @@ impl TokenClient {
             } else if err.is_connect() {
                 TokenError::Connect {
                     endpoint: endpoint.clone(),
-                    cause: crate::error::chain(&err.without_url()),
+                    cause: crate::chain(&err.without_url()),
                 }
             } else {
                 TokenError::Transport {
                     endpoint: endpoint.clone(),
-                    cause: crate::error::chain(&err.without_url()),
+                    cause: crate::chain(&err.without_url()),
                 }
             }
         };
@@ -323,7 +321,7 @@ fn transport_cause(err: reqwest::Error, config: &AuthConfig) -> String {
     if err.is_timeout() {
         format!("timed out after {:?}", config.timeout)
     } else {
-        crate::error::chain(&err.without_url())
+        crate::chain(&err.without_url())
     }
 }
 
@@ -424,22 +422,6 @@ fn seconds(value: Option<f64>) -> Result<Duration, TokenError> {
             "expires_in is not a non-negative number of seconds".into(),
         )),
     }
-}
-
-/// Provider text made safe to repeat: printable, bounded, and never the client secret.
-pub(super) fn quote(text: &str, secret: Option<&ClientSecret>) -> String {
-    let mut text: String = text
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_QUOTED_CHARS)
-        .collect();
-    if let Some(secret) = secret
-        .map(ClientSecret::expose)
-        .filter(|s| !s.is_empty() && text.contains(s))
-    {
-        text = text.replace(secret, "[redacted]");
-    }
-    text
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@
 //! expired token is never handed out. Fetches run as their own tasks, so a request that
 //! gives up does not cancel a fetch other requests wait for.
 
-pub mod assertion;
 mod discovery;
 mod endpoint;
 mod jwt;
@@ -29,7 +28,6 @@ mod jwt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -161,7 +159,7 @@ pub struct TokenState {
 type Outcome = Result<Arc<CachedToken>, Arc<TokenError>>;
 
 #[derive(Default)]
-pub(crate) struct Slot {
+pub struct Slot {
     state: Mutex<SlotState>,
     /// `state.token`, readable without the lock: the cache-hit path only loads this.
     current: ArcSwapOption<CachedToken>,
@@ -212,33 +210,8 @@ impl Hasher for Prehashed {
     }
 }
 
-/// An auth config's token cache slot, remembered on the config after a lookup: a hit then
-/// skips the cache's own lookup (~750 instructions, most of what a hit cost). It names the
-/// cache and the cache's generation it came from; [`TokenCache::retain`], the only place slots
-/// leave the cache, starts a new generation, so no config keeps using a slot the cache
-/// dropped.
-#[derive(Default)]
-pub struct SlotMemo(ArcSwapOption<Remembered>);
-
-pub(crate) struct Remembered {
-    cache: u64,
-    generation: u64,
-    slot: Arc<Slot>,
-}
-
-impl std::fmt::Debug for SlotMemo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SlotMemo")
-    }
-}
-
 /// The token cache: one slot per auth config, keyed by everything that shapes its token.
 pub struct TokenCache {
-    /// Tells this cache's slots from another's in a [`SlotMemo`].
-    id: u64,
-    /// Counts the calls to `retain`: a remembered slot from an earlier generation is looked up
-    /// again.
-    generation: AtomicU64,
     slots: moka::sync::Cache<CacheKey, Arc<Slot>, BuildHasherDefault<Prehashed>>,
     source: Arc<dyn FetchToken>,
     metrics: Arc<Metrics>,
@@ -248,10 +221,7 @@ impl TokenCache {
     /// Tokens from `source`; every fetch is counted and timed in `metrics`.
     #[must_use]
     pub fn new(source: impl FetchToken, metrics: Arc<Metrics>) -> Self {
-        static CACHES: AtomicU64 = AtomicU64::new(0);
         Self {
-            id: CACHES.fetch_add(1, Ordering::Relaxed),
-            generation: AtomicU64::new(0),
             slots: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .build_with_hasher(BuildHasherDefault::default()),
@@ -272,32 +242,26 @@ impl TokenCache {
         for key in stale {
             self.slots.invalidate(&*key);
         }
-        // After the slots have gone: a lookup that sees the new generation cannot find them.
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
-    fn slot(&self, config: &AuthConfig) -> Arc<Slot> {
-        let generation = self.generation.load(Ordering::Acquire);
-        if let Some(memo) = &*config.token_slot.0.load()
-            && memo.cache == self.id
-            && memo.generation == generation
-        {
-            return Arc::clone(&memo.slot);
-        }
-        let slot = self
-            .slots
-            .get_with_by_ref(config.cache_key(), || Arc::new(Slot::default()));
-        config.token_slot.0.store(Some(Arc::new(Remembered {
-            cache: self.id,
-            generation,
-            slot: Arc::clone(&slot),
-        })));
-        slot
+    /// `config`'s slot: the one it has had since its token-shaping fields last changed, or a
+    /// new one. The running state looks it up once per configuration, not per request.
+    pub fn slot(&self, config: &AuthConfig) -> Arc<Slot> {
+        self.slots
+            .get_with_by_ref(config.cache_key(), || Arc::new(Slot::default()))
     }
 
     /// A valid token for `config`, and how it was found.
     pub async fn get(&self, config: &Arc<AuthConfig>) -> Result<(Arc<CachedToken>, Lookup), TokenFailure> {
-        let slot = self.slot(config);
+        self.get_in(&self.slot(config), config).await
+    }
+
+    /// A valid token for `config` from its `slot` ([`TokenCache::slot`]), and how it was found.
+    pub async fn get_in(
+        &self,
+        slot: &Arc<Slot>,
+        config: &Arc<AuthConfig>,
+    ) -> Result<(Arc<CachedToken>, Lookup), TokenFailure> {
         // The hit path: no lock, no allocation.
         if let Some(token) = slot.current.load_full()
             && Instant::now() < token.refresh_at
@@ -314,7 +278,7 @@ impl TokenCache {
                     Some(token) if now < token.expires_at => {
                         let backing_off = state.backoff_until.is_some_and(|until| now < until);
                         if state.flight.is_none() && !backing_off {
-                            state.flight = Some(self.start_fetch(&slot, config));
+                            state.flight = Some(self.start_fetch(slot, config));
                         }
                         return Ok((token, Lookup::RefreshAhead));
                     }
@@ -331,12 +295,12 @@ impl TokenCache {
                             last_error: state.last_error.clone(),
                         });
                     }
-                    let flight = self.start_fetch(&slot, config);
+                    let flight = self.start_fetch(slot, config);
                     state.flight = Some(flight.clone());
                     flight
                 }
             };
-            match Box::pin(wait(&slot, flight)).await {
+            match Box::pin(wait(slot, flight)).await {
                 Ok(token) if Instant::now() < token.expires_at => return Ok((token, Lookup::Miss)),
                 Ok(_) => {}
                 Err(err) => return Err(TokenFailure::Unavailable(err)),

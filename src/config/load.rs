@@ -1,39 +1,46 @@
-//! Configuration: YAML plus environment → a validated, typed [`Config`].
-//!
-//! Three stages, kept apart so each can be tested from a string:
-//! 1. the document is parsed into `serde_yaml::Value`, `${VAR}` / `${VAR:-default}` are
-//!    expanded, and `BEARERD_CONFIG__<ID>__<FIELD>` variables are merged in (environment wins);
-//! 2. each part is deserialized into a raw struct with `deny_unknown_fields`;
-//! 3. validation turns raw structs into runtime types (URLs parsed, durations parsed,
-//!    secrets wrapped), collecting every problem before giving up.
-//!
-//! A file with any problem yields a [`LoadError`] listing all of them, each naming the file,
-//! the auth config and the field. Nothing is half-loaded.
+//! Loading: a YAML document and the environment → a validated [`Config`], every problem
+//! collected (naming the file, the auth config and the field) before giving up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, Method};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 use url::Url;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::routes::{HostPattern, Route, RouteIndex, RouteKind};
+use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
+use super::raw::{RawAuthConfig, RawDuration, RawInject, RawRoute, RawScopes, RawTimestamp, RawTop};
+use super::time::{parse_duration, parse_timestamp};
+use super::{
+    AuthConfig, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, GOOGLE_ISSUER, HostPattern,
+    Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey, TokenEndpoint, check_endpoint_url,
+};
+use crate::http1;
 use crate::secret::ClientSecret;
-pub use crate::token::assertion::{SigningAlg, SigningKey};
 
-/// The environment as configuration sees it: a snapshot, so tests never touch the real one.
-pub type Env = BTreeMap<String, String>;
+/// Validates a YAML document; `source` names it in messages.
+pub(super) fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Config, LoadError> {
+    let mut loader = Loader {
+        source,
+        env,
+        errors: Vec::new(),
+        from_env: HashMap::new(),
+    };
+    let config = loader.load(text);
+    match config {
+        Some(mut config) if loader.errors.is_empty() => {
+            config.text_hash = text_hash(text.as_bytes());
+            Ok(config)
+        }
+        _ => Err(LoadError(loader.errors)),
+    }
+}
 
-const ENV_CONFIG_PREFIX: &str = "BEARERD_CONFIG__";
 const MAX_DESCRIPTION_CHARS: usize = 1024;
 const MAX_SCOPES: usize = 500;
 const MAX_SCOPE_CHARS: usize = 250;
@@ -49,559 +56,6 @@ const RESERVED_PARAMS: &[&str] = &[
     "client_assertion",
     "client_assertion_type",
 ];
-
-/// The whole, validated configuration.
-#[derive(Debug)]
-pub struct Config {
-    /// Where it came from, for messages.
-    pub source: String,
-    /// A hash of the text it was read from, so a watcher can tell a changed file.
-    pub text_hash: u64,
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub default_action: DefaultAction,
-    pub connect: ConnectPolicy,
-    /// Connect plus time until the upstream's response headers arrive.
-    pub upstream_timeout: Duration,
-    /// Requests in flight to upstreams at once (each HTTP/1.1 one holds a connection until
-    /// its response body ends); more wait their turn within `upstream_timeout`.
-    pub upstream_max_concurrency: usize,
-    /// How long SIGTERM waits for in-flight requests before exiting.
-    pub shutdown_grace: Duration,
-    /// App connections served at once; more wait in the listener's accept queue. Read at
-    /// start: a reload does not change it.
-    pub max_connections: usize,
-    /// Tokio worker threads; `None`: one per CPU the process may use (affinity and cgroup
-    /// CPU limits counted).
-    pub worker_threads: Option<usize>,
-    /// How often the file is checked for changes; zero turns the check off (SIGHUP still
-    /// reloads).
-    pub config_watch_interval: Duration,
-    /// Extra trusted roots (PEM) for upstreams and token endpoints.
-    pub ca_file: Option<PathBuf>,
-    /// In file order.
-    pub auth_configs: Vec<Arc<AuthConfig>>,
-    /// In file order; the first match wins.
-    pub routes: Vec<Route>,
-    /// `routes` by host, for choosing one without walking the table.
-    pub route_index: RouteIndex,
-    by_id: HashMap<String, usize>,
-}
-
-impl Config {
-    #[must_use]
-    pub fn auth_config(&self, id: &str) -> Option<Arc<AuthConfig>> {
-        self.by_id.get(id).map(|&i| Arc::clone(&self.auth_configs[i]))
-    }
-
-    /// Reads and validates `path`, with `env` as the environment.
-    pub fn load(path: &Path, env: &Env) -> Result<Self, LoadError> {
-        let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            LoadError(vec![ConfigError::new(
-                &source,
-                None,
-                "(file)",
-                format!("cannot read: {err}"),
-            )])
-        })?;
-        Self::from_yaml(&source, &text, env)
-    }
-
-    /// Validates a YAML document; `source` names it in messages.
-    pub fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Self, LoadError> {
-        let mut loader = Loader {
-            source,
-            env,
-            errors: Vec::new(),
-            from_env: HashMap::new(),
-        };
-        let config = loader.load(text);
-        match config {
-            Some(mut config) if loader.errors.is_empty() => {
-                config.text_hash = text_hash(text.as_bytes());
-                Ok(config)
-            }
-            _ => Err(LoadError(loader.errors)),
-        }
-    }
-}
-
-/// One auth config: how to get a token and where it may go.
-#[derive(Debug)]
-pub struct AuthConfig {
-    pub id: String,
-    pub description: Option<String>,
-    pub grant: Grant,
-    /// Where token requests go: a fixed URL, or the one `OpenID` Connect discovery names.
-    pub endpoint: TokenEndpoint,
-    pub client_id: String,
-    pub client_auth: ClientAuth,
-    /// What proves the client's identity; its kind matches `client_auth`.
-    pub credential: Credential,
-    pub scopes: Vec<String>,
-    pub extra_params: Vec<(String, String)>,
-    pub inject: Inject,
-    pub allowed_hosts: Vec<HostPattern>,
-    pub refresh_before: Duration,
-    /// A token counts as expired this long before its lifetime (or its JWT `exp`) ends, at
-    /// most half the lifetime.
-    pub expiry_skew: Duration,
-    pub default_ttl: Duration,
-    /// The whole token request.
-    pub timeout: Duration,
-    /// Back-off after failed token requests: `initial` doubling to `max`, with jitter.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// On an upstream 401: drop the token, fetch a new one, replay the request once.
-    pub retry_on_401: bool,
-    /// Fetch a token at start-up and after a reload; `/readyz` waits for it.
-    pub prefetch: bool,
-    /// When the client secret expires (`client_secret_expires_at`), for a metric and a warning.
-    pub client_secret_expires_at: Option<SystemTime>,
-    /// Everything that shapes the token, so a changed config never reuses an old token.
-    cache_key: CacheKey,
-    /// This config's token cache slot, remembered after the first lookup.
-    pub(crate) token_slot: crate::token::SlotMemo,
-    /// This config's most used metric series, looked up once.
-    pub(crate) series: crate::metrics::SeriesMemo,
-}
-
-/// An auth config's token cache key: the id and every field that shapes its token, joined,
-/// with its hash worked out once, at load. The text is long (token URL, client id, scopes)
-/// and the cache looks it up on every request; its `Hash` gives the hasher that one number.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CacheKey {
-    text: Arc<str>,
-    hash: u64,
-}
-
-impl CacheKey {
-    #[must_use]
-    pub fn new(text: &str) -> Self {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut hasher);
-        Self {
-            text: text.into(),
-            hash: hasher.finish(),
-        }
-    }
-
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-impl std::hash::Hash for CacheKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-impl AuthConfig {
-    /// The token cache key: the id plus every field that shapes the token.
-    #[must_use]
-    pub fn cache_key(&self) -> &CacheKey {
-        &self.cache_key
-    }
-
-    fn compute_cache_key(&self) -> CacheKey {
-        let params: Vec<String> = self.extra_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let parts = [
-            self.id.as_str(),
-            self.grant.as_str(),
-            &self.endpoint.cache_key(),
-            &self.client_id,
-            self.client_auth.as_str(),
-            &self.scopes.join(" "),
-            &params.join("&"),
-        ];
-        CacheKey::new(&parts.join("\u{1f}"))
-    }
-}
-
-/// Where token requests go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenEndpoint {
-    /// `token_url:`, or a provider template that names the endpoint.
-    Url(Url),
-    /// `issuer:` (or a provider template): the `token_endpoint` of the `OpenID` Connect
-    /// discovery document at `document`, whose `issuer` must equal `issuer` exactly.
-    Discovery { issuer: String, document: Url },
-}
-
-impl TokenEndpoint {
-    /// Identifies the endpoint: its URL, or the issuer and discovery document (the key of
-    /// the token client's document cache, and part of a config's token cache key).
-    pub(crate) fn cache_key(&self) -> String {
-        match self {
-            Self::Url(url) => url.to_string(),
-            Self::Discovery { issuer, document } => format!("{issuer} {document}"),
-        }
-    }
-}
-
-impl fmt::Display for TokenEndpoint {
-    /// The endpoint as shown in messages and admin output: no query, no user info.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Url(url) => f.write_str(&endpoint_name(url)),
-            Self::Discovery { issuer, .. } => write!(f, "issuer {issuer}"),
-        }
-    }
-}
-
-/// A URL as shown in messages: scheme, host, port and path; never a query or user info.
-#[must_use]
-pub fn endpoint_name(url: &Url) -> String {
-    format!("{}{}", url.origin().ascii_serialization(), url.path())
-}
-
-/// Token endpoints, issuers and discovery documents must be `https://`; `http://` is
-/// allowed for loopback hosts, for development.
-pub fn check_endpoint_url(url: &Url) -> Result<(), String> {
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        "http" => Err("must be https:// (http:// is allowed only for loopback, for development)".into()),
-        other => Err(format!("scheme `{other}` is not https")),
-    }
-}
-
-/// Templates for identity providers whose endpoints are well known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Provider {
-    /// Microsoft Entra ID (v2.0 endpoints), for the directory named by `tenant:`.
-    Microsoft,
-    /// Google, through its discovery document.
-    Google,
-}
-
-const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";
-const GOOGLE_ISSUER: &str = "https://accounts.google.com";
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Grant {
-    #[default]
-    ClientCredentials,
-}
-
-impl Grant {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientCredentials => "client_credentials",
-        }
-    }
-}
-
-/// How the client authenticates at the token endpoint (RFC 6749 §2.3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    #[default]
-    ClientSecretBasic,
-    ClientSecretPost,
-    /// RFC 7523 §2.2: a JWT signed with the client's private key.
-    PrivateKeyJwt,
-    /// RFC 8705 §2.1: the client's certificate on the TLS connection.
-    TlsClientAuth,
-}
-
-impl ClientAuth {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientSecretBasic => "client_secret_basic",
-            Self::ClientSecretPost => "client_secret_post",
-            Self::PrivateKeyJwt => "private_key_jwt",
-            Self::TlsClientAuth => "tls_client_auth",
-        }
-    }
-}
-
-/// The client's proof of identity. Every variant redacts its secret part in `Debug`.
-#[derive(Debug)]
-pub enum Credential {
-    Secret(ClientSecret),
-    PrivateKey(SigningKey),
-    Certificate(ClientCertificate),
-}
-
-impl Credential {
-    /// The client secret, for the methods that send one.
-    #[must_use]
-    pub fn secret(&self) -> Option<&ClientSecret> {
-        match self {
-            Self::Secret(secret) => Some(secret),
-            _ => None,
-        }
-    }
-}
-
-/// A client certificate chain and its private key (PEM files), for `tls_client_auth`.
-pub struct ClientCertificate {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-    /// Where they came from, for messages and the client cache.
-    pub source: String,
-}
-
-impl fmt::Debug for ClientCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCertificate")
-            .field("source", &self.source)
-            .field("chain_len", &self.chain.len())
-            .field("key", &"[redacted]")
-            .finish()
-    }
-}
-
-impl ClientCertificate {
-    fn load(cert_file: &Path, key_file: &Path) -> Result<Self, (&'static str, String)> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-            .and_then(Iterator::collect)
-            .map_err(|err| {
-                (
-                    "client_cert_file",
-                    format!("cannot read {}: {err}", cert_file.display()),
-                )
-            })?;
-        if chain.is_empty() {
-            return Err((
-                "client_cert_file",
-                format!("no PEM certificate in {}", cert_file.display()),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
-            (
-                "client_key_file",
-                format!("cannot read a PEM private key from {}: {err}", key_file.display()),
-            )
-        })?;
-        let source = format!("{} + {}", cert_file.display(), key_file.display());
-        Ok(Self { chain, key, source })
-    }
-}
-
-/// Where the token goes on the forwarded request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Inject {
-    /// `name: prefix token` (or the bare token when `prefix` is empty).
-    Header { name: HeaderName, prefix: String },
-    /// `?name=token`, added to any existing query.
-    Query { name: String },
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DefaultAction {
-    #[default]
-    Passthrough,
-    Deny,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectPolicy {
-    #[default]
-    Allow,
-    Deny,
-}
-
-/// One problem with the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub source: String,
-    pub config_id: Option<String>,
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(source: &str, config_id: Option<&str>, field: &str, message: impl Into<String>) -> Self {
-        Self {
-            source: source.to_owned(),
-            config_id: config_id.map(str::to_owned),
-            field: field.to_owned(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.config_id {
-            Some(id) => write!(
-                f,
-                "{}: auth config `{id}`: {}: {}",
-                self.source, self.field, self.message
-            ),
-            None => write!(f, "{}: {}: {}", self.source, self.field, self.message),
-        }
-    }
-}
-
-/// Every problem found in one load.
-#[derive(Debug)]
-pub struct LoadError(pub Vec<ConfigError>);
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid configuration ({} problem{})",
-            self.0.len(),
-            if self.0.len() == 1 { "" } else { "s" }
-        )?;
-        for error in &self.0 {
-            write!(f, "\n  {error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for LoadError {}
-
-// ---------------------------------------------------------------------------------------
-// Raw shapes, straight from serde.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTop {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    #[serde(default)]
-    default_action: DefaultAction,
-    #[serde(default)]
-    connect: ConnectPolicy,
-    upstream_timeout: Option<RawDuration>,
-    upstream_max_concurrency: Option<usize>,
-    max_connections: Option<usize>,
-    shutdown_grace: Option<RawDuration>,
-    config_watch_interval: Option<RawDuration>,
-    worker_threads: Option<usize>,
-    tls: Option<RawTls>,
-    // Taken out of the document before this struct is read; listed so they are not "unknown".
-    #[serde(default)]
-    #[allow(dead_code)]
-    auth_configs: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    routes: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuthConfig {
-    #[allow(dead_code)] // read from the Value before deserializing
-    id: Value,
-    description: Option<String>,
-    #[serde(default)]
-    grant: Grant,
-    token_url: Option<String>,
-    issuer: Option<String>,
-    discovery_url: Option<String>,
-    provider: Option<Provider>,
-    tenant: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<ClientSecret>,
-    client_secret_file: Option<PathBuf>,
-    #[serde(default)]
-    client_auth: ClientAuth,
-    private_key_file: Option<PathBuf>,
-    #[serde(default)]
-    signing_alg: SigningAlg,
-    key_id: Option<String>,
-    client_cert_file: Option<PathBuf>,
-    client_key_file: Option<PathBuf>,
-    scopes: Option<RawScopes>,
-    #[serde(default)]
-    extra_params: BTreeMap<String, Value>,
-    inject: Option<RawInject>,
-    allowed_hosts: Option<Vec<String>>,
-    refresh_before: Option<RawDuration>,
-    expiry_skew: Option<RawDuration>,
-    default_ttl: Option<RawDuration>,
-    timeout: Option<RawDuration>,
-    backoff: Option<RawBackoff>,
-    retry_on_401: Option<bool>,
-    prefetch: Option<bool>,
-    client_secret_expires_at: Option<RawTimestamp>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawTimestamp {
-    UnixSeconds(u64),
-    Text(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackoff {
-    initial: Option<RawDuration>,
-    max: Option<RawDuration>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawScopes {
-    List(Vec<String>),
-    Text(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawInject {
-    header: Option<String>,
-    prefix: Option<String>,
-    query: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawDuration {
-    Seconds(u64),
-    Text(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    #[serde(rename = "match")]
-    matcher: Option<RawMatch>,
-    auth_config: Option<String>,
-    upstream_tls: Option<bool>,
-    upstream: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMatch {
-    host: Option<String>,
-    path_prefix: Option<String>,
-    methods: Option<Vec<String>>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Loading.
 
 struct Loader<'a> {
     source: &'a str,
@@ -705,7 +159,7 @@ impl Loader<'_> {
         let routes: Vec<Route> = routes
             .into_iter()
             .filter_map(|route| {
-                let auth_config = Arc::clone(&auth_configs[*by_id.get(&route.auth_config)?]);
+                let auth_config = *by_id.get(&route.auth_config)?;
                 Some(Route {
                     host: route.host,
                     path_prefix: route.path_prefix,
@@ -731,7 +185,6 @@ impl Loader<'_> {
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
             auth_configs,
-            route_index: RouteIndex::new(&routes),
             routes,
             by_id,
         })
@@ -982,8 +435,6 @@ impl Loader<'_> {
             prefetch: raw.prefetch.unwrap_or(false),
             client_secret_expires_at,
             cache_key: CacheKey::default(),
-            token_slot: crate::token::SlotMemo::default(),
-            series: crate::metrics::SeriesMemo::default(),
         };
         PendingConfig {
             id,
@@ -1295,7 +746,10 @@ impl Loader<'_> {
             (header, prefix, None) => {
                 let name = match header.as_deref().map(|h| HeaderName::from_bytes(h.as_bytes())) {
                     None => http::header::AUTHORIZATION,
-                    Some(Ok(name)) if crate::inject::is_hop_by_hop(&name) || name == http::header::HOST => {
+                    Some(Ok(name))
+                        if http1::names::hop_by_hop_bit_of(name.as_str().as_bytes()) != 0
+                            || name == http::header::HOST =>
+                    {
                         self.error(cid, "inject.header", format!("`{name}` cannot carry a token"));
                         return default;
                     }
@@ -1490,79 +944,6 @@ fn named_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
-/// Maps `FIELD` of `BEARERD_CONFIG__<ID>__<FIELD>` to (top-level key, nested key, value).
-fn env_field(field: &str, value: &str) -> (String, Option<String>, Value) {
-    let lower = field.to_ascii_lowercase();
-    let string = || Value::String(value.to_owned());
-    match lower.as_str() {
-        "allowed_hosts" => (
-            lower,
-            None,
-            Value::Sequence(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|h| !h.is_empty())
-                    .map(|h| Value::String(h.to_owned()))
-                    .collect(),
-            ),
-        ),
-        "inject_header" => ("inject".into(), Some("header".into()), string()),
-        "inject_prefix" => ("inject".into(), Some("prefix".into()), string()),
-        "inject_query" => ("inject".into(), Some("query".into()), string()),
-        "backoff_initial" => ("backoff".into(), Some("initial".into()), string()),
-        "backoff_max" => ("backoff".into(), Some("max".into()), string()),
-        "retry_on_401" | "prefetch" => (
-            lower,
-            None,
-            value.parse::<bool>().map_or_else(|_| string(), Value::Bool),
-        ),
-        _ => match lower.strip_prefix("extra_params__") {
-            Some(param) => ("extra_params".into(), Some(param.to_owned()), string()),
-            None => (lower, None, string()),
-        },
-    }
-}
-
-/// `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`.
-fn expand_vars(text: &str, env: &Env) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find('$') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        if let Some(escaped) = after.strip_prefix("${") {
-            out.push_str("${");
-            rest = escaped;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| "unterminated ${ in value".to_owned())?;
-            let expr = &body[..end];
-            let (name, default) = match expr.split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (expr, None),
-            };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!("`${{{expr}}}` is not a variable reference"));
-            }
-            match (env.get(name), default) {
-                (Some(value), _) => out.push_str(value),
-                (None, Some(default)) => out.push_str(default),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
-                    ));
-                }
-            }
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 fn read_secret_file(path: &Path) -> Result<ClientSecret, String> {
     let text = std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
     // Files written by `echo` end in a newline that is not part of the secret.
@@ -1627,137 +1008,3 @@ fn valid_id(id: &str) -> bool {
 fn is_scope_char(b: u8) -> bool {
     b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
 }
-
-/// `2027-06-30` (midnight UTC), `2027-06-30T12:00:00Z` or with an offset (`+02:00`),
-/// optionally with fractional seconds, or Unix seconds.
-#[must_use]
-pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-    }
-    let number = |part: &str| -> Option<i64> {
-        (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| part.parse().ok())
-            .flatten()
-    };
-    let (date, time) = match text.split_once(['T', 't', ' ']) {
-        Some((date, time)) => (date, Some(time)),
-        None => (text, None),
-    };
-    let mut parts = date.splitn(3, '-');
-    let (year, month, day) = (number(parts.next()?)?, number(parts.next()?)?, number(parts.next()?)?);
-    if date.len() != 10 || !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
-        return None;
-    }
-    let mut seconds = days_from_civil(year, month, day) * 86_400;
-    if let Some(time) = time {
-        let (clock, offset) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
-            (clock, 0)
-        } else {
-            let sign_at = time.rfind(['+', '-'])?;
-            let (clock, zone) = time.split_at(sign_at);
-            let (hours, minutes) = zone[1..].split_once(':')?;
-            let offset = number(hours)? * 3600 + number(minutes)? * 60;
-            (clock, if zone.starts_with('-') { -offset } else { offset })
-        };
-        let clock = clock.split_once('.').map_or(clock, |(whole, fraction)| {
-            if fraction.bytes().all(|b| b.is_ascii_digit()) {
-                whole
-            } else {
-                "invalid"
-            }
-        });
-        let mut hms = clock.splitn(3, ':');
-        let (h, m, s) = (number(hms.next()?)?, number(hms.next()?)?, number(hms.next()?)?);
-        if clock.len() != 8 || h > 23 || m > 59 || s > 60 {
-            return None;
-        }
-        seconds += h * 3600 + m * 60 + s - offset;
-    }
-    let seconds = u64::try_from(seconds).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
-}
-
-/// RFC 3339 in UTC, whole seconds: `2027-06-30T12:34:56Z`.
-#[must_use]
-pub fn format_timestamp(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
-    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// The inverse of [`days_from_civil`] (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// `500ms`, `30s`, `5m`, `1h`, `1m30s`, or a bare number of seconds.
-#[must_use]
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        let number: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.checked_mul(60)?),
-            "h" => Duration::from_secs(number.checked_mul(3600)?),
-            _ => return None,
-        };
-        total = total.checked_add(part)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,451 @@
+//! Configuration: YAML plus environment → a validated, typed [`Config`].
+//!
+//! Three stages, kept apart so each can be tested from a string:
+//! 1. the document is parsed into `serde_yaml::Value`, `${VAR}` / `${VAR:-default}` are
+//!    expanded, and `BEARERD_CONFIG__<ID>__<FIELD>` variables are merged in (environment wins);
+//! 2. each part is deserialized into a raw struct with `deny_unknown_fields`;
+//! 3. validation turns raw structs into runtime types (URLs parsed, durations parsed,
+//!    secrets wrapped), collecting every problem before giving up.
+//!
+//! A file with any problem yields a [`LoadError`] listing all of them, each naming the file,
+//! the auth config and the field. Nothing is half-loaded.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderName;
+use serde::Deserialize;
+use url::Url;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::assertion::{SigningAlg, SigningKey};
+use crate::secret::ClientSecret;
+
+/// The whole, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from, for messages.
+    pub source: String,
+    /// A hash of the text it was read from, so a watcher can tell a changed file.
+    pub text_hash: u64,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub default_action: DefaultAction,
+    pub connect: ConnectPolicy,
+    /// Connect plus time until the upstream's response headers arrive.
+    pub upstream_timeout: Duration,
+    /// Requests in flight to upstreams at once (each HTTP/1.1 one holds a connection until
+    /// its response body ends); more wait their turn within `upstream_timeout`.
+    pub upstream_max_concurrency: usize,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_grace: Duration,
+    /// App connections served at once; more wait in the listener's accept queue. Read at
+    /// start: a reload does not change it.
+    pub max_connections: usize,
+    /// Tokio worker threads; `None`: one per CPU the process may use (affinity and cgroup
+    /// CPU limits counted).
+    pub worker_threads: Option<usize>,
+    /// How often the file is checked for changes; zero turns the check off (SIGHUP still
+    /// reloads).
+    pub config_watch_interval: Duration,
+    /// Extra trusted roots (PEM) for upstreams and token endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// In file order.
+    pub auth_configs: Vec<Arc<AuthConfig>>,
+    /// In file order; the first match wins.
+    pub routes: Vec<Route>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Config {
+    #[must_use]
+    pub fn auth_config(&self, id: &str) -> Option<Arc<AuthConfig>> {
+        self.position(id).map(|i| Arc::clone(&self.auth_configs[i]))
+    }
+
+    /// The position of auth config `id` in [`Config::auth_configs`].
+    #[must_use]
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Reads and validates `path`, with `env` as the environment.
+    pub fn load(path: &Path, env: &Env) -> Result<Self, LoadError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            LoadError(vec![ConfigError::new(
+                &source,
+                None,
+                "(file)",
+                format!("cannot read: {err}"),
+            )])
+        })?;
+        Self::from_yaml(&source, &text, env)
+    }
+
+    /// Validates a YAML document; `source` names it in messages.
+    pub fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Self, LoadError> {
+        load::from_yaml(source, text, env)
+    }
+}
+
+/// One auth config: how to get a token and where it may go.
+#[derive(Debug)]
+pub struct AuthConfig {
+    pub id: String,
+    pub description: Option<String>,
+    pub grant: Grant,
+    /// Where token requests go: a fixed URL, or the one `OpenID` Connect discovery names.
+    pub endpoint: TokenEndpoint,
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    /// What proves the client's identity; its kind matches `client_auth`.
+    pub credential: Credential,
+    pub scopes: Vec<String>,
+    pub extra_params: Vec<(String, String)>,
+    pub inject: Inject,
+    pub allowed_hosts: Vec<HostPattern>,
+    pub refresh_before: Duration,
+    /// A token counts as expired this long before its lifetime (or its JWT `exp`) ends, at
+    /// most half the lifetime.
+    pub expiry_skew: Duration,
+    pub default_ttl: Duration,
+    /// The whole token request.
+    pub timeout: Duration,
+    /// Back-off after failed token requests: `initial` doubling to `max`, with jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// On an upstream 401: drop the token, fetch a new one, replay the request once.
+    pub retry_on_401: bool,
+    /// Fetch a token at start-up and after a reload; `/readyz` waits for it.
+    pub prefetch: bool,
+    /// When the client secret expires (`client_secret_expires_at`), for a metric and a warning.
+    pub client_secret_expires_at: Option<SystemTime>,
+    /// Everything that shapes the token, so a changed config never reuses an old token.
+    cache_key: CacheKey,
+}
+
+/// An auth config's token cache key: the id and every field that shapes its token, joined,
+/// with its hash worked out once, at load. The text is long (token URL, client id, scopes)
+/// and the cache looks it up on every request; its `Hash` gives the hasher that one number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheKey {
+    text: Arc<str>,
+    hash: u64,
+}
+
+impl CacheKey {
+    #[must_use]
+    pub fn new(text: &str) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        Self {
+            text: text.into(),
+            hash: hasher.finish(),
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl AuthConfig {
+    /// The token cache key: the id plus every field that shapes the token.
+    #[must_use]
+    pub fn cache_key(&self) -> &CacheKey {
+        &self.cache_key
+    }
+
+    fn compute_cache_key(&self) -> CacheKey {
+        let params: Vec<String> = self.extra_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let parts = [
+            self.id.as_str(),
+            self.grant.as_str(),
+            &self.endpoint.cache_key(),
+            &self.client_id,
+            self.client_auth.as_str(),
+            &self.scopes.join(" "),
+            &params.join("&"),
+        ];
+        CacheKey::new(&parts.join("\u{1f}"))
+    }
+}
+
+/// Where token requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    /// `token_url:`, or a provider template that names the endpoint.
+    Url(Url),
+    /// `issuer:` (or a provider template): the `token_endpoint` of the `OpenID` Connect
+    /// discovery document at `document`, whose `issuer` must equal `issuer` exactly.
+    Discovery { issuer: String, document: Url },
+}
+
+impl TokenEndpoint {
+    /// Identifies the endpoint: its URL, or the issuer and discovery document (the key of
+    /// the token client's document cache, and part of a config's token cache key).
+    pub(crate) fn cache_key(&self) -> String {
+        match self {
+            Self::Url(url) => url.to_string(),
+            Self::Discovery { issuer, document } => format!("{issuer} {document}"),
+        }
+    }
+}
+
+impl fmt::Display for TokenEndpoint {
+    /// The endpoint as shown in messages and admin output: no query, no user info.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(url) => f.write_str(&endpoint_name(url)),
+            Self::Discovery { issuer, .. } => write!(f, "issuer {issuer}"),
+        }
+    }
+}
+
+/// A URL as shown in messages: scheme, host, port and path; never a query or user info.
+#[must_use]
+pub fn endpoint_name(url: &Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
+}
+
+/// Token endpoints, issuers and discovery documents must be `https://`; `http://` is
+/// allowed for loopback hosts, for development.
+pub fn check_endpoint_url(url: &Url) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must be https:// (http:// is allowed only for loopback, for development)".into()),
+        other => Err(format!("scheme `{other}` is not https")),
+    }
+}
+
+/// Templates for identity providers whose endpoints are well known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Provider {
+    /// Microsoft Entra ID (v2.0 endpoints), for the directory named by `tenant:`.
+    Microsoft,
+    /// Google, through its discovery document.
+    Google,
+}
+
+const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    #[default]
+    ClientCredentials,
+}
+
+impl Grant {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+    /// RFC 7523 §2.2: a JWT signed with the client's private key.
+    PrivateKeyJwt,
+    /// RFC 8705 §2.1: the client's certificate on the TLS connection.
+    TlsClientAuth,
+}
+
+impl ClientAuth {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::TlsClientAuth => "tls_client_auth",
+        }
+    }
+}
+
+/// The client's proof of identity. Every variant redacts its secret part in `Debug`.
+#[derive(Debug)]
+pub enum Credential {
+    Secret(ClientSecret),
+    PrivateKey(SigningKey),
+    Certificate(ClientCertificate),
+}
+
+impl Credential {
+    /// The client secret, for the methods that send one.
+    #[must_use]
+    pub fn secret(&self) -> Option<&ClientSecret> {
+        match self {
+            Self::Secret(secret) => Some(secret),
+            _ => None,
+        }
+    }
+}
+
+/// A client certificate chain and its private key (PEM files), for `tls_client_auth`.
+pub struct ClientCertificate {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Where they came from, for messages and the client cache.
+    pub source: String,
+}
+
+impl fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("source", &self.source)
+            .field("chain_len", &self.chain.len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl ClientCertificate {
+    fn load(cert_file: &Path, key_file: &Path) -> Result<Self, (&'static str, String)> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+            .and_then(Iterator::collect)
+            .map_err(|err| {
+                (
+                    "client_cert_file",
+                    format!("cannot read {}: {err}", cert_file.display()),
+                )
+            })?;
+        if chain.is_empty() {
+            return Err((
+                "client_cert_file",
+                format!("no PEM certificate in {}", cert_file.display()),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
+            (
+                "client_key_file",
+                format!("cannot read a PEM private key from {}: {err}", key_file.display()),
+            )
+        })?;
+        let source = format!("{} + {}", cert_file.display(), key_file.display());
+        Ok(Self { chain, key, source })
+    }
+}
+
+/// Where the token goes on the forwarded request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inject {
+    /// `name: prefix token` (or the bare token when `prefix` is empty).
+    Header { name: HeaderName, prefix: String },
+    /// `?name=token`, added to any existing query.
+    Query { name: String },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    #[default]
+    Passthrough,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectPolicy {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// One problem with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub config_id: Option<String>,
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(source: &str, config_id: Option<&str>, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            source: source.to_owned(),
+            config_id: config_id.map(str::to_owned),
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.config_id {
+            Some(id) => write!(
+                f,
+                "{}: auth config `{id}`: {}: {}",
+                self.source, self.field, self.message
+            ),
+            None => write!(f, "{}: {}: {}", self.source, self.field, self.message),
+        }
+    }
+}
+
+/// Every problem found in one load.
+#[derive(Debug)]
+pub struct LoadError(pub Vec<ConfigError>);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration ({} problem{})",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for error in &self.0 {
+            write!(f, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+mod env;
+mod load;
+mod raw;
+mod route;
+#[cfg(test)]
+mod tests;
+mod time;
+
+pub use env::Env;
+pub use load::text_hash;
+pub use route::{HostPattern, Route, RouteKind, host_and_port};
+pub use time::{format_timestamp, parse_duration, parse_timestamp};

@@ -1,0 +1,135 @@
+//! The configuration's shapes straight from serde: every field optional or defaulted,
+//! unknown fields refused. Loading (`load`) turns them into the typed [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::{ClientAuth, ConnectPolicy, DefaultAction, Grant, Provider, SigningAlg};
+use crate::secret::ClientSecret;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTop {
+    pub(super) listen: Option<String>,
+    pub(super) admin_listen: Option<String>,
+    #[serde(default)]
+    pub(super) default_action: DefaultAction,
+    #[serde(default)]
+    pub(super) connect: ConnectPolicy,
+    pub(super) upstream_timeout: Option<RawDuration>,
+    pub(super) upstream_max_concurrency: Option<usize>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) shutdown_grace: Option<RawDuration>,
+    pub(super) config_watch_interval: Option<RawDuration>,
+    pub(super) worker_threads: Option<usize>,
+    pub(super) tls: Option<RawTls>,
+    // Taken out of the document before this struct is read; listed so they are not "unknown".
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) auth_configs: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) routes: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthConfig {
+    #[allow(dead_code)] // read from the Value before deserializing
+    pub(super) id: Value,
+    pub(super) description: Option<String>,
+    #[serde(default)]
+    pub(super) grant: Grant,
+    pub(super) token_url: Option<String>,
+    pub(super) issuer: Option<String>,
+    pub(super) discovery_url: Option<String>,
+    pub(super) provider: Option<Provider>,
+    pub(super) tenant: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<ClientSecret>,
+    pub(super) client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) client_auth: ClientAuth,
+    pub(super) private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) signing_alg: SigningAlg,
+    pub(super) key_id: Option<String>,
+    pub(super) client_cert_file: Option<PathBuf>,
+    pub(super) client_key_file: Option<PathBuf>,
+    pub(super) scopes: Option<RawScopes>,
+    #[serde(default)]
+    pub(super) extra_params: BTreeMap<String, Value>,
+    pub(super) inject: Option<RawInject>,
+    pub(super) allowed_hosts: Option<Vec<String>>,
+    pub(super) refresh_before: Option<RawDuration>,
+    pub(super) expiry_skew: Option<RawDuration>,
+    pub(super) default_ttl: Option<RawDuration>,
+    pub(super) timeout: Option<RawDuration>,
+    pub(super) backoff: Option<RawBackoff>,
+    pub(super) retry_on_401: Option<bool>,
+    pub(super) prefetch: Option<bool>,
+    pub(super) client_secret_expires_at: Option<RawTimestamp>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawTimestamp {
+    UnixSeconds(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackoff {
+    pub(super) initial: Option<RawDuration>,
+    pub(super) max: Option<RawDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawScopes {
+    List(Vec<String>),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInject {
+    pub(super) header: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) query: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    #[serde(rename = "match")]
+    pub(super) matcher: Option<RawMatch>,
+    pub(super) auth_config: Option<String>,
+    pub(super) upstream_tls: Option<bool>,
+    pub(super) upstream: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMatch {
+    pub(super) host: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) methods: Option<Vec<String>>,
+}
