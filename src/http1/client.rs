@@ -5,8 +5,8 @@
 //! connection, by the task that handles the request. The response head is parsed with
 //! httparse; the body is read off the connection as the app's side of the proxy asks for it,
 //! and the connection goes back to the pool when the body ends. There is no connection task
-//! and no channel between tasks: hyper's client spent about 13k instructions per exchange on
-//! those (benches/README.md). Requests with a streaming body go through hyper's client.
+//! and no channel between tasks, which were most of what hyper's client cost per exchange
+//! (benches/README.md). Requests with a streaming body go through hyper's client.
 //!
 //! Response framing follows RFC 9112 §6.3: no body after `HEAD`, 1xx, 204 and 304;
 //! `Transfer-Encoding` ending in `chunked` before `Content-Length` (and then the connection is
@@ -576,9 +576,9 @@ impl http_body::Body for ResponseBody {
 
 /// Idle connections to plain-HTTP upstreams, by authority.
 ///
-/// A request looks its authority up once, in the map of hosts (hashed with FNV; std's
-/// `SipHash` took ~600 instructions a time, and the authorities are the app's own, the
-/// sidecar's one client, not an attacker's). Its connection goes back to that host's list
+/// A request looks its authority up once, in the map of hosts (hashed with FNV rather than
+/// std's slower `SipHash`: the authorities are the app's own, the sidecar's one client, not
+/// an attacker's). Its connection goes back to that host's list
 /// directly when the response ends, without a second lookup.
 pub struct Pool {
     /// This pool among others, for [`LAST_HOST`].
@@ -595,7 +595,7 @@ static POOL_IDS: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// The host the last request on this thread went to, with its pool's id: a sidecar's
     /// requests mostly go to one upstream, and comparing the authority costs a fraction of a
-    /// lookup in the map (its lock and hashing were about 500 instructions a request). Weak,
+    /// lookup in the map, with its lock and hashing. Weak,
     /// so that it keeps no host from being swept, nor its connections open.
     static LAST_HOST: RefCell<Option<(u64, Authority, Weak<Host>)>> = const { RefCell::new(None) };
 }
@@ -630,8 +630,8 @@ impl Hash for Key {
 }
 
 /// Whether two authorities are the same (case-insensitively, as `Authority`'s `==` has it):
-/// compared as bytes first, since `==` lowercases each byte of both (about 250 instructions
-/// for `127.0.0.1:8080`).
+/// compared as bytes first, since `==` lowercases each byte of both, and the two are
+/// nearly always written alike.
 fn same_authority(a: &Authority, b: &Authority) -> bool {
     let (a, b) = (a.as_str(), b.as_str());
     a == b || a.eq_ignore_ascii_case(b)

@@ -1,11 +1,9 @@
 //! An app request's header lines as the listener loop read them, passed upstream as bytes.
 //!
-//! Building a `HeaderMap` from a request's lines, only to write it out again to a plain-HTTP
-//! upstream, cost about 1.5k instructions a request with the stripping and dropping that
-//! went with it (20.2k → 18.7k per proxied request, benches/README.md). The loop notes where
-//! each line's name and value are in the head instead, leaves out there what stops at the
-//! proxy, and bearerd's HTTP/1.1 client
-//! writes the rest from the head's bytes, then the proxy's own additions (the token, a new
+//! A `HeaderMap` built from a request's lines only to be written out again to a plain-HTTP
+//! upstream, stripped and dropped, is work for nothing (benches/README.md). The loop notes
+//! where each line's name and value are in the head instead, leaves out there what stops at
+//! the proxy, and bearerd's HTTP/1.1 client writes the rest from the head's bytes, then the proxy's own additions (the token, a new
 //! `X-Request-Id`), which are kept beside the lines; the request's header map stays empty.
 //! What needs a map (hyper's client, for HTTPS upstreams and streaming bodies) gets the lines
 //! and the additions put in it.

@@ -226,9 +226,9 @@ pub fn valid_host(value: &[u8]) -> bool {
 }
 
 /// The host (IPv6 in its brackets) and port of a parsed authority, as `http`'s
-/// `Authority::host` and `port_u16` give them, in one pass over the text (those two took
-/// ~700 instructions per request, each searching the text again). Byte loops: `rfind` of a
-/// `char` goes through `memrchr`, whose setup costs more than these short texts.
+/// `Authority::host` and `port_u16` give them, in one pass over the text (each of those
+/// searches it again). Byte loops: `rfind` of a `char` goes through `memrchr`, whose setup
+/// costs more than these short texts.
 #[must_use]
 pub fn split_authority(authority: &Authority) -> (&str, Option<u16>) {
     let text = authority.as_str();

@@ -576,9 +576,9 @@ async fn peer_gone(stream: &mut TcpStream, buf: &mut BytesMut) {
     }
 }
 
-/// Shutdown, waited for over a whole connection. A wait made for each head wait registered
-/// a waiter with the watch and removed it again (about 190 instructions a request); this one
-/// stays registered, and is polled again only when the watch has changed.
+/// Shutdown, waited for over a whole connection. A wait made for each head wait would
+/// register a waiter with the watch and remove it again every request; this one stays
+/// registered, and is polled again only when the watch has changed.
 struct Shutdown {
     stop: watch::Receiver<bool>,
     /// Waits on a receiver of its own; `stop` only looks.

@@ -7,8 +7,8 @@ use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
 /// A connection's last absolute-form request target's scheme and authority, for parsing the
 /// next target. A keep-alive connection's requests mostly go to one upstream: when a target
 /// starts with the same scheme and authority, byte for byte, only its path and query are
-/// parsed, and the checked scheme and authority are shared (`http`'s whole parse of a
-/// target was about 450 instructions a request).
+/// parsed, and the checked scheme and authority are shared rather than parsed and checked
+/// again.
 #[derive(Default)]
 pub struct LastOrigin(Option<(Scheme, Authority)>);
 

@@ -1,8 +1,8 @@
 //! Deadlines on a connection's one timer.
 //!
-//! Registering a tokio timer and removing it again cost about 600 instructions a request
-//! (benches/README.md), once for the upstream's deadline alone. The listener loop keeps one
-//! timer per connection instead and lends it to each wait: a wait moves it earlier only when
+//! Registering a tokio timer and removing it again for every request is a measurable part of
+//! a proxied request's cost (benches/README.md, "Why the hot path is shaped so"). The
+//! listener loop keeps one timer per connection instead and lends it to each wait: a wait moves it earlier only when
 //! its deadline is before the timer's, and moves it on when it fires before the deadline it
 //! stands for. A keep-alive connection whose waits' deadlines all lie beyond the timer's
 //! (the usual case: each request's deadline is later than the last) registers it again only
@@ -18,8 +18,8 @@ use tokio::time::{Duration, Instant, Sleep};
 /// was last polled with.
 pub struct Timer {
     sleep: Pin<Box<Sleep>>,
-    /// The timer holds the task's waker: until it fires, polling it again (about 120
-    /// instructions, at each wake-up of the task for its sockets) would change nothing.
+    /// The timer holds the task's waker: until it fires, polling it again at each wake-up of
+    /// the task for its sockets would change nothing.
     registered: bool,
 }
 
