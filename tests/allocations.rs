@@ -113,8 +113,8 @@ async fn a_request_on_the_hit_path_allocates_once() {
     assert_eq!(tokens.count(), 1);
     assert_eq!(echo.connections(), 1);
     assert_eq!(echo.requests(), WARM_UP + REQUESTS);
-    // One allocation a request: the upstream response's body is boxed in the response to
-    // the app (`AppBody::Upstream`), which keeps the futures that move it small. The token
+    // One allocation a request: the request's own state (the proxy's future for it) lives on
+    // the heap while the request is under way, so an idle connection holds none. The token
     // goes in as a shared, once-rendered header value; the header lines, the read buffers
     // and the pooled connection are reused.
     assert_eq!(

@@ -173,11 +173,12 @@ pub async fn serve<S: Service>(
         };
         let response = {
             let Conn { stream, buf, lines, .. } = &mut conn;
-            // Pinned where it is made: the select takes a pointer to it, not the whole future.
-            let handling = std::pin::pin!(service.call(request, lines, &mut timer, local));
+            // On the heap for the request's life: a request's state is most of what a
+            // connection would otherwise hold in its task while idle, for good.
+            let mut handling = Box::pin(service.call(request, lines, &mut timer, local));
             tokio::select! {
                 biased;
-                response = handling => response,
+                response = handling.as_mut() => response,
                 () = peer_gone(stream, buf) => {
                     tracing::debug!(%peer, "the app closed the connection before the response");
                     return;
@@ -209,7 +210,9 @@ async fn hand_off<S: Service>(
         read: conn.buf.freeze(),
         stream: TokioIo::new(conn.stream),
     };
-    service.hand_off(io, local, peer, watcher).await;
+    // Boxed: hyper's connection is large, and a future is as large as its largest path, so
+    // inline it would make every connection's task that large, idle ones included.
+    Box::pin(service.hand_off(io, local, peer, watcher)).await;
 }
 
 struct Conn {
