@@ -8,6 +8,12 @@ use anyhow::Context;
 use bearerd::config::{Config, Env};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's malloc: its background thread gives pages no longer used
+/// back to the system, so the memory a burst of connections took is returned after they
+/// close (glibc kept it; `benches/idle_memory.sh`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "\
 bearerd — sidecar HTTP forward proxy that adds OAuth 2.0 access tokens
 
