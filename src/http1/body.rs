@@ -7,7 +7,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::MAX_HEADERS;
 use crate::BoxError;
 
-/// A chunk-size line, and a chunked body's trailer section, longer than these are refused.
+/// A chunk-size line (without its CRLF), and a chunked body's trailer section (with its
+/// closing empty line), longer than these are refused, however the bytes arrived: when the
+/// end is not here yet, as soon as what is here shows it will be too long.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 
@@ -67,12 +69,18 @@ impl State {
                     return Ok(Step::Data(input.split().freeze()));
                 }
                 State::ChunkSize => {
+                    // Without its CRLF, the line is at least as long as what is here, less a
+                    // CR that may start the CRLF.
+                    let too_long = || Err("a chunk-size line is too long".into());
                     let Some(end) = find_crlf(input) else {
-                        if input.len() > MAX_CHUNK_LINE {
-                            return Err("a chunk-size line is too long".into());
+                        if input.len() > MAX_CHUNK_LINE + 1 {
+                            return too_long();
                         }
                         return Ok(Step::More);
                     };
+                    if end > MAX_CHUNK_LINE {
+                        return too_long();
+                    }
                     let size = chunk_size(&input[..end])?;
                     let _ = input.split_to(end + 2);
                     *state = if size == 0 {
@@ -97,12 +105,18 @@ impl State {
                         *state = State::Done;
                         return Ok(Step::End);
                     }
+                    // Without its end, the section is at least one byte longer than what is
+                    // here: at most three bytes of its CRLF CRLF are.
+                    let too_long = || Err("the trailer section is too long".into());
                     let Some(end) = input.windows(4).position(|window| window == b"\r\n\r\n") else {
-                        if input.len() > MAX_TRAILERS {
-                            return Err("the trailer section is too long".into());
+                        if input.len() >= MAX_TRAILERS {
+                            return too_long();
                         }
                         return Ok(Step::More);
                     };
+                    if end + 4 > MAX_TRAILERS {
+                        return too_long();
+                    }
                     let section = input.split_to(end + 4);
                     *state = State::Done;
                     return Ok(Step::Trailers(trailers(&section)?));
@@ -147,6 +161,54 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How decoding `body` from the start of a chunked body ends, with the data it gave, when
+    /// the body is read `piece` bytes at a time.
+    fn decode_chunked(body: &[u8], piece: usize) -> (Result<&'static str, String>, Vec<u8>) {
+        let (mut state, mut input, mut data) = (State::ChunkSize, BytesMut::new(), Vec::new());
+        for piece in body.chunks(piece) {
+            input.extend_from_slice(piece);
+            loop {
+                match state.decode(&mut input) {
+                    Ok(Step::Data(bytes)) => data.extend_from_slice(&bytes),
+                    Ok(Step::Trailers(_)) => return (Ok("trailers"), data),
+                    Ok(Step::End) => return (Ok("end"), data),
+                    Ok(Step::More) => break,
+                    Err(err) => return (Err(err.to_string()), data),
+                }
+            }
+        }
+        (Ok("more"), data)
+    }
+
+    #[test]
+    fn line_and_section_limits_hold_however_the_body_arrives() {
+        // Found by the `chunked` fuzz target: a line or section over its limit was refused
+        // only if its end had not arrived yet.
+        let line = |ext: usize| [&b"1;"[..], &vec![b'a'; ext], b"\r\nx\r\n0\r\n\r\n"].concat();
+        let section = |value: usize| [&b"1\r\nx\r\n0\r\nX-A: "[..], &vec![b'b'; value], b"\r\n\r\n"].concat();
+        let line_error = Err("a chunk-size line is too long".to_owned());
+        let section_error = Err("the trailer section is too long".to_owned());
+        // (body, how it ends, data)
+        let cases = [
+            (line(MAX_CHUNK_LINE - 2), Ok("end"), &b"x"[..]),
+            (line(MAX_CHUNK_LINE - 1), line_error.clone(), b""),
+            (line(5000), line_error, b""),
+            (section(MAX_TRAILERS - 9), Ok("trailers"), b"x"),
+            (section(MAX_TRAILERS - 8), section_error.clone(), b"x"),
+            (section(17_000), section_error, b"x"),
+        ];
+        for (body, end, data) in cases {
+            for piece in [1, 2, 3, 63, 4096, body.len()] {
+                assert_eq!(
+                    decode_chunked(&body, piece),
+                    (end.clone(), data.to_vec()),
+                    "{} bytes, {piece} at a time",
+                    body.len()
+                );
+            }
+        }
+    }
 
     #[test]
     fn chunk_sizes_are_hex_with_optional_extensions() {

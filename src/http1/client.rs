@@ -113,6 +113,18 @@ enum Framing {
     UntilClose,
 }
 
+impl Framing {
+    /// Where decoding a body so delimited starts.
+    fn state(self) -> State {
+        match self {
+            Self::Empty => State::Length(0),
+            Self::Length(length) => State::Length(length),
+            Self::Chunked => State::ChunkSize,
+            Self::UntilClose => State::UntilClose,
+        }
+    }
+}
+
 /// A parsed response head and how its body is delimited.
 struct Head {
     status: StatusCode,
@@ -315,6 +327,37 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
     }))
 }
 
+/// What the client makes of a response head: the public face of its parsing, which the
+/// fuzz targets (`fuzz/`) drive.
+pub struct ResponseHead {
+    /// The head's length in bytes.
+    pub len: usize,
+    pub status: StatusCode,
+    /// Where decoding its body starts.
+    pub body: State,
+    /// The connection can take another request once the body is read.
+    pub reusable: bool,
+    /// The header lines passed on to the app.
+    pub lines: HeaderLines,
+}
+
+/// What the client makes of the response head at the start of `input`, to a `method`
+/// request: `None` if more must be read, an error if the upstream's response is refused.
+pub fn response_head(input: &[u8], method: &Method) -> Result<Option<ResponseHead>, BoxError> {
+    let mut input = BytesMut::from(input);
+    let before = input.len();
+    let Some(head) = parse_head(&mut input, method)? else {
+        return Ok(None);
+    };
+    Ok(Some(ResponseHead {
+        len: before - input.len(),
+        status: head.status,
+        body: head.framing.state(),
+        reusable: head.reusable,
+        lines: head.lines,
+    }))
+}
+
 /// `lines` with each ending in CRLF (some ended in a bare LF).
 fn with_crlf(lines: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(lines.len() + 32);
@@ -476,12 +519,7 @@ impl ResponseBody {
             reusable,
             ..
         } = head;
-        let state = match framing {
-            Framing::Empty => State::Length(0),
-            Framing::Length(length) => State::Length(length),
-            Framing::Chunked => State::ChunkSize,
-            Framing::UntilClose => State::UntilClose,
-        };
+        let state = framing.state();
         let mut body = Self {
             connection: Some(connection),
             state,

@@ -542,6 +542,41 @@ fn parse(buf: &[u8], lines: &mut RequestLines) -> Parsed {
     })
 }
 
+/// What the loop does with a request head that starts a connection's buffer: `parse`'s
+/// decision, and for a head it serves, whether its target is a URI (as `Conn::request`
+/// finds it). The public face of the loop's parsing, which the fuzz targets (`fuzz/`) and
+/// the differential test against hyper's server (`tests/differential.rs`) drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Served here: the head's length, and the body's, which came with it.
+    Serve { head: usize, body: usize },
+    /// A head httparse takes, with a target `http` does not: answered 400.
+    BadTarget,
+    /// Not complete yet (the loop hands a head still partial at 64 KiB to hyper).
+    Partial,
+    /// Handed to hyper.
+    HandOff,
+    /// Not an HTTP/1 request head: answered 400.
+    Malformed,
+}
+
+/// What the loop does with the request head at the start of `buf` (see [`Verdict`]).
+#[must_use]
+pub fn verdict(buf: &[u8]) -> Verdict {
+    match parse(buf, &mut RequestLines::default()) {
+        Parsed::Serve(head) => match LastOrigin::default().parse(Bytes::copy_from_slice(&buf[head.target])) {
+            Ok(_) => Verdict::Serve {
+                head: head.len,
+                body: head.body,
+            },
+            Err(_) => Verdict::BadTarget,
+        },
+        Parsed::Partial => Verdict::Partial,
+        Parsed::HandOff => Verdict::HandOff,
+        Parsed::Malformed(_) => Verdict::Malformed,
+    }
+}
+
 enum Framing {
     /// No body (`HEAD`, 1xx, 204, 304).
     None,
