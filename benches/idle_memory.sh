@@ -14,7 +14,7 @@
 #   (`GET http://127.0.0.1:18181/ HTTP/1.1`), CONCURRENCY (1) exchanges at a time (more
 #   makes bearerd pool that many upstream connections, whose memory then counts too),
 #   reads each whole response, checks it is the upstream's 200 `ok` on a kept-alive
-#   connection, and leaves the connection open and idle; after SETTLE (2) seconds, RSS "with
+#   connection, and leaves the connection open and idle; after SETTLE (3) seconds, RSS "with
 #   N idle" (the helper then checks no connection was closed under it); then every
 #   connection is closed, the script waits until bearerd holds none of them (no socket on
 #   the proxy port established or in close-wait, and `bearerd_connections` at 0 if /metrics
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 CONNECTIONS=${CONNECTIONS:-5000}
 ROUNDS=${ROUNDS:-3}
 CONCURRENCY=${CONCURRENCY:-1}
-SETTLE=${SETTLE:-2}
+SETTLE=${SETTLE:-3}
 UPSTREAM=18181 BEARERD=18183 ADMIN=18193 TOKENS=18184
 source benches/common.sh
 need nginx python3 curl ss
