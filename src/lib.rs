@@ -3,14 +3,19 @@
 //!
 //! The modules, in the order one request meets them:
 //!
-//! - [`config`]: YAML + environment → a validated [`config::Config`] (auth configs, routes).
+//! - [`config`]: YAML + environment → a validated [`config::Config`] (auth configs, routes):
+//!   plain data, importing no runtime module.
+//! - [`running`]: the state built from one config and swapped whole at reload: the route
+//!   index, and each auth config's token cache slot and metric series.
 //! - [`http1`]: HTTP/1.1 on the wire, knowing nothing of the rest: the server loop that reads
 //!   an app's request and writes its response, and the pooled client that sends it on to a
 //!   plain-HTTP upstream. It owns framing: no peer's `Content-Length`, `Transfer-Encoding`
 //!   or `Connection`-named line is passed on. (hyper serves what it hands over: HTTP/2,
 //!   streamed bodies, `CONNECT`, HTTPS upstreams.)
-//! - [`proxy`]: the listener and [`proxy::Proxy::handle`], which walks each request through
-//!   the steps below and forwards it over pooled connections (or tunnels a `CONNECT`).
+//! - [`proxy`]: the listener and [`proxy::Proxy`], which walks each request through named
+//!   phases — `target` (where is it going?), `select` (which auth config and route?),
+//!   `guard` (may its token go there?), `authorize` (the token, injected), `send`, `replay`
+//!   (once, on a 401), `finish` (counted and logged) — or tunnels a `CONNECT`.
 //! - [`routes`]: which auth config a request gets (`X-Auth-Config`, else the first matching
 //!   route, else `default_action`), and the `allowed_hosts` guard.
 //! - [`token`]: the token cache (moka, single flight) and the token endpoint client.
@@ -18,12 +23,14 @@
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`).
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
-//! - [`secret`] and [`tls`]: redacting secret types, and the rustls client settings.
+//! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
+//!   and JWTs, and the rustls client settings.
 //!
-//! A request `GET http://api.example.com/v1/x` with `X-Auth-Config: billing` is parsed into a
-//! target, `billing` is looked up, `api.example.com:80` is checked against its allowed hosts,
-//! a token comes from the cache (or the one fetch in flight), `Authorization: Bearer …`
-//! replaces anything the app sent, and the request goes upstream; the response streams back.
+//! A request `GET http://api.example.com/v1/x` with `X-Auth-Config: billing` is read by the
+//! HTTP/1.1 loop, its target parsed, `billing` looked up in the running state,
+//! `api.example.com:80` checked against its allowed hosts, a token taken from the cache (or
+//! the one fetch in flight), `Authorization: Bearer …` put in place of anything the app
+//! sent, and the request sent upstream; the response streams back, framed by bearerd.
 
 pub mod admin;
 pub mod assertion;
