@@ -99,15 +99,19 @@ pub trait TakeLines {
 
 /// Serves `stream` until the app closes it, the connection times out or breaks, or shutdown
 /// (`stop`) finds it idle; hands it to the service for what this loop does not serve.
-/// `watcher` is held until the connection ends, so a graceful shutdown waits for it.
-pub async fn serve<S: Service>(
+/// `watcher` is held until the connection ends, so a graceful shutdown waits for it, and so
+/// is `guard` (the caller's count of open connections, say): passed in rather than held by a
+/// future wrapped around this one, which would be polled at every wake-up too.
+pub async fn serve<S: Service, G: Send + 'static>(
     service: Arc<S>,
     stream: TcpStream,
     local: Option<SocketAddr>,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
     watcher: Watcher,
+    guard: G,
 ) {
+    let _guard = guard;
     let mut conn = Conn {
         stream,
         buf: BytesMut::new(),
@@ -276,7 +280,7 @@ impl Conn {
         }
         self.parked = true;
         self.out.clear();
-        self.lines.clear();
+        // `lines` was cleared when its request was answered.
         let spare = Spare {
             buf: std::mem::take(&mut self.buf),
             out: std::mem::take(&mut self.out),
@@ -313,22 +317,29 @@ impl Conn {
         if !self.parked {
             return self.stream.read_buf(&mut self.buf).await.map(Some);
         }
-        self.stream.readable().await?;
-        self.unpark();
-        // Through `AsyncRead`, which clears the socket's readiness after a short read, so
-        // the next idle wait does not wake at once only to find nothing.
-        match std::future::poll_fn(|cx| {
-            Poll::Ready(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.stream),
-                cx,
-                &mut self.buf,
-            ))
+        // Waits in the socket's own read-readiness slot, the one `poll_read` uses
+        // (`readable()` puts a waiter on the socket's list under a lock and takes it off
+        // again, at each idle wait). Once woken it reads at once: a wake-up that finds nothing
+        // is rare (the head timer, shutdown), and then the connection parks again.
+        let mut woken = false;
+        std::future::poll_fn(|cx| {
+            if !woken {
+                woken = true;
+                if let Err(err) = std::task::ready!(self.stream.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(err));
+                }
+            }
+            self.unpark();
+            // Through `AsyncRead`, which clears the socket's readiness after a short read, so
+            // the next idle wait does not wake at once only to find nothing.
+            Poll::Ready(
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
+                    Poll::Ready(read) => read.map(Some),
+                    Poll::Pending => Ok(None),
+                },
+            )
         })
         .await
-        {
-            Poll::Ready(read) => read.map(Some),
-            Poll::Pending => Ok(None),
-        }
     }
 
     fn parse(&mut self) -> Parsed {
@@ -384,16 +395,19 @@ impl Conn {
             declared = lines.declared;
             dated = lines.date;
         }
-        let mut lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().peekable();
-        if lengths.peek().is_some() {
-            declared = declared_length(lengths.map(HeaderValue::as_bytes)).ok().flatten();
-        }
-        for (name, value) in &parts.headers {
-            if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
-                continue;
+        // bearerd's client leaves the map empty: no name is hashed for nothing.
+        if !parts.headers.is_empty() {
+            let mut lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().peekable();
+            if lengths.peek().is_some() {
+                declared = declared_length(lengths.map(HeaderValue::as_bytes)).ok().flatten();
             }
-            dated |= name == header::DATE;
-            header_line(out, name.as_str().as_bytes(), value.as_bytes());
+            for (name, value) in &parts.headers {
+                if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+                    continue;
+                }
+                dated |= name == header::DATE;
+                header_line(out, name.as_str().as_bytes(), value.as_bytes());
+            }
         }
         let mut framing = if bodiless(method, parts.status) {
             if let Some(declared) = declared.filter(|_| declares_length(method, parts.status)) {
@@ -652,10 +666,11 @@ impl Shutdown {
 }
 
 fn says_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|value| has_token(value.as_bytes(), b"close"))
+    !headers.is_empty()
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), b"close"))
 }
 
 /// A connection handed on: the bytes read and not served come first.

@@ -118,12 +118,15 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
             let open = Open::start(&self.metrics, slot);
-            let proxy = Arc::clone(&self);
-            let (stop, watcher) = (stop.clone(), graceful.watcher());
-            tokio::spawn(async move {
-                server::serve(proxy, stream, local, peer, stop, watcher).await;
-                drop(open);
-            });
+            tokio::spawn(server::serve(
+                Arc::clone(&self),
+                stream,
+                local,
+                peer,
+                stop.clone(),
+                graceful.watcher(),
+                open,
+            ));
         }
         self.draining.store(true, Ordering::Relaxed);
         drop(listener);
