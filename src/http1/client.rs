@@ -38,8 +38,8 @@ use tokio::time::Instant;
 use super::body::{State, Step};
 use super::lines::RequestLines;
 use super::{
-    Known, MAX_HEAD, MAX_HEADERS, READ_SIZE, bit, bodiless, declares_length, header_line, hop_by_hop_bit_of, known,
-    length_items, options, other_coding, split_authority,
+    Known, MAX_HEAD, MAX_HEADERS, READ_SIZE, bit, bodiless, coding_refusal, declares_length, header_line,
+    hop_by_hop_bit_of, known, length_items, options, other_coding, split_authority,
 };
 use crate::BoxError;
 
@@ -283,11 +283,7 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
         }
     }
     if let Some(coding) = facts.other_coding {
-        return Err(format!(
-            "the response has a transfer coding other than chunked ({})",
-            String::from_utf8_lossy(&coding[..coding.len().min(40)])
-        )
-        .into());
+        return Err(coding_refusal("response", coding).into());
     }
     let (framing, reusable) = facts.framing(method, status, version);
     // A length beside `Transfer-Encoding` means nothing (RFC 9112 §6.1), and 1xx and 204

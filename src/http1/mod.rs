@@ -53,6 +53,18 @@ pub fn other_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<&'
         .find(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Why a `kind` message ("request", "response") is refused whose `Transfer-Encoding` names
+/// `coding` (an [`other_coding`]): the coding shown printable, at most 40 characters.
+#[must_use]
+pub fn coding_refusal(kind: &str, coding: &[u8]) -> String {
+    let shown: String = String::from_utf8_lossy(coding)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(40)
+        .collect();
+    format!("the {kind} has a transfer coding other than chunked ({shown}); bearerd decodes only chunked")
+}
+
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 #[must_use]
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {

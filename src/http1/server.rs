@@ -112,14 +112,7 @@ pub async fn serve<S: Service, G: Send + 'static>(
     guard: G,
 ) {
     let _guard = guard;
-    let mut conn = Conn {
-        stream,
-        buf: BytesMut::new(),
-        out: Vec::new(),
-        lines: RequestLines::default(),
-        origin: LastOrigin::default(),
-        parked: true,
-    };
+    let mut conn = Conn::new(stream);
     // One timer for the connection (see `timer`): armed for the first head, lent to each
     // request for its upstream's deadline, and moved on only when it fires early.
     let mut timer = Timer::new(HEADER_READ_TIMEOUT);
@@ -273,6 +266,18 @@ struct Head {
 }
 
 impl Conn {
+    /// A new connection, parked: it takes buffers once the app sends something.
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            lines: RequestLines::default(),
+            origin: LastOrigin::default(),
+            parked: true,
+        }
+    }
+
     /// Gives the (empty) buffers back to the thread's spares.
     fn park(&mut self) {
         if self.parked {
@@ -818,14 +823,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut app = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        let mut conn = Conn {
-            stream,
-            buf: BytesMut::new(),
-            out: Vec::new(),
-            lines: RequestLines::default(),
-            origin: LastOrigin::default(),
-            parked: false,
-        };
+        let mut conn = Conn::new(stream);
         let whole = conn.write(response, &method, keep_alive, trailers).await.unwrap();
         drop(conn);
         let mut text = String::new();

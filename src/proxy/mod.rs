@@ -543,10 +543,7 @@ fn target<'r, B>(
         let hosts = headers.get_all(http::header::HOST).iter().count();
         let codings = headers.get_all(http::header::TRANSFER_ENCODING);
         if let Some(coding) = http1::other_coding(codings.iter().map(http::HeaderValue::as_bytes)) {
-            return Err(ProxyError::BadRequest(format!(
-                "the request has a transfer coding other than chunked ({}); bearerd decodes only chunked",
-                printable(&String::from_utf8_lossy(coding))
-            )));
+            return Err(ProxyError::BadRequest(http1::coding_refusal("request", coding)));
         }
         (value(http::header::HOST), hosts, value(inject::X_AUTH_CONFIG))
     };

@@ -215,11 +215,7 @@ impl Upstream {
         }
         let codings = response.headers().get_all(http::header::TRANSFER_ENCODING);
         if let Some(coding) = http1::other_coding(codings.iter().map(http::HeaderValue::as_bytes)) {
-            return Err(format!(
-                "the response has a transfer coding other than chunked ({})",
-                String::from_utf8_lossy(&coding[..coding.len().min(40)])
-            )
-            .into());
+            return Err(http1::coding_refusal("response", coding).into());
         }
         crate::inject::strip_hop_by_hop(response.headers_mut());
         let status = response.status();
