@@ -120,7 +120,7 @@ impl Provider {
             .spawn()
             .expect("node is needed for the interop tests");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
+        let line = tokio::time::timeout(START, lines.next_line())
             .await
             .expect("the provider did not start")
             .unwrap()

@@ -25,6 +25,10 @@ use bearerd::config::{Config, Env};
 /// Every test's servers run only for the test; this bounds any wait on them.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Bounds the start of a child process (Node's oidc-provider generating RSA keys, bearerd's
+/// binary): on a 2-core CI machine busy with the other tests a start has taken over 10 s.
+pub const START: Duration = Duration::from_secs(60);
+
 // ---------------------------------------------------------------------------------------
 // Token endpoint
 
