@@ -38,8 +38,8 @@ use tokio::time::Instant;
 use super::body::{State, Step};
 use super::lines::RequestLines;
 use super::{
-    Known, MAX_HEAD, MAX_HEADERS, READ_SIZE, bit, bodiless, coding_refusal, declares_length, header_line,
-    hop_by_hop_bit_of, known, length_items, options, other_coding, split_authority,
+    Framing, Head, Known, MAX_HEAD, MAX_HEADERS, READ_SIZE, bit, bodiless, coding_refusal, declares_length,
+    header_line, hop_by_hop_bit_of, known, length_items, options, other_coding, split_authority,
 };
 use crate::BoxError;
 
@@ -103,36 +103,13 @@ impl Connection {
     }
 }
 
-/// How a response's body is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Up to the end of the connection.
-    UntilClose,
-}
-
-impl Framing {
-    /// Where decoding a body so delimited starts.
-    fn state(self) -> State {
-        match self {
-            Self::Empty => State::Length(0),
-            Self::Length(length) => State::Length(length),
-            Self::Chunked => State::ChunkSize,
-            Self::UntilClose => State::UntilClose,
-        }
-    }
-}
-
-/// A parsed response head and how its body is delimited.
-struct Head {
+/// A response head as read from an upstream: the status line, the lines passed on, and
+/// what the head says of its body and the connection.
+struct Received {
+    head: Head,
     status: StatusCode,
     version: Version,
     lines: HeaderLines,
-    framing: Framing,
-    /// The connection can take another request once the body is read.
-    reusable: bool,
 }
 
 /// A response's header lines as the upstream wrote them, passed on to the app as bytes
@@ -226,7 +203,7 @@ fn encode(
 /// The header lines stay as the upstream wrote them, in `input`'s memory: those not passed on
 /// (hop-by-hop ones, and those `Connection` names) are read for the framing and cut out by
 /// moving the later lines over them.
-fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, BoxError> {
+fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Received>, BoxError> {
     // Uninitialised: the parser fills only as many as there are headers.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -285,7 +262,7 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
     if let Some(coding) = facts.other_coding {
         return Err(coding_refusal("response", coding).into());
     }
-    let (framing, reusable) = facts.framing(method, status, version);
+    let (framing, keep_alive) = facts.framing(method, status, version);
     // A length beside `Transfer-Encoding` means nothing (RFC 9112 §6.1), and 1xx and 204
     // responses may not carry one (RFC 9110 §8.6).
     let declared = facts
@@ -310,7 +287,12 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
     } else {
         with_crlf(&head[first..to])
     };
-    Ok(Some(Head {
+    Ok(Some(Received {
+        head: Head {
+            len: length,
+            framing,
+            keep_alive,
+        },
         status,
         version,
         lines: HeaderLines {
@@ -318,8 +300,6 @@ fn parse_head(input: &mut BytesMut, method: &Method) -> Result<Option<Head>, Box
             declared,
             date: dates & !cut != 0,
         },
-        framing,
-        reusable,
     }))
 }
 
@@ -341,16 +321,15 @@ pub struct ResponseHead {
 /// request: `None` if more must be read, an error if the upstream's response is refused.
 pub fn response_head(input: &[u8], method: &Method) -> Result<Option<ResponseHead>, BoxError> {
     let mut input = BytesMut::from(input);
-    let before = input.len();
-    let Some(head) = parse_head(&mut input, method)? else {
+    let Some(received) = parse_head(&mut input, method)? else {
         return Ok(None);
     };
     Ok(Some(ResponseHead {
-        len: before - input.len(),
-        status: head.status,
-        body: head.framing.state(),
-        reusable: head.reusable,
-        lines: head.lines,
+        len: received.head.len,
+        status: received.status,
+        body: received.head.framing.state(),
+        reusable: received.head.keep_alive,
+        lines: received.lines,
     }))
 }
 
@@ -447,7 +426,7 @@ impl Failed {
 }
 
 /// Reads the final response head; interim (1xx) responses are read past.
-async fn read_head(connection: &mut Connection, method: &Method) -> Result<Head, Failed> {
+async fn read_head(connection: &mut Connection, method: &Method) -> Result<Received, Failed> {
     let mut received = false;
     loop {
         if !connection.input.is_empty() {
@@ -508,18 +487,13 @@ impl ResponseBody {
         self.lines.take()
     }
 
-    fn new(connection: Box<Connection>, head: Head, home: Home) -> Self {
-        let Head {
-            lines,
-            framing,
-            reusable,
-            ..
-        } = head;
-        let state = framing.state();
+    fn new(connection: Box<Connection>, received: Received, home: Home) -> Self {
+        let Received { head, lines, .. } = received;
+        let state = head.framing.state();
         let mut body = Self {
             connection: Some(connection),
             state,
-            reusable,
+            reusable: head.keep_alive,
             home: Some(home),
             lines: Some(lines),
         };

@@ -1,7 +1,8 @@
 //! HTTP/1.1 on the wire, knowing nothing of auth configs, routes or tokens: bearerd's own
 //! server loop ([`server`]) and pooled client ([`client`]), which share one set of limits,
-//! one vocabulary of header names and one set of framing rules (this module), one body
-//! decoder ([`body`]) and the request's header lines ([`lines`]). The proxy plugs in
+//! one vocabulary of header names, one [`Head`] and [`Framing`] and the framing rules that
+//! decide them (this module), one body decoder ([`body`]) and the request's header lines
+//! ([`lines`]). The proxy plugs in
 //! through [`server::Service`] and sends with [`client::Pool::send`].
 //!
 //! Framing is this layer's alone. A peer's `Content-Length` and `Transfer-Encoding` lines,
@@ -34,6 +35,46 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// Room made in a read buffer before each read.
 pub const READ_SIZE: usize = 8 * 1024;
+
+/// How a message's body is delimited (RFC 9112 §6): what the server loop decides for a
+/// request it reads and a response it writes, and the client for a response it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (a request without one; a response to `HEAD`, 1xx, 204, 304), or, while a
+    /// body is written, nothing more to write.
+    Empty,
+    /// `Content-Length`; while a body is read or written, what is still to come.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Up to the end of the connection: only a response read from a peer.
+    UntilClose,
+}
+
+impl Framing {
+    /// Where decoding a body so delimited starts.
+    #[must_use]
+    pub fn state(self) -> body::State {
+        match self {
+            Self::Empty => body::State::Length(0),
+            Self::Length(length) => body::State::Length(length),
+            Self::Chunked => body::State::ChunkSize,
+            Self::UntilClose => body::State::UntilClose,
+        }
+    }
+}
+
+/// What a message head says to whoever reads it, request or response: its length, how its
+/// body is delimited, and whether the connection carries another message after it. The
+/// server's request head and the client's response head each add their start line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The head's length in bytes, up to and including the empty line.
+    pub len: usize,
+    pub framing: Framing,
+    /// The connection carries another message once this one's body is read.
+    pub keep_alive: bool,
+}
 
 /// The items of a comma-separated header value, trimmed, empty ones left out.
 pub fn options(value: &[u8]) -> impl Iterator<Item = &[u8]> {

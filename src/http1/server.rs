@@ -47,8 +47,8 @@ use super::lines::RequestLines;
 use super::target::LastOrigin;
 use super::timer::{self, Timer};
 use super::{
-    DATE, MAX_HEAD, MAX_HEADERS, READ_SIZE, bodiless, declared_length, declares_length, has_token, header_line,
-    trailer_allowed,
+    DATE, Framing, Head, MAX_HEAD, MAX_HEADERS, READ_SIZE, bodiless, declared_length, declares_length, has_token,
+    header_line, trailer_allowed,
 };
 use crate::BoxError;
 
@@ -159,7 +159,7 @@ pub async fn serve<S: Service, G: Send + 'static>(
                 () = shutdown.wait(), if conn.buf.is_empty() => return conn.close().await,
             }
         };
-        let (method, keep_alive, trailers) = (head.method.clone(), head.keep_alive, head.trailers);
+        let (method, keep_alive, trailers) = (head.method.clone(), head.head.keep_alive, head.trailers);
         let request = match conn.request(head) {
             Ok(request) => request,
             Err(why) => {
@@ -244,7 +244,7 @@ thread_local! {
 
 /// What parsing the buffer found.
 enum Parsed {
-    Serve(Head),
+    Serve(RequestHead),
     /// A head not complete yet.
     Partial,
     /// A request for hyper (see the module docs).
@@ -253,16 +253,24 @@ enum Parsed {
     Malformed(httparse::Error),
 }
 
-/// A request head this loop serves, found at the start of the buffer.
-struct Head {
-    /// Its length in bytes.
-    len: usize,
+/// A request head this loop serves, found at the start of the buffer. Its body is framed by
+/// its length (or it has none) and came with the head.
+struct RequestHead {
+    head: Head,
     method: Method,
     target: Range<usize>,
-    body: usize,
-    keep_alive: bool,
     /// `TE: trailers`: the app takes trailers on a chunked response.
     trailers: bool,
+}
+
+impl RequestHead {
+    /// The body's length: it is in the buffer, right after the head.
+    fn body_len(&self) -> usize {
+        match self.head.framing {
+            Framing::Length(length) => usize::try_from(length).unwrap_or(usize::MAX),
+            _ => 0,
+        }
+    }
 }
 
 impl Conn {
@@ -353,9 +361,9 @@ impl Conn {
 
     /// The request `head` describes, taken off the buffer with its body. Its header lines
     /// are in `self.lines`; its header map is empty.
-    fn request(&mut self, head: Head) -> Result<Request<Full<Bytes>>, &'static str> {
-        let bytes = self.buf.split_to(head.len).freeze();
-        let body = self.buf.split_to(head.body).freeze();
+    fn request(&mut self, head: RequestHead) -> Result<Request<Full<Bytes>>, &'static str> {
+        let bytes = self.buf.split_to(head.head.len).freeze();
+        let body = self.buf.split_to(head.body_len()).freeze();
         let uri = self
             .origin
             .parse(bytes.slice(head.target))
@@ -418,7 +426,7 @@ impl Conn {
             if let Some(declared) = declared.filter(|_| declares_length(method, parts.status)) {
                 header_line(out, b"content-length", itoa::Buffer::new().format(declared).as_bytes());
             }
-            Framing::None
+            Framing::Empty
         } else if let Some(length) = body.size_hint().exact() {
             header_line(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
             Framing::Length(length)
@@ -433,7 +441,7 @@ impl Conn {
             header_line(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        if matches!(framing, Framing::None) {
+        if framing == Framing::Empty {
             self.stream.write_all(&self.out).await?;
             return Ok(true);
         }
@@ -465,7 +473,8 @@ impl Conn {
                 self.out.extend_from_slice(b"0\r\n\r\n");
                 true
             }
-            Framing::None | Framing::Ended => true,
+            // The writer never frames a response by the connection's end.
+            Framing::Empty | Framing::UntilClose => true,
         };
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
@@ -484,7 +493,8 @@ impl Conn {
                         header_line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
                     }
                     self.out.extend_from_slice(b"\r\n");
-                    *framing = Framing::Ended;
+                    // Written whole: nothing more goes out.
+                    *framing = Framing::Empty;
                 }
                 return Ok(());
             }
@@ -498,7 +508,7 @@ impl Conn {
             Framing::Chunked if !data.is_empty() => {
                 self.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
             }
-            Framing::Chunked | Framing::None | Framing::Ended => {}
+            Framing::Chunked | Framing::Empty | Framing::UntilClose => {}
         }
         let chunk = matches!(framing, Framing::Chunked) && !data.is_empty();
         if data.len() >= COPY_LIMIT {
@@ -551,12 +561,18 @@ fn parse(buf: &[u8], lines: &mut RequestLines) -> Parsed {
         Some(length) if length <= MAX_BODY && len + length <= buf.len() => length,
         Some(_) => return Parsed::HandOff,
     };
-    Parsed::Serve(Head {
-        len,
+    Parsed::Serve(RequestHead {
+        head: Head {
+            len,
+            framing: if body == 0 {
+                Framing::Empty
+            } else {
+                Framing::Length(body as u64)
+            },
+            keep_alive: !found.close,
+        },
         method,
         target: start..start + target.len(),
-        body,
-        keep_alive: !found.close,
         trailers: found.trailers,
     })
 }
@@ -583,10 +599,10 @@ pub enum Verdict {
 #[must_use]
 pub fn verdict(buf: &[u8]) -> Verdict {
     match parse(buf, &mut RequestLines::default()) {
-        Parsed::Serve(head) => match LastOrigin::default().parse(Bytes::copy_from_slice(&buf[head.target])) {
+        Parsed::Serve(head) => match LastOrigin::default().parse(Bytes::copy_from_slice(&buf[head.target.clone()])) {
             Ok(_) => Verdict::Serve {
-                head: head.len,
-                body: head.body,
+                head: head.head.len,
+                body: head.body_len(),
             },
             Err(_) => Verdict::BadTarget,
         },
@@ -594,16 +610,6 @@ pub fn verdict(buf: &[u8]) -> Verdict {
         Parsed::HandOff => Verdict::HandOff,
         Parsed::Malformed(_) => Verdict::Malformed,
     }
-}
-
-enum Framing {
-    /// No body (`HEAD`, 1xx, 204, 304).
-    None,
-    /// `Content-Length`: this many bytes still to write.
-    Length(u64),
-    Chunked,
-    /// The chunked body and its trailers are written.
-    Ended,
 }
 
 /// Room to read into `buf`: grown by [`READ_SIZE`] only when less than `least` is left.
@@ -738,7 +744,7 @@ mod tests {
 
     fn decide(text: &[u8]) -> Result<(usize, usize, bool, bool), &'static str> {
         match parse(text, &mut RequestLines::default()) {
-            Parsed::Serve(head) => Ok((head.len, head.body, head.keep_alive, head.trailers)),
+            Parsed::Serve(head) => Ok((head.head.len, head.body_len(), head.head.keep_alive, head.trailers)),
             Parsed::Partial => Err("partial"),
             Parsed::HandOff => Err("hyper"),
             Parsed::Malformed(_) => Err("malformed"),
