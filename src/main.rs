@@ -8,9 +8,9 @@ use anyhow::Context;
 use bearerd::config::{Config, Env};
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc rather than glibc's malloc: its background thread gives pages no longer used
-/// back to the system, so the memory a burst of connections took is returned after they
-/// close (glibc kept it; `benches/idle_memory.sh`).
+/// jemalloc rather than glibc's malloc: it gives pages no longer used back to the system
+/// (settings in `.cargo/config.toml`), so the memory a burst of connections took is returned
+/// after they close (glibc kept it; `benches/idle_memory.sh`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
