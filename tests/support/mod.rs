@@ -38,7 +38,10 @@ pub struct Recorded {
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
+    /// The body as text (invalid UTF-8 replaced), for reading.
     pub body: String,
+    /// The body exactly as it arrived, for byte-exact checks.
+    pub bytes: Bytes,
     /// The DER of the TLS client certificate the caller presented, if any.
     pub client_certificate: Option<Vec<u8>>,
 }
@@ -116,6 +119,7 @@ impl TokenServer {
                                     path: parts.uri.to_string(),
                                     headers: parts.headers,
                                     body: String::from_utf8_lossy(&body).into_owned(),
+                                    bytes: body,
                                     client_certificate,
                                 };
                                 let n = {
