@@ -445,7 +445,7 @@ impl ClientCertificate {
 /// A file an auth config was read from (client secret, private key, certificate), and a
 /// hash of the bytes read from it, so a watcher can tell when it changed. `Debug` shows the
 /// path only: the hash is of a secret.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct WatchedFile {
     pub path: PathBuf,
     hash: u64,
