@@ -1,9 +1,11 @@
-//! `private_key_jwt` client authentication (RFC 7523 §2.2, `OpenID` Connect Core §9): a JWT
-//! signed with the client's private key, fresh for every token request.
+//! JWT client authentication (RFC 7523 §2.2, `OpenID` Connect Core §9): a client assertion
+//! fresh for every token request, signed with the client's private key (`private_key_jwt`)
+//! or, HS256, with its client secret (`client_secret_jwt`).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use base64::Engine;
@@ -12,11 +14,15 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
+use crate::secret::ClientSecret;
+
 /// `client_assertion_type` for a JWT (RFC 7523 §2.2).
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// How long an assertion is valid: well inside the 5 minutes providers accept, with room
 /// for clock skew.
 pub const LIFETIME: Duration = Duration::from_secs(120);
+/// The shortest client secret that may key HS256: the hash's output size (RFC 7518 §3.2).
+pub const MIN_HMAC_KEY_BYTES: usize = 32;
 
 /// The JWS algorithm of the assertion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -114,47 +120,73 @@ impl SigningKey {
     /// A signed assertion: `iss` = `sub` = `client_id`, `aud` = the token endpoint, a
     /// random `jti`, `iat` = `now`, `exp` = `now` + [`LIFETIME`].
     pub fn assertion(&self, client_id: &str, audience: &str, now: SystemTime) -> Result<String, SignError> {
-        let rng = SystemRandom::new();
-        let mut jti = [0_u8; 16];
-        rng.fill(&mut jti).map_err(|_| SignError)?;
-        let iat = now.duration_since(UNIX_EPOCH).map_err(|_| SignError)?.as_secs();
         let mut header = serde_json::json!({ "alg": self.alg.as_str(), "typ": "JWT" });
         if let Some(kid) = &self.key_id {
             header["kid"] = kid.clone().into();
         }
-        let claims = serde_json::json!({
-            "iss": client_id,
-            "sub": client_id,
-            "aud": audience,
-            "jti": B64URL.encode(jti),
-            "iat": iat,
-            "exp": iat + LIFETIME.as_secs(),
-        });
-        let signing_input = format!(
-            "{}.{}",
-            B64URL.encode(header.to_string()),
-            B64URL.encode(claims.to_string())
-        );
-        let signature = match (&self.key, self.alg) {
-            (Key::Rsa(key), alg) => {
-                let padding: &'static dyn signature::RsaEncoding = if alg == SigningAlg::PS256 {
-                    &signature::RSA_PSS_SHA256
-                } else {
-                    &signature::RSA_PKCS1_SHA256
-                };
-                let mut out = vec![0_u8; key.public_modulus_len()];
-                key.sign(padding, &rng, signing_input.as_bytes(), &mut out)
-                    .map_err(|_| SignError)?;
-                out
+        let rng = SystemRandom::new();
+        signed(&header, &claims(client_id, audience, now)?, |input| {
+            match (&self.key, self.alg) {
+                (Key::Rsa(key), alg) => {
+                    let padding: &'static dyn signature::RsaEncoding = if alg == SigningAlg::PS256 {
+                        &signature::RSA_PSS_SHA256
+                    } else {
+                        &signature::RSA_PKCS1_SHA256
+                    };
+                    let mut out = vec![0_u8; key.public_modulus_len()];
+                    key.sign(padding, &rng, input, &mut out).map_err(|_| SignError)?;
+                    Ok(out)
+                }
+                (Key::Ec(key), _) => Ok(key.sign(&rng, input).map_err(|_| SignError)?.as_ref().to_vec()),
             }
-            (Key::Ec(key), _) => key
-                .sign(&rng, signing_input.as_bytes())
-                .map_err(|_| SignError)?
-                .as_ref()
-                .to_vec(),
-        };
-        Ok(format!("{signing_input}.{}", B64URL.encode(signature)))
+        })
     }
+}
+
+/// A `client_secret_jwt` assertion: the claims of [`SigningKey::assertion`], HS256 with the
+/// client secret's bytes as the key (`OpenID` Connect Core §9).
+pub fn secret_assertion(
+    secret: &ClientSecret,
+    client_id: &str,
+    audience: &str,
+    now: SystemTime,
+) -> Result<String, SignError> {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes());
+    let header = serde_json::json!({ "alg": "HS256", "typ": "JWT" });
+    signed(&header, &claims(client_id, audience, now)?, |input| {
+        Ok(hmac::sign(&key, input).as_ref().to_vec())
+    })
+}
+
+/// The claims of a client assertion (RFC 7523 §3): `iss` = `sub` = `client_id`, `aud` =
+/// the token endpoint, a random `jti`, `iat` = `now`, `exp` = `now` + [`LIFETIME`].
+fn claims(client_id: &str, audience: &str, now: SystemTime) -> Result<serde_json::Value, SignError> {
+    let mut jti = [0_u8; 16];
+    SystemRandom::new().fill(&mut jti).map_err(|_| SignError)?;
+    let iat = now.duration_since(UNIX_EPOCH).map_err(|_| SignError)?.as_secs();
+    Ok(serde_json::json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "jti": B64URL.encode(jti),
+        "iat": iat,
+        "exp": iat + LIFETIME.as_secs(),
+    }))
+}
+
+/// A compact JWS (RFC 7515 §7.1): header and claims, and `sign`'s signature over them.
+fn signed(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, SignError>,
+) -> Result<String, SignError> {
+    let input = format!(
+        "{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(claims.to_string())
+    );
+    let signature = sign(input.as_bytes())?;
+    Ok(format!("{input}.{}", B64URL.encode(signature)))
 }
 
 #[cfg(test)]
@@ -236,5 +268,47 @@ mod tests {
         let key = SigningKey::from_pem(ec_pkcs8_pem().as_bytes(), SigningAlg::ES256, None).unwrap();
         assert!(!format!("{key:?}").contains("BEGIN"));
         assert!(format!("{key:?}").contains("[redacted]"));
+    }
+
+    #[test]
+    fn client_secret_jwt_is_hs256_keyed_with_the_secret() {
+        let secret = ClientSecret::new("a client secret of 32+ bytes: p@ss:w0rd/+%=&?");
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let jwt = secret_assertion(&secret, "client-1", "https://idp.test/oauth2/token", now).unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(decode(parts[0]), serde_json::json!({ "alg": "HS256", "typ": "JWT" }));
+        let claims = decode(parts[1]);
+        assert_eq!(claims["iss"], "client-1");
+        assert_eq!(claims["sub"], "client-1");
+        assert_eq!(claims["aud"], "https://idp.test/oauth2/token");
+        assert_eq!(claims["iat"], 1_800_000_000);
+        assert_eq!(claims["exp"], 1_800_000_120);
+        assert_eq!(B64URL.decode(claims["jti"].as_str().unwrap()).unwrap().len(), 16);
+        assert_eq!(claims.as_object().unwrap().len(), 6, "{claims}");
+
+        // The MAC is over `header.claims` with the secret's bytes as the key, and nothing else.
+        let signature = B64URL.decode(parts[2]).unwrap();
+        assert_eq!(signature.len(), 32);
+        let input = format!("{}.{}", parts[0], parts[1]);
+        let key = |text: &str| hmac::Key::new(hmac::HMAC_SHA256, text.as_bytes());
+        hmac::verify(&key(secret.expose()), input.as_bytes(), &signature).expect("keyed with the secret");
+        assert!(
+            hmac::verify(
+                &key("another secret of at least 32 bytes!"),
+                input.as_bytes(),
+                &signature
+            )
+            .is_err()
+        );
+        assert!(hmac::verify(&key(secret.expose()), parts[1].as_bytes(), &signature).is_err());
+
+        let again = secret_assertion(&secret, "client-1", "https://idp.test/oauth2/token", now).unwrap();
+        assert_ne!(
+            decode(again.split('.').nth(1).unwrap())["jti"],
+            claims["jti"],
+            "a fresh jti"
+        );
+        assert!(!jwt.contains(secret.expose()));
     }
 }

@@ -110,9 +110,11 @@ impl Server {
         reload(&self.shared, path, env)
     }
 
-    /// Reloads whenever the content of `path` changes, checking every `every`. This also
-    /// catches the Kubernetes `ConfigMap` pattern, where `path` is a symlink through `..data`
-    /// that the kubelet swaps atomically.
+    /// Reloads whenever the content of `path`, or of a secret, key or certificate file it
+    /// names, changes, checking every `every`. This also catches the Kubernetes `ConfigMap`
+    /// and `Secret` pattern, where a file is a symlink through `..data` that the kubelet swaps
+    /// atomically. Tokens stay cached across such a reload: a rotated secret is used from
+    /// the next token request on.
     pub fn watch(&self, path: PathBuf, env: Env, every: Duration) {
         let shared = Arc::downgrade(&self.shared);
         self.shared.spawn([tokio::spawn(watch_file(shared, path, env, every))]);
@@ -200,7 +202,7 @@ impl Drop for Server {
 }
 
 async fn watch_file(shared: std::sync::Weak<Shared>, path: PathBuf, env: Env, every: Duration) {
-    // The last text tried, so a bad file is reported once, not at every tick.
+    // What the last reload tried, so a bad file is reported once, not at every tick.
     let mut tried = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -209,12 +211,21 @@ async fn watch_file(shared: std::sync::Weak<Shared>, path: PathBuf, env: Env, ev
         let Some(shared) = shared.upgrade() else { return };
         // Unreadable (mid-swap, or removed): keep serving what is loaded and look again.
         let Ok(text) = std::fs::read(&path) else { continue };
-        let hash = text_hash(&text);
-        if hash == shared.proxy.config().text_hash || tried == Some(hash) {
+        let config = shared.proxy.config();
+        // The config file and the secret, key and certificate files it names: a rotated
+        // Kubernetes Secret changes only the latter. One that can no longer be read counts
+        // as changed, so its reload fails and is reported like a bad config file.
+        let now = config.inputs_now(&text);
+        if now == config.inputs_loaded() || tried == Some(now) {
             continue;
         }
-        tried = Some(hash);
-        tracing::info!(source = %path.display(), "configuration file changed");
+        tried = Some(now);
+        if text_hash(&text) != config.text_hash {
+            tracing::info!(source = %path.display(), "configuration file changed");
+        }
+        for file in config.watched_files.iter().filter(|file| file.changed()) {
+            tracing::info!(file = %file.path.display(), "a file the configuration reads changed");
+        }
         let _ = reload(&shared, &path, &env);
     }
 }

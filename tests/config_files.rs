@@ -1,7 +1,7 @@
 //! The YAML files shipped in `config/` load, and say what they claim to.
 use std::path::Path;
 
-use bearerd::config::{Config, Env, TokenEndpoint};
+use bearerd::config::{ClientAuth, Config, Env, RequestBody, TokenEndpoint};
 
 fn load(name: &str) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
@@ -29,6 +29,8 @@ fn the_reference_loads_and_shows_the_defaults() {
     assert_eq!(billing.timeout.as_secs(), 10);
     assert_eq!(config.upstream_timeout.as_secs(), 60);
     assert_eq!(billing.scopes, ["invoices.read", "invoices.write"]);
+    assert_eq!(billing.client_auth, ClientAuth::ClientSecretBasic);
+    assert_eq!(billing.request_body, RequestBody::Form);
 }
 
 #[test]

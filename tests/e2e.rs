@@ -541,6 +541,86 @@ async fn trace_logs_are_json_lines_and_never_show_a_secret_private_key_or_token(
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_secret_file_reloads_the_running_binary_and_never_shows_in_its_logs() {
+    const FIRST: &str = "first-rotating-secret-7d2e";
+    const SECOND: &str = "second-rotating-secret-91ab";
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let mut mounted = Mounted::new(&[("client-secret", format!("{FIRST}\n").as_bytes())]);
+    let secret_file = mounted.path("client-secret");
+    let config = format!(
+        "config_watch_interval: 100ms\nauth_configs:\n  - id: billing\n    token_url: {}\n    client_id: e2e-client\n    client_auth: client_secret_post\n    client_secret_file: {}\n    allowed_hosts: [127.0.0.1]\n",
+        tokens.url(),
+        secret_file.display()
+    );
+    let bearerd = Bearerd::start(&config, "trace", &[]);
+    let get = |token: &str| {
+        curl(&bearerd)
+            .args(["-H", "X-Auth-Config: billing"])
+            .arg(format!("http://{}/only/{token}", echo.addr))
+            .output()
+    };
+    let sent = |n: usize| form_value(&tokens.requests()[n].body, "client_secret");
+    let reloads = |outcome: &'static str| {
+        let bearerd = &bearerd;
+        async move {
+            let (_, metrics) = bearerd.admin_get("/metrics").await;
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("bearerd_config_reloads_total{{outcome=\"{outcome}\"}} ")))
+                .map(str::to_owned)
+        }
+    };
+
+    let first = get("tok-1").await.unwrap();
+    assert_eq!(Echoed::parse(&first.stdout).all("authorization"), ["Bearer tok-1"]);
+    assert_eq!(sent(0).as_deref(), Some(FIRST));
+
+    mounted.update(&[("client-secret", format!("{SECOND}\n").as_bytes())]);
+    eventually("the reload", || async {
+        reloads("success").await.as_deref() == Some("1")
+    })
+    .await;
+    let replayed = get("tok-2").await.unwrap();
+    assert_eq!(Echoed::parse(&replayed.stdout).all("authorization"), ["Bearer tok-2"]);
+    assert_eq!(sent(1).as_deref(), Some(SECOND));
+
+    // The key removed from the Secret: the reload fails, naming the file; the second secret
+    // stays in force.
+    mounted.update(&[]);
+    eventually("the failed reload", || async {
+        reloads("error").await.as_deref() == Some("1")
+    })
+    .await;
+    let logs = bearerd
+        .logs_when("the failed reload's line", |logs| {
+            logs.contains("the previous configuration stays in force")
+        })
+        .await;
+    let changed = serde_json::json!({ "file": secret_file.display().to_string() }).to_string();
+    let changed = &changed[1..changed.len() - 1];
+    assert_eq!(
+        logs.matches("a file the configuration reads changed").count(),
+        2,
+        "one line per change: {logs}"
+    );
+    assert!(logs.contains(changed), "{changed} in {logs}");
+    assert!(
+        logs.contains(&format!(
+            "auth config `billing`: client_secret_file: cannot read {}",
+            secret_file.display()
+        )),
+        "{logs}"
+    );
+    let still = get("tok-2").await.unwrap();
+    assert_eq!(Echoed::parse(&still.stdout).all("authorization"), ["Bearer tok-2"]);
+    assert_eq!(tokens.count(), 2);
+    for secret in [FIRST, SECOND] {
+        assert!(!bearerd.logs().contains(secret), "`{secret}` appears in the trace logs");
+    }
+}
+
 fn form_value(body: &str, name: &str) -> Option<String> {
     body.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;

@@ -17,6 +17,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// A secret that breaks naive Basic authentication: `:` `/` `+` `%` `=` `&` `?` and `@`.
 const HARD_SECRET: &str = "p@ss:w0rd/+%=&?";
 const POST_SECRET: &str = "post-secret-with space+plus";
+/// The key of `client_secret_jwt`'s HS256: at least 32 bytes of printable ASCII (the provider
+/// takes no other, RFC 6749 Appendix A.2), some that a form would escape.
+const HMAC_SECRET: &str = "hmac-secret: 32+ bytes, with %, & and +";
 
 /// The provider, on a free loopback port; stopped when dropped.
 struct Provider {
@@ -65,6 +68,16 @@ impl Provider {
                 "client_id": "bearerd-post",
                 "client_secret": POST_SECRET,
                 "token_endpoint_auth_method": "client_secret_post",
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "redirect_uris": [],
+                "scope": "api.read",
+            },
+            {
+                "client_id": "bearerd-hmac",
+                "client_secret": HMAC_SECRET,
+                "token_endpoint_auth_method": "client_secret_jwt",
+                "token_endpoint_auth_signing_alg": "HS256",
                 "grant_types": ["client_credentials"],
                 "response_types": [],
                 "redirect_uris": [],
@@ -239,6 +252,60 @@ async fn a_scope_the_provider_knows_but_the_client_may_not_have_is_refused_by_na
     let error = bearerd_error(token_through_bearerd(&yaml, &echo).await).await;
     assert_eq!(error.code, "token_unavailable");
     assert!(error.message.contains("invalid_scope"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn client_secret_jwt_gets_a_token_the_provider_issued_to_that_client() {
+    let provider = Provider::start().await;
+    let echo = Echo::start().await;
+    let token = injected_token(
+        &config(&provider, "bearerd-hmac", HMAC_SECRET, "client_secret_jwt"),
+        &echo,
+    )
+    .await;
+    // The provider's introspection endpoint takes the client's own method: an HS256
+    // assertion with the issuer as its audience.
+    let assertion = bearerd::assertion::secret_assertion(
+        &bearerd::secret::ClientSecret::new(HMAC_SECRET),
+        "bearerd-hmac",
+        &provider.issuer,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let info: serde_json::Value = direct_client()
+        .post(format!("{}/token/introspection", provider.issuer))
+        .form(&[
+            ("token", token.as_str()),
+            ("client_id", "bearerd-hmac"),
+            ("client_assertion_type", bearerd::assertion::ASSERTION_TYPE),
+            ("client_assertion", &assertion),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["client_id"], "bearerd-hmac", "{info}");
+    assert_eq!(info["scope"], "api.read", "{info}");
+}
+
+#[tokio::test]
+async fn client_secret_jwt_keyed_with_a_wrong_secret_is_invalid_client() {
+    let provider = Provider::start().await;
+    let echo = Echo::start().await;
+    let wrong = "a-wrong-secret-that-is-32-bytes-long";
+    let response = token_through_bearerd(&config(&provider, "bearerd-hmac", wrong, "client_secret_jwt"), &echo).await;
+    let error = bearerd_error(response).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
+    assert!(
+        error.message.contains("(HTTP 401): invalid_client"),
+        "{}",
+        error.message
+    );
+    assert!(!error.message.contains(wrong));
+    assert_eq!(echo.requests(), 0);
 }
 
 /// A `private_key_jwt` config for `client_id`, signing with `key` as `alg`.

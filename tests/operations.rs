@@ -386,6 +386,131 @@ async fn a_configmap_style_symlink_swap_is_reloaded() {
     assert_eq!(bearerd.config().auth_config("b").unwrap().scopes, ["two"]);
 }
 
+/// The value of form field `name` in a recorded token request.
+fn form_field(request: &Recorded, name: &str) -> String {
+    form_urlencoded::parse(&request.bytes)
+        .find(|(key, _)| key == name)
+        .map_or_else(
+            || panic!("no {name} in {}", request.body),
+            |(_, value)| value.into_owned(),
+        )
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_rotated_kubernetes_secret_is_used_from_the_next_token_request_on_and_the_token_kept() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let mut secret = Mounted::new(&[("client-secret", b"first-secret\n")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "auth_configs:\n  - id: billing\n    token_url: {}\n    client_id: billing-client\n    client_auth: client_secret_post\n    client_secret_file: {}\n    allowed_hosts: [127.0.0.1]\n",
+            tokens.url(),
+            secret.path("client-secret").display()
+        ),
+    )
+    .unwrap();
+    let bearerd = start_watching(&path).await;
+    let client = proxied_client(bearerd.proxy_addr);
+    // A request the upstream accepts only with `token`: any other is refused (401), dropped,
+    // and replaced by a new token request before the one replay.
+    let token_for = |token: &str| {
+        let url = format!("http://{}/only/{token}", echo.addr);
+        let client = client.clone();
+        async move {
+            let response = get_with_config(&client, &url, "billing").await;
+            assert_eq!(response.status(), 200, "{url}");
+            echoed(response).await.header("authorization").unwrap().to_owned()
+        }
+    };
+    let secret_sent = |n: usize| form_field(&tokens.requests()[n], "client_secret");
+
+    assert_eq!(token_for("tok-1").await, "Bearer tok-1");
+    assert_eq!(secret_sent(0), "first-secret");
+
+    // The kubelet swaps in the rotated secret: reloaded, and the token fetched with the old
+    // secret stays in use until it is refused (or expires).
+    secret.update(&[("client-secret", b"second-secret\n")]);
+    eventually("the reload", || async { reloads(&bearerd, "success").await == 1.0 }).await;
+    assert_eq!(token_for("tok-1").await, "Bearer tok-1");
+    assert_eq!(tokens.count(), 1, "the cached token was kept");
+    assert_eq!(token_for("tok-2").await, "Bearer tok-2");
+    assert_eq!(tokens.count(), 2);
+    assert_eq!(secret_sent(1), "second-secret");
+
+    // The key disappears: a failed reload, like a bad config file's. The configuration in
+    // force, its secret and its token stay.
+    secret.update(&[]);
+    eventually("the failed reload", || async {
+        reloads(&bearerd, "error").await == 1.0
+    })
+    .await;
+    assert_eq!(token_for("tok-2").await, "Bearer tok-2");
+    assert_eq!(tokens.count(), 2);
+    assert_eq!(token_for("tok-3").await, "Bearer tok-3");
+    assert_eq!(secret_sent(2), "second-secret");
+
+    // It comes back with a third secret: reloaded; the missing file was reported once.
+    secret.update(&[("client-secret", b"third-secret\n")]);
+    eventually("the second reload", || async {
+        reloads(&bearerd, "success").await == 2.0
+    })
+    .await;
+    assert_eq!(reloads(&bearerd, "error").await, 1.0);
+    assert_eq!(token_for("tok-3").await, "Bearer tok-3");
+    assert_eq!(token_for("tok-4").await, "Bearer tok-4");
+    assert_eq!(secret_sent(3), "third-secret");
+    assert_eq!(tokens.count(), 4);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_rotated_client_certificate_is_presented_from_the_next_token_request_on() {
+    let ca = TestCa::new();
+    let tokens = TokenServer::with_tls(ca.mtls_server_config()).await;
+    let echo = Echo::start().await;
+    let (cert, key, first) = ca.client_identity("bearerd-client");
+    let mut mounted = Mounted::new(&[("tls.crt", cert.as_bytes()), ("tls.key", key.as_bytes())]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "tls: {{ ca_file: {} }}\nauth_configs:\n  - id: billing\n    token_url: {}\n    client_id: billing-client\n    client_auth: tls_client_auth\n    client_cert_file: {}\n    client_key_file: {}\n    allowed_hosts: [127.0.0.1]\n",
+            ca.write_ca(dir.path()).display(),
+            tokens.https_url(),
+            mounted.path("tls.crt").display(),
+            mounted.path("tls.key").display()
+        ),
+    )
+    .unwrap();
+    let bearerd = start_watching(&path).await;
+    let client = proxied_client(bearerd.proxy_addr);
+    let status = |token: &str| {
+        let url = format!("http://{}/only/{token}", echo.addr);
+        let client = client.clone();
+        async move { get_with_config(&client, &url, "billing").await.status() }
+    };
+    assert_eq!(status("tok-1").await, 200);
+    assert!(tokens.requests()[0].client_certificate.as_ref() == Some(&first));
+
+    let (cert, key, second) = ca.client_identity("bearerd-client");
+    assert_ne!(first, second);
+    mounted.update(&[("tls.crt", cert.as_bytes()), ("tls.key", key.as_bytes())]);
+    eventually("the reload", || async { reloads(&bearerd, "success").await == 1.0 }).await;
+    assert_eq!(status("tok-1").await, 200);
+    assert_eq!(tokens.count(), 1, "the cached token was kept");
+    assert_eq!(status("tok-2").await, 200);
+    assert_eq!(tokens.count(), 2);
+    assert!(
+        tokens.requests()[1].client_certificate.as_ref() == Some(&second),
+        "the rotated certificate"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_lets_the_request_in_flight_finish_and_refuses_new_connections() {
     let world = World::billing("").await;

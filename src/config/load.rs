@@ -18,7 +18,8 @@ use super::raw::{RawAuthConfig, RawDuration, RawInject, RawRoute, RawScopes, Raw
 use super::time::{parse_duration, parse_timestamp};
 use super::{
     AuthConfig, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, GOOGLE_ISSUER, HostPattern,
-    Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey, TokenEndpoint, check_endpoint_url,
+    Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey, TokenEndpoint, WatchedFile,
+    check_endpoint_url,
 };
 use crate::http1;
 use crate::secret::ClientSecret;
@@ -30,6 +31,7 @@ pub(super) fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Config, L
         env,
         errors: Vec::new(),
         from_env: HashMap::new(),
+        watched: Vec::new(),
     };
     let config = loader.load(text);
     match config {
@@ -63,6 +65,8 @@ struct Loader<'a> {
     errors: Vec<ConfigError>,
     /// (config id, top-level field) → the variable that set it, for messages.
     from_env: HashMap<(String, String), String>,
+    /// The secret, key and certificate files read so far.
+    watched: Vec<WatchedFile>,
 }
 
 /// A route, validated, before auth configs are final.
@@ -184,6 +188,7 @@ impl Loader<'_> {
             config_watch_interval,
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
+            watched_files: std::mem::take(&mut self.watched),
             auth_configs,
             routes,
             by_id,
@@ -421,6 +426,7 @@ impl Loader<'_> {
             client_id,
             client_auth: raw.client_auth,
             credential,
+            request_body: raw.request_body,
             scopes,
             extra_params,
             inject,
@@ -444,14 +450,17 @@ impl Loader<'_> {
         }
     }
 
-    /// The credential `client_auth` needs, and no other: a secret, a signing key, or a
-    /// client certificate.
+    /// The credential `client_auth` needs, and no other: a secret, a signing key, a client
+    /// certificate, or (`none`) nothing at all.
     fn credential(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<Credential> {
         let method = raw.client_auth;
-        let uses_secret = matches!(method, ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost);
         let stray: [(&str, bool, bool); 5] = [
-            ("client_secret", raw.client_secret.is_some(), uses_secret),
-            ("client_secret_file", raw.client_secret_file.is_some(), uses_secret),
+            ("client_secret", raw.client_secret.is_some(), method.uses_secret()),
+            (
+                "client_secret_file",
+                raw.client_secret_file.is_some(),
+                method.uses_secret(),
+            ),
             (
                 "private_key_file",
                 raw.private_key_file.is_some(),
@@ -483,53 +492,83 @@ impl Loader<'_> {
             ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost => self
                 .client_secret(cid, raw.client_secret.take(), raw.client_secret_file.take())
                 .map(Credential::Secret),
-            ClientAuth::PrivateKeyJwt => {
-                let Some(path) = &raw.private_key_file else {
-                    self.error(cid, "private_key_file", "missing: private_key_jwt signs with this key");
-                    return None;
-                };
-                match std::fs::read(path) {
-                    Err(err) => {
-                        self.error(
-                            cid,
-                            "private_key_file",
-                            format!("cannot read {}: {err}", path.display()),
-                        );
-                        None
-                    }
-                    Ok(pem) => match SigningKey::from_pem(&pem, raw.signing_alg, raw.key_id.take()) {
-                        Ok(key) => Some(Credential::PrivateKey(key)),
-                        Err(message) => {
-                            self.error(cid, "private_key_file", format!("{}: {message}", path.display()));
-                            None
-                        }
-                    },
-                }
-            }
-            ClientAuth::TlsClientAuth => match (&raw.client_cert_file, &raw.client_key_file) {
-                (Some(cert), Some(key)) => match ClientCertificate::load(cert, key) {
-                    Ok(certificate) => Some(Credential::Certificate(certificate)),
-                    Err((field, message)) => {
-                        self.error(cid, field, message);
-                        None
-                    }
-                },
-                (cert, _) => {
-                    let field = if cert.is_none() {
-                        "client_cert_file"
-                    } else {
-                        "client_key_file"
-                    };
-                    self.error(
-                        cid,
-                        field,
-                        "missing: tls_client_auth needs client_cert_file and client_key_file",
-                    );
-                    None
-                }
-            },
+            ClientAuth::ClientSecretJwt => self.hmac_secret(cid, raw).map(Credential::Secret),
+            ClientAuth::PrivateKeyJwt => self.private_key(cid, raw).map(Credential::PrivateKey),
+            ClientAuth::TlsClientAuth => self.client_certificate(cid, raw).map(Credential::Certificate),
+            ClientAuth::None => Some(Credential::None),
         };
         credential.filter(|_| ok)
+    }
+
+    /// The client secret of `client_secret_jwt`, long enough to be an HS256 key.
+    fn hmac_secret(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<ClientSecret> {
+        let field = if raw.client_secret_file.is_some() {
+            "client_secret_file"
+        } else {
+            "client_secret"
+        };
+        let secret = self.client_secret(cid, raw.client_secret.take(), raw.client_secret_file.take())?;
+        if secret.expose().len() < crate::assertion::MIN_HMAC_KEY_BYTES {
+            self.error(
+                cid,
+                field,
+                format!(
+                    "client_secret_jwt signs with the secret as its HS256 key, which must be at least {} bytes (RFC 7518 §3.2)",
+                    crate::assertion::MIN_HMAC_KEY_BYTES
+                ),
+            );
+            return None;
+        }
+        Some(secret)
+    }
+
+    fn private_key(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<SigningKey> {
+        let Some(path) = raw.private_key_file.take() else {
+            self.error(cid, "private_key_file", "missing: private_key_jwt signs with this key");
+            return None;
+        };
+        let pem = self
+            .read_watched(&path)
+            .map_err(|err| {
+                self.error(
+                    cid,
+                    "private_key_file",
+                    format!("cannot read {}: {err}", path.display()),
+                );
+            })
+            .ok()?;
+        SigningKey::from_pem(&pem, raw.signing_alg, raw.key_id.take())
+            .map_err(|message| self.error(cid, "private_key_file", format!("{}: {message}", path.display())))
+            .ok()
+    }
+
+    fn client_certificate(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<ClientCertificate> {
+        let (cert_file, key_file) = match (raw.client_cert_file.take(), raw.client_key_file.take()) {
+            (Some(cert_file), Some(key_file)) => (cert_file, key_file),
+            (cert_file, _) => {
+                let field = if cert_file.is_none() {
+                    "client_cert_file"
+                } else {
+                    "client_key_file"
+                };
+                self.error(
+                    cid,
+                    field,
+                    "missing: tls_client_auth needs client_cert_file and client_key_file",
+                );
+                return None;
+            }
+        };
+        let mut read = |field: &str, path: &Path| {
+            self.read_watched(path)
+                .map_err(|err| self.error(cid, field, format!("cannot read {}: {err}", path.display())))
+                .ok()
+        };
+        let cert = read("client_cert_file", &cert_file);
+        let key = read("client_key_file", &key_file);
+        ClientCertificate::from_pem(&cert_file, &cert?, &key_file, &key?)
+            .map_err(|(field, message)| self.error(cid, field, message))
+            .ok()
     }
 
     fn client_secret(
@@ -552,14 +591,26 @@ impl Loader<'_> {
                 None
             }
             (Some(secret), None) => Some(secret),
-            (None, Some(path)) => match read_secret_file(&path) {
-                Ok(secret) => Some(secret),
-                Err(message) => {
-                    self.error(cid, "client_secret_file", message);
-                    None
+            (None, Some(path)) => {
+                let read = self
+                    .read_watched(&path)
+                    .map_err(|err| format!("cannot read {}: {err}", path.display()));
+                match read.and_then(|bytes| secret_from_file(&path, bytes)) {
+                    Ok(secret) => Some(secret),
+                    Err(message) => {
+                        self.error(cid, "client_secret_file", message);
+                        None
+                    }
                 }
-            },
+            }
         }
+    }
+
+    /// Reads a secret, key or certificate file, and remembers it for the watcher.
+    fn read_watched(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(path)?;
+        self.watched.push(WatchedFile::new(path.to_owned(), &bytes));
+        Ok(bytes)
     }
 
     fn secret_expiry(&mut self, cid: Option<&str>, raw: Option<RawTimestamp>) -> Option<SystemTime> {
@@ -944,8 +995,8 @@ fn named_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
-fn read_secret_file(path: &Path) -> Result<ClientSecret, String> {
-    let text = std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+fn secret_from_file(path: &Path, bytes: Vec<u8>) -> Result<ClientSecret, String> {
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     // Files written by `echo` end in a newline that is not part of the secret.
     let secret = text
         .strip_suffix('\n')

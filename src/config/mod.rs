@@ -56,6 +56,9 @@ pub struct Config {
     pub config_watch_interval: Duration,
     /// Extra trusted roots (PEM) for upstreams and token endpoints.
     pub ca_file: Option<PathBuf>,
+    /// The secret, key and certificate files the auth configs were read from, as they were
+    /// then: a watcher reloads when one of them changes, as it does for the file itself.
+    pub watched_files: Vec<WatchedFile>,
     /// In file order.
     pub auth_configs: Vec<Arc<AuthConfig>>,
     /// In file order; the first match wins.
@@ -93,6 +96,29 @@ impl Config {
     pub fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Self, LoadError> {
         load::from_yaml(source, text, env)
     }
+
+    /// A digest of what this configuration was loaded from: the file's text and the bytes of
+    /// every [`WatchedFile`].
+    #[must_use]
+    pub fn inputs_loaded(&self) -> u64 {
+        inputs_digest(self.text_hash, self.watched_files.iter().map(|file| Some(file.hash)))
+    }
+
+    /// The same digest over what is on disk now, `text` being the file's text as just read.
+    /// It equals [`Config::inputs_loaded`] until the file or a watched file changes (or a
+    /// watched file can no longer be read).
+    #[must_use]
+    pub fn inputs_now(&self, text: &[u8]) -> u64 {
+        inputs_digest(text_hash(text), self.watched_files.iter().map(WatchedFile::hash_now))
+    }
+}
+
+fn inputs_digest(text_hash: u64, files: impl Iterator<Item = Option<u64>>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text_hash.hash(&mut hasher);
+    files.for_each(|file| file.hash(&mut hasher));
+    hasher.finish()
 }
 
 /// One auth config: how to get a token and where it may go.
@@ -107,6 +133,8 @@ pub struct AuthConfig {
     pub client_auth: ClientAuth,
     /// What proves the client's identity; its kind matches `client_auth`.
     pub credential: Credential,
+    /// How the token request's parameters are encoded.
+    pub request_body: RequestBody,
     pub scopes: Vec<String>,
     pub extra_params: Vec<(String, String)>,
     pub inject: Inject,
@@ -179,6 +207,7 @@ impl AuthConfig {
             &self.endpoint.cache_key(),
             &self.client_id,
             self.client_auth.as_str(),
+            self.request_body.as_str(),
             &self.scopes.join(" "),
             &params.join("&"),
         ];
@@ -276,10 +305,14 @@ pub enum ClientAuth {
     #[default]
     ClientSecretBasic,
     ClientSecretPost,
+    /// RFC 7523 §2.2 with `OpenID` Connect Core §9: a JWT signed (HS256) with the client secret.
+    ClientSecretJwt,
     /// RFC 7523 §2.2: a JWT signed with the client's private key.
     PrivateKeyJwt,
     /// RFC 8705 §2.1: the client's certificate on the TLS connection.
     TlsClientAuth,
+    /// A public client (RFC 6749 §2.1): no credential, only `client_id` in the body.
+    None,
 }
 
 impl ClientAuth {
@@ -288,8 +321,41 @@ impl ClientAuth {
         match self {
             Self::ClientSecretBasic => "client_secret_basic",
             Self::ClientSecretPost => "client_secret_post",
+            Self::ClientSecretJwt => "client_secret_jwt",
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::TlsClientAuth => "tls_client_auth",
+            Self::None => "none",
+        }
+    }
+
+    /// Whether this method authenticates with the client secret.
+    #[must_use]
+    pub fn uses_secret(self) -> bool {
+        matches!(
+            self,
+            Self::ClientSecretBasic | Self::ClientSecretPost | Self::ClientSecretJwt
+        )
+    }
+}
+
+/// How a token request's parameters travel: the form RFC 6749 §4.4.2 names, or the same
+/// fields as one JSON object of strings, for providers that take only JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestBody {
+    /// `application/x-www-form-urlencoded`.
+    #[default]
+    Form,
+    /// `application/json`.
+    Json,
+}
+
+impl RequestBody {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Form => "form",
+            Self::Json => "json",
         }
     }
 }
@@ -300,6 +366,8 @@ pub enum Credential {
     Secret(ClientSecret),
     PrivateKey(SigningKey),
     Certificate(ClientCertificate),
+    /// A public client's (`client_auth: none`): nothing but its client id.
+    None,
 }
 
 impl Credential {
@@ -317,8 +385,11 @@ impl Credential {
 pub struct ClientCertificate {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
-    /// Where they came from, for messages and the client cache.
+    /// Where they came from, for messages.
     pub source: String,
+    /// Tells this certificate and key from others (a hash of both files' bytes, never shown),
+    /// so a TLS client built for them is not reused once they are rotated.
+    fingerprint: u64,
 }
 
 impl fmt::Debug for ClientCertificate {
@@ -327,14 +398,15 @@ impl fmt::Debug for ClientCertificate {
             .field("source", &self.source)
             .field("chain_len", &self.chain.len())
             .field("key", &"[redacted]")
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl ClientCertificate {
-    fn load(cert_file: &Path, key_file: &Path) -> Result<Self, (&'static str, String)> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-            .and_then(Iterator::collect)
+    /// From the bytes of `cert_file` (PEM certificates) and `key_file` (a PEM private key).
+    fn from_pem(cert_file: &Path, cert: &[u8], key_file: &Path, key: &[u8]) -> Result<Self, (&'static str, String)> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<_, _>>()
             .map_err(|err| {
                 (
                     "client_cert_file",
@@ -347,14 +419,63 @@ impl ClientCertificate {
                 format!("no PEM certificate in {}", cert_file.display()),
             ));
         }
-        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
+        let key_der = PrivateKeyDer::from_pem_slice(key).map_err(|err| {
             (
                 "client_key_file",
                 format!("cannot read a PEM private key from {}: {err}", key_file.display()),
             )
         })?;
         let source = format!("{} + {}", cert_file.display(), key_file.display());
-        Ok(Self { chain, key, source })
+        let fingerprint = text_hash(&[cert, key].concat());
+        Ok(Self {
+            chain,
+            key: key_der,
+            source,
+            fingerprint,
+        })
+    }
+
+    /// Differs between two certificates or keys read from different bytes.
+    #[must_use]
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+}
+
+/// A file an auth config was read from (client secret, private key, certificate), and a
+/// hash of the bytes read from it, so a watcher can tell when it changed. `Debug` shows the
+/// path only: the hash is of a secret.
+#[derive(Clone)]
+pub struct WatchedFile {
+    pub path: PathBuf,
+    hash: u64,
+}
+
+impl WatchedFile {
+    fn new(path: PathBuf, bytes: &[u8]) -> Self {
+        Self {
+            path,
+            hash: text_hash(bytes),
+        }
+    }
+
+    /// Whether `path` now holds other bytes than were read, or cannot be read.
+    #[must_use]
+    pub fn changed(&self) -> bool {
+        self.hash_now() != Some(self.hash)
+    }
+
+    /// A hash of what `path` holds now; `None` when it cannot be read.
+    fn hash_now(&self) -> Option<u64> {
+        std::fs::read(&self.path).ok().map(|bytes| text_hash(&bytes))
+    }
+}
+
+impl fmt::Debug for WatchedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchedFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::{ClientAuth, ConnectPolicy, DefaultAction, Grant, Provider, SigningAlg};
+use super::{ClientAuth, ConnectPolicy, DefaultAction, Grant, Provider, RequestBody, SigningAlg};
 use crate::secret::ClientSecret;
 
 #[derive(Deserialize)]
@@ -59,6 +59,8 @@ pub(super) struct RawAuthConfig {
     pub(super) client_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) client_auth: ClientAuth,
+    #[serde(default)]
+    pub(super) request_body: RequestBody,
     pub(super) private_key_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) signing_alg: SigningAlg,

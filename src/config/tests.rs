@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+
 use http::Method;
 
 use super::env::expand_vars;
@@ -711,4 +713,182 @@ fn expiry_skew_reads_like_the_other_durations_and_the_environment_wins() {
             "test.yaml: auth config `a`: expiry_skew (from BEARERD_CONFIG__A__EXPIRY_SKEW): `-1s` is not a duration (like 500ms, 30s, 5m, 1h)"
         ]
     );
+}
+
+#[test]
+fn request_body_client_secret_jwt_and_none_load() {
+    let base = "    token_url: https://idp.test/t\n    client_id: c\n    allowed_hosts: [h.test]\n";
+    let yaml = format!(
+        "auth_configs:
+  - id: form
+{base}    client_secret: s
+  - id: json
+{base}    client_secret: s
+    request_body: json
+  - id: hmac
+{base}    client_auth: client_secret_jwt
+    client_secret: a-secret-of-exactly-32-bytes-xyz
+  - id: public
+{base}    client_auth: none
+    request_body: json
+"
+    );
+    let config = load(&yaml).unwrap();
+    let get = |id| config.auth_config(id).unwrap();
+    assert_eq!(get("form").request_body, RequestBody::Form);
+    assert_eq!(get("json").request_body, RequestBody::Json);
+    let hmac = get("hmac");
+    assert_eq!(hmac.client_auth, ClientAuth::ClientSecretJwt);
+    assert_eq!(
+        hmac.credential.secret().unwrap().expose(),
+        "a-secret-of-exactly-32-bytes-xyz"
+    );
+    let public = get("public");
+    assert_eq!(public.client_auth, ClientAuth::None);
+    assert!(matches!(public.credential, Credential::None));
+    assert!(config.watched_files.is_empty());
+
+    // Each of them shapes the token: none shares a cache key with the plain form config.
+    let keys: HashSet<&str> = ["form", "json", "hmac", "public"]
+        .iter()
+        .map(|id| config.auth_configs[config.position(id).unwrap()].cache_key().as_str())
+        .collect();
+    assert_eq!(keys.len(), 4);
+    let same_but_json = load(&yaml.replacen("  - id: form\n", "  - id: form\n    request_body: json\n", 1)).unwrap();
+    assert_ne!(
+        same_but_json.auth_config("form").unwrap().cache_key(),
+        get("form").cache_key()
+    );
+    assert!(
+        get("json").cache_key().as_str().contains("\u{1f}json\u{1f}"),
+        "{}",
+        get("json").cache_key().as_str()
+    );
+
+    // From the environment too.
+    let environment = env(&[
+        ("BEARERD_CONFIG__PUB__TOKEN_URL", "https://idp.test/t"),
+        ("BEARERD_CONFIG__PUB__CLIENT_ID", "c"),
+        ("BEARERD_CONFIG__PUB__CLIENT_AUTH", "none"),
+        ("BEARERD_CONFIG__PUB__REQUEST_BODY", "json"),
+        ("BEARERD_CONFIG__PUB__ALLOWED_HOSTS", "h.test"),
+    ]);
+    let config = Config::from_yaml("test.yaml", "", &environment).unwrap();
+    let public = config.auth_config("pub").unwrap();
+    assert_eq!(
+        (public.client_auth, public.request_body),
+        (ClientAuth::None, RequestBody::Json)
+    );
+}
+
+#[test]
+fn bad_request_body_client_secret_jwt_and_none_settings_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let short = dir.path().join("short-secret");
+    std::fs::write(&short, "only-31-bytes-of-client-secret\n").unwrap();
+    let base = "    token_url: https://idp.test/t\n    client_id: c\n    allowed_hosts: [h.test]\n";
+    let yaml = format!(
+        "auth_configs:
+  - id: xml
+{base}    client_secret: s
+    request_body: xml
+  - id: typo
+{base}    client_auth: client_secret_jws
+    client_secret: s
+  - id: none-with-secret
+{base}    client_auth: none
+    client_secret: s
+  - id: none-with-key
+{base}    client_auth: none
+    private_key_file: {key}
+  - id: hmac-short
+{base}    client_auth: client_secret_jwt
+    client_secret: short
+  - id: hmac-short-file
+{base}    client_auth: client_secret_jwt
+    client_secret_file: {short}
+  - id: hmac-missing
+{base}    client_auth: client_secret_jwt
+  - id: hmac-with-key
+{base}    client_auth: client_secret_jwt
+    client_secret: a-secret-of-exactly-32-bytes-xyz
+    private_key_file: {key}
+",
+        key = key.display(),
+        short = short.display()
+    );
+    let got = errors(&yaml, &Env::new());
+    let expected = [
+        "test.yaml: auth config `xml`: request_body: unknown variant `xml`, expected `form` or `json`".to_owned(),
+        "test.yaml: auth config `typo`: client_auth: unknown variant `client_secret_jws`, expected one of `client_secret_basic`, `client_secret_post`, `client_secret_jwt`, `private_key_jwt`, `tls_client_auth`, `none`".to_owned(),
+        "test.yaml: auth config `none-with-secret`: client_secret: does not apply to client_auth: none".to_owned(),
+        "test.yaml: auth config `none-with-key`: private_key_file: does not apply to client_auth: none".to_owned(),
+        "test.yaml: auth config `hmac-short`: client_secret: client_secret_jwt signs with the secret as its HS256 key, which must be at least 32 bytes (RFC 7518 §3.2)".to_owned(),
+        "test.yaml: auth config `hmac-short-file`: client_secret_file: client_secret_jwt signs with the secret as its HS256 key, which must be at least 32 bytes (RFC 7518 §3.2)".to_owned(),
+        "test.yaml: auth config `hmac-missing`: client_secret: missing: set client_secret or client_secret_file".to_owned(),
+        "test.yaml: auth config `hmac-with-key`: private_key_file: does not apply to client_auth: client_secret_jwt".to_owned(),
+    ];
+    assert_eq!(got, expected, "got:\n{}", got.join("\n"));
+    // The secret's value never appears in a message.
+    assert!(!got.iter().any(|g| g.contains("only-31-bytes")), "{got:?}");
+
+    let environment = env(&[
+        ("BEARERD_CONFIG__E__TOKEN_URL", "https://idp.test/t"),
+        ("BEARERD_CONFIG__E__CLIENT_ID", "c"),
+        ("BEARERD_CONFIG__E__CLIENT_SECRET", "s"),
+        ("BEARERD_CONFIG__E__REQUEST_BODY", "yaml"),
+        ("BEARERD_CONFIG__E__ALLOWED_HOSTS", "h.test"),
+    ]);
+    assert_eq!(
+        errors("", &environment),
+        [
+            "test.yaml: auth config `e`: request_body (from BEARERD_CONFIG__E__REQUEST_BODY): unknown variant `yaml`, expected `form` or `json`"
+        ]
+    );
+}
+
+#[test]
+fn the_secret_key_and_certificate_files_read_are_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "first\n").unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let identity = rcgen::generate_simple_self_signed(vec!["client.test".to_owned()]).unwrap();
+    let (cert, cert_key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    std::fs::write(&cert, identity.cert.pem()).unwrap();
+    std::fs::write(&cert_key, identity.signing_key.serialize_pem()).unwrap();
+    let base = "    token_url: https://idp.test/t\n    client_id: c\n    allowed_hosts: [h.test]\n";
+    let yaml = format!(
+        "auth_configs:\n  - id: a\n{base}    client_secret_file: {}\n  - id: b\n{base}    client_auth: private_key_jwt\n    private_key_file: {}\n    signing_alg: ES256\n  - id: c\n{base}    client_auth: tls_client_auth\n    client_cert_file: {}\n    client_key_file: {}\n",
+        secret.display(),
+        key.display(),
+        cert.display(),
+        cert_key.display()
+    );
+    let config = load(&yaml).unwrap();
+    let paths: Vec<&Path> = config.watched_files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(paths, [&secret, &key, &cert, &cert_key]);
+    assert!(config.watched_files.iter().all(|f| !f.changed()));
+    let text = yaml.as_bytes();
+    assert_eq!(config.inputs_now(text), config.inputs_loaded());
+    // The Debug output names the file, never the hash of a secret.
+    let shown = format!("{:?}", config.watched_files[0]);
+    assert_eq!(shown, format!("WatchedFile {{ path: {secret:?}, .. }}"));
+
+    // A new secret, the same bytes again, an unreadable file, a changed config text.
+    std::fs::write(&secret, "second\n").unwrap();
+    assert!(config.watched_files[0].changed());
+    let rotated = config.inputs_now(text);
+    assert_ne!(rotated, config.inputs_loaded());
+    std::fs::write(&secret, "first\n").unwrap();
+    assert_eq!(config.inputs_now(text), config.inputs_loaded());
+    std::fs::remove_file(&secret).unwrap();
+    assert!(config.watched_files[0].changed());
+    let gone = config.inputs_now(text);
+    assert!(gone != config.inputs_loaded() && gone != rotated);
+    std::fs::write(&secret, "first\n").unwrap();
+    assert_ne!(config.inputs_now(b"other text"), config.inputs_loaded());
 }

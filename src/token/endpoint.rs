@@ -1,5 +1,6 @@
-//! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials),
-//! client authentication (§2.3.1), and strict reading of the response (§5.1, §5.2).
+//! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials), as a
+//! form or a JSON object, client authentication (§2.3.1, RFC 7523 §2.2, RFC 8705 §2.1, or
+//! none), and strict reading of the response (§5.1, §5.2).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::discovery::{self, Discovered, quote};
-use crate::config::{AuthConfig, ClientAuth, Credential, TokenEndpoint, endpoint_name};
+use crate::config::{AuthConfig, ClientAuth, Credential, RequestBody, TokenEndpoint, endpoint_name};
 use crate::secret::{AccessToken, ClientSecret};
 use crate::tls;
 
@@ -74,8 +75,9 @@ impl TokenError {
 pub struct TokenClient {
     http: reqwest::Client,
     roots: Arc<rustls::RootCertStore>,
-    /// Clients presenting a certificate (`tls_client_auth`), by the config's cache key.
-    with_certificate: Mutex<HashMap<String, reqwest::Client>>,
+    /// Clients presenting a certificate (`tls_client_auth`), by the config's cache key, each
+    /// with the fingerprint of the certificate and key it presents.
+    with_certificate: Mutex<HashMap<String, (u64, reqwest::Client)>>,
     /// Discovery documents read so far, by issuer and document URL.
     documents: Mutex<HashMap<String, Arc<Discovered>>>,
 }
@@ -107,7 +109,10 @@ impl TokenClient {
             return Ok(self.http.clone());
         };
         let mut clients = self.with_certificate.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = clients.get(config.cache_key().as_str()) {
+        // A rotated certificate (a reload keeps the cache key) needs a client of its own.
+        if let Some((fingerprint, client)) = clients.get(config.cache_key().as_str())
+            && *fingerprint == certificate.fingerprint()
+        {
             return Ok(client.clone());
         }
         let invalid = |cause: String| TokenError::Transport {
@@ -121,7 +126,10 @@ impl TokenClient {
         )
         .map_err(|err| invalid(err.to_string()))?;
         let client = build_client(tls).map_err(|err| invalid(err.to_string()))?;
-        clients.insert(config.cache_key().as_str().to_owned(), client.clone());
+        clients.insert(
+            config.cache_key().as_str().to_owned(),
+            (certificate.fingerprint(), client.clone()),
+        );
         Ok(client)
     }
 
@@ -230,40 +238,43 @@ impl TokenClient {
     /// One token request to `url`.
     async fn request_token(&self, config: &AuthConfig, url: &Url) -> Result<TokenResponse, TokenError> {
         let endpoint = endpoint_name(url);
-        let mut form: Vec<(&str, &str)> = vec![("grant_type", config.grant.as_str())];
+        let mut params: Vec<(&str, &str)> = vec![("grant_type", config.grant.as_str())];
         let scope = config.scopes.join(" ");
         if !scope.is_empty() {
-            form.push(("scope", &scope));
+            params.push(("scope", &scope));
         }
         for (name, value) in &config.extra_params {
-            form.push((name, value));
+            params.push((name, value));
         }
         let mut request = self.client(config, url)?.post(url.clone()).timeout(config.timeout);
-        let assertion;
-        match (config.client_auth, &config.credential) {
-            (ClientAuth::ClientSecretBasic, Credential::Secret(secret)) => {
+        let assertion = client_assertion(config, url)?;
+        match (config.client_auth, &config.credential, &assertion) {
+            (ClientAuth::ClientSecretBasic, Credential::Secret(secret), _) => {
                 request = request.header(header::AUTHORIZATION, basic_auth(&config.client_id, secret));
             }
-            (ClientAuth::ClientSecretPost, Credential::Secret(secret)) => {
-                form.push(("client_id", &config.client_id));
-                form.push(("client_secret", secret.expose()));
+            (ClientAuth::ClientSecretPost, Credential::Secret(secret), _) => {
+                params.push(("client_id", &config.client_id));
+                params.push(("client_secret", secret.expose()));
             }
-            (ClientAuth::PrivateKeyJwt, Credential::PrivateKey(key)) => {
-                assertion = key
-                    .assertion(&config.client_id, url.as_str(), SystemTime::now())
-                    .map_err(|err| TokenError::Invalid(err.to_string()))?;
-                form.push(("client_id", &config.client_id));
-                form.push(("client_assertion_type", crate::assertion::ASSERTION_TYPE));
-                form.push(("client_assertion", &assertion));
+            (ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt, _, Some(assertion)) => {
+                params.push(("client_id", &config.client_id));
+                params.push(("client_assertion_type", crate::assertion::ASSERTION_TYPE));
+                params.push(("client_assertion", assertion));
             }
-            (ClientAuth::TlsClientAuth, Credential::Certificate(_)) => form.push(("client_id", &config.client_id)),
+            (ClientAuth::TlsClientAuth, Credential::Certificate(_), _) | (ClientAuth::None, Credential::None, _) => {
+                params.push(("client_id", &config.client_id));
+            }
             _ => {
                 return Err(TokenError::Invalid(
                     "client_auth does not match the configured credential".into(),
                 ));
             }
         }
-        let request = request.header(header::ACCEPT, "application/json").form(&form);
+        let (content_type, body) = encode_body(config.request_body, &params);
+        let request = request
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body);
 
         let transport = |err: reqwest::Error| {
             if err.is_timeout() {
@@ -295,6 +306,47 @@ impl TokenClient {
             .await
             .map_err(|err| err.map_or(TokenError::TooLarge, transport))?;
         parse_response(status, &content_type, &body, config.credential.secret())
+    }
+}
+
+/// The signed JWT of `client_secret_jwt` and `private_key_jwt`, made for this request to
+/// `url`; `None` for the other methods.
+fn client_assertion(config: &AuthConfig, url: &Url) -> Result<Option<String>, TokenError> {
+    let now = SystemTime::now();
+    let signed = match (config.client_auth, &config.credential) {
+        (ClientAuth::ClientSecretJwt, Credential::Secret(secret)) => {
+            crate::assertion::secret_assertion(secret, &config.client_id, url.as_str(), now)
+        }
+        (ClientAuth::PrivateKeyJwt, Credential::PrivateKey(key)) => key.assertion(&config.client_id, url.as_str(), now),
+        _ => return Ok(None),
+    };
+    signed.map(Some).map_err(|err| TokenError::Invalid(err.to_string()))
+}
+
+/// The token request's parameters as a body of `kind`, and its content type. JSON holds the
+/// same fields as the form, in the same order, as one object of strings.
+fn encode_body(kind: RequestBody, params: &[(&str, &str)]) -> (&'static str, String) {
+    match kind {
+        RequestBody::Form => {
+            let form = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params)
+                .finish();
+            ("application/x-www-form-urlencoded", form)
+        }
+        RequestBody::Json => {
+            let mut json = String::from("{");
+            for (i, (name, value)) in params.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                // A JSON string value displays as its quoted, escaped text.
+                json.push_str(&serde_json::Value::from(*name).to_string());
+                json.push(':');
+                json.push_str(&serde_json::Value::from(*value).to_string());
+            }
+            json.push('}');
+            ("application/json", json)
+        }
     }
 }
 

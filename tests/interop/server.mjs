@@ -6,7 +6,8 @@
 // $INTEROP_CLIENTS (a JSON array of oidc-provider client metadata). With $INTEROP_KEY_DIR,
 // it generates an RSA and a P-256 key pair with Node's crypto, writes the private keys there
 // (rsa-pkcs1.pem, rsa-pkcs8.pem, ec-sec1.pem), and gives a client with "jwks_from": "rsa" or
-// "ec" that public key (kid rsa-1 or ec-1) for private_key_jwt.
+// "ec" that public key (kid rsa-1 or ec-1) for private_key_jwt. A client registered with
+// client_secret_jwt authenticates with an HS256 assertion keyed with its client_secret.
 //
 // With $INTEROP_TLS_CERT, $INTEROP_TLS_KEY and $INTEROP_TLS_CA (PEM text), it also serves
 // HTTPS on another loopback port, asking every client for a certificate, and enables
@@ -86,6 +87,7 @@ provider = new Provider(issuer, {
   clientAuthMethods: [
     'client_secret_basic',
     'client_secret_post',
+    'client_secret_jwt',
     'private_key_jwt',
     ...(tls ? ['tls_client_auth'] : []),
   ],

@@ -38,7 +38,10 @@ pub struct Recorded {
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
+    /// The body as text (invalid UTF-8 replaced), for reading.
     pub body: String,
+    /// The body exactly as it arrived, for byte-exact checks.
+    pub bytes: Bytes,
     /// The DER of the TLS client certificate the caller presented, if any.
     pub client_certificate: Option<Vec<u8>>,
 }
@@ -116,6 +119,7 @@ impl TokenServer {
                                     path: parts.uri.to_string(),
                                     headers: parts.headers,
                                     body: String::from_utf8_lossy(&body).into_owned(),
+                                    bytes: body,
                                     client_certificate,
                                 };
                                 let n = {
@@ -736,6 +740,56 @@ pub async fn start_bearerd_env(yaml: &str, env: &Env) -> bearerd::Server {
     let yaml = format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{yaml}");
     let config = Config::from_yaml("test.yaml", &yaml, env).unwrap_or_else(|err| panic!("{err}"));
     bearerd::Server::start(config).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes volumes
+
+/// A directory laid out as the kubelet mounts a `Secret` or `ConfigMap`: each key a symlink
+/// `key -> ..data/key`, `..data` a symlink to a timestamped directory holding this version's
+/// files. [`Mounted::update`] swaps versions the kubelet's way: a new directory, a new
+/// link, renamed over `..data` in one step, the old directory removed.
+#[cfg(unix)]
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    version: usize,
+}
+
+#[cfg(unix)]
+impl Mounted {
+    /// Mounted with `files` (name, content) as the first version.
+    pub fn new(files: &[(&str, &[u8])]) -> Self {
+        let mut mounted = Self {
+            dir: tempfile::tempdir().unwrap(),
+            version: 0,
+        };
+        mounted.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), mounted.path(name)).unwrap();
+        }
+        mounted
+    }
+
+    /// Where the app reads key `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The next version: exactly `files` (a key left out can no longer be read).
+    pub fn update(&mut self, files: &[(&str, &[u8])]) {
+        let root = self.dir.path();
+        self.version += 1;
+        let name = format!("..2026_11_23_10_00_00.{}", self.version);
+        std::fs::create_dir(root.join(&name)).unwrap();
+        for (file, content) in files {
+            std::fs::write(root.join(&name).join(file), content).unwrap();
+        }
+        std::os::unix::fs::symlink(&name, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        if self.version > 1 {
+            std::fs::remove_dir_all(root.join(format!("..2026_11_23_10_00_00.{}", self.version - 1))).unwrap();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,244 @@
+//! The token request on the wire, byte for byte, as the recording token endpoint received
+//! it: the form body and its JSON twin (`request_body: json`) for every client
+//! authentication, `client_secret_jwt`'s HS256 assertion, and a public client (`none`).
+mod support;
+
+use std::collections::HashMap;
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use support::*;
+
+const SECRET: &str = "p@ss:w0rd/+%=&?";
+/// Long enough to key HS256 (32 bytes), with characters JSON and forms must escape.
+const HMAC_SECRET: &str = "hmac \"secret\" \\ of 32+ bytes: é&=";
+/// An extra parameter whose value JSON and forms must each escape their own way.
+const TAG: &str = "a \"b\" \\ é&=+";
+
+/// Auth config `id` at `tokens`, with scopes, extra params and `body` (a `request_body`
+/// line or nothing), authenticating with `auth` (its YAML lines).
+fn auth_config(id: &str, tokens: &TokenServer, body: &str, auth: &str) -> String {
+    format!(
+        "  - id: {id}\n    token_url: {}\n    client_id: billing-client\n{auth}    scopes: [a.read, b.write]\n    extra_params: {{ audience: \"https://api.test/\", tag: {} }}\n{body}    allowed_hosts: [127.0.0.1]\n",
+        tokens.url(),
+        serde_json::Value::from(TAG),
+    )
+}
+
+/// Sends one request through bearerd with each config in `ids`, in order, and returns the
+/// token request each one caused.
+async fn token_requests(bearerd: &bearerd::Server, echo: &Echo, tokens: &TokenServer, ids: &[&str]) -> Vec<Recorded> {
+    let proxy = proxied_client(bearerd.proxy_addr);
+    for (i, id) in ids.iter().enumerate() {
+        let seen = echoed(get_with_config(&proxy, &format!("http://{}/x", echo.addr), id).await).await;
+        assert_eq!(seen.all("authorization"), [format!("Bearer tok-{}", i + 1)], "{id}");
+    }
+    let requests = tokens.requests();
+    assert_eq!(requests.len(), ids.len());
+    requests
+}
+
+/// bearerd with each of `configs` (id, `request_body` line or nothing, client authentication
+/// lines) at one token endpoint, and the token request one request through each caused.
+async fn requests_of(configs: &[(&str, &str, &str)]) -> (TokenServer, HashMap<String, Recorded>) {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let yaml: String = configs
+        .iter()
+        .map(|(id, body, auth)| auth_config(id, &tokens, body, auth))
+        .collect();
+    let bearerd = start_bearerd(&format!("auth_configs:\n{yaml}")).await;
+    let ids: Vec<&str> = configs.iter().map(|(id, ..)| *id).collect();
+    let requests = token_requests(&bearerd, &echo, &tokens, &ids).await;
+    let by_id = ids.iter().map(|id| (*id).to_owned()).zip(requests).collect();
+    (tokens, by_id)
+}
+
+/// The request's body, as bytes, exactly; and its framing and content type.
+fn assert_body(request: &Recorded, content_type: &str, body: &str) {
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/oauth2/token");
+    assert_eq!(request.header("content-type"), Some(content_type));
+    assert_eq!(request.header("accept"), Some("application/json"));
+    assert_eq!(request.header("content-length"), Some(body.len().to_string().as_str()));
+    assert_eq!(request.bytes, body.as_bytes(), "\n got: {}\nwant: {body}", request.body);
+}
+
+const JSON_BODY: &str = "    request_body: json\n";
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+const FORM_COMMON: &str = "grant_type=client_credentials&scope=a.read+b.write&audience=https%3A%2F%2Fapi.test%2F&tag=a+%22b%22+%5C+%C3%A9%26%3D%2B";
+const JSON_COMMON: &str = r#""grant_type":"client_credentials","scope":"a.read b.write","audience":"https://api.test/","tag":"a \"b\" \\ é&=+""#;
+
+#[tokio::test]
+async fn client_secret_basic_and_post_as_a_form_or_as_json() {
+    let basic = format!("    client_secret: '{SECRET}'\n");
+    let post = format!("    client_auth: client_secret_post\n    client_secret: '{SECRET}'\n");
+    let (_tokens, requests) = requests_of(&[
+        ("basic-form", "", &basic),
+        ("basic-json", JSON_BODY, &basic),
+        ("post-form", "", &post),
+        ("post-json", JSON_BODY, &post),
+    ])
+    .await;
+
+    // client_secret_basic: the same fields either way, the secret only in the header.
+    let basic_header = bearerd::token::basic_auth("billing-client", &bearerd::secret::ClientSecret::new(SECRET));
+    assert_body(&requests["basic-form"], FORM, FORM_COMMON);
+    assert_body(&requests["basic-json"], JSON, &format!("{{{JSON_COMMON}}}"));
+    for id in ["basic-form", "basic-json"] {
+        assert_eq!(
+            requests[id].header("authorization"),
+            Some(basic_header.as_str()),
+            "{id}"
+        );
+    }
+
+    // client_secret_post: client_id and client_secret after the common fields.
+    assert_body(
+        &requests["post-form"],
+        FORM,
+        &format!("{FORM_COMMON}&client_id=billing-client&client_secret=p%40ss%3Aw0rd%2F%2B%25%3D%26%3F"),
+    );
+    assert_body(
+        &requests["post-json"],
+        JSON,
+        &format!(r#"{{{JSON_COMMON},"client_id":"billing-client","client_secret":"p@ss:w0rd/+%=&?"}}"#),
+    );
+    for id in ["post-form", "post-json"] {
+        assert_eq!(requests[id].header("authorization"), None, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn client_secret_jwt_and_private_key_jwt_as_a_form_or_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let hmac_auth = format!(
+        "    client_auth: client_secret_jwt\n    client_secret: {}\n",
+        serde_json::Value::from(HMAC_SECRET)
+    );
+    let jwt = format!(
+        "    client_auth: private_key_jwt\n    private_key_file: {}\n    signing_alg: ES256\n",
+        key.display()
+    );
+    let (tokens, requests) = requests_of(&[
+        ("hmac-form", "", &hmac_auth),
+        ("hmac-json", JSON_BODY, &hmac_auth),
+        ("jwt-form", "", &jwt),
+        ("jwt-json", JSON_BODY, &jwt),
+    ])
+    .await;
+
+    // client_id, the assertion type, and a fresh assertion each time.
+    let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    for (id, alg) in [("hmac", "HS256"), ("jwt", "ES256")] {
+        let form = &requests[&format!("{id}-form")];
+        let assertion = form
+            .body
+            .rsplit_once("&client_assertion=")
+            .map(|(_, jwt)| jwt.to_owned())
+            .unwrap();
+        assert_body(
+            form,
+            FORM,
+            &format!(
+                "{FORM_COMMON}&client_id=billing-client&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+            ),
+        );
+        let json = &requests[&format!("{id}-json")];
+        let body: serde_json::Value = serde_json::from_slice(&json.bytes).unwrap();
+        let json_assertion = body["client_assertion"].as_str().unwrap().to_owned();
+        assert_body(
+            json,
+            JSON,
+            &format!(
+                r#"{{{JSON_COMMON},"client_id":"billing-client","client_assertion_type":"{assertion_type}","client_assertion":"{json_assertion}"}}"#
+            ),
+        );
+        assert_ne!(assertion, json_assertion, "{id}: one assertion per request");
+        for jwt in [&assertion, &json_assertion] {
+            let (header, claims) = jwt_parts(jwt);
+            assert_eq!(header["alg"], alg, "{id}");
+            assert_eq!(claims["iss"], "billing-client");
+            assert_eq!(claims["sub"], "billing-client");
+            assert_eq!(claims["aud"], tokens.url());
+            let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+            assert!(lifetime <= 300, "{claims}");
+            if alg == "HS256" {
+                // Keyed with the client secret's bytes.
+                let (input, signature) = jwt.rsplit_once('.').unwrap();
+                let key = hmac::Key::new(hmac::HMAC_SHA256, HMAC_SECRET.as_bytes());
+                hmac::verify(&key, input.as_bytes(), &B64URL.decode(signature).unwrap())
+                    .expect("HS256 with the client secret");
+            }
+        }
+        for request in [form, json] {
+            assert_eq!(request.header("authorization"), None, "{id}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_public_client_sends_its_client_id_alone() {
+    let public = "    client_auth: none\n";
+    let (_tokens, requests) = requests_of(&[("public-form", "", public), ("public-json", JSON_BODY, public)]).await;
+    assert_body(
+        &requests["public-form"],
+        FORM,
+        &format!("{FORM_COMMON}&client_id=billing-client"),
+    );
+    assert_body(
+        &requests["public-json"],
+        JSON,
+        &format!(r#"{{{JSON_COMMON},"client_id":"billing-client"}}"#),
+    );
+    for id in ["public-form", "public-json"] {
+        assert_eq!(requests[id].header("authorization"), None, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn tls_client_auth_sends_client_id_as_a_form_or_as_json_with_its_certificate() {
+    let ca = TestCa::new();
+    let tokens = TokenServer::with_tls(ca.mtls_server_config()).await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, cert_der) = ca.client_identity("bearerd-client");
+    std::fs::write(dir.path().join("client.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("client.key"), key).unwrap();
+    let mtls = format!(
+        "    client_auth: tls_client_auth\n    client_cert_file: {}\n    client_key_file: {}\n",
+        dir.path().join("client.crt").display(),
+        dir.path().join("client.key").display()
+    );
+    let yaml = [("mtls-form", ""), ("mtls-json", "    request_body: json\n")]
+        .iter()
+        .map(|(id, body)| auth_config(id, &tokens, body, &mtls).replace(&tokens.url(), &tokens.https_url()))
+        .collect::<String>();
+    let bearerd = start_bearerd(&format!(
+        "tls: {{ ca_file: {} }}\nauth_configs:\n{yaml}",
+        ca.write_ca(dir.path()).display()
+    ))
+    .await;
+    let requests = token_requests(&bearerd, &echo, &tokens, &["mtls-form", "mtls-json"]).await;
+    assert_body(&requests[0], FORM, &format!("{FORM_COMMON}&client_id=billing-client"));
+    assert_body(
+        &requests[1],
+        JSON,
+        &format!(r#"{{{JSON_COMMON},"client_id":"billing-client"}}"#),
+    );
+    for request in &requests {
+        assert_eq!(request.client_certificate.as_deref(), Some(cert_der.as_slice()));
+        assert_eq!(request.header("authorization"), None);
+    }
+}
+
+/// A JWT's header and claims, decoded.
+fn jwt_parts(jwt: &str) -> (serde_json::Value, serde_json::Value) {
+    let mut parts = jwt.split('.');
+    let mut decode = || serde_json::from_slice(&B64URL.decode(parts.next().unwrap()).unwrap()).unwrap();
+    (decode(), decode())
+}
