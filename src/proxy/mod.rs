@@ -174,13 +174,13 @@ impl Proxy {
     /// wrote them; its header map then holds only what the proxy adds. A plain-HTTP
     /// upstream's header lines come in the body, not in the response's header map
     /// ([`AppBody::take_header_lines`]).
-    async fn handle<B>(
-        &self,
+    fn handle<'a, B>(
+        &'a self,
         mut request: Request<B>,
-        mut lines: Option<&mut RequestLines>,
-        timer: Option<&mut Timer>,
+        mut lines: Option<&'a mut RequestLines>,
+        timer: Option<&'a mut Timer>,
         local: Option<SocketAddr>,
-    ) -> Response<AppBody>
+    ) -> impl Future<Output = Response<AppBody>> + Send + 'a
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -195,92 +195,88 @@ impl Proxy {
         );
         let method = request.method().clone();
         let running = self.running.load_full();
-        let mut seen = Seen::default();
-        let result = if method == Method::CONNECT {
-            seen.authority = request.uri().authority().cloned();
-            // Boxed, as other rare paths are: a future's size is its largest path's, and the
-            // request's futures are moved (copied) at each step.
-            Box::pin(connect::open(&running.config, request))
-                .await
-                .map(|response| response.map(AppBody::Own))
-        } else {
-            // Pinned where it is made, as the listener loop does with this one.
-            std::pin::pin!(self.forward(&running, request, lines, timer, local, &mut seen))
-                .await
-                .map(|response| response.map(AppBody::Upstream))
-        };
-        let response = self.finish(result, &method, &seen, started, request_id.as_ref());
-        drop(inflight);
-        response
+        // A block rather than an `async fn`: an `async fn`'s future holds its arguments twice
+        // (as passed, and moved into its body), and the request is the largest of them.
+        async move {
+            let mut seen = Seen::default();
+            let result = if method == Method::CONNECT {
+                seen.authority = request.uri().authority().cloned();
+                // Boxed, as other rare paths are: a future's size is its largest path's, and
+                // the request's futures are moved (copied) at each step.
+                Box::pin(connect::open(&running.config, request))
+                    .await
+                    .map(|response| response.map(AppBody::Own))
+            } else {
+                // Pinned where it is made, as the listener loop does with this one.
+                std::pin::pin!(self.forward(&running, request, lines, timer, local, &mut seen))
+                    .await
+                    .map(|response| response.map(AppBody::Upstream))
+            };
+            let response = self.finish(result, &method, &seen, started, request_id.as_ref());
+            drop(inflight);
+            response
+        }
     }
 
-    /// The phases of a request that goes upstream (every method but `CONNECT`).
-    async fn forward<'r, B>(
-        &self,
+    /// The phases of a request that goes upstream (every method but `CONNECT`). Those that
+    /// need no wait (target, select, guard) run before the future is made, which then holds
+    /// the request's head once, rather than the request as passed as well.
+    fn forward<'r, B>(
+        &'r self,
         running: &'r Running,
         request: Request<B>,
-        mut lines: Option<&mut RequestLines>,
-        mut timer: Option<&mut Timer>,
+        mut lines: Option<&'r mut RequestLines>,
+        mut timer: Option<&'r mut Timer>,
         local: Option<SocketAddr>,
         seen: &mut Seen<'r>,
-    ) -> Result<Response<Permitted>, ProxyError>
+    ) -> impl Future<Output = Result<Response<Permitted>, ProxyError>> + Send + 'r
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (target, named) = target(&request, lines.as_deref(), local)?;
-        let chosen = select(running, &request, &target, named)?;
-        seen.auth_config = chosen.auth_config;
-        seen.authority = chosen.uri.authority().cloned();
-        if let Some(auth_config) = chosen.auth_config {
-            guard(&auth_config.config, &target, &chosen)?;
-        }
-        let Chosen { uri, auth_config, .. } = chosen;
-        let (mut parts, body) = request.into_parts();
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        if lines.is_none() {
-            inject::strip_request_headers(&mut parts.headers);
-        }
-        let timeout = running.config.upstream_timeout;
-        let body = outgoing(body, timeout).await?;
-        let token = match auth_config {
-            Some(auth_config) => Some(self.authorize(auth_config, &mut parts, lines.as_deref_mut()).await?),
-            None => None,
-        };
-        // Kept in case of a replay.
-        let (body, kept) = match body {
-            body if !auth_config.is_some_and(|active| active.config.retry_on_401) => (body, None),
-            Outgoing::Full(body) => (Outgoing::Full(body.clone()), Some(Kept::Whole(body))),
-            Outgoing::Stream(body) => {
-                let (body, kept) = Keep::new(body);
-                (Outgoing::Stream(boxed(body)), Some(Kept::Streamed(kept)))
+        let mut prepared = prepare(running, request, lines.as_deref(), local, seen);
+        async move {
+            // Used where it is, not moved out: a move would copy the head into the future
+            // again.
+            let (prepared, body) = match prepared {
+                Ok((ref mut prepared, body)) => (prepared, body),
+                Err(err) => return Err(err),
+            };
+            let (parts, auth_config) = (&mut prepared.parts, prepared.auth_config);
+            let timeout = running.config.upstream_timeout;
+            let body = outgoing(body, timeout).await?;
+            let token = match auth_config {
+                Some(auth_config) => Some(self.authorize(auth_config, parts, lines.as_deref_mut()).await?),
+                None => None,
+            };
+            // Kept in case of a replay.
+            let (body, kept) = match body {
+                body if !auth_config.is_some_and(|active| active.config.retry_on_401) => (body, None),
+                Outgoing::Full(body) => (Outgoing::Full(body.clone()), Some(Kept::Whole(body))),
+                Outgoing::Stream(body) => {
+                    let (body, kept) = Keep::new(body);
+                    (Outgoing::Stream(boxed(body)), Some(Kept::Streamed(kept)))
+                }
+            };
+            // The head is lent, not given: it stays here for a replay.
+            let response = self
+                .send(parts, lines.as_deref(), body, timeout, timer.as_deref_mut())
+                .await?;
+            match (auth_config, token, kept) {
+                (Some(auth_config), Some(token), Some(kept)) if response.status() == StatusCode::UNAUTHORIZED => {
+                    let replay = Replay {
+                        parts,
+                        lines,
+                        auth_config,
+                        token,
+                        kept,
+                        timeout,
+                        timer,
+                    };
+                    Box::pin(self.replay(response, replay)).await
+                }
+                _ => Ok(response),
             }
-        };
-        // The head is lent, not given: it stays here for a replay.
-        let response = self
-            .send(
-                Cow::Borrowed(&parts),
-                lines.as_deref(),
-                body,
-                timeout,
-                timer.as_deref_mut(),
-            )
-            .await?;
-        match (auth_config, token, kept) {
-            (Some(auth_config), Some(token), Some(kept)) if response.status() == StatusCode::UNAUTHORIZED => {
-                let replay = Replay {
-                    parts,
-                    lines,
-                    auth_config,
-                    token,
-                    kept,
-                    timeout,
-                    timer,
-                };
-                Box::pin(self.replay(response, replay)).await
-            }
-            _ => Ok(response),
         }
     }
 
@@ -301,7 +297,7 @@ impl Proxy {
     /// the response head, on the listener loop's connection `timer` when it lends one.
     fn send<'a>(
         &'a self,
-        parts: Cow<'a, http::request::Parts>,
+        parts: &'a http::request::Parts,
         lines: Option<&'a RequestLines>,
         body: Outgoing,
         timeout: Duration,
@@ -319,7 +315,7 @@ impl Proxy {
         replay: Replay<'_>,
     ) -> Result<Response<Permitted>, ProxyError> {
         let Replay {
-            mut parts,
+            parts,
             lines,
             auth_config,
             token,
@@ -341,15 +337,9 @@ impl Proxy {
             .with_label_values(&[auth_config.config.id.as_str()])
             .inc();
         let mut lines = lines;
-        self.authorize(auth_config, &mut parts, lines.as_deref_mut()).await?;
-        self.send(
-            Cow::Owned(parts),
-            lines.as_deref(),
-            Outgoing::Full(body),
-            timeout,
-            timer,
-        )
-        .await
+        self.authorize(auth_config, parts, lines.as_deref_mut()).await?;
+        self.send(parts, lines.as_deref(), Outgoing::Full(body), timeout, timer)
+            .await
     }
 
     /// Phase, last: the outcome as the app's response (an error as bearerd's JSON), counted
@@ -525,6 +515,39 @@ fn with_header_map(mut response: Response<AppBody>) -> Response<AppBody> {
         lines.append_to(response.headers_mut());
     }
     response
+}
+
+/// What the phases before any wait made of a request that goes upstream (its body aside).
+struct Prepared<'r> {
+    /// Its head, bound for the chosen URI, HTTP/1.1.
+    parts: http::request::Parts,
+    auth_config: Option<&'r Active>,
+}
+
+/// Phases target, select and guard: where the request goes, under which auth config, and
+/// whether its token may go there; noted in `seen` for the log line and metrics.
+fn prepare<'r, B>(
+    running: &'r Running,
+    request: Request<B>,
+    lines: Option<&RequestLines>,
+    local: Option<SocketAddr>,
+    seen: &mut Seen<'r>,
+) -> Result<(Prepared<'r>, B), ProxyError> {
+    let (target, named) = target(&request, lines, local)?;
+    let chosen = select(running, &request, &target, named)?;
+    seen.auth_config = chosen.auth_config;
+    seen.authority = chosen.uri.authority().cloned();
+    if let Some(auth_config) = chosen.auth_config {
+        guard(&auth_config.config, &target, &chosen)?;
+    }
+    let Chosen { uri, auth_config, .. } = chosen;
+    let (mut parts, body) = request.into_parts();
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    if lines.is_none() {
+        inject::strip_request_headers(&mut parts.headers);
+    }
+    Ok((Prepared { parts, auth_config }, body))
 }
 
 /// Phase: where the request is going as the app wrote it, and the auth config it names with
@@ -733,7 +756,7 @@ where
 
 /// What a replay after a 401 needs.
 struct Replay<'a> {
-    parts: http::request::Parts,
+    parts: &'a mut http::request::Parts,
     lines: Option<&'a mut RequestLines>,
     auth_config: &'a Active,
     /// The token the upstream refused.

@@ -6,7 +6,6 @@
 //! requests with a streaming body, go through hyper-util's pooled client, which also handles
 //! ALPN and HTTP/2.
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -135,7 +134,7 @@ impl Upstream {
     /// plain-HTTP upstream's header lines are in the body ([`Permitted::take_header_lines`]).
     pub(super) async fn send(
         &self,
-        request: Cow<'_, http::request::Parts>,
+        request: &http::request::Parts,
         lines: Option<&RequestLines>,
         body: Outgoing,
         timeout: Duration,
@@ -195,7 +194,7 @@ impl Upstream {
     /// map gets the app's `lines`, when there are any.
     async fn via_hyper(
         &self,
-        request: Cow<'_, http::request::Parts>,
+        request: &http::request::Parts,
         lines: Option<&RequestLines>,
         body: Outgoing,
     ) -> Result<Response<Received>, BoxError> {
@@ -203,7 +202,7 @@ impl Upstream {
             Outgoing::Full(body) => Full::new(body).map_err(|never| match never {}).boxed_unsync(),
             Outgoing::Stream(body) => body,
         };
-        let mut parts = request.into_owned();
+        let mut parts = request.clone();
         if let Some(lines) = lines {
             lines.append_to(&mut parts.headers);
         }
