@@ -120,10 +120,10 @@ pub async fn serve<S: Service, G: Send + 'static>(
     loop {
         let waiting_since = Instant::now();
         let head = loop {
-            if !conn.buf.is_empty() {
+            if !conn.nothing_read() {
                 match conn.parse() {
                     Parsed::Serve(head) => break head,
-                    Parsed::Partial if conn.buf.len() < MAX_HEAD => {}
+                    Parsed::Partial if conn.buffers().buf.len() < MAX_HEAD => {}
                     Parsed::Partial | Parsed::HandOff => {
                         return hand_off(service, conn, local, peer, watcher).await;
                     }
@@ -136,11 +136,12 @@ pub async fn serve<S: Service, G: Send + 'static>(
             } else if shutdown.started() {
                 return conn.close().await;
             }
-            if conn.buf.is_empty() {
-                // Idle: nothing is held for a request that may never come.
+            let idle = conn.nothing_read();
+            if idle {
+                // Nothing is held for a request that may never come.
                 conn.park();
             } else {
-                make_room(&mut conn.buf, READ_SIZE / 8);
+                make_room(&mut conn.buffers().buf, READ_SIZE / 8);
             }
             tokio::select! {
                 biased;
@@ -156,7 +157,7 @@ pub async fn serve<S: Service, G: Send + 'static>(
                     tracing::debug!(%peer, "connection ended: no request head within {HEADER_READ_TIMEOUT:?}");
                     return conn.close().await;
                 }
-                () = shutdown.wait(), if conn.buf.is_empty() => return conn.close().await,
+                () = shutdown.wait(), if idle => return conn.close().await,
             }
         };
         let (method, keep_alive, trailers) = (head.method.clone(), head.head.keep_alive, head.trailers);
@@ -169,7 +170,8 @@ pub async fn serve<S: Service, G: Send + 'static>(
             }
         };
         let response = {
-            let Conn { stream, buf, lines, .. } = &mut conn;
+            let Conn { stream, held, .. } = &mut conn;
+            let Buffers { buf, lines, .. } = unpark(held);
             // On the heap for the request's life: a request's state is most of what a
             // connection would otherwise hold in its task while idle, for good.
             let mut handling = Box::pin(service.call(request, lines, &mut timer, local));
@@ -182,7 +184,7 @@ pub async fn serve<S: Service, G: Send + 'static>(
                 }
             }
         };
-        conn.lines.clear();
+        conn.buffers().lines.clear();
         let keep_alive = keep_alive && !shutdown.started() && !says_close(response.headers());
         match conn.write(response, &method, keep_alive, trailers).await {
             Ok(true) if keep_alive => {}
@@ -204,7 +206,7 @@ async fn hand_off<S: Service>(
     watcher: Watcher,
 ) {
     let io = Rewound {
-        read: conn.buf.freeze(),
+        read: conn.held.map_or_else(Bytes::new, |held| held.buf.freeze()),
         stream: TokioIo::new(conn.stream),
     };
     // Boxed: hyper's connection is large, and a future is as large as its largest path, so
@@ -214,6 +216,16 @@ async fn hand_off<S: Service>(
 
 struct Conn {
     stream: TcpStream,
+    /// The connection's buffers; none while it is idle (parked), when they are given back
+    /// to the thread's [`SPARES`].
+    held: Option<Box<Buffers>>,
+    origin: LastOrigin,
+}
+
+/// A busy connection's buffers. An idle keep-alive connection holds none for a request
+/// that may never come, and a busy one takes a set back without allocating; boxed, so
+/// parking and taking them back moves a pointer, not the set.
+struct Buffers {
     /// Read and not yet served.
     buf: BytesMut,
     /// A response head (and the body parts at hand) on its way out.
@@ -221,25 +233,16 @@ struct Conn {
     /// The request's header lines, passed upstream as the app wrote them; kept between
     /// requests for their allocation.
     lines: RequestLines,
-    origin: LastOrigin,
-    /// `buf`, `out` and `lines` are empty and hold no memory: given back to the thread's
-    /// [`SPARES`] while the connection is idle.
-    parked: bool,
-}
-
-/// A connection's buffers while it has none: an idle keep-alive connection holds no memory
-/// for a request that may never come, and a busy one takes them back without allocating.
-struct Spare {
-    buf: BytesMut,
-    out: Vec<u8>,
-    lines: RequestLines,
 }
 
 /// The most spare buffer sets a thread keeps; more are freed.
 const MAX_SPARES: usize = 64;
 
 thread_local! {
-    static SPARES: RefCell<Vec<Spare>> = const { RefCell::new(Vec::new()) };
+    // Boxes in the list on purpose: a connection takes the box and gives it back, moving a
+    // pointer rather than the set.
+    #[allow(clippy::vec_box)]
+    static SPARES: RefCell<Vec<Box<Buffers>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What parsing the buffer found.
@@ -278,57 +281,41 @@ impl Conn {
     fn new(stream: TcpStream) -> Self {
         Self {
             stream,
-            buf: BytesMut::new(),
-            out: Vec::new(),
-            lines: RequestLines::default(),
+            held: None,
             origin: LastOrigin::default(),
-            parked: true,
         }
+    }
+
+    /// Nothing read is waiting to be served.
+    fn nothing_read(&self) -> bool {
+        self.held.as_ref().is_none_or(|held| held.buf.is_empty())
     }
 
     /// Gives the (empty) buffers back to the thread's spares.
     fn park(&mut self) {
-        if self.parked {
+        let Some(mut held) = self.held.take() else {
             return;
-        }
-        self.parked = true;
-        self.out.clear();
-        // `lines` was cleared when its request was answered.
-        let spare = Spare {
-            buf: std::mem::take(&mut self.buf),
-            out: std::mem::take(&mut self.out),
-            lines: std::mem::take(&mut self.lines),
         };
+        held.out.clear();
+        // `lines` was cleared when its request was answered.
         SPARES.with_borrow_mut(|spares| {
             if spares.len() < MAX_SPARES {
-                spares.push(spare);
+                spares.push(held);
             }
         });
     }
 
-    /// Takes buffers from the thread's spares, or new ones.
-    fn unpark(&mut self) {
-        if !self.parked {
-            return;
-        }
-        self.parked = false;
-        let spare = SPARES.with_borrow_mut(Vec::pop).unwrap_or_else(|| Spare {
-            buf: BytesMut::with_capacity(READ_SIZE),
-            out: Vec::with_capacity(1024),
-            lines: RequestLines::default(),
-        });
-        self.buf = spare.buf;
-        self.out = spare.out;
-        self.lines = spare.lines;
-        make_room(&mut self.buf, READ_SIZE / 8);
+    /// The connection's buffers, taken back if it was parked.
+    fn buffers(&mut self) -> &mut Buffers {
+        unpark(&mut self.held)
     }
 
     /// Reads what the app sent into `buf`: `Some(0)` at its end, `None` if a parked
     /// connection's wake-up found nothing after all. A parked connection waits for the
     /// socket to be readable before it takes buffers to read into.
     async fn read(&mut self) -> io::Result<Option<usize>> {
-        if !self.parked {
-            return self.stream.read_buf(&mut self.buf).await.map(Some);
+        if let Some(held) = &mut self.held {
+            return self.stream.read_buf(&mut held.buf).await.map(Some);
         }
         // Waits in the socket's own read-readiness slot, the one `poll_read` uses
         // (`readable()` puts a waiter on the socket's list under a lock and takes it off
@@ -342,11 +329,11 @@ impl Conn {
                     return Poll::Ready(Err(err));
                 }
             }
-            self.unpark();
+            let held = unpark(&mut self.held);
             // Through `AsyncRead`, which clears the socket's readiness after a short read, so
             // the next idle wait does not wake at once only to find nothing.
             Poll::Ready(
-                match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut held.buf) {
                     Poll::Ready(read) => read.map(Some),
                     Poll::Pending => Ok(None),
                 },
@@ -356,19 +343,21 @@ impl Conn {
     }
 
     fn parse(&mut self) -> Parsed {
-        parse(&self.buf, &mut self.lines)
+        let held = self.buffers();
+        parse(&held.buf, &mut held.lines)
     }
 
     /// The request `head` describes, taken off the buffer with its body. Its header lines
     /// are in `self.lines`; its header map is empty.
     fn request(&mut self, head: RequestHead) -> Result<Request<Full<Bytes>>, &'static str> {
-        let bytes = self.buf.split_to(head.head.len).freeze();
-        let body = self.buf.split_to(head.body_len()).freeze();
+        let buffers = unpark(&mut self.held);
+        let bytes = buffers.buf.split_to(head.head.len).freeze();
+        let body = buffers.buf.split_to(head.body_len()).freeze();
         let uri = self
             .origin
             .parse(bytes.slice(head.target))
             .map_err(|_| "the request has an invalid target")?;
-        self.lines.set_head(bytes);
+        buffers.lines.set_head(bytes);
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = head.method;
         *request.uri_mut() = uri;
@@ -389,7 +378,8 @@ impl Conn {
         B: Body<Data = Bytes, Error = BoxError> + TakeLines + Unpin,
     {
         let (parts, mut body) = response.into_parts();
-        let out = &mut self.out;
+        let Self { stream, held, .. } = self;
+        let out = &mut unpark(held).out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -442,7 +432,7 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
         if framing == Framing::Empty {
-            self.stream.write_all(&self.out).await?;
+            stream.write_all(out).await?;
             return Ok(true);
         }
         let mut body = Pin::new(&mut body);
@@ -451,8 +441,8 @@ impl Conn {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     // Nothing more at hand: send what is, then wait for the body.
-                    self.stream.write_all(&self.out).await?;
-                    self.out.clear();
+                    stream.write_all(out).await?;
+                    out.clear();
                     std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
                 }
             };
@@ -461,67 +451,25 @@ impl Conn {
                 Some(Err(err)) => {
                     // Part of the response is out: the app can only see it end early.
                     tracing::debug!("the response body failed: {err}");
-                    self.stream.write_all(&self.out).await?;
+                    stream.write_all(out).await?;
                     return Ok(false);
                 }
-                Some(Ok(frame)) => self.frame(frame, &mut framing, trailers).await?,
+                Some(Ok(frame)) => write_frame(stream, out, frame, &mut framing, trailers).await?,
             }
         }
         let whole = match framing {
             Framing::Length(left) => left == 0,
             Framing::Chunked => {
-                self.out.extend_from_slice(b"0\r\n\r\n");
+                out.extend_from_slice(b"0\r\n\r\n");
                 true
             }
             // The writer never frames a response by the connection's end.
             Framing::Empty | Framing::UntilClose => true,
         };
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+        if !out.is_empty() {
+            stream.write_all(out).await?;
         }
         Ok(whole)
-    }
-
-    /// Adds one body frame to what goes out (a large one is written straight away).
-    async fn frame(&mut self, frame: Frame<Bytes>, framing: &mut Framing, trailers: bool) -> io::Result<()> {
-        let mut data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                if let (Ok(fields), Framing::Chunked, true) = (frame.into_trailers(), &framing, trailers) {
-                    self.out.extend_from_slice(b"0\r\n");
-                    for (name, value) in fields.iter().filter(|(name, _)| trailer_allowed(name)) {
-                        header_line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
-                    }
-                    self.out.extend_from_slice(b"\r\n");
-                    // Written whole: nothing more goes out.
-                    *framing = Framing::Empty;
-                }
-                return Ok(());
-            }
-        };
-        match framing {
-            Framing::Length(left) => {
-                // Never more than the length said: the rest would be read as a response.
-                data.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= data.len() as u64;
-            }
-            Framing::Chunked if !data.is_empty() => {
-                self.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            }
-            Framing::Chunked | Framing::Empty | Framing::UntilClose => {}
-        }
-        let chunk = matches!(framing, Framing::Chunked) && !data.is_empty();
-        if data.len() >= COPY_LIMIT {
-            let mut parts = Buf::chain(&self.out[..], data);
-            self.stream.write_all_buf(&mut parts).await?;
-            self.out.clear();
-        } else {
-            self.out.extend_from_slice(&data);
-        }
-        if chunk {
-            self.out.extend_from_slice(b"\r\n");
-        }
-        Ok(())
     }
 
     /// Ends the connection: no more from this side, then closed.
@@ -610,6 +558,70 @@ pub fn verdict(buf: &[u8]) -> Verdict {
         Parsed::HandOff => Verdict::HandOff,
         Parsed::Malformed(_) => Verdict::Malformed,
     }
+}
+
+/// Adds one body frame to what goes out in `out` (a large one is written to `stream` straight
+/// away).
+async fn write_frame(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    frame: Frame<Bytes>,
+    framing: &mut Framing,
+    trailers: bool,
+) -> io::Result<()> {
+    let mut data = match frame.into_data() {
+        Ok(data) => data,
+        Err(frame) => {
+            if let (Ok(fields), Framing::Chunked, true) = (frame.into_trailers(), &framing, trailers) {
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in fields.iter().filter(|(name, _)| trailer_allowed(name)) {
+                    header_line(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                // Written whole: nothing more goes out.
+                *framing = Framing::Empty;
+            }
+            return Ok(());
+        }
+    };
+    match framing {
+        Framing::Length(left) => {
+            // Never more than the length said: the rest would be read as a response.
+            data.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+            *left -= data.len() as u64;
+        }
+        Framing::Chunked if !data.is_empty() => {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        Framing::Chunked | Framing::Empty | Framing::UntilClose => {}
+    }
+    let chunk = matches!(framing, Framing::Chunked) && !data.is_empty();
+    if data.len() >= COPY_LIMIT {
+        let mut parts = Buf::chain(&out[..], data);
+        stream.write_all_buf(&mut parts).await?;
+        out.clear();
+    } else {
+        out.extend_from_slice(&data);
+    }
+    if chunk {
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(())
+}
+
+/// The buffers in `held`, taken from the thread's spares (or new) if there are none.
+fn unpark(held: &mut Option<Box<Buffers>>) -> &mut Buffers {
+    held.get_or_insert_with(|| {
+        let mut buffers = SPARES.with_borrow_mut(Vec::pop).unwrap_or_else(|| {
+            Box::new(Buffers {
+                buf: BytesMut::with_capacity(READ_SIZE),
+                out: Vec::with_capacity(1024),
+                lines: RequestLines::default(),
+            })
+        });
+        make_room(&mut buffers.buf, READ_SIZE / 8);
+        buffers
+    })
 }
 
 /// Room to read into `buf`: grown by [`READ_SIZE`] only when less than `least` is left.
