@@ -47,18 +47,18 @@ impl<'a> Target<'a> {
             }
             None => unreachable!("checked above"),
         }
-        if uri
-            .authority()
-            .is_some_and(|authority| authority.as_str().contains('@'))
-        {
-            // `http://allowed.test@elsewhere.test/` names elsewhere.test: user info only
-            // serves to mislead (RFC 9110 §4.2.4).
+        let no_host = || ProxyError::BadRequest("absolute-form request target has no host".into());
+        let authority = uri.authority().ok_or_else(no_host)?;
+        let (host, port) = split_authority(authority);
+        // `split_authority` skips user info: a host that does not start the authority had
+        // some. `http://allowed.test@elsewhere.test/` names elsewhere.test: user info only
+        // serves to mislead (RFC 9110 §4.2.4).
+        if host.as_ptr().addr() != authority.as_str().as_ptr().addr() {
             return Err(ProxyError::BadRequest(
                 "the request target has user info; it is not accepted".into(),
             ));
         }
-        let (host, port) = host_port_of(uri)
-            .ok_or_else(|| ProxyError::BadRequest("absolute-form request target has no host".into()))?;
+        let (host, port) = normalized(uri, host, port).ok_or_else(no_host)?;
         if local.is_some_and(|local| is_listener(&host, port, local)) {
             return Ok(Self::Origin {
                 host: Some((host, port)),
@@ -124,6 +124,11 @@ pub fn gateway_uri(upstream: &Url, prefix: &str, uri: &Uri) -> Result<Uri, Proxy
 /// Lowercase host without brackets, and the effective port, of an absolute URI.
 pub fn host_port_of(uri: &Uri) -> Option<(Cow<'_, str>, u16)> {
     let (host, port) = split_authority(uri.authority()?);
+    normalized(uri, host, port)
+}
+
+/// `host` (of `uri`'s authority) normalized, and `port` or `uri`'s scheme's default.
+fn normalized<'a>(uri: &Uri, host: &'a str, port: Option<u16>) -> Option<(Cow<'a, str>, u16)> {
     let default = if uri.scheme() == Some(&Scheme::HTTPS) { 443 } else { 80 };
     let host = normalize_host(host);
     if host.is_empty() {
@@ -207,6 +212,26 @@ mod tests {
             host_port_of(&target.forward_uri(&uri, true).unwrap()),
             Some(("api.test".into(), 443))
         );
+    }
+
+    #[test]
+    fn a_target_with_user_info_is_refused_whatever_the_user_info_says() {
+        for target in [
+            "http://user@api.test/",
+            "http://api.test@api.test/",
+            "http://@api.test/",
+            "http://u:p@api.test:81/",
+            "https://api.test:443@evil.test/",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            let refused = Target::of(&uri, None, None).unwrap_err();
+            assert!(refused.to_string().contains("user info"), "{target}: {refused}");
+        }
+        let uri: Uri = "http://api.test:8080/x".parse().unwrap();
+        assert!(matches!(
+            Target::of(&uri, None, None).unwrap(),
+            Target::Absolute { ref host, port: 8080 } if host == "api.test"
+        ));
     }
 
     #[test]
