@@ -23,6 +23,7 @@
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`).
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
+//! - [`state`]: the sealed file that keeps the user grants' refresh tokens across restarts.
 //! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
 //!   and JWTs, and the rustls client settings.
 //!
@@ -45,6 +46,7 @@ pub mod routes;
 pub mod running;
 pub mod secret;
 mod server;
+pub mod state;
 pub mod tls;
 pub mod token;
 

@@ -14,14 +14,15 @@ use serde_yaml::{Mapping, Value};
 use url::Url;
 
 use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
-use super::raw::{RawAuthConfig, RawDuration, RawInject, RawRoute, RawScopes, RawTimestamp, RawTop};
+use super::raw::{RawAuthConfig, RawDuration, RawInject, RawRoute, RawScopes, RawState, RawTimestamp, RawTop};
 use super::time::{parse_duration, parse_timestamp};
 use super::{
     AuthConfig, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, GOOGLE_ISSUER, HostPattern,
-    Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey, TokenEndpoint, check_endpoint_url,
+    Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey, StateConfig, TokenEndpoint,
+    check_endpoint_url,
 };
 use crate::http1;
-use crate::secret::ClientSecret;
+use crate::secret::{ClientSecret, SealingKey};
 
 /// Validates a YAML document; `source` names it in messages.
 pub(super) fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Config, LoadError> {
@@ -143,6 +144,7 @@ impl Loader<'_> {
             raw_top.config_watch_interval,
             Duration::from_secs(1),
         );
+        let state = raw_top.state.and_then(|raw| self.state(raw));
         let ca_file = raw_top.tls.and_then(|tls| tls.ca_file);
         if let Some(path) = &ca_file
             && let Err(err) = std::fs::metadata(path)
@@ -184,9 +186,34 @@ impl Loader<'_> {
             config_watch_interval,
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
+            state,
             auth_configs,
             routes,
             by_id,
+        })
+    }
+
+    /// `state:`: both paths, and a key file holding a 256-bit key.
+    fn state(&mut self, raw: RawState) -> Option<StateConfig> {
+        let file = raw.file.filter(|file| !file.as_os_str().is_empty());
+        if file.is_none() {
+            self.error(None, "state.file", "missing: where the sealed state is written");
+        }
+        let Some(key_file) = raw.key_file else {
+            self.error(None, "state.key_file", "missing: the key the state is sealed with");
+            return None;
+        };
+        let key = match std::fs::read(&key_file) {
+            Ok(content) => SealingKey::parse(&content),
+            Err(err) => Err(format!("cannot read: {err}")),
+        };
+        let key = key
+            .map_err(|message| self.error(None, "state.key_file", format!("{}: {message}", key_file.display())))
+            .ok()?;
+        Some(StateConfig {
+            file: file?,
+            key_file,
+            key,
         })
     }
 

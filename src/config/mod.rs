@@ -25,7 +25,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use crate::assertion::{SigningAlg, SigningKey};
-use crate::secret::ClientSecret;
+use crate::secret::{ClientSecret, SealingKey};
 
 /// The whole, validated configuration.
 #[derive(Debug)]
@@ -56,6 +56,9 @@ pub struct Config {
     pub config_watch_interval: Duration,
     /// Extra trusted roots (PEM) for upstreams and token endpoints.
     pub ca_file: Option<PathBuf>,
+    /// Where the user grants keep their refresh tokens (`state:`). Read at start: a reload
+    /// does not change it.
+    pub state: Option<StateConfig>,
     /// In file order.
     pub auth_configs: Vec<Arc<AuthConfig>>,
     /// In file order; the first match wins.
@@ -93,6 +96,15 @@ impl Config {
     pub fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Self, LoadError> {
         load::from_yaml(source, text, env)
     }
+}
+
+/// `state:`: the sealed file that keeps the user grants' refresh tokens across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateConfig {
+    pub file: PathBuf,
+    pub key_file: PathBuf,
+    /// The content of `key_file`, read at load.
+    pub key: SealingKey,
 }
 
 /// One auth config: how to get a token and where it may go.

@@ -26,6 +26,7 @@ pub(super) struct RawTop {
     pub(super) config_watch_interval: Option<RawDuration>,
     pub(super) worker_threads: Option<usize>,
     pub(super) tls: Option<RawTls>,
+    pub(super) state: Option<RawState>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
     #[allow(dead_code)]
@@ -39,6 +40,13 @@ pub(super) struct RawTop {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
     pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -712,3 +712,53 @@ fn expiry_skew_reads_like_the_other_durations_and_the_environment_wins() {
         ]
     );
 }
+
+#[test]
+fn the_state_block_reads_its_key_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("state-key");
+    std::fs::write(&key_file, format!("{}\n", "0f".repeat(32))).unwrap();
+    let yaml = |key_file: &Path| {
+        format!(
+            "state:\n  file: /var/lib/bearerd/state.json\n  key_file: {}\n",
+            key_file.display()
+        )
+    };
+    let config = load(&yaml(&key_file)).unwrap();
+    let state = config.state.unwrap();
+    assert_eq!(state.file, Path::new("/var/lib/bearerd/state.json"));
+    assert_eq!(state.key_file, key_file);
+    assert_eq!(state.key.expose(), &[0x0f; 32]);
+    assert!(load("").unwrap().state.is_none());
+
+    std::fs::write(&key_file, "too short\n").unwrap();
+    assert_eq!(
+        errors(&yaml(&key_file), &Env::new()),
+        [format!(
+            "test.yaml: state.key_file: {}: must hold a 256-bit key: 32 raw bytes, or 64 hex or 44 base64 characters (it has 10 bytes)",
+            key_file.display()
+        )]
+    );
+    let missing = dir.path().join("missing");
+    let got = errors(&yaml(&missing), &Env::new());
+    assert!(
+        got[0].starts_with(&format!(
+            "test.yaml: state.key_file: {}: cannot read: ",
+            missing.display()
+        )),
+        "{got:?}"
+    );
+    assert_eq!(
+        errors("state: { key_file: /k }\n", &Env::new())[0],
+        "test.yaml: state.file: missing: where the sealed state is written"
+    );
+    assert_eq!(
+        errors("state: { file: /s }\n", &Env::new()),
+        ["test.yaml: state.key_file: missing: the key the state is sealed with"]
+    );
+    let got = errors("state: { file: /s, key_file: /k, key: x }\n", &Env::new());
+    assert!(
+        got[0].starts_with("test.yaml: state.key: unknown field `key`"),
+        "{got:?}"
+    );
+}
