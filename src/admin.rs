@@ -127,11 +127,13 @@ fn auth_config(proxy: &Proxy, c: &AuthConfig) -> Value {
         "retry_on_401": c.retry_on_401,
         "prefetch": c.prefetch,
         "client_secret_expires_at": time(c.client_secret_expires_at),
+        "refresh_token_file": c.first_refresh_token.as_ref().map(|first| first.path.display().to_string()),
         "token": {
             "valid_until": time(state.valid_until),
             "last_refresh": time(state.last_refresh),
             "last_error": state.last_error,
             "consecutive_failures": state.failures,
+            "consent_required": state.consent_required,
         },
     })
 }

@@ -67,6 +67,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("token client: {0}")]
     TokenClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("cannot listen on {addr} ({what}): {cause}")]
     Bind {
         what: &'static str,

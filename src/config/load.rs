@@ -17,12 +17,12 @@ use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
 use super::raw::{RawAuthConfig, RawDuration, RawInject, RawRoute, RawScopes, RawState, RawTimestamp, RawTop};
 use super::time::{parse_duration, parse_timestamp};
 use super::{
-    AuthConfig, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, GOOGLE_ISSUER, HostPattern,
-    Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey, StateConfig, TokenEndpoint,
-    check_endpoint_url,
+    AuthConfig, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, FirstRefreshToken,
+    GOOGLE_ISSUER, Grant, HostPattern, Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey,
+    StateConfig, TokenEndpoint, check_endpoint_url,
 };
 use crate::http1;
-use crate::secret::{ClientSecret, SealingKey};
+use crate::secret::{ClientSecret, RefreshToken, SealingKey};
 
 /// Validates a YAML document; `source` names it in messages.
 pub(super) fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Config, LoadError> {
@@ -56,6 +56,10 @@ const RESERVED_PARAMS: &[&str] = &[
     "client_secret",
     "client_assertion",
     "client_assertion_type",
+    "refresh_token",
+    "code",
+    "redirect_uri",
+    "code_verifier",
 ];
 
 struct Loader<'a> {
@@ -144,6 +148,7 @@ impl Loader<'_> {
             raw_top.config_watch_interval,
             Duration::from_secs(1),
         );
+        let state_set = raw_top.state.is_some();
         let state = raw_top.state.and_then(|raw| self.state(raw));
         let ca_file = raw_top.tls.and_then(|tls| tls.ca_file);
         if let Some(path) = &ca_file
@@ -153,6 +158,9 @@ impl Loader<'_> {
         }
 
         let auth_configs = self.finish_auth_configs(validated, &routes);
+        if !state_set {
+            self.require_state(&auth_configs);
+        }
         let by_id: HashMap<String, usize> = auth_configs
             .iter()
             .enumerate()
@@ -191,6 +199,20 @@ impl Loader<'_> {
             routes,
             by_id,
         })
+    }
+
+    /// Without `state:`, a user grant would lose its refresh token at every restart.
+    fn require_state(&mut self, auth_configs: &[Arc<AuthConfig>]) {
+        for user in auth_configs.iter().filter(|c| c.grant.is_user_grant()) {
+            self.error(
+                Some(&user.id),
+                "grant",
+                format!(
+                    "{} keeps its refresh token in state.file: add a state: block (file, key_file)",
+                    user.grant.as_str()
+                ),
+            );
+        }
     }
 
     /// `state:`: both paths, and a key file holding a 256-bit key.
@@ -432,6 +454,7 @@ impl Loader<'_> {
         }
 
         let client_secret_expires_at = self.secret_expiry(cid, raw.client_secret_expires_at.take());
+        let first_refresh_token = self.first_refresh_token(cid, raw.grant, raw.refresh_token_file.take());
         let (Some(endpoint), Some(client_id), Some(credential)) = (endpoint, client_id, credential) else {
             return PendingConfig {
                 id,
@@ -461,6 +484,7 @@ impl Loader<'_> {
             retry_on_401: raw.retry_on_401.unwrap_or(true),
             prefetch: raw.prefetch.unwrap_or(false),
             client_secret_expires_at,
+            first_refresh_token,
             cache_key: CacheKey::default(),
         };
         PendingConfig {
@@ -468,6 +492,40 @@ impl Loader<'_> {
             allowed_hosts,
             hosts_invalid,
             config: Some(config),
+        }
+    }
+
+    /// `refresh_token_file`: required by `grant: refresh_token`, refused by the others.
+    fn first_refresh_token(
+        &mut self,
+        cid: Option<&str>,
+        grant: Grant,
+        file: Option<PathBuf>,
+    ) -> Option<FirstRefreshToken> {
+        match (grant, file) {
+            (Grant::RefreshToken, None) => {
+                self.error(
+                    cid,
+                    "refresh_token_file",
+                    "missing: grant: refresh_token starts from the refresh token in this file",
+                );
+                None
+            }
+            (Grant::RefreshToken, Some(path)) => match read_secret_file(&path) {
+                Ok(secret) => Some(FirstRefreshToken {
+                    token: RefreshToken::new(secret.expose()),
+                    path,
+                }),
+                Err(message) => {
+                    self.error(cid, "refresh_token_file", message);
+                    None
+                }
+            },
+            (_, Some(_)) => {
+                self.error(cid, "refresh_token_file", "applies only to grant: refresh_token");
+                None
+            }
+            (_, None) => None,
         }
     }
 

@@ -25,7 +25,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use crate::assertion::{SigningAlg, SigningKey};
-use crate::secret::{ClientSecret, SealingKey};
+use crate::secret::{ClientSecret, RefreshToken, SealingKey};
 
 /// The whole, validated configuration.
 #[derive(Debug)]
@@ -139,6 +139,8 @@ pub struct AuthConfig {
     pub prefetch: bool,
     /// When the client secret expires (`client_secret_expires_at`), for a metric and a warning.
     pub client_secret_expires_at: Option<SystemTime>,
+    /// `grant: refresh_token` only.
+    pub first_refresh_token: Option<FirstRefreshToken>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
     cache_key: CacheKey,
 }
@@ -265,20 +267,41 @@ enum Provider {
 const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 
+/// How the client obtains its tokens (RFC 6749 §4, §6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Grant {
+    /// §4.4: the client acts for itself.
     #[default]
     ClientCredentials,
+    /// §6: the client acts for a user whose consent gave it a refresh token, starting from
+    /// `refresh_token_file`.
+    RefreshToken,
 }
 
 impl Grant {
+    /// The grant's name, as configured and as `grant_type` (they are the same words).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ClientCredentials => "client_credentials",
+            Self::RefreshToken => "refresh_token",
         }
     }
+
+    /// Whether tokens are a user's, through a refresh token kept in `state.file`.
+    #[must_use]
+    pub fn is_user_grant(self) -> bool {
+        !matches!(self, Self::ClientCredentials)
+    }
+}
+
+/// `refresh_token_file`: the first refresh token of a `refresh_token` config, read at load.
+/// Later ones come from `state.file`; a file whose content changes starts the config anew.
+#[derive(Debug)]
+pub struct FirstRefreshToken {
+    pub path: PathBuf,
+    pub token: RefreshToken,
 }
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3).

@@ -86,6 +86,7 @@ pub(super) struct RawAuthConfig {
     pub(super) retry_on_401: Option<bool>,
     pub(super) prefetch: Option<bool>,
     pub(super) client_secret_expires_at: Option<RawTimestamp>,
+    pub(super) refresh_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -762,3 +762,66 @@ fn the_state_block_reads_its_key_at_load() {
         "{got:?}"
     );
 }
+
+#[test]
+fn the_refresh_token_grant_starts_from_its_file_and_needs_state() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    std::fs::write(dir.path().join("rt"), "rt-first\n").unwrap();
+    let state = format!(
+        "state: {{ file: {0}/s.json, key_file: {0}/key }}\n",
+        dir.path().display()
+    );
+    let crm = |fields: &str| {
+        format!(
+            "auth_configs:\n  - id: crm\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n{fields}"
+        )
+    };
+    let file = format!("    refresh_token_file: {}/rt\n", dir.path().display());
+    let config = load(&format!("{state}{}", crm(&format!("    grant: refresh_token\n{file}")))).unwrap();
+    let crm_config = config.auth_config("crm").unwrap();
+    assert_eq!(crm_config.grant, Grant::RefreshToken);
+    assert!(crm_config.grant.is_user_grant());
+    let first = crm_config.first_refresh_token.as_ref().unwrap();
+    assert_eq!(first.token.expose(), "rt-first");
+    assert_eq!(first.path, dir.path().join("rt"));
+    assert!(!format!("{crm_config:?}").contains("rt-first"));
+
+    assert_eq!(
+        errors(&format!("{state}{}", crm("    grant: refresh_token\n")), &Env::new()),
+        [
+            "test.yaml: auth config `crm`: refresh_token_file: missing: grant: refresh_token starts from the refresh token in this file"
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{state}{}", crm(&file)), &Env::new()),
+        ["test.yaml: auth config `crm`: refresh_token_file: applies only to grant: refresh_token"]
+    );
+    assert_eq!(
+        errors(&crm(&format!("    grant: refresh_token\n{file}")), &Env::new()),
+        [
+            "test.yaml: auth config `crm`: grant: refresh_token keeps its refresh token in state.file: add a state: block (file, key_file)"
+        ]
+    );
+    std::fs::write(dir.path().join("rt"), "\n").unwrap();
+    let got = errors(
+        &format!("{state}{}", crm(&format!("    grant: refresh_token\n{file}"))),
+        &Env::new(),
+    );
+    assert_eq!(
+        got,
+        [format!(
+            "test.yaml: auth config `crm`: refresh_token_file: {}/rt is empty",
+            dir.path().display()
+        )]
+    );
+    for reserved in ["refresh_token", "code", "redirect_uri", "code_verifier"] {
+        let got = errors(&crm(&format!("    extra_params: {{ {reserved}: x }}\n")), &Env::new());
+        assert_eq!(
+            got,
+            [format!(
+                "test.yaml: auth config `crm`: extra_params.{reserved}: is set by bearerd itself and cannot be overridden"
+            )]
+        );
+    }
+}

@@ -1,7 +1,10 @@
-//! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials),
-//! client authentication (§2.3.1), and strict reading of the response (§5.1, §5.2).
+//! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials, §6
+//! refresh token), client authentication (§2.3.1), and strict reading of the response
+//! (§5.1, §5.2).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +17,7 @@ use url::Url;
 
 use super::discovery::{self, Discovered, quote};
 use crate::config::{AuthConfig, ClientAuth, Credential, TokenEndpoint, endpoint_name};
-use crate::secret::{AccessToken, ClientSecret};
+use crate::secret::{AccessToken, ClientSecret, RefreshToken};
 use crate::tls;
 
 /// Token responses larger than this are refused: no identity provider needs more.
@@ -28,6 +31,46 @@ pub struct TokenResponse {
     pub expires_in: Option<Duration>,
     /// The scopes granted, when the provider says (RFC 6749 §5.1).
     pub scope: Option<String>,
+    /// A new refresh token, when the provider issued one (§5.1; §6 for rotation).
+    pub refresh_token: Option<RefreshToken>,
+}
+
+/// What a token request asks for: its `grant_type` and that grant's parameters.
+#[derive(Clone, Copy, Debug)]
+pub enum GrantRequest<'a> {
+    /// RFC 6749 §4.4.2.
+    ClientCredentials,
+    /// RFC 6749 §6, with the newest refresh token held.
+    RefreshToken(&'a RefreshToken),
+}
+
+impl GrantRequest<'_> {
+    fn grant_type(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::RefreshToken(_) => "refresh_token",
+        }
+    }
+}
+
+/// Sends token requests: the token endpoint ([`TokenClient`]), or a script in tests.
+pub trait RequestToken: Send + Sync + 'static {
+    /// One token request for `config`, asking for `grant`.
+    fn request<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+        grant: GrantRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>>;
+}
+
+impl RequestToken for TokenClient {
+    fn request<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+        grant: GrantRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
+        Box::pin(TokenClient::request(self, config, grant))
+    }
 }
 
 /// Why no token came back. Messages name the cause and never a secret or token.
@@ -56,6 +99,18 @@ pub enum TokenError {
     Invalid(String),
     #[error("token response is larger than {} bytes", MAX_RESPONSE_BYTES)]
     TooLarge,
+    /// A user grant holds no refresh token the provider still honours.
+    #[error("auth config `{auth_config}` needs a new consent: {remedy}{}", refusal.as_deref().map(|r| format!(" (the identity provider refused its refresh token: {r})")).unwrap_or_default())]
+    ConsentRequired {
+        auth_config: String,
+        /// What the operator does about it.
+        remedy: String,
+        /// The provider's `error` and `error_description`, when a refusal is why.
+        refusal: Option<String>,
+    },
+    /// The refresh token could not be kept in `state.file`.
+    #[error("{0}")]
+    State(String),
 }
 
 impl TokenError {
@@ -125,14 +180,21 @@ impl TokenClient {
         Ok(client)
     }
 
-    /// Requests a token for `config`, from its token URL or the endpoint discovery names.
+    /// Requests a client-credentials token for `config` (see [`TokenClient::request`]).
+    pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
+        self.request(config, GrantRequest::ClientCredentials).await
+    }
+
+    /// Requests a token for `config` with `grant`, from its token URL or the endpoint
+    /// discovery names.
     ///
     /// A discovery document is read once and kept. When a token request to the endpoint it
     /// named cannot connect or gets a 404, the document is read again, and the request is
-    /// sent once more if the endpoint has moved.
-    pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
+    /// sent once more if the endpoint has moved (a request that got no answer, or a 404,
+    /// spent no refresh token or code).
+    pub async fn request(&self, config: &AuthConfig, grant: GrantRequest<'_>) -> Result<TokenResponse, TokenError> {
         let (issuer, document) = match &config.endpoint {
-            TokenEndpoint::Url(url) => return self.request_token(config, url).await,
+            TokenEndpoint::Url(url) => return self.request_token(config, url, grant).await,
             TokenEndpoint::Discovery { issuer, document } => (issuer, document),
         };
         let key = config.endpoint.cache_key();
@@ -143,7 +205,7 @@ impl TokenClient {
             None => self.discover(config, issuer, document, &key).await?,
         };
         let url = discovered.token_endpoint(config.client_auth);
-        match self.request_token(config, url).await {
+        match self.request_token(config, url, grant).await {
             Err(err) if err.endpoint_gone() => {
                 self.documents().remove(&key);
                 if just_read {
@@ -159,7 +221,7 @@ impl TokenClient {
                     token_endpoint = %endpoint_name(moved),
                     "the discovery document names a new token endpoint; retrying there"
                 );
-                self.request_token(config, moved).await
+                self.request_token(config, moved, grant).await
             }
             result => result,
         }
@@ -228,9 +290,18 @@ impl TokenClient {
     }
 
     /// One token request to `url`.
-    async fn request_token(&self, config: &AuthConfig, url: &Url) -> Result<TokenResponse, TokenError> {
+    async fn request_token(
+        &self,
+        config: &AuthConfig,
+        url: &Url,
+        grant: GrantRequest<'_>,
+    ) -> Result<TokenResponse, TokenError> {
         let endpoint = endpoint_name(url);
-        let mut form: Vec<(&str, &str)> = vec![("grant_type", config.grant.as_str())];
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
+        if let GrantRequest::RefreshToken(refresh_token) = grant {
+            form.push(("refresh_token", refresh_token.expose()));
+        }
+        // Sent on a refresh too: RFC 6749 §6 allows it, and some providers (Entra ID) need it.
         let scope = config.scopes.join(" ");
         if !scope.is_empty() {
             form.push(("scope", &scope));
@@ -339,6 +410,7 @@ struct SuccessBody {
     token_type: Option<serde_json::Value>,
     expires_in: Option<serde_json::Value>,
     scope: Option<serde_json::Value>,
+    refresh_token: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -408,10 +480,17 @@ pub fn parse_response(
         .as_ref()
         .and_then(serde_json::Value::as_str)
         .map(|s| quote(s, secret));
+    let refresh_token = match body.refresh_token {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(token)) if !token.is_empty() => Some(RefreshToken::new(token)),
+        Some(serde_json::Value::String(_)) => return Err(TokenError::Invalid("refresh_token is empty".into())),
+        Some(_) => return Err(TokenError::Invalid("refresh_token is not a string".into())),
+    };
     Ok(TokenResponse {
         access_token,
         expires_in,
         scope,
+        refresh_token,
     })
 }
 
@@ -464,6 +543,27 @@ mod tests {
         assert_eq!(ok.expires_in, Some(Duration::from_mins(2)));
         let ok = parse(200, r#"{"access_token":"abc"}"#).unwrap();
         assert_eq!(ok.expires_in, None);
+        assert!(ok.refresh_token.is_none());
+    }
+
+    #[test]
+    fn a_refresh_token_in_the_response_is_kept_and_checked() {
+        let ok = parse(200, r#"{"access_token":"abc","refresh_token":"rt-2","expires_in":5}"#).unwrap();
+        assert_eq!(ok.refresh_token.unwrap().expose(), "rt-2");
+        let ok = parse(200, r#"{"access_token":"abc","refresh_token":null}"#).unwrap();
+        assert!(ok.refresh_token.is_none());
+        for (body, message) in [
+            (
+                r#"{"access_token":"a","refresh_token":""}"#,
+                "token response is invalid: refresh_token is empty",
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":7}"#,
+                "token response is invalid: refresh_token is not a string",
+            ),
+        ] {
+            assert_eq!(parse(200, body).unwrap_err().to_string(), message);
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 mod discovery;
 mod endpoint;
+mod grants;
 mod jwt;
 
 use std::future::Future;
@@ -35,7 +36,10 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use endpoint::{MAX_RESPONSE_BYTES, TokenClient, TokenError, TokenResponse, basic_auth, parse_response};
+pub use endpoint::{
+    GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenResponse, basic_auth, parse_response,
+};
+pub use grants::Grants;
 
 use crate::config::{AuthConfig, CacheKey};
 use crate::metrics::Metrics;
@@ -101,20 +105,32 @@ pub fn backoff_delay(failures: u32, initial: Duration, max: Duration, jitter: f6
     delay.mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0))
 }
 
-/// Where tokens come from: the token endpoint ([`TokenClient`]), or a script in tests.
+/// Where tokens come from: each grant's requests to the token endpoint ([`Grants`]), or a
+/// script in tests.
 pub trait FetchToken: Send + Sync + 'static {
     fn fetch<'a>(
         &'a self,
         config: &'a AuthConfig,
     ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>>;
+
+    /// Why no token request may be sent for `config` now, when that is known without asking
+    /// the provider (a user grant waiting for a new consent): requests then fail at once with
+    /// it, and no refresh starts.
+    fn blocked(&self, _config: &AuthConfig) -> Option<TokenError> {
+        None
+    }
 }
 
-impl FetchToken for TokenClient {
+impl<T: FetchToken> FetchToken for Arc<T> {
     fn fetch<'a>(
         &'a self,
         config: &'a AuthConfig,
     ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
-        Box::pin(TokenClient::fetch(self, config))
+        (**self).fetch(config)
+    }
+
+    fn blocked(&self, config: &AuthConfig) -> Option<TokenError> {
+        (**self).blocked(config)
     }
 }
 
@@ -154,6 +170,8 @@ pub struct TokenState {
     pub last_refresh: Option<SystemTime>,
     pub last_error: Option<String>,
     pub failures: u32,
+    /// A user grant that holds no refresh token the provider still honours.
+    pub consent_required: bool,
 }
 
 type Outcome = Result<Arc<CachedToken>, Arc<TokenError>>;
@@ -277,7 +295,7 @@ impl TokenCache {
                     Some(token) if now < token.refresh_at => return Ok((token, Lookup::Hit)),
                     Some(token) if now < token.expires_at => {
                         let backing_off = state.backoff_until.is_some_and(|until| now < until);
-                        if state.flight.is_none() && !backing_off {
+                        if state.flight.is_none() && !backing_off && self.source.blocked(config).is_none() {
                             state.flight = Some(self.start_fetch(slot, config));
                         }
                         return Ok((token, Lookup::RefreshAhead));
@@ -288,6 +306,9 @@ impl TokenCache {
                 if let Some(flight) = &state.flight {
                     flight.clone()
                 } else {
+                    if let Some(blocked) = self.source.blocked(config) {
+                        return Err(TokenFailure::Unavailable(Arc::new(blocked)));
+                    }
                     if let Some(until) = state.backoff_until.filter(|until| now < *until) {
                         return Err(TokenFailure::Backoff {
                             retry_after: until - now,
@@ -329,8 +350,12 @@ impl TokenCache {
     /// The token state of `config`, never the token itself.
     #[must_use]
     pub fn state(&self, config: &AuthConfig) -> TokenState {
+        let consent_required = matches!(self.source.blocked(config), Some(TokenError::ConsentRequired { .. }));
         let Some(slot) = self.slots.get(config.cache_key()) else {
-            return TokenState::default();
+            return TokenState {
+                consent_required,
+                ..TokenState::default()
+            };
         };
         let state = slot.lock();
         let now = Instant::now();
@@ -343,6 +368,7 @@ impl TokenCache {
             last_refresh: state.last_refresh,
             last_error: state.last_error.as_ref().map(ToString::to_string),
             failures: state.failures,
+            consent_required,
         }
     }
 
@@ -531,6 +557,7 @@ mod tests {
                     access_token: AccessToken::new(access_token),
                     expires_in: self.expires_in,
                     scope: None,
+                    refresh_token: None,
                 })
             })
         }

@@ -1,0 +1,250 @@
+//! The user grants against a recording token endpoint: `refresh_token` from its file, each
+//! rotated refresh token kept in the sealed `state.file` across restarts, and
+//! `invalid_grant` turning into `consent_required` (502, `/configs`, the metric) without
+//! further token requests.
+mod support;
+
+use std::path::Path;
+
+use bearerd::config::{Config, Env};
+use bearerd::secret::SealingKey;
+use bearerd::state::StateStore;
+use support::*;
+
+const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A `refresh_token` config `crm` (`client_secret_basic`) whose file holds `first`, with
+/// its state in `dir`.
+fn crm(dir: &Path, tokens: &TokenServer, first: &str) -> String {
+    std::fs::write(dir.join("state-key"), format!("{KEY_HEX}\n")).unwrap();
+    std::fs::write(dir.join("refresh-token"), format!("{first}\n")).unwrap();
+    format!(
+        "state:\n  file: {0}/state.json\n  key_file: {0}/state-key\nauth_configs:\n  - id: crm\n    grant: refresh_token\n    refresh_token_file: {0}/refresh-token\n    token_url: {1}\n    client_id: crm-client\n    client_secret: crm-secret\n    scopes: [contacts.read]\n    allowed_hosts: [127.0.0.1]\n",
+        dir.display(),
+        tokens.url()
+    )
+}
+
+/// Answers the `n`th request with access token `at<n>` and refresh token `rt<n>`.
+fn rotating(n: usize, _: &Recorded) -> Reply {
+    (
+        200,
+        "application/json",
+        format!(r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#),
+    )
+}
+
+fn invalid_grant() -> Reply {
+    (
+        400,
+        "application/json",
+        r#"{"error":"invalid_grant","error_description":"refresh token already used"}"#.to_owned(),
+    )
+}
+
+/// The refresh token the state file holds, read from the disk with the key.
+fn on_disk(dir: &Path) -> Vec<Option<String>> {
+    let key = SealingKey::parse(KEY_HEX.as_bytes()).unwrap();
+    let records = StateStore::read(&dir.join("state.json"), &key).unwrap().unwrap();
+    records
+        .values()
+        .map(|record| record.refresh_token.as_ref().map(|t| t.expose().to_owned()))
+        .collect()
+}
+
+fn form_of(request: &Recorded) -> Vec<(String, String)> {
+    form_urlencoded::parse(request.body.as_bytes()).into_owned().collect()
+}
+
+async fn through(bearerd: &bearerd::Server, echo: &Echo, path: &str) -> reqwest::Response {
+    get_with_config(
+        &proxied_client(bearerd.proxy_addr),
+        &format!("http://{}{path}", echo.addr),
+        "crm",
+    )
+    .await
+}
+
+async fn configs(bearerd: &bearerd::Server) -> serde_json::Value {
+    let (status, body) = get_text(&format!("http://{}/configs", bearerd.admin_addr)).await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn refresh_token_requests_are_exact_and_each_rotation_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::with(std::time::Duration::ZERO, rotating).await;
+    let echo = Echo::start().await;
+    let yaml = crm(dir.path(), &tokens, "rt-from-file");
+    let bearerd = start_bearerd(&yaml).await;
+    let seen = echoed(through(&bearerd, &echo, "/x").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer at1"));
+    // The upstream refuses at1: the replay refreshes with the rotated rt1.
+    let seen = echoed(through(&bearerd, &echo, "/only/at2").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer at2"));
+
+    let requests = tokens.requests();
+    assert_eq!(requests.len(), 2);
+    for (request, sent) in requests.iter().zip(["rt-from-file", "rt1"]) {
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("POST", "/oauth2/token")
+        );
+        assert_eq!(
+            request.header("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(
+            request.header("authorization"),
+            Some("Basic Y3JtLWNsaWVudDpjcm0tc2VjcmV0")
+        );
+        assert_eq!(
+            request.body,
+            format!("grant_type=refresh_token&refresh_token={sent}&scope=contacts.read")
+        );
+    }
+    assert_eq!(on_disk(dir.path()), [Some("rt2".to_owned())]);
+    let raw = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(!raw.contains("rt2") && !raw.contains("rt-from-file"), "{raw}");
+
+    // A restart with the same file and state: the newest refresh token, no new consent.
+    drop(bearerd);
+    let bearerd = start_bearerd(&yaml).await;
+    let seen = echoed(through(&bearerd, &echo, "/x").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer at3"));
+    assert_eq!(
+        form_of(&tokens.requests()[2])[1],
+        ("refresh_token".into(), "rt2".into())
+    );
+    assert_eq!(on_disk(dir.path()), [Some("rt3".to_owned())]);
+    assert_eq!(
+        configs(&bearerd).await["auth_configs"][0]["token"]["consent_required"],
+        false
+    );
+    assert!(
+        metrics(&bearerd)
+            .await
+            .contains("bearerd_consent_required{auth_config=\"crm\"} 0\n")
+    );
+}
+
+#[tokio::test]
+async fn invalid_grant_is_consent_required_until_a_new_refresh_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::with(std::time::Duration::ZERO, |n, recorded| {
+        if form_of(recorded).contains(&("refresh_token".into(), "rt-revoked".into())) {
+            invalid_grant()
+        } else {
+            rotating(n, recorded)
+        }
+    })
+    .await;
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&crm(dir.path(), &tokens, "rt-revoked")).await;
+    let expected = format!(
+        "no access token: auth config `crm` needs a new consent: put a new refresh token in refresh_token_file ({}/refresh-token)",
+        dir.path().display()
+    );
+    let first = bearerd_error(through(&bearerd, &echo, "/x").await).await;
+    assert_eq!((first.status, first.code.as_str()), (502, "token_unavailable"));
+    assert_eq!(first.header.as_deref(), Some("token_unavailable"));
+    assert_eq!(first.auth_config.as_deref(), Some("crm"));
+    assert_eq!(
+        first.message,
+        format!(
+            "{expected} (the identity provider refused its refresh token: invalid_grant: refresh token already used)"
+        )
+    );
+    // Later requests fail at once, with no token request and no back-off wait.
+    for _ in 0..20 {
+        let later = bearerd_error(through(&bearerd, &echo, "/x").await).await;
+        assert_eq!((later.status, later.message.as_str()), (502, expected.as_str()));
+    }
+    assert_eq!(tokens.count(), 1);
+    assert_eq!(echo.requests(), 0);
+    let json = configs(&bearerd).await;
+    let crm_json = &json["auth_configs"][0];
+    assert_eq!(crm_json["grant"], "refresh_token");
+    assert_eq!(crm_json["token"]["consent_required"], true);
+    assert_eq!(
+        crm_json["refresh_token_file"],
+        format!("{}/refresh-token", dir.path().display())
+    );
+    let exposition = metrics(&bearerd).await;
+    assert!(
+        exposition.contains("bearerd_consent_required{auth_config=\"crm\"} 1\n"),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("bearerd_token_requests_total{auth_config=\"crm\",outcome=\"error\"} 1\n"),
+        "{exposition}"
+    );
+    assert_eq!(on_disk(dir.path()), [None]);
+
+    // A restart with the same file: still spent, still no token request.
+    drop(bearerd);
+    let yaml = crm(dir.path(), &tokens, "rt-revoked");
+    let bearerd = start_bearerd(&yaml).await;
+    assert!(
+        metrics(&bearerd)
+            .await
+            .contains("bearerd_consent_required{auth_config=\"crm\"} 1\n")
+    );
+    let again = bearerd_error(through(&bearerd, &echo, "/x").await).await;
+    assert_eq!(again.message, expected);
+    assert_eq!(tokens.count(), 1);
+
+    // A new token in the file (a Secret updated), then a reload: the new consent.
+    let yaml = crm(dir.path(), &tokens, "rt-granted-again");
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(&path, format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{yaml}")).unwrap();
+    bearerd.reload(&path, &Env::new()).unwrap();
+    assert!(
+        metrics(&bearerd)
+            .await
+            .contains("bearerd_consent_required{auth_config=\"crm\"} 0\n")
+    );
+    assert_eq!(
+        configs(&bearerd).await["auth_configs"][0]["token"]["consent_required"],
+        false
+    );
+    let seen = echoed(through(&bearerd, &echo, "/x").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer at2"));
+    assert_eq!(
+        form_of(&tokens.requests()[1])[1],
+        ("refresh_token".into(), "rt-granted-again".into())
+    );
+    assert_eq!(on_disk(dir.path()), [Some("rt2".to_owned())]);
+    // Nothing the admin listener shows holds a token.
+    let shown = format!("{}{}", configs(&bearerd).await, metrics(&bearerd).await);
+    for secret in ["rt-revoked", "rt-granted-again", "rt2", "at2", "crm-secret"] {
+        assert!(!shown.contains(secret), "{secret} shown");
+    }
+}
+
+#[tokio::test]
+async fn a_state_file_bearerd_cannot_open_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start().await;
+    let yaml = crm(dir.path(), &tokens, "rt");
+    std::fs::write(
+        dir.path().join("state.json"),
+        "{\"bearerd_state\":1,\"alg\":\"A256GCM\"",
+    )
+    .unwrap();
+    let config = Config::from_yaml(
+        "test.yaml",
+        &format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{yaml}"),
+        &Env::new(),
+    )
+    .unwrap();
+    let error = bearerd::Server::start(config).await.err().unwrap().to_string();
+    assert_eq!(
+        error,
+        format!(
+            "state.file {}/state.json is not a complete bearerd state file (it is not complete JSON: cut short?); it was not read",
+            dir.path().display()
+        )
+    );
+}
