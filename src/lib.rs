@@ -21,7 +21,8 @@
 //! - [`token`]: the token cache (moka, single flight) and the token endpoint client.
 //! - [`inject`]: puts the token on the request and strips hop-by-hop headers.
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`).
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`), and on
+//!   it [`consent`]: the authorization code grant's `/authorize/<id>` and `/callback`.
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
 //! - [`state`]: the sealed file that keeps the user grants' refresh tokens across restarts.
 //! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
@@ -37,6 +38,7 @@ pub mod admin;
 pub mod assertion;
 pub mod check;
 pub mod config;
+pub mod consent;
 pub mod error;
 pub mod http1;
 pub mod inject;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{AuthConfig, Config, Env, LoadError, text_hash};
+use crate::consent::Consents;
 use crate::proxy::{Proxy, Upstream};
 use crate::state::StateStore;
 use crate::token::{Grants, RequestToken, TokenCache, TokenClient, TokenFailure, unix_seconds};
@@ -85,7 +86,11 @@ impl Server {
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         shared.spawn([
-            tokio::spawn(admin::serve(admin_listener, Arc::clone(&proxy))),
+            tokio::spawn(admin::serve(
+                admin_listener,
+                Arc::clone(&proxy),
+                Arc::new(Consents::new(Arc::clone(&shared.grants), admin_addr)),
+            )),
             tokio::spawn(check_secrets_daily(Arc::clone(&proxy))),
         ]);
         shared.spawn(start_prefetch(&proxy, &config));

@@ -182,6 +182,18 @@ impl StateStore {
         Ok(true)
     }
 
+    /// Puts `new` under `key` (or removes the record, with `None`) whatever is there, and
+    /// writes the file before returning: a new consent overrides anything older. As with
+    /// [`StateStore::replace`], a failed write keeps the change in memory.
+    pub fn put(&self, key: &str, new: Option<Record>) -> Result<(), StateError> {
+        let mut records = self.records();
+        match new {
+            Some(record) => records.insert(key.to_owned(), record),
+            None => records.remove(key),
+        };
+        self.write(&records)
+    }
+
     fn records(&self) -> MutexGuard<'_, BTreeMap<String, Record>> {
         // Every change is one insert or remove: a panic elsewhere leaves the map whole.
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
@@ -410,6 +422,11 @@ mod tests {
         assert!(!store.replace("k", Some(&stale), None).unwrap());
         assert!(!store.replace("k", None, Some(record("rt-new"))).unwrap());
         assert_eq!(store.get("k").unwrap().refresh_token.unwrap().expose(), TOKEN);
+        // A put does not ask.
+        store.put("k", Some(record("rt-consent"))).unwrap();
+        assert_eq!(store.get("k").unwrap().refresh_token.unwrap().expose(), "rt-consent");
+        store.put("k", None).unwrap();
+        assert_eq!(StateStore::open(&config(dir.path(), 1)).unwrap().get("k"), None);
     }
 
     #[test]

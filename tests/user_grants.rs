@@ -248,3 +248,159 @@ async fn a_state_file_bearerd_cannot_open_stops_the_start() {
         )
     );
 }
+
+/// An `authorization_code` config `mail` for a public client (`client_auth: none`) whose
+/// consent starts at the token server's host.
+fn mail(dir: &Path, tokens: &TokenServer) -> String {
+    std::fs::write(dir.join("state-key"), format!("{KEY_HEX}\n")).unwrap();
+    format!(
+        "state:\n  file: {0}/state.json\n  key_file: {0}/state-key\nauth_configs:\n  - id: mail\n    grant: authorization_code\n    token_url: {1}\n    authorization_url: http://{2}/authorize\n    client_id: mail-client\n    client_auth: none\n    scopes: [mail.read, offline_access]\n    authorize_params: {{ prompt: consent }}\n    allowed_hosts: [127.0.0.1]\n",
+        dir.display(),
+        tokens.url(),
+        tokens.addr
+    )
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_consent_over_http_exchanges_the_code_with_pkce_and_connects_the_config() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::with(std::time::Duration::ZERO, rotating).await;
+    let echo = Echo::start().await;
+    let yaml = mail(dir.path(), &tokens);
+    let bearerd = start_bearerd(&yaml).await;
+    let admin = bearerd.admin_addr;
+    let before = bearerd_error(through_as(&bearerd, &echo, "/x", "mail").await).await;
+    assert_eq!(
+        (before.status, before.message.as_str()),
+        (
+            502,
+            "no access token: auth config `mail` needs a new consent: open /authorize/mail on the admin listener"
+        )
+    );
+    assert_consent_required(&bearerd, "mail", true).await;
+
+    let browser = no_redirects();
+    let (location, cookie) = start_consent(&browser, admin).await;
+    let param = |name: &str| {
+        location
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    assert_eq!(location.path(), "/authorize");
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", admin.port());
+    assert_eq!(param("redirect_uri").as_deref(), Some(redirect_uri.as_str()));
+    assert_eq!(param("client_id").as_deref(), Some("mail-client"));
+    assert_eq!(param("scope").as_deref(), Some("mail.read offline_access"));
+    assert_eq!(param("prompt").as_deref(), Some("consent"));
+    let state = param("state").unwrap();
+    let challenge = param("code_challenge").unwrap();
+
+    // The provider sends the browser back with a code.
+    let back = browser
+        .get(format!("http://{admin}/callback?code=the-code&state={state}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
+    assert_eq!(back.headers()["content-type"], "text/html; charset=utf-8");
+    let page = back.text().await.unwrap();
+    assert!(page.contains("<h1>Connected: mail</h1>"), "{page}");
+    assert!(
+        !page.contains("at1") && !page.contains("rt1") && !page.contains("the-code"),
+        "{page}"
+    );
+
+    let exchange = &tokens.requests()[0];
+    assert_eq!(exchange.header("authorization"), None, "a public client");
+    let form = form_of(exchange);
+    let verifier = form.iter().find(|(k, _)| k == "code_verifier").unwrap().1.clone();
+    assert_eq!(
+        exchange.body,
+        format!(
+            "grant_type=authorization_code&code=the-code&redirect_uri={}&code_verifier={verifier}&client_id=mail-client",
+            form_urlencoded::byte_serialize(redirect_uri.as_bytes()).collect::<String>()
+        )
+    );
+    let hashed = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    assert_eq!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hashed),
+        challenge
+    );
+
+    // Connected: the exchange's access token is used, with no other token request.
+    let seen = echoed(through_as(&bearerd, &echo, "/x", "mail").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer at1"));
+    assert_eq!(tokens.count(), 1);
+    assert_eq!(on_disk(dir.path()), [Some("rt1".to_owned())]);
+    assert_consent_required(&bearerd, "mail", false).await;
+    assert_eq!(
+        configs(&bearerd).await["auth_configs"][0]["authorize"]["path"],
+        "/authorize/mail"
+    );
+    // The state is spent.
+    let replay = browser
+        .get(format!("http://{admin}/callback?code=the-code&state={state}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    assert_eq!(tokens.count(), 1);
+
+    // A restart carries on with the refresh token, no consent.
+    drop(bearerd);
+    let bearerd = start_bearerd(&yaml).await;
+    let seen = echoed(through_as(&bearerd, &echo, "/x", "mail").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer at2"));
+    assert_eq!(
+        tokens.requests()[1].body,
+        "grant_type=refresh_token&refresh_token=rt1&scope=mail.read+offline_access&client_id=mail-client"
+    );
+}
+
+/// `/configs` and the metric agree on whether config `id` (the first) needs a consent.
+async fn assert_consent_required(bearerd: &bearerd::Server, id: &str, required: bool) {
+    let json = configs(bearerd).await;
+    assert_eq!(json["auth_configs"][0]["id"], id);
+    assert_eq!(json["auth_configs"][0]["token"]["consent_required"], required);
+    let series = format!(
+        "bearerd_consent_required{{auth_config=\"{id}\"}} {}\n",
+        u8::from(required)
+    );
+    let exposition = metrics(bearerd).await;
+    assert!(exposition.contains(&series), "{exposition}");
+}
+
+/// `GET /authorize/mail` as a browser: where it is sent, and the cookie it gets.
+async fn start_consent(browser: &reqwest::Client, admin: std::net::SocketAddr) -> (url::Url, String) {
+    let started = browser
+        .get(format!("http://{admin}/authorize/mail"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 302);
+    let location = url::Url::parse(started.headers()["location"].to_str().unwrap()).unwrap();
+    let set_cookie = started.headers()["set-cookie"].to_str().unwrap();
+    (location, set_cookie.split(';').next().unwrap().to_owned())
+}
+
+async fn through_as(bearerd: &bearerd::Server, echo: &Echo, path: &str, config: &str) -> reqwest::Response {
+    get_with_config(
+        &proxied_client(bearerd.proxy_addr),
+        &format!("http://{}{path}", echo.addr),
+        config,
+    )
+    .await
+}

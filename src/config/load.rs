@@ -17,7 +17,7 @@ use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
 use super::raw::{RawAuthConfig, RawDuration, RawInject, RawRoute, RawScopes, RawState, RawTimestamp, RawTop};
 use super::time::{parse_duration, parse_timestamp};
 use super::{
-    AuthConfig, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, FirstRefreshToken,
+    AuthConfig, Authorize, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, FirstRefreshToken,
     GOOGLE_ISSUER, Grant, HostPattern, Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey,
     StateConfig, TokenEndpoint, check_endpoint_url,
 };
@@ -48,6 +48,18 @@ const MAX_SCOPE_CHARS: usize = 250;
 const MAX_ID_CHARS: usize = 128;
 /// The fields that say where token requests go; the first three each name an endpoint.
 const ENDPOINT_FIELDS: &[&str] = &["token_url", "issuer", "provider", "discovery_url", "tenant"];
+/// Authorization request parameters that bearerd itself sets (RFC 6749 §4.1.1, RFC 7636
+/// §4.3); bearerd reads the response from the query, so `response_mode` is its own too.
+const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+];
 /// Token request parameters that bearerd itself sets; `extra_params` may not override them.
 const RESERVED_PARAMS: &[&str] = &[
     "grant_type",
@@ -406,18 +418,9 @@ impl Loader<'_> {
             );
         }
         let endpoint = self.endpoint(cid, &mut raw);
+        let authorize = self.authorize(cid, &mut raw, endpoint.as_ref());
         let credential = self.credential(cid, &mut raw);
-        let client_id = match raw.client_id {
-            Some(client_id) if !client_id.is_empty() => Some(client_id),
-            Some(_) => {
-                self.error(cid, "client_id", "must not be empty");
-                None
-            }
-            None => {
-                self.error(cid, "client_id", "missing: set client_id");
-                None
-            }
-        };
+        let client_id = self.client_id(cid, raw.client_id.take());
         let scopes = self.scopes(cid, raw.scopes);
         let extra_params = self.extra_params(cid, raw.extra_params);
         let inject = self.inject(cid, raw.inject);
@@ -455,7 +458,10 @@ impl Loader<'_> {
 
         let client_secret_expires_at = self.secret_expiry(cid, raw.client_secret_expires_at.take());
         let first_refresh_token = self.first_refresh_token(cid, raw.grant, raw.refresh_token_file.take());
-        let (Some(endpoint), Some(client_id), Some(credential)) = (endpoint, client_id, credential) else {
+        let user_grant_valid = !raw.grant.is_user_grant() || authorize.is_some() || first_refresh_token.is_some();
+        let (Some(endpoint), Some(client_id), Some(credential), true) =
+            (endpoint, client_id, credential, user_grant_valid)
+        else {
             return PendingConfig {
                 id,
                 allowed_hosts,
@@ -484,6 +490,7 @@ impl Loader<'_> {
             retry_on_401: raw.retry_on_401.unwrap_or(true),
             prefetch: raw.prefetch.unwrap_or(false),
             client_secret_expires_at,
+            authorize,
             first_refresh_token,
             cache_key: CacheKey::default(),
         };
@@ -493,6 +500,95 @@ impl Loader<'_> {
             hosts_invalid,
             config: Some(config),
         }
+    }
+
+    fn client_id(&mut self, cid: Option<&str>, client_id: Option<String>) -> Option<String> {
+        match client_id {
+            Some(client_id) if !client_id.is_empty() => Some(client_id),
+            Some(_) => {
+                self.error(cid, "client_id", "must not be empty");
+                None
+            }
+            None => {
+                self.error(cid, "client_id", "missing: set client_id");
+                None
+            }
+        }
+    }
+
+    /// `grant: authorization_code`'s fields, refused by the other grants: where the consent
+    /// starts (`authorization_url`, unless discovery or the Microsoft template names it),
+    /// where the browser comes back (`redirect_uri`), and `authorize_params`.
+    fn authorize(
+        &mut self,
+        cid: Option<&str>,
+        raw: &mut RawAuthConfig,
+        endpoint: Option<&TokenEndpoint>,
+    ) -> Option<Authorize> {
+        let url = raw.authorization_url.take();
+        let redirect_uri = raw.redirect_uri.take();
+        let params = std::mem::take(&mut raw.authorize_params);
+        if raw.grant != Grant::AuthorizationCode {
+            for (field, set) in [
+                ("authorization_url", url.is_some()),
+                ("redirect_uri", redirect_uri.is_some()),
+                ("authorize_params", !params.is_empty()),
+            ] {
+                if set {
+                    self.error(cid, field, "applies only to grant: authorization_code");
+                }
+            }
+            return None;
+        }
+        let mut valid = true;
+        let url = match (url, endpoint) {
+            (Some(text), _) => {
+                let url = self.url(cid, "authorization_url", &text);
+                if url.as_ref().is_some_and(|url| url.fragment().is_some()) {
+                    self.error(cid, "authorization_url", "must not have a fragment (RFC 6749 §3.1)");
+                    return None;
+                }
+                valid &= url.is_some();
+                url
+            }
+            (None, Some(TokenEndpoint::Url(token_url))) => {
+                let template = microsoft_authorization_url(raw.provider, token_url);
+                if template.is_none() {
+                    self.error(
+                        cid,
+                        "authorization_url",
+                        "missing: where the consent starts (or use issuer: and discovery names it)",
+                    );
+                    return None;
+                }
+                template
+            }
+            (None, _) => None,
+        };
+        let redirect_uri = redirect_uri.and_then(|text| {
+            check_redirect_uri(&text)
+                .map_err(|message| self.error(cid, "redirect_uri", message))
+                .ok()
+        });
+        let mut checked = Vec::with_capacity(params.len());
+        for (name, value) in params {
+            let field = format!("authorize_params.{name}");
+            if RESERVED_AUTHORIZE_PARAMS.contains(&name.as_str()) {
+                self.error(cid, &field, "is set by bearerd itself and cannot be overridden");
+                continue;
+            }
+            match value {
+                Value::String(s) => checked.push((name, s)),
+                Value::Number(n) => checked.push((name, n.to_string())),
+                Value::Bool(b) => checked.push((name, b.to_string())),
+                _ => self.error(cid, &field, "must be a string, number or boolean"),
+            }
+        }
+        valid.then_some(Authorize {
+            url,
+            redirect_uri,
+            params: checked,
+        })
     }
 
     /// `refresh_token_file`: required by `grant: refresh_token`, refused by the others.
@@ -533,6 +629,14 @@ impl Loader<'_> {
     /// client certificate.
     fn credential(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<Credential> {
         let method = raw.client_auth;
+        if method == ClientAuth::None && !raw.grant.is_user_grant() {
+            self.error(
+                cid,
+                "client_auth",
+                "none is for public clients of the user grants (authorization_code, refresh_token)",
+            );
+            return None;
+        }
         let uses_secret = matches!(method, ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost);
         let stray: [(&str, bool, bool); 5] = [
             ("client_secret", raw.client_secret.is_some(), uses_secret),
@@ -565,6 +669,7 @@ impl Loader<'_> {
             }
         }
         let credential = match method {
+            ClientAuth::None => Some(Credential::None),
             ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost => self
                 .client_secret(cid, raw.client_secret.take(), raw.client_secret_file.take())
                 .map(Credential::Secret),
@@ -714,7 +819,7 @@ impl Loader<'_> {
                     );
                     return None;
                 };
-                if let Err(message) = check_tenant(&tenant) {
+                if let Err(message) = check_tenant(&tenant, raw.grant) {
                     self.error(cid, "tenant", message);
                     return None;
                 }
@@ -1041,6 +1146,41 @@ fn read_secret_file(path: &Path) -> Result<ClientSecret, String> {
     Ok(ClientSecret::new(secret))
 }
 
+/// `provider: microsoft`'s authorization endpoint, beside the token endpoint it filled in.
+fn microsoft_authorization_url(provider: Option<Provider>, token_url: &Url) -> Option<Url> {
+    if provider != Some(Provider::Microsoft) {
+        return None;
+    }
+    let path = token_url.path().strip_suffix("/token")?;
+    let mut url = token_url.clone();
+    url.set_path(&format!("{path}/authorize"));
+    Some(url)
+}
+
+/// A `redirect_uri` must bring the browser back to the admin listener's `/callback`, which
+/// answers loopback peers only: `http://` to a loopback host, path `/callback`.
+fn check_redirect_uri(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|err| format!("not a valid URL: {err}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() != "http"
+        || !loopback
+        || url.path() != "/callback"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(
+            "must be http://127.0.0.1:PORT/callback (or localhost, or [::1]): the admin listener's /callback, which answers loopback peers only"
+                .into(),
+        );
+    }
+    Ok(url)
+}
+
 /// A hash of a configuration file's bytes (not for security: only to notice a change).
 #[must_use]
 pub fn text_hash(bytes: &[u8]) -> u64 {
@@ -1059,11 +1199,13 @@ fn well_known(issuer: &str) -> Result<Url, url::ParseError> {
     ))
 }
 
-/// An Entra ID tenant: a directory id (GUID) or a verified domain, never a multi-tenant alias.
-fn check_tenant(tenant: &str) -> Result<(), String> {
-    if ["common", "organizations", "consumers"]
-        .iter()
-        .any(|alias| tenant.eq_ignore_ascii_case(alias))
+/// An Entra ID tenant: a directory id (GUID) or a verified domain; a multi-tenant alias only
+/// for a user grant (an app's own token comes from its own directory).
+fn check_tenant(tenant: &str, grant: Grant) -> Result<(), String> {
+    if !grant.is_user_grant()
+        && ["common", "organizations", "consumers"]
+            .iter()
+            .any(|alias| tenant.eq_ignore_ascii_case(alias))
     {
         return Err(format!(
             "`{tenant}` cannot issue client-credentials tokens: name the directory (tenant id or domain)"

@@ -139,6 +139,8 @@ pub struct AuthConfig {
     pub prefetch: bool,
     /// When the client secret expires (`client_secret_expires_at`), for a metric and a warning.
     pub client_secret_expires_at: Option<SystemTime>,
+    /// `grant: authorization_code` only.
+    pub authorize: Option<Authorize>,
     /// `grant: refresh_token` only.
     pub first_refresh_token: Option<FirstRefreshToken>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
@@ -274,6 +276,9 @@ pub enum Grant {
     /// §4.4: the client acts for itself.
     #[default]
     ClientCredentials,
+    /// §4.1: an operator's consent in a browser (`/authorize/<id>` on the admin listener)
+    /// gives the client a refresh token, with which it then acts for that user.
+    AuthorizationCode,
     /// §6: the client acts for a user whose consent gave it a refresh token, starting from
     /// `refresh_token_file`.
     RefreshToken,
@@ -285,6 +290,7 @@ impl Grant {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ClientCredentials => "client_credentials",
+            Self::AuthorizationCode => "authorization_code",
             Self::RefreshToken => "refresh_token",
         }
     }
@@ -294,6 +300,18 @@ impl Grant {
     pub fn is_user_grant(self) -> bool {
         !matches!(self, Self::ClientCredentials)
     }
+}
+
+/// `grant: authorization_code`: where the consent starts and where it comes back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorize {
+    /// `authorization_url`, or the one a provider template names; `None`: the
+    /// `authorization_endpoint` of the discovery document.
+    pub url: Option<Url>,
+    /// `redirect_uri`; `None`: the admin listener's `/callback` on loopback.
+    pub redirect_uri: Option<Url>,
+    /// `authorize_params`, added to the authorization request.
+    pub params: Vec<(String, String)>,
 }
 
 /// `refresh_token_file`: the first refresh token of a `refresh_token` config, read at load.
@@ -315,6 +333,9 @@ pub enum ClientAuth {
     PrivateKeyJwt,
     /// RFC 8705 §2.1: the client's certificate on the TLS connection.
     TlsClientAuth,
+    /// A public client (RFC 6749 §2.1) of a user grant: `client_id` in the body, no
+    /// credential; PKCE binds its authorization code to it.
+    None,
 }
 
 impl ClientAuth {
@@ -325,6 +346,7 @@ impl ClientAuth {
             Self::ClientSecretPost => "client_secret_post",
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::TlsClientAuth => "tls_client_auth",
+            Self::None => "none",
         }
     }
 }
@@ -335,6 +357,8 @@ pub enum Credential {
     Secret(ClientSecret),
     PrivateKey(SigningKey),
     Certificate(ClientCertificate),
+    /// `client_auth: none`.
+    None,
 }
 
 impl Credential {

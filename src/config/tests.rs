@@ -825,3 +825,138 @@ fn the_refresh_token_grant_starts_from_its_file_and_needs_state() {
         );
     }
 }
+
+#[test]
+fn the_authorization_code_grant_and_public_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    let state = format!(
+        "state: {{ file: {0}/s.json, key_file: {0}/key }}\n",
+        dir.path().display()
+    );
+    let mail = |fields: &str| {
+        format!(
+            "{state}auth_configs:\n  - id: mail\n    grant: authorization_code\n    client_id: c\n    allowed_hosts: [h.test]\n{fields}"
+        )
+    };
+    let config = load(&mail(
+        "    issuer: https://idp.test\n    client_auth: none\n    redirect_uri: http://localhost:19090/callback\n    authorize_params: { prompt: consent, max_age: 0, x: true }\n",
+    ))
+    .unwrap();
+    let mail_config = config.auth_config("mail").unwrap();
+    assert_eq!(mail_config.grant, Grant::AuthorizationCode);
+    assert_eq!(mail_config.client_auth, ClientAuth::None);
+    assert!(matches!(mail_config.credential, Credential::None));
+    let authorize = mail_config.authorize.as_ref().unwrap();
+    assert_eq!(authorize.url, None, "from discovery");
+    assert_eq!(
+        authorize.redirect_uri.as_ref().unwrap().as_str(),
+        "http://localhost:19090/callback"
+    );
+    assert_eq!(
+        authorize.params,
+        [
+            ("max_age".to_owned(), "0".to_owned()),
+            ("prompt".to_owned(), "consent".to_owned()),
+            ("x".to_owned(), "true".to_owned())
+        ]
+    );
+    // A token URL needs its authorization URL; the Microsoft template has both.
+    let config = load(&mail(
+        "    token_url: https://idp.test/token\n    authorization_url: https://idp.test/authorize?tenant=t\n    client_secret: s\n",
+    ))
+    .unwrap();
+    let authorize = config.auth_config("mail").unwrap().authorize.clone().unwrap();
+    assert_eq!(authorize.url.unwrap().as_str(), "https://idp.test/authorize?tenant=t");
+    assert_eq!(authorize.redirect_uri, None);
+    let config = load(&mail(
+        "    provider: microsoft\n    tenant: organizations\n    client_secret: s\n",
+    ))
+    .unwrap();
+    let authorize = config.auth_config("mail").unwrap().authorize.clone().unwrap();
+    assert_eq!(
+        authorize.url.unwrap().as_str(),
+        "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize"
+    );
+}
+
+#[test]
+fn authorization_code_fields_are_checked_and_refused_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    let state = format!(
+        "state: {{ file: {0}/s.json, key_file: {0}/key }}\n",
+        dir.path().display()
+    );
+    let mail = |fields: &str| {
+        format!(
+            "{state}auth_configs:\n  - id: mail\n    grant: authorization_code\n    client_id: c\n    allowed_hosts: [h.test]\n{fields}"
+        )
+    };
+    let refused = [
+        (
+            mail("    token_url: https://idp.test/token\n    client_secret: s\n"),
+            "authorization_url: missing: where the consent starts (or use issuer: and discovery names it)",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    authorization_url: http://idp.test/a\n"),
+            "authorization_url: must be https:// (http:// is allowed only for loopback, for development)",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    authorization_url: https://idp.test/a#x\n"),
+            "authorization_url: must not have a fragment (RFC 6749 §3.1)",
+        ),
+        (
+            mail(
+                "    issuer: https://idp.test\n    client_secret: s\n    redirect_uri: https://app.example.com/callback\n",
+            ),
+            "redirect_uri: must be http://127.0.0.1:PORT/callback (or localhost, or [::1]): the admin listener's /callback, which answers loopback peers only",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    redirect_uri: http://127.0.0.1:9090/cb\n"),
+            "redirect_uri: must be http://127.0.0.1:PORT/callback",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    authorize_params: { state: x }\n"),
+            "authorize_params.state: is set by bearerd itself and cannot be overridden",
+        ),
+        (
+            mail(
+                "    issuer: https://idp.test\n    client_secret: s\n    authorize_params: { response_mode: form_post }\n",
+            ),
+            "authorize_params.response_mode: is set by bearerd itself and cannot be overridden",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_auth: none\n    client_secret: s\n"),
+            "client_secret: does not apply to client_auth: none",
+        ),
+        (
+            "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_auth: none\n    allowed_hosts: [h.test]\n".to_owned(),
+            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token)",
+        ),
+        (
+            "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    redirect_uri: http://127.0.0.1:1/callback\n    authorize_params: { a: b }\n".to_owned(),
+            "redirect_uri: applies only to grant: authorization_code",
+        ),
+    ];
+    for (yaml, expected) in refused {
+        let got = errors(&yaml, &Env::new());
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with(&format!("test.yaml: auth config `mail`: {expected}"))),
+            "{expected}\n{got:?}"
+        );
+    }
+    // From the environment.
+    let environment = env(&[("BEARERD_CONFIG__MAIL__AUTHORIZE_PARAMS__PROMPT", "select_account")]);
+    let config = Config::from_yaml(
+        "t",
+        &mail("    issuer: https://idp.test\n    client_secret: s\n"),
+        &environment,
+    )
+    .unwrap();
+    assert_eq!(
+        config.auth_config("mail").unwrap().authorize.as_ref().unwrap().params,
+        [("prompt".to_owned(), "select_account".to_owned())]
+    );
+}

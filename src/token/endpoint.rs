@@ -17,7 +17,7 @@ use url::Url;
 
 use super::discovery::{self, Discovered, quote};
 use crate::config::{AuthConfig, ClientAuth, Credential, TokenEndpoint, endpoint_name};
-use crate::secret::{AccessToken, ClientSecret, RefreshToken};
+use crate::secret::{AccessToken, AuthorizationCode, ClientSecret, RefreshToken};
 use crate::tls;
 
 /// Token responses larger than this are refused: no identity provider needs more.
@@ -42,6 +42,12 @@ pub enum GrantRequest<'a> {
     ClientCredentials,
     /// RFC 6749 §6, with the newest refresh token held.
     RefreshToken(&'a RefreshToken),
+    /// RFC 6749 §4.1.3, with the PKCE verifier (RFC 7636 §4.5).
+    AuthorizationCode {
+        code: &'a AuthorizationCode,
+        redirect_uri: &'a str,
+        code_verifier: &'a str,
+    },
 }
 
 impl GrantRequest<'_> {
@@ -49,8 +55,19 @@ impl GrantRequest<'_> {
         match self {
             Self::ClientCredentials => "client_credentials",
             Self::RefreshToken(_) => "refresh_token",
+            Self::AuthorizationCode { .. } => "authorization_code",
         }
     }
+}
+
+/// Where an authorization code grant's consent starts, and what its response must say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationServer {
+    pub authorization_endpoint: Url,
+    /// The issuer an `iss` response parameter must name (RFC 9207 §2.4), when known.
+    pub issuer: Option<String>,
+    /// The provider sends `iss` on every response: one without it is refused.
+    pub iss_required: bool,
 }
 
 /// Sends token requests: the token endpoint ([`TokenClient`]), or a script in tests.
@@ -61,6 +78,12 @@ pub trait RequestToken: Send + Sync + 'static {
         config: &'a AuthConfig,
         grant: GrantRequest<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>>;
+
+    /// Where `config`'s consent starts: `authorization_url`, or the discovery document's.
+    fn authorization_server<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<AuthorizationServer, TokenError>> + Send + 'a>>;
 }
 
 impl RequestToken for TokenClient {
@@ -70,6 +93,13 @@ impl RequestToken for TokenClient {
         grant: GrantRequest<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
         Box::pin(TokenClient::request(self, config, grant))
+    }
+
+    fn authorization_server<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<AuthorizationServer, TokenError>> + Send + 'a>> {
+        Box::pin(TokenClient::authorization_server(self, config))
     }
 }
 
@@ -227,6 +257,49 @@ impl TokenClient {
         }
     }
 
+    /// Where `config`'s consent starts: its `authorization_url` (or template's), else the
+    /// `authorization_endpoint` of its discovery document (read now if not yet).
+    pub async fn authorization_server(&self, config: &AuthConfig) -> Result<AuthorizationServer, TokenError> {
+        let configured = config.authorize.as_ref().and_then(|authorize| authorize.url.clone());
+        let (issuer, document, configured) = match (&config.endpoint, configured) {
+            (TokenEndpoint::Url(_), None) => {
+                return Err(TokenError::Invalid(format!(
+                    "auth config `{}` names no authorization endpoint",
+                    config.id
+                )));
+            }
+            (TokenEndpoint::Url(_), Some(url)) => {
+                return Ok(AuthorizationServer {
+                    authorization_endpoint: url,
+                    issuer: None,
+                    iss_required: false,
+                });
+            }
+            (TokenEndpoint::Discovery { issuer, document }, configured) => (issuer, document, configured),
+        };
+        let key = config.endpoint.cache_key();
+        let cached = self.documents().get(&key).cloned();
+        let discovered = match cached {
+            Some(discovered) => discovered,
+            None => self.discover(config, issuer, document, &key).await?,
+        };
+        let authorization_endpoint = match (configured, &discovered.authorization_endpoint) {
+            (Some(url), _) => url,
+            (None, Some(url)) => url.clone(),
+            (None, None) => {
+                return Err(TokenError::Discovery {
+                    document: endpoint_name(document),
+                    problem: "it has no authorization_endpoint".into(),
+                });
+            }
+        };
+        Ok(AuthorizationServer {
+            authorization_endpoint,
+            issuer: Some(issuer.clone()),
+            iss_required: discovered.iss_parameter_supported,
+        })
+    }
+
     /// The token endpoint the discovery document read for `config` names, if one was read.
     #[must_use]
     pub fn discovered_endpoint(&self, config: &AuthConfig) -> Option<Url> {
@@ -298,12 +371,23 @@ impl TokenClient {
     ) -> Result<TokenResponse, TokenError> {
         let endpoint = endpoint_name(url);
         let mut form: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
-        if let GrantRequest::RefreshToken(refresh_token) = grant {
-            form.push(("refresh_token", refresh_token.expose()));
-        }
-        // Sent on a refresh too: RFC 6749 §6 allows it, and some providers (Entra ID) need it.
         let scope = config.scopes.join(" ");
-        if !scope.is_empty() {
+        match grant {
+            GrantRequest::ClientCredentials => {}
+            GrantRequest::RefreshToken(refresh_token) => form.push(("refresh_token", refresh_token.expose())),
+            GrantRequest::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => form.extend([
+                ("code", code.expose()),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", code_verifier),
+            ]),
+        }
+        // On a refresh too (RFC 6749 §6 allows it; Entra ID needs it); the code's scopes
+        // were settled by the consent.
+        if !scope.is_empty() && !matches!(grant, GrantRequest::AuthorizationCode { .. }) {
             form.push(("scope", &scope));
         }
         for (name, value) in &config.extra_params {
@@ -327,7 +411,9 @@ impl TokenClient {
                 form.push(("client_assertion_type", crate::assertion::ASSERTION_TYPE));
                 form.push(("client_assertion", &assertion));
             }
-            (ClientAuth::TlsClientAuth, Credential::Certificate(_)) => form.push(("client_id", &config.client_id)),
+            (ClientAuth::TlsClientAuth, Credential::Certificate(_)) | (ClientAuth::None, Credential::None) => {
+                form.push(("client_id", &config.client_id));
+            }
             _ => {
                 return Err(TokenError::Invalid(
                     "client_auth does not match the configured credential".into(),

@@ -12,10 +12,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::{FetchToken, GrantRequest, RequestToken, TokenError, TokenResponse};
+use super::{AuthorizationServer, FetchToken, GrantRequest, RequestToken, TokenError, TokenResponse};
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
-use crate::secret::RefreshToken;
+use crate::secret::{AuthorizationCode, RefreshToken};
 use crate::state::{Record, StateStore, record_key, sha256_hex};
 
 /// The token source of every auth config: each grant's requests to its token endpoint.
@@ -161,6 +161,60 @@ impl Grants {
     }
 }
 
+/// What a consent's code exchange gave.
+pub struct Consented {
+    /// Its access token and lifetime (the refresh token is in `state.file`).
+    pub response: TokenResponse,
+    /// Whether the provider returned a refresh token: without one, the access token is all
+    /// the consent gave, and another consent is needed once it expires.
+    pub refresh_token_kept: bool,
+}
+
+impl Grants {
+    /// Where `config`'s consent starts.
+    pub async fn authorization_server(&self, config: &AuthConfig) -> Result<AuthorizationServer, TokenError> {
+        self.endpoint.authorization_server(config).await
+    }
+
+    /// Exchanges a consent's authorization `code` (RFC 6749 §4.1.3, PKCE's `code_verifier`)
+    /// and keeps the refresh token it gives in `state.file`, replacing any older one, before
+    /// returning. Without a refresh token, the older one is dropped too: the new consent,
+    /// perhaps another user's, decides whose access the config carries.
+    pub async fn exchange(
+        &self,
+        config: &AuthConfig,
+        code: &AuthorizationCode,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<Consented, TokenError> {
+        let store = self.store()?;
+        let grant = GrantRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        };
+        let mut response = self.endpoint.request(config, grant).await?;
+        let refresh_token = response.refresh_token.take();
+        let refresh_token_kept = refresh_token.is_some();
+        let record = refresh_token.map(|token| Record::new(&config.id, Some(token), None));
+        let (store, key) = (Arc::clone(store), record_key(config));
+        let written = tokio::task::spawn_blocking(move || store.put(&key, record))
+            .await
+            .map_err(|err| format!("writing state.file stopped: {err}"))
+            .and_then(|written| written.map_err(|err| err.to_string()));
+        self.publish_one(config);
+        written.map_err(|err| {
+            TokenError::State(format!(
+                "the consent's refresh token could not be kept (it is held until bearerd stops): {err}"
+            ))
+        })?;
+        Ok(Consented {
+            response,
+            refresh_token_kept,
+        })
+    }
+}
+
 impl FetchToken for Grants {
     fn fetch<'a>(
         &'a self,
@@ -300,6 +354,13 @@ mod tests {
                     }),
                 }
             })
+        }
+
+        fn authorization_server<'a>(
+            &'a self,
+            _config: &'a AuthConfig,
+        ) -> Pin<Box<dyn Future<Output = Result<AuthorizationServer, TokenError>> + Send + 'a>> {
+            unreachable!("a refresh_token config has no consent to start")
         }
     }
 

@@ -37,9 +37,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use endpoint::{
-    GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenResponse, basic_auth, parse_response,
+    AuthorizationServer, GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenResponse,
+    basic_auth, parse_response,
 };
-pub use grants::Grants;
+pub use grants::{Consented, Grants};
 
 use crate::config::{AuthConfig, CacheKey};
 use crate::metrics::Metrics;
@@ -347,6 +348,16 @@ impl TokenCache {
         }
     }
 
+    /// Puts the access token of `response` (a consent's code exchange, sent at `sent`) in
+    /// `config`'s slot, as if a fetch had brought it: the back-off and the last error end.
+    pub fn install(&self, config: &AuthConfig, response: TokenResponse, sent: Sent) -> Result<(), TokenError> {
+        let token = entry(config, response, sent)?;
+        let slot = self.slot(config);
+        let mut state = slot.lock();
+        put(&slot, &mut state, &self.metrics, &config.id, token);
+        Ok(())
+    }
+
     /// The token state of `config`, never the token itself.
     #[must_use]
     pub fn state(&self, config: &AuthConfig) -> TokenState {
@@ -387,21 +398,11 @@ impl TokenCache {
                 .observe(started.elapsed().as_secs_f64());
             let outcome_label = if outcome.is_ok() { "success" } else { "error" };
             metrics.token_requests.with_label_values(&[id, outcome_label]).inc();
-            if let Ok(token) = &outcome {
-                let expires = unix_seconds(SystemTime::now()) + (token.expires_at - Instant::now()).as_secs_f64();
-                metrics.token_expiry.with_label_values(&[id]).set(expires.round());
-            }
             {
                 let mut state = slot.lock();
                 state.flight = None;
                 match &outcome {
-                    Ok(token) => {
-                        slot.set_token(&mut state, Some(Arc::clone(token)));
-                        state.failures = 0;
-                        state.backoff_until = None;
-                        state.last_error = None;
-                        state.last_refresh = Some(SystemTime::now());
-                    }
+                    Ok(token) => put(&slot, &mut state, &metrics, id, Arc::clone(token)),
                     Err(err) => {
                         state.failures = state.failures.saturating_add(1);
                         let delay = backoff_delay(
@@ -425,6 +426,18 @@ impl TokenCache {
         });
         flight
     }
+}
+
+/// Puts a fetched `token` in `slot` (its `state` locked): the back-off and the last error
+/// end, and its expiry is exported.
+fn put(slot: &Slot, state: &mut SlotState, metrics: &Metrics, id: &str, token: Arc<CachedToken>) {
+    let expires = unix_seconds(SystemTime::now()) + (token.expires_at - Instant::now()).as_secs_f64();
+    metrics.token_expiry.with_label_values(&[id]).set(expires.round());
+    slot.set_token(state, Some(token));
+    state.failures = 0;
+    state.backoff_until = None;
+    state.last_error = None;
+    state.last_refresh = Some(SystemTime::now());
 }
 
 /// Waits for a fetch's outcome. A fetch task that died without answering (a panic, a
@@ -455,11 +468,36 @@ pub fn unix_seconds(time: SystemTime) -> f64 {
 
 /// One token request, turned into a cache entry.
 async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
-    // Both clocks at once: `exp` is wall-clock time, expiry is on the monotonic clock.
-    let (sent, sent_wall) = (Instant::now(), SystemTime::now());
+    let sent = Sent::now();
     let result = source.fetch(config).await;
+    entry(config, result.map_err(Arc::new)?, sent).map_err(Arc::new)
+}
+
+/// When a token request was sent, on both clocks: a JWT's `exp` is wall-clock time, expiry
+/// is on the monotonic clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    at: Instant,
+    wall: SystemTime,
+}
+
+impl Sent {
+    #[must_use]
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// A token response to a request sent at `sent`, received now, as a cache entry.
+fn entry(config: &AuthConfig, response: TokenResponse, sent: Sent) -> Result<Arc<CachedToken>, TokenError> {
+    let Sent {
+        at: sent,
+        wall: sent_wall,
+    } = sent;
     let received = Instant::now();
-    let response = result.map_err(Arc::new)?;
     let ttl = response.expires_in.unwrap_or(config.default_ttl);
     let exp_in =
         jwt::expiry(response.access_token.expose()).map(|exp| exp.duration_since(sent_wall).unwrap_or(Duration::ZERO));
@@ -469,12 +507,12 @@ async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
         } else {
             "the access token is a JWT whose exp has already passed"
         };
-        return Err(Arc::new(TokenError::Invalid(why.into())));
+        return Err(TokenError::Invalid(why.into()));
     };
     if expires_at <= received {
-        return Err(Arc::new(TokenError::Invalid(
+        return Err(TokenError::Invalid(
             "the token's lifetime less expiry_skew ran out before the token response arrived".into(),
-        )));
+        ));
     }
     tracing::info!(
         auth_config = %config.id,
