@@ -181,23 +181,32 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
 }
 
 impl Server {
-    /// Stops accepting, lets in-flight requests finish for up to `shutdown_grace`, and
-    /// returns whether they all did.
+    /// Stops accepting, lets in-flight requests and token requests finish for up to
+    /// `shutdown_grace`, and returns whether they all did. A token request is waited for
+    /// because a refresh may have rotated a refresh token: stopping before it is kept would
+    /// leave only the spent one in `state.file`.
     pub async fn shutdown(mut self) -> bool {
         let grace = self.shared.proxy.config().shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         let _ = self.stop.send(true);
         let Some(serving) = self.serving.take() else {
             return true;
         };
-        if tokio::time::timeout(grace, serving).await.is_ok() {
-            true
-        } else {
+        if tokio::time::timeout_at(deadline, serving).await.is_err() {
             tracing::warn!(
                 ?grace,
                 "shutdown_grace passed with requests still in flight; closing them"
             );
-            false
+            return false;
         }
+        if tokio::time::timeout_at(deadline, self.shared.proxy.tokens.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "shutdown_grace passed with a token request still running");
+            return false;
+        }
+        true
     }
 }
 

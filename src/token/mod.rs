@@ -234,6 +234,34 @@ pub struct TokenCache {
     slots: moka::sync::Cache<CacheKey, Arc<Slot>, BuildHasherDefault<Prehashed>>,
     source: Arc<dyn FetchToken>,
     metrics: Arc<Metrics>,
+    flights: Arc<Flights>,
+}
+
+/// How many fetches run now, so a shutdown can let them finish: a refresh whose response
+/// rotated a refresh token must live to keep the new one, or the next start finds only
+/// the spent one.
+#[derive(Default)]
+struct Flights {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// Counts one fetch as running until dropped (also when its task panics or is cancelled).
+struct InFlight(Arc<Flights>);
+
+impl InFlight {
+    fn start(flights: &Arc<Flights>) -> Self {
+        flights.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(flights))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
 }
 
 impl TokenCache {
@@ -246,6 +274,21 @@ impl TokenCache {
                 .build_with_hasher(BuildHasherDefault::default()),
             source: Arc::new(source),
             metrics,
+            flights: Arc::default(),
+        }
+    }
+
+    /// Returns once no fetch is running (at once if none is).
+    pub async fn idle(&self) {
+        loop {
+            let done = self.flights.done.notified();
+            let mut done = std::pin::pin!(done);
+            // Registered before the count is read, so a fetch ending in between still wakes us.
+            done.as_mut().enable();
+            if self.flights.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
         }
     }
 
@@ -388,7 +431,9 @@ impl TokenCache {
         let (done, flight) = watch::channel(None);
         let (slot, config, source) = (Arc::clone(slot), Arc::clone(config), Arc::clone(&self.source));
         let metrics = Arc::clone(&self.metrics);
+        let in_flight = InFlight::start(&self.flights);
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let started = Instant::now();
             let outcome = fetch(&*source, &config).await;
             let id = config.id.as_str();
@@ -1117,6 +1162,27 @@ mod tests {
         let state = cache.state(&config);
         assert_eq!((state.failures, state.last_error), (0, None));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_the_fetch_in_flight() {
+        let (cache, _) = cache(Duration::from_secs(3), Some(Duration::from_secs(3600)));
+        let (cache, config) = (Arc::new(cache), auth_config("60s", "300s"));
+        cache.idle().await; // nothing running
+        let waiter = {
+            let (cache, config) = (Arc::clone(&cache), Arc::clone(&config));
+            tokio::spawn(async move { cache.get(&config).await.is_ok() })
+        };
+        settle().await;
+        let started = Instant::now();
+        cache.idle().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(3),
+            "idle only once the fetch ended"
+        );
+        assert!(cache.state(&config).last_refresh.is_some(), "and its token is in place");
+        assert!(waiter.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
