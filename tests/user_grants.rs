@@ -7,8 +7,9 @@ mod support;
 use std::path::Path;
 
 use bearerd::config::{Config, Env};
+use bearerd::secret::RefreshToken;
 use bearerd::secret::SealingKey;
-use bearerd::state::StateStore;
+use bearerd::state::{Record, StateStore};
 use support::*;
 
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -403,4 +404,108 @@ async fn through_as(bearerd: &bearerd::Server, echo: &Echo, path: &str, config: 
         config,
     )
     .await
+}
+
+/// `bearerd check` on `yaml`: exit code and standard output.
+fn check(dir: &Path, yaml: &str) -> (Option<i32>, String) {
+    let path = dir.join("check.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bearerd"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// The cells of `config`'s row in a check table.
+fn row(table: &str, config: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|line| line.starts_with(&format!("{config} ")))
+        .unwrap_or_else(|| panic!("no row for {config}:\n{table}"));
+    line.split("  ")
+        .map(str::trim)
+        .filter(|cell| !cell.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_shows_consent_required_without_failing_and_never_spends_a_refresh_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::with(std::time::Duration::ZERO, rotating).await;
+    let crm_yaml = crm(dir.path(), &tokens, "rt-from-file");
+    let mail_config = mail(dir.path(), &tokens);
+    let mail_entry = &mail_config[mail_config.find("  - id: mail").unwrap()..];
+    let billing = format!(
+        "  - id: billing\n    token_url: {}\n    client_id: b\n    client_secret: s\n    allowed_hosts: [127.0.0.1]\n",
+        tokens.url()
+    );
+    let yaml = format!("{crm_yaml}{mail_entry}{billing}");
+    let (code, table) = check(dir.path(), &yaml);
+    assert_eq!(code, Some(0), "{table}");
+    assert_eq!(row(&table, "billing")[3], "ok");
+    assert_eq!(
+        row(&table, "mail")[1..],
+        [
+            "authorization_code",
+            &tokens.url(),
+            "consent_required",
+            "-",
+            "open /authorize/mail on the admin listener"
+        ]
+    );
+    assert_eq!(row(&table, "crm")[3], "consented", "the file's token, not yet used");
+    assert_eq!(
+        tokens.count(),
+        1,
+        "only billing's token request: no refresh token spent"
+    );
+    assert!(!dir.path().join("state.json").exists(), "check writes nothing");
+
+    // The file's token used and refused: consent required, named by its remedy.
+    let config = Config::from_yaml("t", &yaml, &Env::new()).unwrap();
+    let crm_config = config.auth_config("crm").unwrap();
+    let mail_auth = config.auth_config("mail").unwrap();
+    let store = StateStore::open(config.state.as_ref().unwrap()).unwrap();
+    let seed = bearerd::state::sha256_hex(b"rt-from-file");
+    let key = bearerd::state::record_key;
+    store
+        .put(&key(&crm_config), Some(Record::new("crm", None, Some(seed))))
+        .unwrap();
+    store
+        .put(
+            &key(&mail_auth),
+            Some(Record::new("mail", Some(RefreshToken::new("rt-consented")), None)),
+        )
+        .unwrap();
+    let (code, table) = check(dir.path(), &yaml);
+    assert_eq!(code, Some(0), "{table}");
+    assert_eq!(row(&table, "crm")[3..5], ["consent_required", "-"]);
+    assert!(
+        row(&table, "crm")[5].starts_with("put a new refresh token in refresh_token_file ("),
+        "{table}"
+    );
+    assert_eq!(row(&table, "mail")[3], "consented");
+    assert!(
+        !table.contains("rt-consented") && !table.contains("rt-from-file"),
+        "{table}"
+    );
+
+    // A state file sealed with another key fails the user grants, and the check.
+    std::fs::write(dir.path().join("state-key"), "ff".repeat(32)).unwrap();
+    let (code, table) = check(dir.path(), &yaml);
+    assert_eq!(code, Some(1), "{table}");
+    for config in ["crm", "mail"] {
+        let cells = row(&table, config);
+        assert_eq!(cells[3], "FAILED");
+        assert!(cells[5].contains("cannot be opened with state.key_file"), "{table}");
+    }
+    assert_eq!(row(&table, "billing")[3], "ok");
+    assert_eq!(tokens.count(), 3);
 }

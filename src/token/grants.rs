@@ -69,32 +69,9 @@ impl Grants {
         })
     }
 
-    /// The refresh token to send for `config`; `None` when it has none the provider may
-    /// still honour.
+    /// The refresh token to send for `config` now.
     fn current(config: &AuthConfig, store: &StateStore) -> Option<Current> {
-        let record = store.get(&record_key(config));
-        let held = |record: &Option<Record>| record.as_ref().and_then(|r| r.refresh_token.clone());
-        let Some(first) = &config.first_refresh_token else {
-            return held(&record).map(|token| Current {
-                token,
-                record,
-                seed_sha256: None,
-            });
-        };
-        let seed_sha256 = sha256_hex(first.token.expose().as_bytes());
-        let started_here = record
-            .as_ref()
-            .is_some_and(|r| r.seed_sha256.as_deref() == Some(&seed_sha256));
-        let token = if started_here {
-            held(&record)?
-        } else {
-            first.token.clone()
-        };
-        Some(Current {
-            token,
-            record,
-            seed_sha256: Some(seed_sha256),
-        })
+        current(config, store.get(&record_key(config)))
     }
 
     /// One refresh for a user grant: the token it holds is sent, and the response's new
@@ -159,6 +136,40 @@ impl Grants {
             Err(err) => Err(err),
         }
     }
+}
+
+/// The refresh token `config` would send, given its `record`; `None` when it holds none the
+/// provider may still honour (a new consent is needed).
+fn current(config: &AuthConfig, record: Option<Record>) -> Option<Current> {
+    let held = |record: &Option<Record>| record.as_ref().and_then(|r| r.refresh_token.clone());
+    let Some(first) = &config.first_refresh_token else {
+        return held(&record).map(|token| Current {
+            token,
+            record,
+            seed_sha256: None,
+        });
+    };
+    let seed_sha256 = sha256_hex(first.token.expose().as_bytes());
+    let started_here = record
+        .as_ref()
+        .is_some_and(|r| r.seed_sha256.as_deref() == Some(&seed_sha256));
+    let token = if started_here {
+        held(&record)?
+    } else {
+        first.token.clone()
+    };
+    Some(Current {
+        token,
+        record,
+        seed_sha256: Some(seed_sha256),
+    })
+}
+
+/// Whether `config` (a user grant) holds a refresh token the provider may still honour,
+/// given its `record` in `state.file`; if not, a new consent is needed.
+#[must_use]
+pub fn holds_refresh_token(config: &AuthConfig, record: Option<&Record>) -> bool {
+    current(config, record.cloned()).is_some()
 }
 
 /// What a consent's code exchange gave.
@@ -242,17 +253,22 @@ impl FetchToken for Grants {
 
 /// `config` needs a new consent; `refusal` is the provider's word on the last refresh token.
 fn consent_required(config: &AuthConfig, refusal: Option<String>) -> TokenError {
-    let remedy = match &config.first_refresh_token {
+    TokenError::ConsentRequired {
+        auth_config: config.id.clone(),
+        remedy: remedy(config),
+        refusal,
+    }
+}
+
+/// How an operator gives user grant `config` a new consent.
+#[must_use]
+pub fn remedy(config: &AuthConfig) -> String {
+    match &config.first_refresh_token {
         Some(first) => format!(
             "put a new refresh token in refresh_token_file ({})",
             first.path.display()
         ),
         None => format!("open /authorize/{} on the admin listener", config.id),
-    };
-    TokenError::ConsentRequired {
-        auth_config: config.id.clone(),
-        remedy,
-        refusal,
     }
 }
 

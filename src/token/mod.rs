@@ -40,7 +40,7 @@ pub use endpoint::{
     AuthorizationServer, GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenResponse,
     basic_auth, parse_response,
 };
-pub use grants::{Consented, Grants};
+pub use grants::{Consented, Grants, holds_refresh_token, remedy};
 
 use crate::config::{AuthConfig, CacheKey};
 use crate::metrics::Metrics;
