@@ -18,7 +18,8 @@
 //!   (once, on a 401), `finish` (counted and logged) — or tunnels a `CONNECT`.
 //! - [`routes`]: which auth config a request gets (`X-Auth-Config`, else the first matching
 //!   route, else `default_action`), and the `allowed_hosts` guard.
-//! - [`token`]: the token cache (moka, single flight) and the token endpoint client.
+//! - [`token`]: the token cache (moka, single flight), each grant's token requests (the user
+//!   grants' refresh tokens kept in [`state`]), and the token endpoint client.
 //! - [`inject`]: puts the token on the request and strips hop-by-hop headers.
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`), and on

@@ -93,8 +93,8 @@ impl Grants {
                 });
                 if !unchanged {
                     let record = Record::new(&config.id, Some(newest), current.seed_sha256.clone());
-                    // Lost to a consent that came meanwhile: its token is newer; this
-                    // access token is still good.
+                    // Ok(false): a consent came meanwhile and its newer refresh token stays;
+                    // this access token is good all the same.
                     persist(store, config, current.record, Some(record))
                         .await
                         .map_err(|err| {
@@ -110,7 +110,9 @@ impl Grants {
                 error,
                 description,
             }) if error == "invalid_grant" => {
-                let refusal = description.map_or_else(|| error.clone(), |d| format!("{error}: {d}"));
+                let refusal = description
+                    .as_ref()
+                    .map_or_else(|| error.clone(), |d| format!("{error}: {d}"));
                 // Spent: the record keeps which file it started from, with no token.
                 let spent = current
                     .seed_sha256
@@ -122,7 +124,7 @@ impl Grants {
                         return Err(TokenError::Refused {
                             status,
                             error,
-                            description: Some(refusal),
+                            description,
                         });
                     }
                     Ok(true) => {}
@@ -317,6 +319,8 @@ mod tests {
         sent: Mutex<Vec<String>>,
         script: Mutex<VecDeque<Answer>>,
         delay: Duration,
+        /// Runs while the next request is on its way (a consent landing meanwhile).
+        meanwhile: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     }
 
     impl Scripted {
@@ -325,6 +329,7 @@ mod tests {
                 sent: Mutex::new(Vec::new()),
                 script: Mutex::new(script.iter().copied().collect()),
                 delay: Duration::from_millis(200),
+                meanwhile: Mutex::new(None),
             })
         }
 
@@ -349,6 +354,10 @@ mod tests {
                     sent.len()
                 };
                 tokio::time::sleep(self.delay).await;
+                let meanwhile = self.meanwhile.lock().unwrap().take();
+                if let Some(meanwhile) = meanwhile {
+                    meanwhile();
+                }
                 let answer = self.script.lock().unwrap().pop_front().unwrap_or(Answer::Rotate);
                 let response = |refresh_token| TokenResponse {
                     access_token: AccessToken::new(format!("at{n}")),
@@ -405,9 +414,14 @@ mod tests {
 
     /// A cache over `endpoint` with the state in `dir`, as a (re)started bearerd has it.
     fn start(dir: &Path, endpoint: &Arc<Scripted>) -> (TokenCache, Arc<Grants>, Arc<Metrics>) {
+        start_with(open(dir), endpoint)
+    }
+
+    /// As [`start`], on a state store the test also holds.
+    fn start_with(store: Arc<StateStore>, endpoint: &Arc<Scripted>) -> (TokenCache, Arc<Grants>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
         let endpoint: Arc<dyn RequestToken> = Arc::clone(endpoint) as _;
-        let grants = Arc::new(Grants::new(endpoint, Some(open(dir)), Arc::clone(&metrics)));
+        let grants = Arc::new(Grants::new(endpoint, Some(store), Arc::clone(&metrics)));
         (
             TokenCache::new(Arc::clone(&grants), Arc::clone(&metrics)),
             grants,
@@ -589,5 +603,43 @@ mod tests {
         assert_eq!(endpoint.sent(), ["rt-file", "rt-file", "rt-file"]);
         assert_eq!(gauge(&metrics), 0);
         assert_eq!(on_disk(dir.path(), &config).as_deref(), Some("rt3"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consent_that_lands_during_a_refresh_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "rt-file");
+        let seed = sha256_hex(b"rt-file");
+        let consented = |store: &Arc<StateStore>, config: &AuthConfig, token: &str| {
+            let (store, key, seed) = (Arc::clone(store), record_key(config), seed.clone());
+            let record = Record::new("crm", Some(RefreshToken::new(token)), Some(seed));
+            Box::new(move || store.put(&key, Some(record)).unwrap()) as Box<dyn FnOnce() + Send>
+        };
+        // The refresh is refused, but a consent came meanwhile: not consent_required, and
+        // the consent's token is what the next refresh sends.
+        let endpoint = Scripted::new(&[Answer::InvalidGrant]);
+        let store = open(dir.path());
+        let (cache, grants, metrics) = start_with(Arc::clone(&store), &endpoint);
+        *endpoint.meanwhile.lock().unwrap() = Some(consented(&store, &config, "rt-consent"));
+        let failure = access_token(&cache, &config).await.unwrap_err();
+        assert_eq!(
+            failure,
+            "the identity provider refused the token request (HTTP 400): invalid_grant: grant request is invalid"
+        );
+        grants.publish(std::slice::from_ref(&config));
+        assert_eq!(gauge(&metrics), 0);
+        assert!(!cache.state(&config).consent_required);
+        assert_eq!(on_disk(dir.path(), &config).as_deref(), Some("rt-consent"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(access_token(&cache, &config).await.unwrap(), "at2");
+        assert_eq!(endpoint.sent(), ["rt-file", "rt-consent"]);
+        assert_eq!(on_disk(dir.path(), &config).as_deref(), Some("rt2"));
+
+        // A rotation that lands after a consent leaves the consent's token, and its access
+        // token is used.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        *endpoint.meanwhile.lock().unwrap() = Some(consented(&store, &config, "rt-newer-consent"));
+        assert_eq!(access_token(&cache, &config).await.unwrap(), "at3");
+        assert_eq!(on_disk(dir.path(), &config).as_deref(), Some("rt-newer-consent"));
     }
 }
