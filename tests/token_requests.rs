@@ -1,9 +1,11 @@
 //! The token request on the wire, byte for byte, as the recording token endpoint received
 //! it: the form body and its JSON twin (`request_body: json`) for every client
-//! authentication, `client_secret_jwt`'s HS256 assertion, and a public client (`none`).
+//! authentication, `client_secret_jwt`'s HS256 assertion, and a public client (`none`), for
+//! client credentials and for the user grants' refreshes and code exchanges alike.
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use aws_lc_rs::hmac;
 use base64::Engine;
@@ -43,16 +45,73 @@ async fn token_requests(bearerd: &bearerd::Server, echo: &Echo, tokens: &TokenSe
 /// lines) at one token endpoint, and the token request one request through each caused.
 async fn requests_of(configs: &[(&str, &str, &str)]) -> (TokenServer, HashMap<String, Recorded>) {
     let tokens = TokenServer::start().await;
-    let echo = Echo::start().await;
     let yaml: String = configs
         .iter()
         .map(|(id, body, auth)| auth_config(id, &tokens, body, auth))
         .collect();
-    let bearerd = start_bearerd(&format!("auth_configs:\n{yaml}")).await;
+    let requests = requests_at(&tokens, &format!("auth_configs:\n{yaml}"), configs).await;
+    (tokens, requests)
+}
+
+/// As [`requests_of`], each config a `refresh_token` grant whose file holds
+/// [`first_refresh_token`]: the requests are its first refresh.
+async fn refreshes_of(configs: &[(&str, &str, &str)]) -> (TokenServer, HashMap<String, Recorded>) {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start().await;
+    let yaml: String = configs
+        .iter()
+        .map(|(id, body, auth)| {
+            let file = dir.path().join(format!("{id}.refresh-token"));
+            std::fs::write(&file, format!("{}\n", first_refresh_token(id))).unwrap();
+            let grant = format!(
+                "    grant: refresh_token\n    refresh_token_file: {}\n{auth}",
+                file.display()
+            );
+            auth_config(id, &tokens, body, &grant)
+        })
+        .collect();
+    let yaml = format!("{}auth_configs:\n{yaml}", state_block(dir.path()));
+    let requests = requests_at(&tokens, &yaml, configs).await;
+    (tokens, requests)
+}
+
+/// bearerd on `yaml`, and by config id the token request one request through each of
+/// `configs` caused.
+async fn requests_at(tokens: &TokenServer, yaml: &str, configs: &[(&str, &str, &str)]) -> HashMap<String, Recorded> {
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(yaml).await;
     let ids: Vec<&str> = configs.iter().map(|(id, ..)| *id).collect();
-    let requests = token_requests(&bearerd, &echo, &tokens, &ids).await;
-    let by_id = ids.iter().map(|id| (*id).to_owned()).zip(requests).collect();
-    (tokens, by_id)
+    let requests = token_requests(&bearerd, &echo, tokens, &ids).await;
+    ids.iter().map(|id| (*id).to_owned()).zip(requests).collect()
+}
+
+/// The `state:` block of the user grants, with its key, in `dir`.
+fn state_block(dir: &Path) -> String {
+    std::fs::write(dir.join("state-key"), [7; 32]).unwrap();
+    format!(
+        "state: {{ file: {0}/state.json, key_file: {0}/state-key }}\n",
+        dir.display()
+    )
+}
+
+/// The refresh token config `id` starts from: characters a form escapes.
+fn first_refresh_token(id: &str) -> String {
+    format!("rt/{id}+=")
+}
+
+/// The fields of config `id`'s first refresh before the client authentication, as a form
+/// (`FORM_COMMON` with the refresh token in place of client credentials).
+fn refresh_form(id: &str) -> String {
+    let rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    format!("grant_type=refresh_token&refresh_token=rt%2F{id}%2B%3D&{rest}")
+}
+
+/// The same as JSON members (`JSON_COMMON`'s twin).
+fn refresh_json(id: &str) -> String {
+    let rest = JSON_COMMON
+        .strip_prefix(r#""grant_type":"client_credentials","#)
+        .unwrap();
+    format!(r#""grant_type":"refresh_token","refresh_token":"rt/{id}+=",{rest}"#)
 }
 
 /// The request's body, as bytes, exactly; and its framing and content type.
@@ -183,17 +242,19 @@ async fn client_secret_jwt_and_private_key_jwt_as_a_form_or_as_json() {
 
 #[tokio::test]
 async fn a_public_client_sends_its_client_id_alone() {
+    // A public client is one of a user grant (loading refuses `none` with client
+    // credentials): its refresh, as a form and as JSON.
     let public = "    client_auth: none\n";
-    let (_tokens, requests) = requests_of(&[("public-form", "", public), ("public-json", JSON_BODY, public)]).await;
+    let (_tokens, requests) = refreshes_of(&[("public-form", "", public), ("public-json", JSON_BODY, public)]).await;
     assert_body(
         &requests["public-form"],
         FORM,
-        &format!("{FORM_COMMON}&client_id=billing-client"),
+        &format!("{}&client_id=billing-client", refresh_form("public-form")),
     );
     assert_body(
         &requests["public-json"],
         JSON,
-        &format!(r#"{{{JSON_COMMON},"client_id":"billing-client"}}"#),
+        &format!(r#"{{{},"client_id":"billing-client"}}"#, refresh_json("public-json")),
     );
     for id in ["public-form", "public-json"] {
         assert_eq!(requests[id].header("authorization"), None, "{id}");
