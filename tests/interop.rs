@@ -47,8 +47,9 @@ impl Provider {
     }
 
     /// With 5-second access tokens, and the user-grant clients: `bearerd-user`
-    /// (`client_secret_basic`) and `bearerd-public` (`none`), both native clients (any
-    /// loopback port in `redirect_uri`, RFC 8252 §7.3) consented automatically.
+    /// (`client_secret_basic`), `bearerd-user-hmac` (`client_secret_jwt`) and
+    /// `bearerd-public` (`none`), all native clients (any loopback port in `redirect_uri`,
+    /// RFC 8252 §7.3) consented automatically.
     async fn start_for_users() -> Self {
         Self::launch_with(None, None, &[("INTEROP_ACCESS_TOKEN_TTL", "5")]).await
     }
@@ -176,6 +177,17 @@ fn clients() -> serde_json::Value {
             "client_id": "bearerd-user",
             "client_secret": HARD_SECRET,
             "token_endpoint_auth_method": "client_secret_basic",
+            "application_type": "native",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "scope": "openid offline_access api.read",
+        },
+        {
+            "client_id": "bearerd-user-hmac",
+            "client_secret": HMAC_SECRET,
+            "token_endpoint_auth_method": "client_secret_jwt",
+            "token_endpoint_auth_signing_alg": "HS256",
             "application_type": "native",
             "grant_types": ["authorization_code", "refresh_token"],
             "response_types": ["code"],
@@ -814,4 +826,36 @@ async fn a_public_client_consents_with_pkce_alone_and_rotates_on_refresh() {
     assert_ne!(first, second);
     assert!(provider.accepts(&second, "bearerd-public").await);
     assert_eq!(provider.refreshes("bearerd-public").await, (1, 1, 0));
+}
+
+#[tokio::test]
+async fn client_secret_jwt_exchanges_the_code_and_refreshes_with_an_hs256_assertion() {
+    let provider = Provider::start_for_users().await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = user_config(&provider, dir.path(), "bearerd-user-hmac", Some(HMAC_SECRET)).replace(
+        "    client_secret:",
+        "    client_auth: client_secret_jwt\n    client_secret:",
+    );
+    let bearerd = start_bearerd(&yaml).await;
+    // The code exchange authenticates with the assertion: the provider takes no other way.
+    let page = consent(&bearerd.admin_addr.to_string(), "interop").await;
+    assert!(page.contains("<h1>Connected: interop</h1>"), "{page}");
+    assert!(page.contains("bearerd keeps the refresh token"), "{page}");
+    let proxy = bearerd.proxy_addr.to_string();
+    let first = token_via(&proxy, &echo).await.unwrap();
+    assert!(provider.accepts(&first, "bearerd-user-hmac").await);
+    // The upstream refuses it: bearerd refreshes, with a fresh assertion, and the provider
+    // rotates the refresh token.
+    let response = proxied_client(bearerd.proxy_addr)
+        .get(format!("http://{}/only/not-{first}", echo.addr))
+        .header("x-auth-config", "interop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let second = token_via(&proxy, &echo).await.unwrap();
+    assert_ne!(first, second);
+    assert!(provider.accepts(&second, "bearerd-user-hmac").await);
+    assert_eq!(provider.refreshes("bearerd-user-hmac").await, (1, 1, 0));
 }
