@@ -122,11 +122,11 @@ impl Server {
         reload(&self.shared, path, env)
     }
 
-    /// Reloads whenever the content of `path`, or of a secret, key or certificate file it
-    /// names, changes, checking every `every`. This also catches the Kubernetes `ConfigMap`
-    /// and `Secret` pattern, where a file is a symlink through `..data` that the kubelet swaps
-    /// atomically. Tokens stay cached across such a reload: a rotated secret is used from
-    /// the next token request on.
+    /// Reloads whenever the content of `path`, or of a secret, key, certificate or refresh
+    /// token file it names, changes, checking every `every`. This also catches the
+    /// Kubernetes `ConfigMap` and `Secret` pattern, where a file is a symlink through `..data`
+    /// that the kubelet swaps atomically. Tokens stay cached across such a reload: a rotated
+    /// secret is used from the next token request on, and a new refresh token file at once.
     pub fn watch(&self, path: PathBuf, env: Env, every: Duration) {
         let shared = Arc::downgrade(&self.shared);
         self.shared.spawn([tokio::spawn(watch_file(shared, path, env, every))]);
@@ -163,6 +163,9 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
     for gone in old.auth_configs.iter().filter(|c| !remaining.contains(c.id.as_str())) {
         shared.proxy.metrics.forget(&gone.id);
     }
+    for renewed in new.auth_configs.iter().filter(|c| new_refresh_token_file(&old, c)) {
+        shared.proxy.tokens.consent_renewed(renewed);
+    }
     shared.proxy.set_config(Arc::clone(&new));
     shared.grants.publish(&new.auth_configs);
     check_secrets(&shared.proxy);
@@ -180,6 +183,19 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
         "configuration reloaded"
     );
     Ok(())
+}
+
+/// Whether `config` (of a reload) starts from another refresh token than its namesake in
+/// `old`: an updated `refresh_token_file`, the new consent of a `refresh_token` config.
+fn new_refresh_token_file(old: &Config, config: &AuthConfig) -> bool {
+    let before = old.auth_config(&config.id);
+    match (
+        &config.first_refresh_token,
+        before.as_ref().and_then(|c| c.first_refresh_token.as_ref()),
+    ) {
+        (Some(first), Some(before)) => first.token != before.token,
+        _ => false,
+    }
 }
 
 impl Server {

@@ -1159,3 +1159,38 @@ fn authorization_code_fields_are_checked_and_refused_elsewhere() {
         [("prompt".to_owned(), "select_account".to_owned())]
     );
 }
+
+#[test]
+fn the_refresh_token_file_and_the_state_key_are_watched_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state_key, refresh_token) = (dir.path().join("state-key"), dir.path().join("rt"));
+    std::fs::write(&state_key, [1; 32]).unwrap();
+    std::fs::write(&refresh_token, "rt-first\n").unwrap();
+    let yaml = format!(
+        "state: {{ file: {}/s.json, key_file: {} }}\nauth_configs:\n  - id: crm\n    grant: refresh_token\n    refresh_token_file: {}\n    token_url: https://idp.test/t\n    client_id: c\n    client_auth: none\n    allowed_hosts: [h.test]\n",
+        dir.path().display(),
+        state_key.display(),
+        refresh_token.display()
+    );
+    let config = load(&yaml).unwrap();
+    let paths: Vec<&Path> = config.watched_files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(paths, [&refresh_token, &state_key]);
+    assert_eq!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    // A Secret updated with a new refresh token: the watcher sees it.
+    std::fs::write(&refresh_token, "rt-second\n").unwrap();
+    assert!(config.watched_files[0].changed());
+    assert!(!config.watched_files[1].changed());
+    assert_ne!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    assert!(!format!("{:?}", config.watched_files).contains("rt-"));
+    // A refresh token file that cannot be read names its field, as a secret file does.
+    std::fs::remove_file(&refresh_token).unwrap();
+    let got = errors(&yaml, &Env::new());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(&format!(
+            "test.yaml: auth config `crm`: refresh_token_file: cannot read {}: ",
+            refresh_token.display()
+        )),
+        "{got:?}"
+    );
+}

@@ -401,6 +401,19 @@ impl TokenCache {
         Ok(())
     }
 
+    /// A new consent came for `config` without a token request (a new `refresh_token_file`):
+    /// the back-off and the last error, which were the old refresh token's refusal, end, so
+    /// the next request sends the new one at once.
+    pub fn consent_renewed(&self, config: &AuthConfig) {
+        let Some(slot) = self.slots.get(config.cache_key()) else {
+            return;
+        };
+        let mut state = slot.lock();
+        state.failures = 0;
+        state.backoff_until = None;
+        state.last_error = None;
+    }
+
     /// The token state of `config`, never the token itself.
     #[must_use]
     pub fn state(&self, config: &AuthConfig) -> TokenState {
