@@ -218,6 +218,11 @@ impl AuthConfig {
 
     fn compute_cache_key(&self) -> CacheKey {
         let params: Vec<String> = self.extra_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let consent = self
+            .authorize
+            .as_ref()
+            .map(Authorize::token_shaping)
+            .unwrap_or_default();
         let parts = [
             self.id.as_str(),
             self.grant.as_str(),
@@ -227,6 +232,7 @@ impl AuthConfig {
             self.request_body.as_str(),
             &self.scopes.join(" "),
             &params.join("&"),
+            &consent,
         ];
         CacheKey::new(&parts.join("\u{1f}"))
     }
@@ -342,6 +348,17 @@ pub struct Authorize {
     pub redirect_uri: Option<Url>,
     /// `authorize_params`, added to the authorization request.
     pub params: Vec<(String, String)>,
+}
+
+impl Authorize {
+    /// The part of the token cache key the consent decides: where it starts and what it
+    /// asks for beyond the scopes (an `audience` or `resource` changes whose token the
+    /// refresh token brings). `redirect_uri` only says where the browser comes back.
+    fn token_shaping(&self) -> String {
+        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let url = self.url.as_ref().map(Url::as_str).unwrap_or_default();
+        format!("{url} {}", params.join("&"))
+    }
 }
 
 /// `refresh_token_file`: the first refresh token of a `refresh_token` config, read at load.

@@ -1194,3 +1194,34 @@ fn the_refresh_token_file_and_the_state_key_are_watched_too() {
         "{got:?}"
     );
 }
+
+#[test]
+fn the_token_cache_key_covers_the_fields_of_both_kinds_of_token_request() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    let key_of = |fields: &str| {
+        let yaml = format!(
+            "state: {{ file: {0}/s.json, key_file: {0}/key }}\nauth_configs:\n  - id: mail\n    grant: authorization_code\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: a-secret-of-exactly-32-bytes-xyz\n    allowed_hosts: [h.test]\n{fields}",
+            dir.path().display()
+        );
+        load(&yaml).unwrap().auth_config("mail").unwrap().cache_key().clone()
+    };
+    let base = key_of("    authorization_url: https://idp.test/authorize\n");
+    assert_eq!(base, key_of("    authorization_url: https://idp.test/authorize\n"));
+    // Each of these changes whose token (and refresh token) the config holds.
+    for changed in [
+        "    authorization_url: https://idp.test/authorize\n    request_body: json\n",
+        "    authorization_url: https://idp.test/authorize\n    client_auth: client_secret_jwt\n",
+        "    authorization_url: https://idp.test/authorize\n    authorize_params: { audience: https://api.test }\n",
+        "    authorization_url: https://idp.test/authorize?tenant=other\n",
+        "    authorization_url: https://idp.test/authorize\n    extra_params: { resource: https://api.test }\n",
+        "    authorization_url: https://idp.test/authorize\n    scopes: [offline_access]\n",
+    ] {
+        assert_ne!(key_of(changed), base, "{changed}");
+    }
+    // Where the browser comes back does not.
+    assert_eq!(
+        key_of("    authorization_url: https://idp.test/authorize\n    redirect_uri: http://localhost:9191/callback\n"),
+        base
+    );
+}
