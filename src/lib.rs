@@ -18,11 +18,14 @@
 //!   (once, on a 401), `finish` (counted and logged) — or tunnels a `CONNECT`.
 //! - [`routes`]: which auth config a request gets (`X-Auth-Config`, else the first matching
 //!   route, else `default_action`), and the `allowed_hosts` guard.
-//! - [`token`]: the token cache (moka, single flight) and the token endpoint client.
+//! - [`token`]: the token cache (moka, single flight), each grant's token requests (the user
+//!   grants' refresh tokens kept in [`state`]), and the token endpoint client.
 //! - [`inject`]: puts the token on the request and strips hop-by-hop headers.
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`).
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`), and on
+//!   it [`consent`]: the authorization code grant's `/authorize/<id>` and `/callback`.
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
+//! - [`state`]: the sealed file that keeps the user grants' refresh tokens across restarts.
 //! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
 //!   and JWTs, and the rustls client settings.
 //!
@@ -36,6 +39,7 @@ pub mod admin;
 pub mod assertion;
 pub mod check;
 pub mod config;
+pub mod consent;
 pub mod error;
 pub mod http1;
 pub mod inject;
@@ -45,6 +49,7 @@ pub mod routes;
 pub mod running;
 pub mod secret;
 mod server;
+pub mod state;
 pub mod tls;
 pub mod token;
 
@@ -65,6 +70,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("token client: {0}")]
     TokenClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("cannot listen on {addr} ({what}): {cause}")]
     Bind {
         what: &'static str,

@@ -3,8 +3,8 @@
 //! words only, never hosts, paths or user data, so their number stays bounded.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Requests with no auth config are counted under this label.
@@ -40,6 +40,8 @@ pub struct Metrics {
     /// `bearerd_client_secret_expiry_timestamp_seconds{auth_config}`, from
     /// `client_secret_expires_at`.
     pub client_secret_expiry: GaugeVec,
+    /// `bearerd_consent_required{auth_config}`: 1 while a user grant needs a new consent.
+    pub consent_required: IntGaugeVec,
     /// `bearerd_inflight_requests`: requests between their head and their response's head.
     pub inflight: IntGauge,
     /// `bearerd_connections`: app connections open on the proxy listener.
@@ -109,6 +111,17 @@ impl Metrics {
             "bearerd_client_secret_expiry_timestamp_seconds",
             "When the client secret expires (client_secret_expires_at), in Unix seconds.",
         );
+        let consent_required = IntGaugeVec::new(
+            Opts::new(
+                "bearerd_consent_required",
+                "1 while a user grant (authorization_code, refresh_token) holds no refresh token the provider still honours.",
+            ),
+            &["auth_config"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(consent_required.clone()))
+            .expect("registered once");
         let inflight = IntGauge::new(
             "bearerd_inflight_requests",
             "Requests being handled (until their response headers are sent).",
@@ -135,6 +148,7 @@ impl Metrics {
             upstream_retries,
             config_reloads,
             client_secret_expiry,
+            consent_required,
             inflight,
             connections,
         }
@@ -166,6 +180,7 @@ impl Metrics {
     pub fn forget(&self, auth_config: &str) {
         let _ = self.token_expiry.remove_label_values(&[auth_config]);
         let _ = self.client_secret_expiry.remove_label_values(&[auth_config]);
+        let _ = self.consent_required.remove_label_values(&[auth_config]);
         let _ = self.request_duration.remove_label_values(&[auth_config]);
         let _ = self.token_request_duration.remove_label_values(&[auth_config]);
     }

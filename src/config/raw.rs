@@ -26,6 +26,7 @@ pub(super) struct RawTop {
     pub(super) config_watch_interval: Option<RawDuration>,
     pub(super) worker_threads: Option<usize>,
     pub(super) tls: Option<RawTls>,
+    pub(super) state: Option<RawState>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
     #[allow(dead_code)]
@@ -39,6 +40,13 @@ pub(super) struct RawTop {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
     pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +88,11 @@ pub(super) struct RawAuthConfig {
     pub(super) retry_on_401: Option<bool>,
     pub(super) prefetch: Option<bool>,
     pub(super) client_secret_expires_at: Option<RawTimestamp>,
+    pub(super) refresh_token_file: Option<PathBuf>,
+    pub(super) authorization_url: Option<String>,
+    pub(super) redirect_uri: Option<String>,
+    #[serde(default)]
+    pub(super) authorize_params: BTreeMap<String, Value>,
 }
 
 #[derive(Deserialize)]
