@@ -21,7 +21,9 @@
 //! - [`token`]: the token cache (moka, single flight) and the token endpoint client.
 //! - [`inject`]: puts the token on the request and strips hop-by-hop headers.
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`).
+//! - [`intercept`]: TLS interception for `HTTPS_PROXY` clients: bearerd's CA, the leaf
+//!   certificates it mints per host, the CA bundle for apps, the handshake with the app.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`, `/ca.pem`).
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
 //! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
 //!   and JWTs, and the rustls client settings.
@@ -39,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod http1;
 pub mod inject;
+pub mod intercept;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
@@ -63,6 +66,8 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Intercept(#[from] intercept::InterceptError),
     #[error("token client: {0}")]
     TokenClient(#[from] reqwest::Error),
     #[error("cannot listen on {addr} ({what}): {cause}")]

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// `bearerd_connections`: app connections open on the proxy listener.
     pub connections: IntGauge,
+    /// `bearerd_intercepted_connections_total{outcome}`: `ok` / `handshake_failed` /
+    /// `refused`, for `CONNECT`s whose TLS bearerd terminates.
+    pub intercepted_connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -109,6 +112,11 @@ impl Metrics {
             "bearerd_client_secret_expiry_timestamp_seconds",
             "When the client secret expires (client_secret_expires_at), in Unix seconds.",
         );
+        let intercepted_connections = counter(
+            "bearerd_intercepted_connections_total",
+            "TLS handshakes with apps whose CONNECT bearerd intercepts, by outcome: ok, handshake_failed, refused.",
+            &["outcome"],
+        );
         let inflight = IntGauge::new(
             "bearerd_inflight_requests",
             "Requests being handled (until their response headers are sent).",
@@ -137,6 +145,7 @@ impl Metrics {
             client_secret_expiry,
             inflight,
             connections,
+            intercepted_connections,
         }
     }
 

@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{AuthConfig, Config, Env, LoadError, text_hash};
+use crate::config::{AuthConfig, Config, Env, HostPattern, LoadError, text_hash};
+use crate::intercept::Interception;
 use crate::proxy::{Proxy, Upstream};
 use crate::token::{TokenCache, TokenClient, TokenFailure, unix_seconds};
 use crate::{StartError, admin, metrics, tls};
@@ -49,13 +50,15 @@ impl Shared {
 impl Server {
     /// Binds both listeners (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let roots = Arc::new(tls::roots(config.ca_file.as_deref())?);
+        let roots = tls::load_roots(config.ca_file.as_deref())?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let interception = start_interception(&config, &roots.certificates, &metrics)?;
+        let roots = Arc::new(roots.store);
         let upstream = Upstream::new(
             tls::client_config(Arc::clone(&roots))?,
             config.upstream_timeout,
             config.upstream_max_concurrency,
         );
-        let metrics = Arc::new(metrics::Metrics::new());
         let tokens = TokenCache::new(TokenClient::new(roots)?, Arc::clone(&metrics));
         let bind = |what, addr| async move {
             let listener = TcpListener::bind(addr)
@@ -70,7 +73,7 @@ impl Server {
         let (admin_listener, admin_addr) = bind("admin_listen", config.admin_listen).await?;
         let config = Arc::new(config);
         metrics.announce(&config.auth_configs);
-        let proxy = Arc::new(Proxy::new(Arc::clone(&config), tokens, upstream, metrics));
+        let proxy = Arc::new(Proxy::new(Arc::clone(&config), tokens, upstream, metrics, interception));
         let (stop, stopped) = watch::channel(false);
         let serving = tokio::spawn(Arc::clone(&proxy).serve(proxy_listener, stopped));
         let shared = Arc::new(Shared {
@@ -121,6 +124,44 @@ impl Server {
     }
 }
 
+/// The interception, when `intercept:` is set: its CA made and its bundle written.
+fn start_interception(
+    config: &Config,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    metrics: &metrics::Metrics,
+) -> Result<Option<Arc<Interception>>, StartError> {
+    let Some(settings) = &config.intercept else {
+        return Ok(None);
+    };
+    let hosts = config.intercepted_hosts();
+    let interception = Interception::start(settings, &hosts, roots, metrics)?;
+    tracing::info!(
+        ca_bundle_out = %settings.ca_bundle_out.display(),
+        intercepted_hosts = hosts.len(),
+        operator_ca = settings.operator_ca.is_some(),
+        "TLS interception CA ready; its bundle is written"
+    );
+    Ok(Some(Arc::new(interception)))
+}
+
+/// Warns of each intercepted route host that the interception CA cannot sign for: added
+/// by a reload, it is tunnelled until a restart.
+fn warn_uncovered_hosts(proxy: &Proxy, config: &Config) {
+    let Some(interception) = &proxy.interception else {
+        return;
+    };
+    for host in config.intercepted_hosts() {
+        let covered = match &host {
+            HostPattern::Host(name) | HostPattern::HostPort(name, _) => interception.covers(name),
+            // Any name under the suffix stands for it.
+            HostPattern::Suffix(suffix) => interception.covers(&format!("x{suffix}")),
+        };
+        if !covered {
+            tracing::warn!(%host, "intercept: true for a host the interception CA was not made for; its CONNECTs are tunnelled until bearerd restarts");
+        }
+    }
+}
+
 fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
     let new = match Config::load(path, env) {
         Ok(config) => config,
@@ -138,6 +179,7 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
         ("listen", new.listen != old.listen),
         ("admin_listen", new.admin_listen != old.admin_listen),
         ("tls.ca_file", new.ca_file != old.ca_file),
+        ("intercept", new.intercept != old.intercept),
     ] {
         if changed {
             tracing::warn!("{what} changed; it takes effect when bearerd restarts");
@@ -150,6 +192,7 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
     for gone in old.auth_configs.iter().filter(|c| !remaining.contains(c.id.as_str())) {
         shared.proxy.metrics.forget(&gone.id);
     }
+    warn_uncovered_hosts(&shared.proxy, &new);
     shared.proxy.set_config(Arc::clone(&new));
     check_secrets(&shared.proxy);
     shared.spawn(start_prefetch(&shared.proxy, &new));
