@@ -2,11 +2,14 @@
 //! start, `GET /ca.pem` on the admin listener, the outcome series of
 //! `bearerd_intercepted_connections_total`, and start errors for a bundle it cannot write.
 //! (Terminating a `CONNECT` is not wired into the proxy yet: it still tunnels.)
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
+use binary::Bearerd;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use support::*;
@@ -146,4 +149,108 @@ async fn a_bundle_that_cannot_be_written_stops_the_start_naming_it() {
             missing.join("ca-bundle.pem").display()
         )
     );
+}
+
+/// An operator CA's certificate and PKCS#8 key, written to `dir` as `ca.pem` and `ca.key`.
+fn write_operator_ca(dir: &Path) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Example Corp proxy CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
+    (cert.pem(), key)
+}
+
+fn operator_config(dir: &Path) -> String {
+    format!(
+        "intercept:\n  ca_bundle_out: {}\n  ca_cert_file: {}\n  ca_key_file: {}\n{CONFIGS}",
+        dir.join("ca-bundle.pem").display(),
+        dir.join("ca.pem").display(),
+        dir.join("ca.key").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_serves_an_operator_ca_and_never_logs_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key) = write_operator_ca(dir.path());
+    let bearerd = Bearerd::start(&operator_config(dir.path()), "trace", &[]);
+    assert_eq!(bearerd.admin_get("/ca.pem").await, (200, cert_pem.clone()));
+    let bundle = std::fs::read_to_string(dir.path().join("ca-bundle.pem")).unwrap();
+    assert!(bundle.starts_with(&cert_pem));
+    let logs = bearerd
+        .logs_when("the interception line", |logs| {
+            logs.contains("TLS interception CA ready")
+        })
+        .await;
+    let key_pem = key.serialize_pem();
+    for line in key_pem.lines().filter(|line| !line.starts_with("-----")) {
+        assert!(!logs.contains(line), "a line of the CA key is in the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_that_is_not_the_cas_stops_the_binary_naming_the_file_not_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_operator_ca(dir.path());
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("ca.key"), other.serialize_pem()).unwrap();
+    let config = dir.path().join("bearerd.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{}",
+            operator_config(dir.path())
+        ),
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_bearerd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(START, run).await.unwrap().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "intercept.ca_key_file {}: the key does not belong to the certificate in {}",
+        dir.path().join("ca.key").display(),
+        dir.path().join("ca.pem").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    for line in other.serialize_pem().lines().filter(|line| !line.starts_with("-----")) {
+        assert!(!stderr.contains(line), "a line of the key is in the output");
+    }
+    assert!(!dir.path().join("ca-bundle.pem").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_added_by_reload_is_outside_the_generated_ca_and_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("config_watch_interval: 0s\n{}", intercepting(dir.path(), ""));
+    let bearerd = Bearerd::start(&config, "info", &[]);
+    let added = "  - match: { host: new.test }\n    auth_config: api\n    intercept: true\n";
+    let leaf_ttl = config.replace("  ca_bundle_out:", "  leaf_ttl: 2h\n  ca_bundle_out:");
+    bearerd.rewrite(&format!("{leaf_ttl}{added}"));
+    bearerd.signal("HUP");
+    let logs = bearerd
+        .logs_when("the reload", |logs| logs.contains("configuration reloaded"))
+        .await;
+    let warnings: Vec<&str> = logs.lines().filter(|line| line.contains("\"WARN\"")).collect();
+    assert_eq!(warnings.len(), 2, "{logs}");
+    assert!(
+        warnings[0].contains("intercept changed; it takes effect when bearerd restarts"),
+        "{logs}"
+    );
+    assert!(warnings[1].contains("new.test"), "{logs}");
+    assert!(
+        warnings[1].contains("its CONNECTs are tunnelled until bearerd restarts"),
+        "{logs}"
+    );
+    assert!(!warnings[1].contains("api.test"), "{logs}");
 }
