@@ -127,6 +127,7 @@ impl FetchToken for Instant {
                 access_token: AccessToken::new("bench-token"),
                 expires_in: Some(Duration::from_secs(3600)),
                 scope: None,
+                refresh_token: None,
             })
         })
     }

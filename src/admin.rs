@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
-//! (Prometheus), `/configs` (each auth config's public fields and token state) and `/ca.pem`
-//! (the interception CA's certificate). Nothing here ever shows a secret, a private key or
-//! a token.
+//! (Prometheus), `/configs` (each auth config's public fields and token state), `/ca.pem`
+//! (the interception CA's certificate), and the consent of the authorization code grant
+//! (`/authorize/<id>`, `/callback`: [`crate::consent`]). Nothing here ever shows a secret, a
+//! private key or a token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,26 +11,33 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::config::{AuthConfig, Inject, TokenEndpoint, format_timestamp};
+use crate::consent::Consents;
 use crate::proxy::Proxy;
 
 /// Serves admin requests until the task is dropped.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, consents: Arc<Consents>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        let proxy = Arc::clone(&proxy);
+        let (proxy, consents) = (Arc::clone(&proxy), Arc::clone(&consents));
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(answer(&request, &proxy)) }
+                let (proxy, consents) = (Arc::clone(&proxy), Arc::clone(&consents));
+                async move {
+                    let config = proxy.config();
+                    let response = match consents.answer(&request, peer, &config, &proxy.tokens).await {
+                        Some(response) => response,
+                        None => answer(&request, &proxy),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder.serve_connection(TokioIo::new(stream), service).await;
@@ -40,7 +48,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
 const TEXT: &str = "text/plain; charset=utf-8";
 const PEM: &str = "application/x-pem-file";
 
-fn answer(request: &Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
+fn answer<B>(request: &Request<B>, proxy: &Proxy) -> Response<Full<Bytes>> {
     let readable = matches!(*request.method(), Method::GET | Method::HEAD);
     let path = request.uri().path();
     let (status, content_type, body) = match (readable, path) {
@@ -137,11 +145,20 @@ fn auth_config(proxy: &Proxy, c: &AuthConfig) -> Value {
         "retry_on_401": c.retry_on_401,
         "prefetch": c.prefetch,
         "client_secret_expires_at": time(c.client_secret_expires_at),
+        "refresh_token_file": c.first_refresh_token.as_ref().map(|first| first.path.display().to_string()),
+        "authorize": c.authorize.as_ref().map(|authorize| json!({
+            "path": format!("/authorize/{}", c.id),
+            "authorization_url": authorize.url.as_ref().map(crate::config::endpoint_name),
+            "redirect_uri": authorize.redirect_uri.as_ref().map(url::Url::as_str),
+            // Names only, as for extra_params.
+            "authorize_params": authorize.params.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+        })),
         "token": {
             "valid_until": time(state.valid_until),
             "last_refresh": time(state.last_refresh),
             "last_error": state.last_error,
             "consecutive_failures": state.failures,
+            "consent_required": state.consent_required,
         },
     })
 }

@@ -1,13 +1,19 @@
 //! `bearerd check`: validate the configuration and, unless offline, resolve discovery and
 //! fetch one token per auth config, like the "Connect" button of the products bearerd
 //! replaces. One row per config; never a token.
+//!
+//! A user grant (`authorization_code`, `refresh_token`) is not refreshed: with rotation, a
+//! refresh by `check` would spend the refresh token the running bearerd holds. Its row says
+//! whether `state.file` holds a refresh token, or that a consent is required (which is not
+//! a failure: it is the state of a config nobody has consented for yet).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, TokenEndpoint, endpoint_name};
-use crate::token::{TokenClient, TokenResponse};
+use crate::config::{AuthConfig, Config, Grant, TokenEndpoint, endpoint_name};
+use crate::state::{StateStore, record_key};
+use crate::token::{TokenClient, TokenResponse, holds_refresh_token, remedy};
 use crate::{StartError, tls};
 
 /// One config's result.
@@ -30,6 +36,10 @@ pub enum Outcome {
     Failed(String),
     /// `--offline`: the config is valid; nothing was contacted.
     Valid,
+    /// A user grant that holds a refresh token (not used by `check`).
+    Consented,
+    /// A user grant with no refresh token the provider may honour: what to do about it.
+    ConsentRequired(String),
 }
 
 impl Row {
@@ -52,9 +62,13 @@ pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartErro
         let (endpoint, result) = match &client {
             None => (configured, Outcome::Valid),
             Some(client) => {
-                let result = match client.fetch(auth_config).await {
-                    Ok(TokenResponse { expires_in, scope, .. }) => Outcome::Token { expires_in, scope },
-                    Err(err) => Outcome::Failed(err.to_string()),
+                let result = if auth_config.grant.is_user_grant() {
+                    user_grant(client, config, auth_config).await
+                } else {
+                    match client.fetch(auth_config).await {
+                        Ok(TokenResponse { expires_in, scope, .. }) => Outcome::Token { expires_in, scope },
+                        Err(err) => Outcome::Failed(err.to_string()),
+                    }
                 };
                 let endpoint = match &auth_config.endpoint {
                     TokenEndpoint::Url(_) => configured,
@@ -75,6 +89,29 @@ pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartErro
     Ok(rows)
 }
 
+/// A user grant, without spending anything: its consent's start (`authorization_code`: the
+/// authorization endpoint, through discovery when configured so) and its record in
+/// `state.file`.
+async fn user_grant(client: &TokenClient, config: &Config, auth_config: &AuthConfig) -> Outcome {
+    if auth_config.grant == Grant::AuthorizationCode
+        && let Err(err) = client.authorization_server(auth_config).await
+    {
+        return Outcome::Failed(err.to_string());
+    }
+    let Some(state) = &config.state else {
+        return Outcome::Failed("no state: block".into());
+    };
+    let records = match StateStore::read(&state.file, &state.key) {
+        Ok(records) => records.unwrap_or_default(),
+        Err(err) => return Outcome::Failed(err.to_string()),
+    };
+    if holds_refresh_token(auth_config, records.get(&record_key(auth_config))) {
+        Outcome::Consented
+    } else {
+        Outcome::ConsentRequired(remedy(auth_config))
+    }
+}
+
 /// The rows as an aligned table with a header.
 #[must_use]
 pub fn table(rows: &[Row]) -> String {
@@ -89,6 +126,13 @@ pub fn table(rows: &[Row]) -> String {
                 ),
                 Outcome::Failed(error) => ("FAILED", "-".to_owned(), error.clone()),
                 Outcome::Valid => ("valid", "-".to_owned(), "offline: nothing contacted".to_owned()),
+                Outcome::Consented => (
+                    "consented",
+                    "-".to_owned(),
+                    "a refresh token is held (check does not use it: a refresh could spend the running bearerd's)"
+                        .to_owned(),
+                ),
+                Outcome::ConsentRequired(remedy) => ("consent_required", "-".to_owned(), remedy.clone()),
             };
             [
                 row.id.clone(),

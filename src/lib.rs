@@ -18,15 +18,20 @@
 //!   (once, on a 401), `finish` (counted and logged) — or tunnels a `CONNECT`.
 //! - [`routes`]: which auth config a request gets (`X-Auth-Config`, else the first matching
 //!   route, else `default_action`), and the `allowed_hosts` guard.
-//! - [`token`]: the token cache (moka, single flight) and the token endpoint client.
+//! - [`token`]: the token cache (moka, single flight), each grant's token requests (the user
+//!   grants' refresh tokens kept in [`state`]), and the token endpoint client.
 //! - [`inject`]: puts the token on the request and strips hop-by-hop headers.
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
 //! - [`intercept`]: TLS interception for `HTTPS_PROXY` clients: bearerd's CA, the leaf
 //!   certificates it mints per host, the CA bundle for apps, the handshake with the app.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`, `/ca.pem`).
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`, `/ca.pem`),
+//!   and on it [`consent`]: the authorization code grant's `/authorize/<id>` and `/callback`.
+//! - [`metrics`]: the Prometheus metrics of DESIGN.md, with bounded labels only.
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
+//! - [`state`]: the sealed file that keeps the user grants' refresh tokens across restarts.
 //! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
-//!   and JWTs, and the rustls client settings.
+//!   and JWTs, and the rustls client settings (and the roots bearerd trusts).
+//! - [`check`]: `bearerd check`, the configuration validated and one token fetched per config.
 //!
 //! A request `GET http://api.example.com/v1/x` with `X-Auth-Config: billing` is read by the
 //! HTTP/1.1 loop, its target parsed, `billing` looked up in the running state,
@@ -38,6 +43,7 @@ pub mod admin;
 pub mod assertion;
 pub mod check;
 pub mod config;
+pub mod consent;
 pub mod error;
 pub mod http1;
 pub mod inject;
@@ -48,6 +54,7 @@ pub mod routes;
 pub mod running;
 pub mod secret;
 mod server;
+pub mod state;
 pub mod tls;
 pub mod token;
 
@@ -70,6 +77,8 @@ pub enum StartError {
     Intercept(#[from] intercept::InterceptError),
     #[error("token client: {0}")]
     TokenClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("cannot listen on {addr} ({what}): {cause}")]
     Bind {
         what: &'static str,

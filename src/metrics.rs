@@ -2,10 +2,18 @@
 //! `process_*` metrics. Labels carry auth config ids, status codes, error codes and fixed
 //! words only, never hosts, paths or user data, so their number stays bounded.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Registers a metric built from a constant definition, and hands it back.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("valid metric definition");
+    registry.register(Box::new(metric.clone())).expect("registered once");
+    metric
+}
 
 /// Requests with no auth config are counted under this label.
 pub const NO_AUTH_CONFIG: &str = "none";
@@ -40,6 +48,8 @@ pub struct Metrics {
     /// `bearerd_client_secret_expiry_timestamp_seconds{auth_config}`, from
     /// `client_secret_expires_at`.
     pub client_secret_expiry: GaugeVec,
+    /// `bearerd_consent_required{auth_config}`: 1 while a user grant needs a new consent.
+    pub consent_required: IntGaugeVec,
     /// `bearerd_inflight_requests`: requests between their head and their response's head.
     pub inflight: IntGauge,
     /// `bearerd_connections`: app connections open on the proxy listener.
@@ -56,21 +66,14 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let histogram = |name: &str, help: &str| {
             let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-            let metric = HistogramVec::new(opts, &["auth_config"]).expect("valid metric definition");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
+            register(&registry, HistogramVec::new(opts, &["auth_config"]))
         };
-        let gauge = |name: &str, help: &str| {
-            let metric = GaugeVec::new(Opts::new(name, help), &["auth_config"]).expect("valid metric definition");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
-        };
+        let gauge =
+            |name: &str, help: &str| register(&registry, GaugeVec::new(Opts::new(name, help), &["auth_config"]));
         let requests = counter(
             "bearerd_requests_total",
             "Requests answered, by auth config and HTTP status (or bearerd's error code).",
@@ -117,17 +120,27 @@ impl Metrics {
             "TLS handshakes with apps whose CONNECT bearerd intercepts, by outcome: ok, handshake_failed, refused.",
             &["outcome"],
         );
-        let inflight = IntGauge::new(
-            "bearerd_inflight_requests",
-            "Requests being handled (until their response headers are sent).",
-        )
-        .expect("valid metric definition");
-        registry.register(Box::new(inflight.clone())).expect("registered once");
-        let connections = IntGauge::new("bearerd_connections", "App connections open on the proxy listener.")
-            .expect("valid metric definition");
-        registry
-            .register(Box::new(connections.clone()))
-            .expect("registered once");
+        let consent_required = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "bearerd_consent_required",
+                    "1 while a user grant (authorization_code, refresh_token) holds no refresh token the provider still honours.",
+                ),
+                &["auth_config"],
+            ),
+        );
+        let inflight = register(
+            &registry,
+            IntGauge::new(
+                "bearerd_inflight_requests",
+                "Requests being handled (until their response headers are sent).",
+            ),
+        );
+        let connections = register(
+            &registry,
+            IntGauge::new("bearerd_connections", "App connections open on the proxy listener."),
+        );
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
@@ -143,6 +156,7 @@ impl Metrics {
             upstream_retries,
             config_reloads,
             client_secret_expiry,
+            consent_required,
             inflight,
             connections,
             intercepted_connections,
@@ -175,6 +189,7 @@ impl Metrics {
     pub fn forget(&self, auth_config: &str) {
         let _ = self.token_expiry.remove_label_values(&[auth_config]);
         let _ = self.client_secret_expiry.remove_label_values(&[auth_config]);
+        let _ = self.consent_required.remove_label_values(&[auth_config]);
         let _ = self.request_duration.remove_label_values(&[auth_config]);
         let _ = self.token_request_duration.remove_label_values(&[auth_config]);
     }

@@ -13,9 +13,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{AuthConfig, Config, Env, HostPattern, LoadError, text_hash};
+use crate::consent::Consents;
 use crate::intercept::Interception;
 use crate::proxy::{Proxy, Upstream};
-use crate::token::{TokenCache, TokenClient, TokenFailure, unix_seconds};
+use crate::state::StateStore;
+use crate::token::{Grants, RequestToken, TokenCache, TokenClient, TokenFailure, unix_seconds};
 use crate::{StartError, admin, metrics, tls};
 
 /// A client secret expiring sooner than this is warned about.
@@ -35,6 +37,7 @@ pub struct Server {
 /// What reloads and background tasks share with the server.
 struct Shared {
     proxy: Arc<Proxy>,
+    grants: Arc<Grants>,
     /// Admin, watcher, prefetch and secret-check tasks, stopped with the server.
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -59,7 +62,10 @@ impl Server {
             config.upstream_timeout,
             config.upstream_max_concurrency,
         );
-        let tokens = TokenCache::new(TokenClient::new(roots)?, Arc::clone(&metrics));
+        let state = config.state.as_ref().map(StateStore::open).transpose()?.map(Arc::new);
+        let client: Arc<dyn RequestToken> = Arc::new(TokenClient::new(roots)?);
+        let grants = Arc::new(Grants::new(client, state, Arc::clone(&metrics)));
+        let tokens = TokenCache::new(Arc::clone(&grants), Arc::clone(&metrics));
         let bind = |what, addr| async move {
             let listener = TcpListener::bind(addr)
                 .await
@@ -73,15 +79,21 @@ impl Server {
         let (admin_listener, admin_addr) = bind("admin_listen", config.admin_listen).await?;
         let config = Arc::new(config);
         metrics.announce(&config.auth_configs);
+        grants.publish(&config.auth_configs);
         let proxy = Arc::new(Proxy::new(Arc::clone(&config), tokens, upstream, metrics, interception));
         let (stop, stopped) = watch::channel(false);
         let serving = tokio::spawn(Arc::clone(&proxy).serve(proxy_listener, stopped));
         let shared = Arc::new(Shared {
             proxy: Arc::clone(&proxy),
+            grants,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         shared.spawn([
-            tokio::spawn(admin::serve(admin_listener, Arc::clone(&proxy))),
+            tokio::spawn(admin::serve(
+                admin_listener,
+                Arc::clone(&proxy),
+                Arc::new(Consents::new(Arc::clone(&shared.grants), admin_addr)),
+            )),
             tokio::spawn(check_secrets_daily(Arc::clone(&proxy))),
         ]);
         shared.spawn(start_prefetch(&proxy, &config));
@@ -113,11 +125,11 @@ impl Server {
         reload(&self.shared, path, env)
     }
 
-    /// Reloads whenever the content of `path`, or of a secret, key or certificate file it
-    /// names, changes, checking every `every`. This also catches the Kubernetes `ConfigMap`
-    /// and `Secret` pattern, where a file is a symlink through `..data` that the kubelet swaps
-    /// atomically. Tokens stay cached across such a reload: a rotated secret is used from
-    /// the next token request on.
+    /// Reloads whenever the content of `path`, or of a secret, key, certificate or refresh
+    /// token file it names, changes, checking every `every`. This also catches the
+    /// Kubernetes `ConfigMap` and `Secret` pattern, where a file is a symlink through `..data`
+    /// that the kubelet swaps atomically. Tokens stay cached across such a reload: a rotated
+    /// secret is used from the next token request on, and a new refresh token file at once.
     pub fn watch(&self, path: PathBuf, env: Env, every: Duration) {
         let shared = Arc::downgrade(&self.shared);
         self.shared.spawn([tokio::spawn(watch_file(shared, path, env, every))]);
@@ -180,6 +192,7 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
         ("admin_listen", new.admin_listen != old.admin_listen),
         ("tls.ca_file", new.ca_file != old.ca_file),
         ("intercept", new.intercept != old.intercept),
+        ("state", new.state != old.state),
     ] {
         if changed {
             tracing::warn!("{what} changed; it takes effect when bearerd restarts");
@@ -193,7 +206,11 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
         shared.proxy.metrics.forget(&gone.id);
     }
     warn_uncovered_hosts(&shared.proxy, &new);
+    for renewed in new.auth_configs.iter().filter(|c| new_refresh_token_file(&old, c)) {
+        shared.proxy.tokens.consent_renewed(renewed);
+    }
     shared.proxy.set_config(Arc::clone(&new));
+    shared.grants.publish(&new.auth_configs);
     check_secrets(&shared.proxy);
     shared.spawn(start_prefetch(&shared.proxy, &new));
     shared
@@ -211,24 +228,46 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Whether `config` (of a reload) starts from another refresh token than its namesake in
+/// `old`: an updated `refresh_token_file`, the new consent of a `refresh_token` config.
+fn new_refresh_token_file(old: &Config, config: &AuthConfig) -> bool {
+    let before = old.auth_config(&config.id);
+    match (
+        &config.first_refresh_token,
+        before.as_ref().and_then(|c| c.first_refresh_token.as_ref()),
+    ) {
+        (Some(first), Some(before)) => first.token != before.token,
+        _ => false,
+    }
+}
+
 impl Server {
-    /// Stops accepting, lets in-flight requests finish for up to `shutdown_grace`, and
-    /// returns whether they all did.
+    /// Stops accepting, lets in-flight requests and token requests finish for up to
+    /// `shutdown_grace`, and returns whether they all did. A token request is waited for
+    /// because a refresh may have rotated a refresh token: stopping before it is kept would
+    /// leave only the spent one in `state.file`.
     pub async fn shutdown(mut self) -> bool {
         let grace = self.shared.proxy.config().shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         let _ = self.stop.send(true);
         let Some(serving) = self.serving.take() else {
             return true;
         };
-        if tokio::time::timeout(grace, serving).await.is_ok() {
-            true
-        } else {
+        if tokio::time::timeout_at(deadline, serving).await.is_err() {
             tracing::warn!(
                 ?grace,
                 "shutdown_grace passed with requests still in flight; closing them"
             );
-            false
+            return false;
         }
+        if tokio::time::timeout_at(deadline, self.shared.proxy.tokens.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "shutdown_grace passed with a token request still running");
+            return false;
+        }
+        true
     }
 }
 

@@ -1,7 +1,7 @@
 //! The YAML files shipped in `config/` load, and say what they claim to.
 use std::path::Path;
 
-use bearerd::config::{ClientAuth, Config, Env, RequestBody, TokenEndpoint};
+use bearerd::config::{ClientAuth, Config, Env, Grant, RequestBody, TokenEndpoint};
 
 fn load(name: &str) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
@@ -99,4 +99,35 @@ fn the_references_intercept_block_and_route_flag_load_once_uncommented() {
     assert!(intercept.operator_ca.is_none());
     let hosts: Vec<String> = config.intercepted_hosts().iter().map(ToString::to_string).collect();
     assert_eq!(hosts, ["api.billing.example.com"]);
+}
+
+#[test]
+fn the_user_grants_example_has_a_consent_and_a_refresh_token_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [7; 32]).unwrap();
+    std::fs::write(dir.path().join("rt"), "rt-from-file\n").unwrap();
+    let env: Env = [
+        ("STATE_KEY_FILE", dir.path().join("key")),
+        ("CRM_REFRESH_TOKEN_FILE", dir.path().join("rt")),
+    ]
+    .into_iter()
+    .map(|(name, path)| (name.to_owned(), path.display().to_string()))
+    .collect();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/user-grants.yaml");
+    let config = Config::load(&path, &env).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(config.state.as_ref().unwrap().key.expose(), &[7; 32]);
+    let gmail = config.auth_config("gmail").unwrap();
+    assert_eq!(gmail.grant, Grant::AuthorizationCode);
+    let authorize = gmail.authorize.as_ref().unwrap();
+    assert_eq!(authorize.url, None, "Google's discovery document names it");
+    assert_eq!(
+        authorize.params,
+        [
+            ("access_type".to_owned(), "offline".to_owned()),
+            ("prompt".to_owned(), "consent".to_owned())
+        ]
+    );
+    let crm = config.auth_config("crm").unwrap();
+    assert_eq!(crm.grant, Grant::RefreshToken);
+    assert_eq!(crm.first_refresh_token.as_ref().unwrap().token.expose(), "rt-from-file");
 }

@@ -309,6 +309,10 @@ fn every_example_config_passes_bearerd_check_offline() {
     std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
     let secret = dir.path().join("client-secret");
     std::fs::write(&secret, "dummy-secret\n").unwrap();
+    let state_key = dir.path().join("state-key");
+    std::fs::write(&state_key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let refresh_token = dir.path().join("refresh-token");
+    std::fs::write(&refresh_token, "dummy-refresh-token\n").unwrap();
     // Dummy values for what the examples read from the environment.
     let env = [
         ("PAYMENTS_KEY_FILE", key.to_str().unwrap()),
@@ -316,6 +320,8 @@ fn every_example_config_passes_bearerd_check_offline() {
         ("AUTH0_DOMAIN", "tenant.eu.auth0.com"),
         ("OKTA_DOMAIN", "example.okta.com"),
         ("ENTRA_TENANT_ID", "0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1"),
+        ("STATE_KEY_FILE", state_key.to_str().unwrap()),
+        ("CRM_REFRESH_TOKEN_FILE", refresh_token.to_str().unwrap()),
     ];
     let mut checked = Vec::new();
     for entry in std::fs::read_dir(root().join("config/examples")).unwrap() {
@@ -328,6 +334,14 @@ fn every_example_config_passes_bearerd_check_offline() {
     checked.sort();
     assert_eq!(
         checked,
-        ["auth0", "google", "keycloak", "microsoft", "okta", "private-key-jwt"]
+        [
+            "auth0",
+            "google",
+            "keycloak",
+            "microsoft",
+            "okta",
+            "private-key-jwt",
+            "user-grants"
+        ]
     );
 }

@@ -2,9 +2,13 @@
 //! panva/node-oidc-provider (OpenID-certified), installed from npm by `.ci/run`
 //! (`npm ci --prefix tests/interop`). bearerd fetches real tokens from it, and the test asks
 //! the provider itself (RFC 7662 introspection) whether the token bearerd injected is one it
-//! issued to that client.
+//! issued to that client. The user grants are consented through the provider's own
+//! authorization endpoint, redirects followed with a cookie jar as a browser would.
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -42,6 +46,14 @@ impl Provider {
         Self::launch(key_dir, None).await
     }
 
+    /// With 5-second access tokens, and the user-grant clients: `bearerd-user`
+    /// (`client_secret_basic`), `bearerd-user-hmac` (`client_secret_jwt`) and
+    /// `bearerd-public` (`none`), all native clients (any loopback port in `redirect_uri`,
+    /// RFC 8252 §7.3) consented automatically.
+    async fn start_for_users() -> Self {
+        Self::launch_with(None, None, &[("INTEROP_ACCESS_TOKEN_TTL", "5")]).await
+    }
+
     /// Also serving HTTPS with `ca`'s server certificate, with `tls_client_auth` enabled and
     /// a client `bearerd-mtls` registered for certificates with subject `CN=bearerd-mtls`.
     async fn start_with_mtls(ca: &TestCa) -> Self {
@@ -49,61 +61,18 @@ impl Provider {
     }
 
     async fn launch(key_dir: Option<&Path>, tls: Option<&TestCa>) -> Self {
+        Self::launch_with(key_dir, tls, &[]).await
+    }
+
+    async fn launch_with(key_dir: Option<&Path>, tls: Option<&TestCa>, env: &[(&str, &str)]) -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
             "the interop server is not installed: run `npm ci --prefix tests/interop` (the README's test command does)"
         );
-        let clients = serde_json::json!([
-            {
-                "client_id": "bearerd-basic",
-                "client_secret": HARD_SECRET,
-                "token_endpoint_auth_method": "client_secret_basic",
-                "grant_types": ["client_credentials"],
-                "response_types": [],
-                "redirect_uris": [],
-                "scope": "api.read api.write",
-            },
-            {
-                "client_id": "bearerd-post",
-                "client_secret": POST_SECRET,
-                "token_endpoint_auth_method": "client_secret_post",
-                "grant_types": ["client_credentials"],
-                "response_types": [],
-                "redirect_uris": [],
-                "scope": "api.read",
-            },
-            {
-                "client_id": "bearerd-hmac",
-                "client_secret": HMAC_SECRET,
-                "token_endpoint_auth_method": "client_secret_jwt",
-                "token_endpoint_auth_signing_alg": "HS256",
-                "grant_types": ["client_credentials"],
-                "response_types": [],
-                "redirect_uris": [],
-                "scope": "api.read",
-            },
-            {
-                "client_id": "bearerd-jwt-rsa",
-                "token_endpoint_auth_method": "private_key_jwt",
-                "jwks_from": "rsa",
-                "grant_types": ["client_credentials"],
-                "response_types": [],
-                "redirect_uris": [],
-                "scope": "api.read",
-            },
-            {
-                "client_id": "bearerd-jwt-ec",
-                "token_endpoint_auth_method": "private_key_jwt",
-                "jwks_from": "ec",
-                "grant_types": ["client_credentials"],
-                "response_types": [],
-                "redirect_uris": [],
-                "scope": "api.read",
-            },
-        ]);
-        let mut clients = clients;
+        let mut clients = clients();
         let mut command = tokio::process::Command::new("node");
+        command.envs(env.iter().copied());
         if let Some(key_dir) = key_dir {
             command.env("INTEROP_KEY_DIR", key_dir);
         }
@@ -162,6 +131,88 @@ impl Provider {
         }
         request.form(&form).send().await.unwrap().json().await.unwrap()
     }
+}
+
+/// Every client the provider knows, but the `tls_client_auth` one it gets with TLS.
+fn clients() -> serde_json::Value {
+    serde_json::json!([
+        {
+            "client_id": "bearerd-basic",
+            "client_secret": HARD_SECRET,
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": "api.read api.write",
+        },
+        {
+            "client_id": "bearerd-post",
+            "client_secret": POST_SECRET,
+            "token_endpoint_auth_method": "client_secret_post",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": "api.read",
+        },
+        {
+            "client_id": "bearerd-hmac",
+            "client_secret": HMAC_SECRET,
+            "token_endpoint_auth_method": "client_secret_jwt",
+            "token_endpoint_auth_signing_alg": "HS256",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": "api.read",
+        },
+        {
+            "client_id": "bearerd-jwt-rsa",
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks_from": "rsa",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": "api.read",
+        },
+        {
+            "client_id": "bearerd-user",
+            "client_secret": HARD_SECRET,
+            "token_endpoint_auth_method": "client_secret_basic",
+            "application_type": "native",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "scope": "openid offline_access api.read",
+        },
+        {
+            "client_id": "bearerd-user-hmac",
+            "client_secret": HMAC_SECRET,
+            "token_endpoint_auth_method": "client_secret_jwt",
+            "token_endpoint_auth_signing_alg": "HS256",
+            "application_type": "native",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "scope": "openid offline_access api.read",
+        },
+        {
+            "client_id": "bearerd-public",
+            "token_endpoint_auth_method": "none",
+            "application_type": "native",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "scope": "openid offline_access api.read",
+        },
+        {
+            "client_id": "bearerd-jwt-ec",
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks_from": "ec",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": "api.read",
+        },
+    ])
 }
 
 fn config(provider: &Provider, client_id: &str, secret: &str, auth: &str) -> String {
@@ -439,4 +490,372 @@ async fn tls_client_auth_with_a_certificate_for_another_subject_is_invalid_clien
         error.message
     );
     assert_eq!(echo.requests(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// User grants: authorization_code with PKCE, refresh tokens rotated at every use
+
+const STATE_KEY: &str = "8f6a1c0e9b7d3f2a5c4e6b8d0a2c4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d";
+
+/// An `authorization_code` config `interop` for `client_id` (with `secret`, or a public
+/// client), its discovery from the provider's issuer and its state in `dir`.
+fn user_config(provider: &Provider, dir: &Path, client_id: &str, secret: Option<&str>) -> String {
+    std::fs::write(dir.join("state-key"), format!("{STATE_KEY}\n")).unwrap();
+    let auth = match secret {
+        Some(secret) => format!("    client_secret: '{secret}'\n"),
+        None => "    client_auth: none\n".to_owned(),
+    };
+    format!(
+        "state:\n  file: {0}/state.json\n  key_file: {0}/state-key\nauth_configs:\n  - id: interop\n    grant: authorization_code\n    issuer: {1}\n    client_id: {client_id}\n{auth}    scopes: [openid, offline_access, api.read]\n    authorize_params: {{ prompt: consent }}\n    allowed_hosts: [127.0.0.1]\n",
+        dir.display(),
+        provider.issuer
+    )
+}
+
+/// The refresh token `dir`'s state file holds, read with the key.
+fn state_refresh_token(dir: &Path) -> Option<String> {
+    let key = bearerd::secret::SealingKey::parse(STATE_KEY.as_bytes()).unwrap();
+    let records = bearerd::state::StateStore::read(&dir.join("state.json"), &key)
+        .unwrap()
+        .unwrap_or_default();
+    records
+        .values()
+        .find_map(|record| record.refresh_token.as_ref().map(|t| t.expose().to_owned()))
+}
+
+/// A browser's consent: `GET /authorize/<id>` on `admin`, every redirect followed with
+/// the cookies set so far, until bearerd's `/callback` answers. Its page.
+async fn consent(admin: &str, id: &str) -> String {
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT)
+        .build()
+        .unwrap();
+    let mut jar: HashMap<String, String> = HashMap::new();
+    let mut url = url::Url::parse(&format!("http://{admin}/authorize/{id}")).unwrap();
+    for _ in 0..10 {
+        // Every cookie to every host and path: each side reads only its own names.
+        let cookies: Vec<String> = jar.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        let mut request = browser.get(url.clone());
+        if !cookies.is_empty() {
+            request = request.header("cookie", cookies.join("; "));
+        }
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                jar.remove(name);
+            } else {
+                jar.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        if response.status().is_redirection() {
+            url = url.join(response.headers()["location"].to_str().unwrap()).unwrap();
+            continue;
+        }
+        let status = response.status().as_u16();
+        let page = response.text().await.unwrap();
+        assert_eq!((status, url.path()), (200, "/callback"), "{url}: {page}");
+        return page;
+    }
+    panic!("the consent did not come back within 10 redirects");
+}
+
+impl Provider {
+    /// What the provider's token endpoint did with `client_id`'s refresh tokens.
+    async fn refreshes(&self, client_id: &str) -> (u64, u64, u64) {
+        let json: serde_json::Value = direct_client()
+            .get(format!("{}/test/refreshes?client_id={client_id}", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let count = |name: &str| json[name].as_u64().unwrap();
+        (count("refreshed"), count("rotated"), count("refused"))
+    }
+
+    /// Whether the provider takes `token` (introspected as the confidential user client,
+    /// which may introspect any client's tokens) as a live one of `client_id`'s, for the
+    /// account that consented.
+    async fn accepts(&self, token: &str, client_id: &str) -> bool {
+        let info = self.introspect(token, "bearerd-user", HARD_SECRET, true).await;
+        info["active"] == true && info["client_id"] == client_id && info["sub"] == "operator"
+    }
+}
+
+/// One request through the bearerd binary at `proxy`: the token the upstream received, or
+/// bearerd's error.
+async fn token_via(proxy: &str, echo: &Echo) -> Result<String, BearerdError> {
+    let response = proxied_client(proxy.parse().unwrap())
+        .get(format!("http://{}/user", echo.addr))
+        .header("x-auth-config", "interop")
+        .send()
+        .await
+        .unwrap();
+    if response.headers().contains_key("x-bearerd-error") {
+        return Err(bearerd_error(response).await);
+    }
+    let seen = echoed(response).await;
+    let header = seen.header("authorization").expect("no token injected");
+    Ok(header.strip_prefix("Bearer ").unwrap().to_owned())
+}
+
+fn metric(exposition: &str, series: &str) -> Option<u64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// One request every 100 ms for 30 s through `bearerd`, each checked with the provider;
+/// every refresh must have rotated the refresh token. The access tokens used and the
+/// refresh tokens kept, in order, and the number of refreshes.
+async fn thirty_seconds_of_requests(
+    provider: &Provider,
+    bearerd: &binary::Bearerd,
+    echo: &Echo,
+    dir: &Path,
+    consented: &str,
+) -> (Vec<String>, Vec<String>, u64) {
+    // 30 s of requests, one every 100 ms: each carries a token the provider takes as live.
+    let mut access: Vec<String> = Vec::new();
+    let mut refresh = vec![consented.to_owned()];
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        let token = token_via(&bearerd.proxy, echo)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            provider.accepts(&token, "bearerd-user").await,
+            "a token the provider does not take"
+        );
+        if access.last() != Some(&token) {
+            access.push(token);
+        }
+        let kept = state_refresh_token(dir).unwrap();
+        if refresh.last() != Some(&kept) {
+            refresh.push(kept);
+        }
+    }
+    // 5-second tokens for 30 s: at least six of them, each after the first from a refresh.
+    assert!(access.len() >= 6, "{} access tokens", access.len());
+    // bearerd counts a refresh once it has kept its refresh token; the provider, before.
+    let success = r#"bearerd_token_requests_total{auth_config="interop",outcome="success"}"#;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refreshed = loop {
+        let (refreshed, rotated, refused) = provider.refreshes("bearerd-user").await;
+        assert_eq!(
+            (rotated, refused),
+            (refreshed, 0),
+            "every refresh rotated the refresh token"
+        );
+        let counted = metric(&bearerd.admin_get("/metrics").await.1, success);
+        if counted == Some(refreshed) {
+            break refreshed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bearerd counted {counted:?} refreshes, the provider {refreshed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        refreshed + 1 >= access.len() as u64,
+        "{refreshed} refreshes for {} tokens",
+        access.len()
+    );
+    // Each refresh token bearerd kept was a new one; the consent's is spent.
+    let distinct: std::collections::HashSet<&String> = refresh.iter().collect();
+    assert_eq!(distinct.len(), refresh.len());
+    assert!(refresh.len() >= 6, "{} refresh tokens kept", refresh.len());
+    let spent = provider.introspect(consented, "bearerd-user", HARD_SECRET, true).await;
+    assert_eq!(spent["active"], false, "{spent}");
+
+    (access, refresh, refreshed)
+}
+
+/// A second process on the state file of the `running` one reads its refresh token at
+/// start; the running one rotates it before the second uses its copy: `invalid_grant`,
+/// consent required, one token request however many requests. The second's logs, and the
+/// refresh token it read.
+async fn a_stale_copy_is_refused(
+    provider: &Provider,
+    running: &binary::Bearerd,
+    yaml: &str,
+    echo: &Echo,
+    dir: &Path,
+) -> (String, String) {
+    // A second process on the same state file reads its refresh token now; the first one
+    // rotates it before the second uses its copy: invalid_grant, consent required.
+    let second = binary::Bearerd::start(yaml, "info", &[]);
+    let loaded = state_refresh_token(dir).unwrap();
+    eventually("the running bearerd to rotate the refresh token", || async {
+        let _ = token_via(&running.proxy, echo).await.unwrap();
+        state_refresh_token(dir).as_ref() != Some(&loaded)
+    })
+    .await;
+    let (refreshed_now, _, _) = provider.refreshes("bearerd-user").await;
+    let refusal = token_via(&second.proxy, echo).await.unwrap_err();
+    assert_eq!((refusal.status, refusal.code.as_str()), (502, "token_unavailable"));
+    assert!(
+        refusal.message.starts_with(
+            "no access token: auth config `interop` needs a new consent: open /authorize/interop on the admin listener (the identity provider refused its refresh token: invalid_grant"
+        ),
+        "{}",
+        refusal.message
+    );
+    for _ in 0..20 {
+        let later = token_via(&second.proxy, echo).await.unwrap_err();
+        assert_eq!(
+            later.message,
+            "no access token: auth config `interop` needs a new consent: open /authorize/interop on the admin listener"
+        );
+    }
+    assert_eq!(
+        provider.refreshes("bearerd-user").await,
+        (refreshed_now, refreshed_now, 1)
+    );
+    let exposition = second.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(&exposition, r#"bearerd_consent_required{auth_config="interop"}"#),
+        Some(1)
+    );
+    let errors = r#"bearerd_token_requests_total{auth_config="interop",outcome="error"}"#;
+    assert_eq!(
+        metric(&exposition, errors),
+        Some(1),
+        "one token request, however many requests"
+    );
+    let configs: serde_json::Value = serde_json::from_str(&second.admin_get("/configs").await.1).unwrap();
+    assert_eq!(configs["auth_configs"][0]["token"]["consent_required"], true);
+    let logs = second
+        .logs_when("the warning", |logs| logs.contains("needs a new consent"))
+        .await;
+    let warning = logs.lines().find(|line| line.contains("needs a new consent")).unwrap();
+    assert!(warning.contains(r#""level":"WARN""#), "{warning}");
+
+    (logs, loaded)
+}
+
+#[tokio::test]
+async fn authorization_code_with_rotating_refresh_tokens_across_a_restart_and_a_second_process() {
+    let provider = Provider::start_for_users().await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = user_config(&provider, dir.path(), "bearerd-user", Some(HARD_SECRET));
+    let mut first = binary::Bearerd::start(&yaml, "info", &[]);
+    let before = token_via(&first.proxy, &echo).await.unwrap_err();
+    assert_eq!((before.status, before.code.as_str()), (502, "token_unavailable"));
+    assert!(
+        before
+            .message
+            .ends_with("open /authorize/interop on the admin listener"),
+        "{}",
+        before.message
+    );
+
+    let page = consent(&first.admin, "interop").await;
+    assert!(page.contains("<h1>Connected: interop</h1>"), "{page}");
+    assert!(page.contains("bearerd keeps the refresh token"), "{page}");
+    let consented = state_refresh_token(dir.path()).expect("the consent's refresh token is kept");
+
+    let (mut access, refresh, refreshed) =
+        thirty_seconds_of_requests(&provider, &first, &echo, dir.path(), &consented).await;
+
+    // A restart: the newest refresh token from the state file, no consent.
+    first.signal("TERM");
+    assert!(first.exit_status().await.success());
+    let logs_before = first.logs();
+    drop(first);
+    let restarted = binary::Bearerd::start(&yaml, "info", &[]);
+    for _ in 0..5 {
+        let token = token_via(&restarted.proxy, &echo)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(provider.accepts(&token, "bearerd-user").await);
+        access.push(token);
+    }
+    let (after_restart, _, refused) = provider.refreshes("bearerd-user").await;
+    assert!(after_restart > refreshed, "the restart refreshed");
+    assert_eq!(refused, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&restarted.admin_get("/configs").await.1).unwrap()["auth_configs"][0]
+            ["token"]["consent_required"],
+        false
+    );
+
+    let (logs, loaded) = a_stale_copy_is_refused(&provider, &restarted, &yaml, &echo, dir.path()).await;
+
+    // No token or secret in any log.
+    let all_logs = format!("{logs_before}{}{logs}", restarted.logs());
+    for secret in access
+        .iter()
+        .chain(&refresh)
+        .map(String::as_str)
+        .chain([HARD_SECRET, loaded.as_str()])
+    {
+        assert!(!all_logs.contains(secret), "a secret in the logs");
+    }
+}
+
+#[tokio::test]
+async fn a_public_client_consents_with_pkce_alone_and_rotates_on_refresh() {
+    let provider = Provider::start_for_users().await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bearerd = start_bearerd(&user_config(&provider, dir.path(), "bearerd-public", None)).await;
+    let page = consent(&bearerd.admin_addr.to_string(), "interop").await;
+    assert!(page.contains("<h1>Connected: interop</h1>"), "{page}");
+    let proxy = bearerd.proxy_addr.to_string();
+    let first = token_via(&proxy, &echo).await.unwrap();
+    assert!(provider.accepts(&first, "bearerd-public").await);
+    // The upstream refuses it: bearerd drops it and refreshes, as a public client.
+    let response = proxied_client(bearerd.proxy_addr)
+        .get(format!("http://{}/only/not-{first}", echo.addr))
+        .header("x-auth-config", "interop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let second = token_via(&proxy, &echo).await.unwrap();
+    assert_ne!(first, second);
+    assert!(provider.accepts(&second, "bearerd-public").await);
+    assert_eq!(provider.refreshes("bearerd-public").await, (1, 1, 0));
+}
+
+#[tokio::test]
+async fn client_secret_jwt_exchanges_the_code_and_refreshes_with_an_hs256_assertion() {
+    let provider = Provider::start_for_users().await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = user_config(&provider, dir.path(), "bearerd-user-hmac", Some(HMAC_SECRET)).replace(
+        "    client_secret:",
+        "    client_auth: client_secret_jwt\n    client_secret:",
+    );
+    let bearerd = start_bearerd(&yaml).await;
+    // The code exchange authenticates with the assertion: the provider takes no other way.
+    let page = consent(&bearerd.admin_addr.to_string(), "interop").await;
+    assert!(page.contains("<h1>Connected: interop</h1>"), "{page}");
+    assert!(page.contains("bearerd keeps the refresh token"), "{page}");
+    let proxy = bearerd.proxy_addr.to_string();
+    let first = token_via(&proxy, &echo).await.unwrap();
+    assert!(provider.accepts(&first, "bearerd-user-hmac").await);
+    // The upstream refuses it: bearerd refreshes, with a fresh assertion, and the provider
+    // rotates the refresh token.
+    let response = proxied_client(bearerd.proxy_addr)
+        .get(format!("http://{}/only/not-{first}", echo.addr))
+        .header("x-auth-config", "interop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let second = token_via(&proxy, &echo).await.unwrap();
+    assert_ne!(first, second);
+    assert!(provider.accepts(&second, "bearerd-user-hmac").await);
+    assert_eq!(provider.refreshes("bearerd-user-hmac").await, (1, 1, 0));
 }

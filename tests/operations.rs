@@ -511,6 +511,72 @@ async fn a_rotated_client_certificate_is_presented_from_the_next_token_request_o
     );
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn a_refresh_token_put_in_its_kubernetes_secret_is_the_new_consent_without_a_restart() {
+    // The provider refuses the first refresh token, and answers any other.
+    let tokens = TokenServer::with(Duration::ZERO, |n, recorded| {
+        if form_field(recorded, "refresh_token") == "rt-revoked" {
+            (
+                400,
+                "application/json",
+                r#"{"error":"invalid_grant","error_description":"revoked"}"#.to_owned(),
+            )
+        } else {
+            ok_token(&format!("tok-{n}"), 3600)
+        }
+    })
+    .await;
+    let echo = Echo::start().await;
+    let mut secret = Mounted::new(&[("refresh-token", b"rt-revoked\n")]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state-key"), [3; 32]).unwrap();
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "state: {{ file: {0}/state.json, key_file: {0}/state-key }}\nauth_configs:\n  - id: crm\n    grant: refresh_token\n    refresh_token_file: {1}\n    token_url: {2}\n    client_id: crm-client\n    client_auth: none\n    allowed_hosts: [127.0.0.1]\n",
+            dir.path().display(),
+            secret.path("refresh-token").display(),
+            tokens.url(),
+        ),
+    )
+    .unwrap();
+    let bearerd = start_watching(&path).await;
+    let client = proxied_client(bearerd.proxy_addr);
+    let url = format!("http://{}/x", echo.addr);
+    let refused = bearerd_error(get_with_config(&client, &url, "crm").await).await;
+    assert!(
+        refused
+            .message
+            .contains("needs a new consent: put a new refresh token in refresh_token_file"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(tokens.count(), 1);
+    let consent_required = || async {
+        sample(
+            &metrics(&bearerd).await,
+            "bearerd_consent_required{auth_config=\"crm\"}",
+        )
+    };
+    assert_eq!(consent_required().await, Some(1.0));
+
+    // The kubelet swaps in a new refresh token: reloaded with no SIGHUP, and it is used.
+    secret.update(&[("refresh-token", b"rt-granted\n")]);
+    eventually("the reload", || async { reloads(&bearerd, "success").await == 1.0 }).await;
+    assert_eq!(consent_required().await, Some(0.0));
+    // At once: the old token's refusal and its back-off ended with it.
+    let seen = echoed(get_with_config(&client, &url, "crm").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer tok-2"));
+    let requests = tokens.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].body,
+        "grant_type=refresh_token&refresh_token=rt-granted&client_id=crm-client"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_lets_the_request_in_flight_finish_and_refuses_new_connections() {
     let world = World::billing("").await;

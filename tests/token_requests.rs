@@ -1,9 +1,11 @@
 //! The token request on the wire, byte for byte, as the recording token endpoint received
 //! it: the form body and its JSON twin (`request_body: json`) for every client
-//! authentication, `client_secret_jwt`'s HS256 assertion, and a public client (`none`).
+//! authentication, `client_secret_jwt`'s HS256 assertion, and a public client (`none`), for
+//! client credentials and for the user grants' refreshes and code exchanges alike.
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use aws_lc_rs::hmac;
 use base64::Engine;
@@ -43,16 +45,73 @@ async fn token_requests(bearerd: &bearerd::Server, echo: &Echo, tokens: &TokenSe
 /// lines) at one token endpoint, and the token request one request through each caused.
 async fn requests_of(configs: &[(&str, &str, &str)]) -> (TokenServer, HashMap<String, Recorded>) {
     let tokens = TokenServer::start().await;
-    let echo = Echo::start().await;
     let yaml: String = configs
         .iter()
         .map(|(id, body, auth)| auth_config(id, &tokens, body, auth))
         .collect();
-    let bearerd = start_bearerd(&format!("auth_configs:\n{yaml}")).await;
+    let requests = requests_at(&tokens, &format!("auth_configs:\n{yaml}"), configs).await;
+    (tokens, requests)
+}
+
+/// As [`requests_of`], each config a `refresh_token` grant whose file holds
+/// [`first_refresh_token`]: the requests are its first refresh.
+async fn refreshes_of(configs: &[(&str, &str, &str)]) -> (TokenServer, HashMap<String, Recorded>) {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start().await;
+    let yaml: String = configs
+        .iter()
+        .map(|(id, body, auth)| {
+            let file = dir.path().join(format!("{id}.refresh-token"));
+            std::fs::write(&file, format!("{}\n", first_refresh_token(id))).unwrap();
+            let grant = format!(
+                "    grant: refresh_token\n    refresh_token_file: {}\n{auth}",
+                file.display()
+            );
+            auth_config(id, &tokens, body, &grant)
+        })
+        .collect();
+    let yaml = format!("{}auth_configs:\n{yaml}", state_block(dir.path()));
+    let requests = requests_at(&tokens, &yaml, configs).await;
+    (tokens, requests)
+}
+
+/// bearerd on `yaml`, and by config id the token request one request through each of
+/// `configs` caused.
+async fn requests_at(tokens: &TokenServer, yaml: &str, configs: &[(&str, &str, &str)]) -> HashMap<String, Recorded> {
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(yaml).await;
     let ids: Vec<&str> = configs.iter().map(|(id, ..)| *id).collect();
-    let requests = token_requests(&bearerd, &echo, &tokens, &ids).await;
-    let by_id = ids.iter().map(|id| (*id).to_owned()).zip(requests).collect();
-    (tokens, by_id)
+    let requests = token_requests(&bearerd, &echo, tokens, &ids).await;
+    ids.iter().map(|id| (*id).to_owned()).zip(requests).collect()
+}
+
+/// The `state:` block of the user grants, with its key, in `dir`.
+fn state_block(dir: &Path) -> String {
+    std::fs::write(dir.join("state-key"), [7; 32]).unwrap();
+    format!(
+        "state: {{ file: {0}/state.json, key_file: {0}/state-key }}\n",
+        dir.display()
+    )
+}
+
+/// The refresh token config `id` starts from: characters a form escapes.
+fn first_refresh_token(id: &str) -> String {
+    format!("rt/{id}+=")
+}
+
+/// The fields of config `id`'s first refresh before the client authentication, as a form
+/// (`FORM_COMMON` with the refresh token in place of client credentials).
+fn refresh_form(id: &str) -> String {
+    let rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    format!("grant_type=refresh_token&refresh_token=rt%2F{id}%2B%3D&{rest}")
+}
+
+/// The same as JSON members (`JSON_COMMON`'s twin).
+fn refresh_json(id: &str) -> String {
+    let rest = JSON_COMMON
+        .strip_prefix(r#""grant_type":"client_credentials","#)
+        .unwrap();
+    format!(r#""grant_type":"refresh_token","refresh_token":"rt/{id}+=",{rest}"#)
 }
 
 /// The request's body, as bytes, exactly; and its framing and content type.
@@ -132,68 +191,88 @@ async fn client_secret_jwt_and_private_key_jwt_as_a_form_or_as_json() {
     ])
     .await;
 
-    // client_id, the assertion type, and a fresh assertion each time.
-    let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
     for (id, alg) in [("hmac", "HS256"), ("jwt", "ES256")] {
-        let form = &requests[&format!("{id}-form")];
-        let assertion = form
-            .body
-            .rsplit_once("&client_assertion=")
-            .map(|(_, jwt)| jwt.to_owned())
-            .unwrap();
-        assert_body(
-            form,
-            FORM,
-            &format!(
-                "{FORM_COMMON}&client_id=billing-client&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
-            ),
-        );
-        let json = &requests[&format!("{id}-json")];
-        let body: serde_json::Value = serde_json::from_slice(&json.bytes).unwrap();
-        let json_assertion = body["client_assertion"].as_str().unwrap().to_owned();
-        assert_body(
-            json,
-            JSON,
-            &format!(
-                r#"{{{JSON_COMMON},"client_id":"billing-client","client_assertion_type":"{assertion_type}","client_assertion":"{json_assertion}"}}"#
-            ),
-        );
-        assert_ne!(assertion, json_assertion, "{id}: one assertion per request");
-        for jwt in [&assertion, &json_assertion] {
-            let (header, claims) = jwt_parts(jwt);
-            assert_eq!(header["alg"], alg, "{id}");
-            assert_eq!(claims["iss"], "billing-client");
-            assert_eq!(claims["sub"], "billing-client");
-            assert_eq!(claims["aud"], tokens.url());
-            let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
-            assert!(lifetime <= 300, "{claims}");
-            if alg == "HS256" {
-                // Keyed with the client secret's bytes.
-                let (input, signature) = jwt.rsplit_once('.').unwrap();
-                let key = hmac::Key::new(hmac::HMAC_SHA256, HMAC_SECRET.as_bytes());
-                hmac::verify(&key, input.as_bytes(), &B64URL.decode(signature).unwrap())
-                    .expect("HS256 with the client secret");
-            }
-        }
-        for request in [form, json] {
-            assert_eq!(request.header("authorization"), None, "{id}");
-        }
+        assert_assertions(&requests, id, alg, &tokens.url(), FORM_COMMON, JSON_COMMON);
+    }
+}
+
+/// Config `<id>-form`'s and `<id>-json`'s requests: `form_common` (or `json_common`), then
+/// `client_id`, the assertion type and a fresh `alg` assertion for `audience`, and no
+/// Authorization header.
+fn assert_assertions(
+    requests: &HashMap<String, Recorded>,
+    id: &str,
+    alg: &str,
+    audience: &str,
+    form_common: &str,
+    json_common: &str,
+) {
+    let form = &requests[&format!("{id}-form")];
+    let assertion = form
+        .body
+        .rsplit_once("&client_assertion=")
+        .map(|(_, jwt)| jwt.to_owned())
+        .unwrap();
+    assert_body(
+        form,
+        FORM,
+        &format!(
+            "{form_common}&client_id=billing-client&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+        ),
+    );
+    let json = &requests[&format!("{id}-json")];
+    let body: serde_json::Value = serde_json::from_slice(&json.bytes).unwrap();
+    let json_assertion = body["client_assertion"].as_str().unwrap().to_owned();
+    assert_body(
+        json,
+        JSON,
+        &format!(
+            r#"{{{json_common},"client_id":"billing-client","client_assertion_type":"{ASSERTION_TYPE}","client_assertion":"{json_assertion}"}}"#
+        ),
+    );
+    assert_ne!(assertion, json_assertion, "{id}: one assertion per request");
+    for jwt in [&assertion, &json_assertion] {
+        assert_assertion(jwt, alg, audience);
+    }
+    for request in [form, json] {
+        assert_eq!(request.header("authorization"), None, "{id}");
+    }
+}
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// `jwt` is a client assertion of billing-client's for `audience`, signed with `alg`; an
+/// HS256 one is keyed with the client secret's bytes.
+fn assert_assertion(jwt: &str, alg: &str, audience: &str) {
+    let (header, claims) = jwt_parts(jwt);
+    assert_eq!(header["alg"], alg);
+    assert_eq!(claims["iss"], "billing-client");
+    assert_eq!(claims["sub"], "billing-client");
+    assert_eq!(claims["aud"], audience);
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(lifetime <= 300, "{claims}");
+    if alg == "HS256" {
+        let (input, signature) = jwt.rsplit_once('.').unwrap();
+        let key = hmac::Key::new(hmac::HMAC_SHA256, HMAC_SECRET.as_bytes());
+        hmac::verify(&key, input.as_bytes(), &B64URL.decode(signature).unwrap()).expect("HS256 with the client secret");
     }
 }
 
 #[tokio::test]
 async fn a_public_client_sends_its_client_id_alone() {
+    // A public client is one of a user grant (loading refuses `none` with client
+    // credentials): its refresh, as a form and as JSON.
     let public = "    client_auth: none\n";
-    let (_tokens, requests) = requests_of(&[("public-form", "", public), ("public-json", JSON_BODY, public)]).await;
+    let (_tokens, requests) = refreshes_of(&[("public-form", "", public), ("public-json", JSON_BODY, public)]).await;
     assert_body(
         &requests["public-form"],
         FORM,
-        &format!("{FORM_COMMON}&client_id=billing-client"),
+        &format!("{}&client_id=billing-client", refresh_form("public-form")),
     );
     assert_body(
         &requests["public-json"],
         JSON,
-        &format!(r#"{{{JSON_COMMON},"client_id":"billing-client"}}"#),
+        &format!(r#"{{{},"client_id":"billing-client"}}"#, refresh_json("public-json")),
     );
     for id in ["public-form", "public-json"] {
         assert_eq!(requests[id].header("authorization"), None, "{id}");
@@ -241,4 +320,179 @@ fn jwt_parts(jwt: &str) -> (serde_json::Value, serde_json::Value) {
     let mut parts = jwt.split('.');
     let mut decode = || serde_json::from_slice(&B64URL.decode(parts.next().unwrap()).unwrap()).unwrap();
     (decode(), decode())
+}
+
+#[tokio::test]
+async fn a_refresh_authenticates_every_way_as_a_form_or_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let basic = format!("    client_secret: '{SECRET}'\n");
+    let post = format!("    client_auth: client_secret_post\n    client_secret: '{SECRET}'\n");
+    let hmac_auth = format!(
+        "    client_auth: client_secret_jwt\n    client_secret: {}\n",
+        serde_json::Value::from(HMAC_SECRET)
+    );
+    let jwt = format!(
+        "    client_auth: private_key_jwt\n    private_key_file: {}\n    signing_alg: ES256\n",
+        key.display()
+    );
+    let (tokens, requests) = refreshes_of(&[
+        ("basic-form", "", &basic),
+        ("basic-json", JSON_BODY, &basic),
+        ("post-form", "", &post),
+        ("post-json", JSON_BODY, &post),
+        ("hmac-form", "", &hmac_auth),
+        ("hmac-json", JSON_BODY, &hmac_auth),
+        ("jwt-form", "", &jwt),
+        ("jwt-json", JSON_BODY, &jwt),
+    ])
+    .await;
+
+    // The refresh token's fields where client credentials have none, then the same
+    // authentication as theirs.
+    let basic_header = bearerd::token::basic_auth("billing-client", &bearerd::secret::ClientSecret::new(SECRET));
+    assert_body(&requests["basic-form"], FORM, &refresh_form("basic-form"));
+    assert_body(
+        &requests["basic-json"],
+        JSON,
+        &format!("{{{}}}", refresh_json("basic-json")),
+    );
+    for id in ["basic-form", "basic-json"] {
+        assert_eq!(
+            requests[id].header("authorization"),
+            Some(basic_header.as_str()),
+            "{id}"
+        );
+    }
+    assert_body(
+        &requests["post-form"],
+        FORM,
+        &format!(
+            "{}&client_id=billing-client&client_secret=p%40ss%3Aw0rd%2F%2B%25%3D%26%3F",
+            refresh_form("post-form")
+        ),
+    );
+    assert_body(
+        &requests["post-json"],
+        JSON,
+        &format!(
+            r#"{{{},"client_id":"billing-client","client_secret":"p@ss:w0rd/+%=&?"}}"#,
+            refresh_json("post-json")
+        ),
+    );
+    for id in ["post-form", "post-json"] {
+        assert_eq!(requests[id].header("authorization"), None, "{id}");
+    }
+    for (id, alg) in [("hmac", "HS256"), ("jwt", "ES256")] {
+        assert_assertions(
+            &requests,
+            id,
+            alg,
+            &tokens.url(),
+            &refresh_form(&format!("{id}-form")),
+            &refresh_json(&format!("{id}-json")),
+        );
+    }
+}
+
+/// Answers the `n`th token request with access token `at<n>` and refresh token `rt<n>`.
+fn rotating(n: usize, _: &Recorded) -> Reply {
+    (
+        200,
+        "application/json",
+        format!(r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#),
+    )
+}
+
+#[tokio::test]
+async fn a_consents_code_exchange_and_its_refresh_go_as_json_with_client_secret_jwt() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::with(std::time::Duration::ZERO, rotating).await;
+    let echo = Echo::start().await;
+    let auth = format!(
+        "    grant: authorization_code\n    authorization_url: http://{}/authorize\n    client_auth: client_secret_jwt\n    client_secret: {}\n",
+        tokens.addr,
+        serde_json::Value::from(HMAC_SECRET)
+    );
+    let yaml = format!(
+        "{}auth_configs:\n{}",
+        state_block(dir.path()),
+        auth_config("mail", &tokens, JSON_BODY, &auth)
+    );
+    let bearerd = start_bearerd(&yaml).await;
+    let admin = bearerd.admin_addr;
+
+    // The consent: bearerd sends the browser to the provider, which sends it back with a code.
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT)
+        .build()
+        .unwrap();
+    let started = browser
+        .get(format!("http://{admin}/authorize/mail"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 302);
+    let location = url::Url::parse(started.headers()["location"].to_str().unwrap()).unwrap();
+    let cookie = started.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let state = location
+        .query_pairs()
+        .find_map(|(name, value)| (name == "state").then(|| value.into_owned()))
+        .unwrap();
+    let back = browser
+        .get(format!("http://{admin}/callback?code=the-code&state={state}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
+    assert!(back.text().await.unwrap().contains("<h1>Connected: mail</h1>"));
+
+    // The exchange: code, redirect_uri and code_verifier (no scope: the consent settled it),
+    // the extra params, then the HS256 assertion; a JSON object, no Authorization header.
+    let exchange = &tokens.requests()[0];
+    let body: serde_json::Value = serde_json::from_slice(&exchange.bytes).unwrap();
+    let (verifier, assertion) = (&body["code_verifier"], &body["client_assertion"]);
+    let (verifier, assertion) = (verifier.as_str().unwrap(), assertion.as_str().unwrap());
+    let extra = JSON_COMMON
+        .strip_prefix(r#""grant_type":"client_credentials","scope":"a.read b.write","#)
+        .unwrap();
+    assert_body(
+        exchange,
+        JSON,
+        &format!(
+            r#"{{"grant_type":"authorization_code","code":"the-code","redirect_uri":"http://127.0.0.1:{}/callback","code_verifier":"{verifier}",{extra},"client_id":"billing-client","client_assertion_type":"{ASSERTION_TYPE}","client_assertion":"{assertion}"}}"#,
+            admin.port()
+        ),
+    );
+    assert_eq!(exchange.header("authorization"), None);
+    assert_assertion(assertion, "HS256", &tokens.url());
+
+    // The upstream refuses the consent's access token: the refresh sends the consent's
+    // refresh token the same way.
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let seen = echoed(get_with_config(&proxy, &format!("http://{}/only/at2", echo.addr), "mail").await).await;
+    assert_eq!(seen.header("authorization"), Some("Bearer at2"));
+    let requests = tokens.requests();
+    assert_eq!(requests.len(), 2);
+    let refresh = &requests[1];
+    let body: serde_json::Value = serde_json::from_slice(&refresh.bytes).unwrap();
+    let second = body["client_assertion"].as_str().unwrap();
+    let rest = JSON_COMMON
+        .strip_prefix(r#""grant_type":"client_credentials","#)
+        .unwrap();
+    assert_body(
+        refresh,
+        JSON,
+        &format!(
+            r#"{{"grant_type":"refresh_token","refresh_token":"rt1",{rest},"client_id":"billing-client","client_assertion_type":"{ASSERTION_TYPE}","client_assertion":"{second}"}}"#
+        ),
+    );
+    assert_eq!(refresh.header("authorization"), None);
+    assert_assertion(second, "HS256", &tokens.url());
+    assert_ne!(assertion, second, "a fresh assertion per request");
 }

@@ -37,9 +37,13 @@ pub(super) fn env_field(field: &str, value: &str) -> (String, Option<String>, Va
             None,
             value.parse::<bool>().map_or_else(|_| string(), Value::Bool),
         ),
-        _ => match lower.strip_prefix("extra_params__") {
-            Some(param) => ("extra_params".into(), Some(param.to_owned()), string()),
-            None => (lower, None, string()),
+        _ => match (
+            lower.strip_prefix("extra_params__"),
+            lower.strip_prefix("authorize_params__"),
+        ) {
+            (Some(param), _) => ("extra_params".into(), Some(param.to_owned()), string()),
+            (_, Some(param)) => ("authorize_params".into(), Some(param.to_owned()), string()),
+            (None, None) => (lower, None, string()),
         },
     }
 }

@@ -14,15 +14,17 @@ use serde_yaml::{Mapping, Value};
 use url::Url;
 
 use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
-use super::raw::{RawAuthConfig, RawDuration, RawInject, RawIntercept, RawRoute, RawScopes, RawTimestamp, RawTop};
+use super::raw::{
+    RawAuthConfig, RawDuration, RawInject, RawIntercept, RawRoute, RawScopes, RawState, RawTimestamp, RawTop,
+};
 use super::time::{parse_duration, parse_timestamp};
 use super::{
-    AuthConfig, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, GOOGLE_ISSUER, HostPattern,
-    Inject, Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, Route, RouteKind, SigningKey,
-    TokenEndpoint, WatchedFile, check_endpoint_url,
+    AuthConfig, Authorize, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, FirstRefreshToken,
+    GOOGLE_ISSUER, Grant, HostPattern, Inject, Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, Route,
+    RouteKind, SigningKey, StateConfig, TokenEndpoint, WatchedFile, check_endpoint_url,
 };
 use crate::http1;
-use crate::secret::ClientSecret;
+use crate::secret::{ClientSecret, RefreshToken, SealingKey};
 
 /// Validates a YAML document; `source` names it in messages.
 pub(super) fn from_yaml(source: &str, text: &str, env: &Env) -> Result<Config, LoadError> {
@@ -49,6 +51,18 @@ const MAX_SCOPE_CHARS: usize = 250;
 const MAX_ID_CHARS: usize = 128;
 /// The fields that say where token requests go; the first three each name an endpoint.
 const ENDPOINT_FIELDS: &[&str] = &["token_url", "issuer", "provider", "discovery_url", "tenant"];
+/// Authorization request parameters that bearerd itself sets (RFC 6749 §4.1.1, RFC 7636
+/// §4.3); bearerd reads the response from the query, so `response_mode` is its own too.
+const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+];
 /// Token request parameters that bearerd itself sets; `extra_params` may not override them.
 const RESERVED_PARAMS: &[&str] = &[
     "grant_type",
@@ -57,6 +71,10 @@ const RESERVED_PARAMS: &[&str] = &[
     "client_secret",
     "client_assertion",
     "client_assertion_type",
+    "refresh_token",
+    "code",
+    "redirect_uri",
+    "code_verifier",
 ];
 
 struct Loader<'a> {
@@ -65,7 +83,7 @@ struct Loader<'a> {
     errors: Vec<ConfigError>,
     /// (config id, top-level field) → the variable that set it, for messages.
     from_env: HashMap<(String, String), String>,
-    /// The secret, key and certificate files read so far.
+    /// The secret, key, certificate and refresh token files read so far.
     watched: Vec<WatchedFile>,
 }
 
@@ -153,27 +171,20 @@ impl Loader<'_> {
             raw_top.config_watch_interval,
             Duration::from_secs(1),
         );
+        let state_set = raw_top.state.is_some();
+        let state = raw_top.state.and_then(|raw| self.state(raw));
         let ca_file = self.ca_file(raw_top.tls.and_then(|tls| tls.ca_file));
 
         let auth_configs = self.finish_auth_configs(validated, &routes);
+        if !state_set {
+            self.require_state(&auth_configs);
+        }
         let by_id: HashMap<String, usize> = auth_configs
             .iter()
             .enumerate()
             .map(|(i, config)| (config.id.clone(), i))
             .collect();
-        let routes: Vec<Route> = routes
-            .into_iter()
-            .filter_map(|route| {
-                let auth_config = *by_id.get(&route.auth_config)?;
-                Some(Route {
-                    host: route.host,
-                    path_prefix: route.path_prefix,
-                    methods: route.methods,
-                    auth_config,
-                    kind: route.kind,
-                })
-            })
-            .collect();
+        let routes = indexed_routes(routes, &by_id);
 
         Some(Config {
             source: self.source.to_owned(),
@@ -190,10 +201,49 @@ impl Loader<'_> {
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
             intercept,
+            state,
             watched_files: std::mem::take(&mut self.watched),
             auth_configs,
             routes,
             by_id,
+        })
+    }
+
+    /// Without `state:`, a user grant would lose its refresh token at every restart.
+    fn require_state(&mut self, auth_configs: &[Arc<AuthConfig>]) {
+        for user in auth_configs.iter().filter(|c| c.grant.is_user_grant()) {
+            self.error(
+                Some(&user.id),
+                "grant",
+                format!(
+                    "{} keeps its refresh token in state.file: add a state: block (file, key_file)",
+                    user.grant.as_str()
+                ),
+            );
+        }
+    }
+
+    /// `state:`: both paths, and a key file holding a 256-bit key.
+    fn state(&mut self, raw: RawState) -> Option<StateConfig> {
+        let file = raw.file.filter(|file| !file.as_os_str().is_empty());
+        if file.is_none() {
+            self.error(None, "state.file", "missing: where the sealed state is written");
+        }
+        let Some(key_file) = raw.key_file else {
+            self.error(None, "state.key_file", "missing: the key the state is sealed with");
+            return None;
+        };
+        let key = match self.read_watched(&key_file) {
+            Ok(content) => SealingKey::parse(&content),
+            Err(err) => Err(format!("cannot read: {err}")),
+        };
+        let key = key
+            .map_err(|message| self.error(None, "state.key_file", format!("{}: {message}", key_file.display())))
+            .ok()?;
+        Some(StateConfig {
+            file: file?,
+            key_file,
+            key,
         })
     }
 
@@ -364,18 +414,9 @@ impl Loader<'_> {
             );
         }
         let endpoint = self.endpoint(cid, &mut raw);
+        let authorize = self.authorize(cid, &mut raw, endpoint.as_ref());
         let credential = self.credential(cid, &mut raw);
-        let client_id = match raw.client_id {
-            Some(client_id) if !client_id.is_empty() => Some(client_id),
-            Some(_) => {
-                self.error(cid, "client_id", "must not be empty");
-                None
-            }
-            None => {
-                self.error(cid, "client_id", "missing: set client_id");
-                None
-            }
-        };
+        let client_id = self.client_id(cid, raw.client_id.take());
         let scopes = self.scopes(cid, raw.scopes);
         let extra_params = self.extra_params(cid, raw.extra_params);
         let inject = self.inject(cid, raw.inject);
@@ -412,7 +453,11 @@ impl Loader<'_> {
         }
 
         let client_secret_expires_at = self.secret_expiry(cid, raw.client_secret_expires_at.take());
-        let (Some(endpoint), Some(client_id), Some(credential)) = (endpoint, client_id, credential) else {
+        let first_refresh_token = self.first_refresh_token(cid, raw.grant, raw.refresh_token_file.take());
+        let user_grant_valid = !raw.grant.is_user_grant() || authorize.is_some() || first_refresh_token.is_some();
+        let (Some(endpoint), Some(client_id), Some(credential), true) =
+            (endpoint, client_id, credential, user_grant_valid)
+        else {
             return PendingConfig {
                 id,
                 allowed_hosts,
@@ -442,6 +487,8 @@ impl Loader<'_> {
             retry_on_401: raw.retry_on_401.unwrap_or(true),
             prefetch: raw.prefetch.unwrap_or(false),
             client_secret_expires_at,
+            authorize,
+            first_refresh_token,
             cache_key: CacheKey::default(),
         };
         PendingConfig {
@@ -452,10 +499,146 @@ impl Loader<'_> {
         }
     }
 
+    fn client_id(&mut self, cid: Option<&str>, client_id: Option<String>) -> Option<String> {
+        match client_id {
+            Some(client_id) if !client_id.is_empty() => Some(client_id),
+            Some(_) => {
+                self.error(cid, "client_id", "must not be empty");
+                None
+            }
+            None => {
+                self.error(cid, "client_id", "missing: set client_id");
+                None
+            }
+        }
+    }
+
+    /// `grant: authorization_code`'s fields, refused by the other grants: where the consent
+    /// starts (`authorization_url`, unless discovery or the Microsoft template names it),
+    /// where the browser comes back (`redirect_uri`), and `authorize_params`.
+    fn authorize(
+        &mut self,
+        cid: Option<&str>,
+        raw: &mut RawAuthConfig,
+        endpoint: Option<&TokenEndpoint>,
+    ) -> Option<Authorize> {
+        let url = raw.authorization_url.take();
+        let redirect_uri = raw.redirect_uri.take();
+        let params = std::mem::take(&mut raw.authorize_params);
+        if raw.grant != Grant::AuthorizationCode {
+            for (field, set) in [
+                ("authorization_url", url.is_some()),
+                ("redirect_uri", redirect_uri.is_some()),
+                ("authorize_params", !params.is_empty()),
+            ] {
+                if set {
+                    self.error(cid, field, "applies only to grant: authorization_code");
+                }
+            }
+            return None;
+        }
+        let mut valid = true;
+        let url = match (url, endpoint) {
+            (Some(text), _) => {
+                let url = self.url(cid, "authorization_url", &text);
+                if url.as_ref().is_some_and(|url| url.fragment().is_some()) {
+                    self.error(cid, "authorization_url", "must not have a fragment (RFC 6749 §3.1)");
+                    return None;
+                }
+                valid &= url.is_some();
+                url
+            }
+            (None, Some(TokenEndpoint::Url(token_url))) => {
+                let template = microsoft_authorization_url(raw.provider, token_url);
+                if template.is_none() {
+                    self.error(
+                        cid,
+                        "authorization_url",
+                        "missing: where the consent starts (or use issuer: and discovery names it)",
+                    );
+                    return None;
+                }
+                template
+            }
+            (None, _) => None,
+        };
+        let redirect_uri = redirect_uri.and_then(|text| {
+            check_redirect_uri(&text)
+                .map_err(|message| self.error(cid, "redirect_uri", message))
+                .ok()
+        });
+        let mut checked = Vec::with_capacity(params.len());
+        for (name, value) in params {
+            let field = format!("authorize_params.{name}");
+            if RESERVED_AUTHORIZE_PARAMS.contains(&name.as_str()) {
+                self.error(cid, &field, "is set by bearerd itself and cannot be overridden");
+                continue;
+            }
+            match value {
+                Value::String(s) => checked.push((name, s)),
+                Value::Number(n) => checked.push((name, n.to_string())),
+                Value::Bool(b) => checked.push((name, b.to_string())),
+                _ => self.error(cid, &field, "must be a string, number or boolean"),
+            }
+        }
+        valid.then_some(Authorize {
+            url,
+            redirect_uri,
+            params: checked,
+        })
+    }
+
+    /// `refresh_token_file`: required by `grant: refresh_token`, refused by the others.
+    fn first_refresh_token(
+        &mut self,
+        cid: Option<&str>,
+        grant: Grant,
+        file: Option<PathBuf>,
+    ) -> Option<FirstRefreshToken> {
+        match (grant, file) {
+            (Grant::RefreshToken, None) => {
+                self.error(
+                    cid,
+                    "refresh_token_file",
+                    "missing: grant: refresh_token starts from the refresh token in this file",
+                );
+                None
+            }
+            (Grant::RefreshToken, Some(path)) => {
+                let read = self
+                    .read_watched(&path)
+                    .map_err(|err| format!("cannot read {}: {err}", path.display()));
+                match read.and_then(|bytes| secret_from_file(&path, bytes)) {
+                    Ok(secret) => Some(FirstRefreshToken {
+                        token: RefreshToken::new(secret.expose()),
+                        path,
+                    }),
+                    Err(message) => {
+                        self.error(cid, "refresh_token_file", message);
+                        None
+                    }
+                }
+            }
+            (_, Some(_)) => {
+                self.error(cid, "refresh_token_file", "applies only to grant: refresh_token");
+                None
+            }
+            (_, None) => None,
+        }
+    }
+
     /// The credential `client_auth` needs, and no other: a secret, a signing key, a client
-    /// certificate, or (`none`) nothing at all.
+    /// certificate, or (`none`, a public client of a user grant) nothing at all.
     fn credential(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<Credential> {
         let method = raw.client_auth;
+        if method == ClientAuth::None && !raw.grant.is_user_grant() {
+            self.error(
+                cid,
+                "client_auth",
+                "none is for public clients of the user grants (authorization_code, refresh_token)",
+            );
+            return None;
+        }
         let stray: [(&str, bool, bool); 5] = [
             ("client_secret", raw.client_secret.is_some(), method.uses_secret()),
             (
@@ -608,7 +791,8 @@ impl Loader<'_> {
         }
     }
 
-    /// Reads a secret, key or certificate file, and remembers it for the watcher.
+    /// Reads a secret, key, certificate or refresh token file, and remembers it for the
+    /// watcher.
     fn read_watched(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
         let bytes = std::fs::read(path)?;
         self.watched.push(WatchedFile::new(path.to_owned(), &bytes));
@@ -682,7 +866,7 @@ impl Loader<'_> {
                     );
                     return None;
                 };
-                if let Err(message) = check_tenant(&tenant) {
+                if let Err(message) = check_tenant(&tenant, raw.grant) {
                     self.error(cid, "tenant", message);
                     return None;
                 }
@@ -1044,9 +1228,12 @@ impl Loader<'_> {
         })
     }
 
+    /// Both files are watched: a changed CA makes the reload warn that it takes effect at
+    /// the next start, as any `intercept:` change does.
     fn operator_ca(&mut self, cert_file: PathBuf, key_file: PathBuf) -> Option<OperatorCa> {
         let read = |loader: &mut Self, field: &str, path: &Path| {
-            std::fs::read(path)
+            loader
+                .read_watched(path)
                 .map_err(|err| loader.error(None, field, format!("cannot read {}: {err}", path.display())))
                 .ok()
         };
@@ -1132,6 +1319,59 @@ fn secret_from_file(path: &Path, bytes: Vec<u8>) -> Result<ClientSecret, String>
     Ok(ClientSecret::new(secret))
 }
 
+/// The routes, each naming its auth config by position (`by_id`); a route whose config
+/// did not load is left out (its config's errors say why).
+fn indexed_routes(routes: Vec<PendingRoute>, by_id: &HashMap<String, usize>) -> Vec<Route> {
+    routes
+        .into_iter()
+        .filter_map(|route| {
+            let auth_config = *by_id.get(&route.auth_config)?;
+            Some(Route {
+                host: route.host,
+                path_prefix: route.path_prefix,
+                methods: route.methods,
+                auth_config,
+                kind: route.kind,
+            })
+        })
+        .collect()
+}
+
+/// `provider: microsoft`'s authorization endpoint, beside the token endpoint it filled in.
+fn microsoft_authorization_url(provider: Option<Provider>, token_url: &Url) -> Option<Url> {
+    if provider != Some(Provider::Microsoft) {
+        return None;
+    }
+    let path = token_url.path().strip_suffix("/token")?;
+    let mut url = token_url.clone();
+    url.set_path(&format!("{path}/authorize"));
+    Some(url)
+}
+
+/// A `redirect_uri` must bring the browser back to the admin listener's `/callback`, which
+/// answers loopback peers only: `http://` to a loopback host, path `/callback`.
+fn check_redirect_uri(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|err| format!("not a valid URL: {err}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() != "http"
+        || !loopback
+        || url.path() != "/callback"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(
+            "must be http://127.0.0.1:PORT/callback (or localhost, or [::1]): the admin listener's /callback, which answers loopback peers only"
+                .into(),
+        );
+    }
+    Ok(url)
+}
+
 /// A hash of a configuration file's bytes (not for security: only to notice a change).
 #[must_use]
 pub fn text_hash(bytes: &[u8]) -> u64 {
@@ -1150,11 +1390,13 @@ fn well_known(issuer: &str) -> Result<Url, url::ParseError> {
     ))
 }
 
-/// An Entra ID tenant: a directory id (GUID) or a verified domain, never a multi-tenant alias.
-fn check_tenant(tenant: &str) -> Result<(), String> {
-    if ["common", "organizations", "consumers"]
-        .iter()
-        .any(|alias| tenant.eq_ignore_ascii_case(alias))
+/// An Entra ID tenant: a directory id (GUID) or a verified domain; a multi-tenant alias only
+/// for a user grant (an app's own token comes from its own directory).
+fn check_tenant(tenant: &str, grant: Grant) -> Result<(), String> {
+    if !grant.is_user_grant()
+        && ["common", "organizations", "consumers"]
+            .iter()
+            .any(|alias| tenant.eq_ignore_ascii_case(alias))
     {
         return Err(format!(
             "`{tenant}` cannot issue client-credentials tokens: name the directory (tenant id or domain)"

@@ -25,7 +25,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use crate::assertion::{SigningAlg, SigningKey};
-use crate::secret::ClientSecret;
+use crate::secret::{ClientSecret, RefreshToken, SealingKey};
 
 /// The whole, validated configuration.
 #[derive(Debug)]
@@ -59,8 +59,12 @@ pub struct Config {
     /// TLS interception for `HTTPS_PROXY` clients; `None`: every `CONNECT` is a tunnel.
     /// Read at start: a reload does not change it.
     pub intercept: Option<Intercept>,
-    /// The secret, key and certificate files the auth configs were read from, as they were
-    /// then: a watcher reloads when one of them changes, as it does for the file itself.
+    /// Where the user grants keep their refresh tokens (`state:`). Read at start: a reload
+    /// does not change it.
+    pub state: Option<StateConfig>,
+    /// The secret, key, certificate, refresh token and CA files the configuration was read
+    /// from, as they were then: a watcher reloads when one of them changes, as it does for
+    /// the file itself.
     pub watched_files: Vec<WatchedFile>,
     /// In file order.
     pub auth_configs: Vec<Arc<AuthConfig>>,
@@ -136,6 +140,15 @@ fn inputs_digest(text_hash: u64, files: impl Iterator<Item = Option<u64>>) -> u6
     hasher.finish()
 }
 
+/// `state:`: the sealed file that keeps the user grants' refresh tokens across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateConfig {
+    pub file: PathBuf,
+    pub key_file: PathBuf,
+    /// The content of `key_file`, read at load.
+    pub key: SealingKey,
+}
+
 /// One auth config: how to get a token and where it may go.
 #[derive(Debug)]
 pub struct AuthConfig {
@@ -170,6 +183,10 @@ pub struct AuthConfig {
     pub prefetch: bool,
     /// When the client secret expires (`client_secret_expires_at`), for a metric and a warning.
     pub client_secret_expires_at: Option<SystemTime>,
+    /// `grant: authorization_code` only.
+    pub authorize: Option<Authorize>,
+    /// `grant: refresh_token` only.
+    pub first_refresh_token: Option<FirstRefreshToken>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
     cache_key: CacheKey,
 }
@@ -216,6 +233,11 @@ impl AuthConfig {
 
     fn compute_cache_key(&self) -> CacheKey {
         let params: Vec<String> = self.extra_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let consent = self
+            .authorize
+            .as_ref()
+            .map(Authorize::token_shaping)
+            .unwrap_or_default();
         let parts = [
             self.id.as_str(),
             self.grant.as_str(),
@@ -225,6 +247,7 @@ impl AuthConfig {
             self.request_body.as_str(),
             &self.scopes.join(" "),
             &params.join("&"),
+            &consent,
         ];
         CacheKey::new(&parts.join("\u{1f}"))
     }
@@ -297,20 +320,68 @@ enum Provider {
 const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 
+/// How the client obtains its tokens (RFC 6749 §4, §6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Grant {
+    /// §4.4: the client acts for itself.
     #[default]
     ClientCredentials,
+    /// §4.1: an operator's consent in a browser (`/authorize/<id>` on the admin listener)
+    /// gives the client a refresh token, with which it then acts for that user.
+    AuthorizationCode,
+    /// §6: the client acts for a user whose consent gave it a refresh token, starting from
+    /// `refresh_token_file`.
+    RefreshToken,
 }
 
 impl Grant {
+    /// The grant's name, as configured and as `grant_type` (they are the same words).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ClientCredentials => "client_credentials",
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
         }
     }
+
+    /// Whether tokens are a user's, through a refresh token kept in `state.file`.
+    #[must_use]
+    pub fn is_user_grant(self) -> bool {
+        !matches!(self, Self::ClientCredentials)
+    }
+}
+
+/// `grant: authorization_code`: where the consent starts and where it comes back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorize {
+    /// `authorization_url`, or the one a provider template names; `None`: the
+    /// `authorization_endpoint` of the discovery document.
+    pub url: Option<Url>,
+    /// `redirect_uri`; `None`: the admin listener's `/callback` on loopback.
+    pub redirect_uri: Option<Url>,
+    /// `authorize_params`, added to the authorization request.
+    pub params: Vec<(String, String)>,
+}
+
+impl Authorize {
+    /// The part of the token cache key the consent decides: where it starts and what it
+    /// asks for beyond the scopes (an `audience` or `resource` changes whose token the
+    /// refresh token brings). `redirect_uri` only says where the browser comes back.
+    fn token_shaping(&self) -> String {
+        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let url = self.url.as_ref().map(Url::as_str).unwrap_or_default();
+        format!("{url} {}", params.join("&"))
+    }
+}
+
+/// `refresh_token_file`: the first refresh token of a `refresh_token` config, read at load.
+/// Later ones come from `state.file`; a file whose content changes starts the config anew.
+#[derive(Debug)]
+pub struct FirstRefreshToken {
+    pub path: PathBuf,
+    pub token: RefreshToken,
 }
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3).
@@ -326,7 +397,8 @@ pub enum ClientAuth {
     PrivateKeyJwt,
     /// RFC 8705 §2.1: the client's certificate on the TLS connection.
     TlsClientAuth,
-    /// A public client (RFC 6749 §2.1): no credential, only `client_id` in the body.
+    /// A public client (RFC 6749 §2.1) of a user grant: only `client_id` in the body, no
+    /// credential; PKCE binds its authorization code to it.
     None,
 }
 
@@ -531,9 +603,9 @@ impl OperatorCa {
     }
 }
 
-/// A file an auth config was read from (client secret, private key, certificate), and a
-/// hash of the bytes read from it, so a watcher can tell when it changed. `Debug` shows the
-/// path only: the hash is of a secret.
+/// A file the configuration was read from (client secret, private key, certificate, first
+/// refresh token, state key, interception CA), and a hash of the bytes read from it, so a
+/// watcher can tell when it changed. `Debug` shows the path only: the hash is of a secret.
 #[derive(Clone)]
 pub struct WatchedFile {
     pub path: PathBuf,

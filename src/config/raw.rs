@@ -27,6 +27,7 @@ pub(super) struct RawTop {
     pub(super) worker_threads: Option<usize>,
     pub(super) tls: Option<RawTls>,
     pub(super) intercept: Option<RawIntercept>,
+    pub(super) state: Option<RawState>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
     #[allow(dead_code)]
@@ -49,6 +50,13 @@ pub(super) struct RawIntercept {
     pub(super) ca_cert_file: Option<PathBuf>,
     pub(super) ca_key_file: Option<PathBuf>,
     pub(super) leaf_ttl: Option<RawDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +98,11 @@ pub(super) struct RawAuthConfig {
     pub(super) retry_on_401: Option<bool>,
     pub(super) prefetch: Option<bool>,
     pub(super) client_secret_expires_at: Option<RawTimestamp>,
+    pub(super) refresh_token_file: Option<PathBuf>,
+    pub(super) authorization_url: Option<String>,
+    pub(super) redirect_uri: Option<String>,
+    #[serde(default)]
+    pub(super) authorize_params: BTreeMap<String, Value>,
 }
 
 #[derive(Deserialize)]

@@ -720,9 +720,18 @@ fn expiry_skew_reads_like_the_other_durations_and_the_environment_wins() {
 
 #[test]
 fn request_body_client_secret_jwt_and_none_load() {
+    // A public client is one of a user grant, which keeps its refresh token in state.file.
+    let dir = tempfile::tempdir().unwrap();
+    let state_key = dir.path().join("state-key");
+    std::fs::write(&state_key, [1; 32]).unwrap();
+    let state = format!(
+        "state: {{ file: {}/s.json, key_file: {} }}\n",
+        dir.path().display(),
+        state_key.display()
+    );
     let base = "    token_url: https://idp.test/t\n    client_id: c\n    allowed_hosts: [h.test]\n";
     let yaml = format!(
-        "auth_configs:
+        "{state}auth_configs:
   - id: form
 {base}    client_secret: s
   - id: json
@@ -732,7 +741,9 @@ fn request_body_client_secret_jwt_and_none_load() {
 {base}    client_auth: client_secret_jwt
     client_secret: a-secret-of-exactly-32-bytes-xyz
   - id: public
-{base}    client_auth: none
+{base}    grant: authorization_code
+    authorization_url: https://idp.test/authorize
+    client_auth: none
     request_body: json
 "
     );
@@ -749,7 +760,9 @@ fn request_body_client_secret_jwt_and_none_load() {
     let public = get("public");
     assert_eq!(public.client_auth, ClientAuth::None);
     assert!(matches!(public.credential, Credential::None));
-    assert!(config.watched_files.is_empty());
+    // No secret file among them: the only file read is the state's key.
+    let watched: Vec<&Path> = config.watched_files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(watched, [&state_key]);
 
     // Each of them shapes the token: none shares a cache key with the plain form config.
     let keys: HashSet<&str> = ["form", "json", "hmac", "public"]
@@ -772,15 +785,67 @@ fn request_body_client_secret_jwt_and_none_load() {
     let environment = env(&[
         ("BEARERD_CONFIG__PUB__TOKEN_URL", "https://idp.test/t"),
         ("BEARERD_CONFIG__PUB__CLIENT_ID", "c"),
+        ("BEARERD_CONFIG__PUB__GRANT", "authorization_code"),
+        ("BEARERD_CONFIG__PUB__AUTHORIZATION_URL", "https://idp.test/authorize"),
         ("BEARERD_CONFIG__PUB__CLIENT_AUTH", "none"),
         ("BEARERD_CONFIG__PUB__REQUEST_BODY", "json"),
         ("BEARERD_CONFIG__PUB__ALLOWED_HOSTS", "h.test"),
     ]);
-    let config = Config::from_yaml("test.yaml", "", &environment).unwrap();
+    let config = Config::from_yaml("test.yaml", &state, &environment).unwrap();
     let public = config.auth_config("pub").unwrap();
     assert_eq!(
         (public.client_auth, public.request_body),
         (ClientAuth::None, RequestBody::Json)
+    );
+}
+
+#[test]
+fn the_state_block_reads_its_key_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("state-key");
+    std::fs::write(&key_file, format!("{}\n", "0f".repeat(32))).unwrap();
+    let yaml = |key_file: &Path| {
+        format!(
+            "state:\n  file: /var/lib/bearerd/state.json\n  key_file: {}\n",
+            key_file.display()
+        )
+    };
+    let config = load(&yaml(&key_file)).unwrap();
+    let state = config.state.unwrap();
+    assert_eq!(state.file, Path::new("/var/lib/bearerd/state.json"));
+    assert_eq!(state.key_file, key_file);
+    assert_eq!(state.key.expose(), &[0x0f; 32]);
+    assert!(load("").unwrap().state.is_none());
+
+    std::fs::write(&key_file, "too short\n").unwrap();
+    assert_eq!(
+        errors(&yaml(&key_file), &Env::new()),
+        [format!(
+            "test.yaml: state.key_file: {}: must hold a 256-bit key: 32 raw bytes, or 64 hex or 44 base64 characters (it has 10 bytes)",
+            key_file.display()
+        )]
+    );
+    let missing = dir.path().join("missing");
+    let got = errors(&yaml(&missing), &Env::new());
+    assert!(
+        got[0].starts_with(&format!(
+            "test.yaml: state.key_file: {}: cannot read: ",
+            missing.display()
+        )),
+        "{got:?}"
+    );
+    assert_eq!(
+        errors("state: { key_file: /k }\n", &Env::new())[0],
+        "test.yaml: state.file: missing: where the sealed state is written"
+    );
+    assert_eq!(
+        errors("state: { file: /s }\n", &Env::new()),
+        ["test.yaml: state.key_file: missing: the key the state is sealed with"]
+    );
+    let got = errors("state: { file: /s, key_file: /k, key: x }\n", &Env::new());
+    assert!(
+        got[0].starts_with("test.yaml: state.key: unknown field `key`"),
+        "{got:?}"
     );
 }
 
@@ -791,9 +856,14 @@ fn bad_request_body_client_secret_jwt_and_none_settings_name_the_field() {
     std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
     let short = dir.path().join("short-secret");
     std::fs::write(&short, "only-31-bytes-of-client-secret\n").unwrap();
+    std::fs::write(dir.path().join("state-key"), [1; 32]).unwrap();
     let base = "    token_url: https://idp.test/t\n    client_id: c\n    allowed_hosts: [h.test]\n";
+    // `none` is for a user grant's public client (refused for client_credentials).
+    let public =
+        "    grant: authorization_code\n    authorization_url: https://idp.test/authorize\n    client_auth: none\n";
     let yaml = format!(
-        "auth_configs:
+        "state: {{ file: {dir}/s.json, key_file: {dir}/state-key }}
+auth_configs:
   - id: xml
 {base}    client_secret: s
     request_body: xml
@@ -801,11 +871,9 @@ fn bad_request_body_client_secret_jwt_and_none_settings_name_the_field() {
 {base}    client_auth: client_secret_jws
     client_secret: s
   - id: none-with-secret
-{base}    client_auth: none
-    client_secret: s
+{base}{public}    client_secret: s
   - id: none-with-key
-{base}    client_auth: none
-    private_key_file: {key}
+{base}{public}    private_key_file: {key}
   - id: hmac-short
 {base}    client_auth: client_secret_jwt
     client_secret: short
@@ -819,6 +887,7 @@ fn bad_request_body_client_secret_jwt_and_none_settings_name_the_field() {
     client_secret: a-secret-of-exactly-32-bytes-xyz
     private_key_file: {key}
 ",
+        dir = dir.path().display(),
         key = key.display(),
         short = short.display()
     );
@@ -1031,4 +1100,306 @@ fn intercept_problems_name_the_field_and_route() {
             "test.yaml: auth config `api`: routes[0].intercept: needs the top-level intercept: block (where the CA bundle goes, and which CA signs)"
         ]
     );
+}
+
+#[test]
+fn the_refresh_token_grant_starts_from_its_file_and_needs_state() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    std::fs::write(dir.path().join("rt"), "rt-first\n").unwrap();
+    let state = format!(
+        "state: {{ file: {0}/s.json, key_file: {0}/key }}\n",
+        dir.path().display()
+    );
+    let crm = |fields: &str| {
+        format!(
+            "auth_configs:\n  - id: crm\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n{fields}"
+        )
+    };
+    let file = format!("    refresh_token_file: {}/rt\n", dir.path().display());
+    let config = load(&format!("{state}{}", crm(&format!("    grant: refresh_token\n{file}")))).unwrap();
+    let crm_config = config.auth_config("crm").unwrap();
+    assert_eq!(crm_config.grant, Grant::RefreshToken);
+    assert!(crm_config.grant.is_user_grant());
+    let first = crm_config.first_refresh_token.as_ref().unwrap();
+    assert_eq!(first.token.expose(), "rt-first");
+    assert_eq!(first.path, dir.path().join("rt"));
+    assert!(!format!("{crm_config:?}").contains("rt-first"));
+
+    assert_eq!(
+        errors(&format!("{state}{}", crm("    grant: refresh_token\n")), &Env::new()),
+        [
+            "test.yaml: auth config `crm`: refresh_token_file: missing: grant: refresh_token starts from the refresh token in this file"
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{state}{}", crm(&file)), &Env::new()),
+        ["test.yaml: auth config `crm`: refresh_token_file: applies only to grant: refresh_token"]
+    );
+    assert_eq!(
+        errors(&crm(&format!("    grant: refresh_token\n{file}")), &Env::new()),
+        [
+            "test.yaml: auth config `crm`: grant: refresh_token keeps its refresh token in state.file: add a state: block (file, key_file)"
+        ]
+    );
+    std::fs::write(dir.path().join("rt"), "\n").unwrap();
+    let got = errors(
+        &format!("{state}{}", crm(&format!("    grant: refresh_token\n{file}"))),
+        &Env::new(),
+    );
+    assert_eq!(
+        got,
+        [format!(
+            "test.yaml: auth config `crm`: refresh_token_file: {}/rt is empty",
+            dir.path().display()
+        )]
+    );
+    for reserved in ["refresh_token", "code", "redirect_uri", "code_verifier"] {
+        let got = errors(&crm(&format!("    extra_params: {{ {reserved}: x }}\n")), &Env::new());
+        assert_eq!(
+            got,
+            [format!(
+                "test.yaml: auth config `crm`: extra_params.{reserved}: is set by bearerd itself and cannot be overridden"
+            )]
+        );
+    }
+}
+
+#[test]
+fn the_authorization_code_grant_and_public_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    let state = format!(
+        "state: {{ file: {0}/s.json, key_file: {0}/key }}\n",
+        dir.path().display()
+    );
+    let mail = |fields: &str| {
+        format!(
+            "{state}auth_configs:\n  - id: mail\n    grant: authorization_code\n    client_id: c\n    allowed_hosts: [h.test]\n{fields}"
+        )
+    };
+    let config = load(&mail(
+        "    issuer: https://idp.test\n    client_auth: none\n    redirect_uri: http://localhost:19090/callback\n    authorize_params: { prompt: consent, max_age: 0, x: true }\n",
+    ))
+    .unwrap();
+    let mail_config = config.auth_config("mail").unwrap();
+    assert_eq!(mail_config.grant, Grant::AuthorizationCode);
+    assert_eq!(mail_config.client_auth, ClientAuth::None);
+    assert!(matches!(mail_config.credential, Credential::None));
+    let authorize = mail_config.authorize.as_ref().unwrap();
+    assert_eq!(authorize.url, None, "from discovery");
+    assert_eq!(
+        authorize.redirect_uri.as_ref().unwrap().as_str(),
+        "http://localhost:19090/callback"
+    );
+    assert_eq!(
+        authorize.params,
+        [
+            ("max_age".to_owned(), "0".to_owned()),
+            ("prompt".to_owned(), "consent".to_owned()),
+            ("x".to_owned(), "true".to_owned())
+        ]
+    );
+    // A token URL needs its authorization URL; the Microsoft template has both.
+    let config = load(&mail(
+        "    token_url: https://idp.test/token\n    authorization_url: https://idp.test/authorize?tenant=t\n    client_secret: s\n",
+    ))
+    .unwrap();
+    let authorize = config.auth_config("mail").unwrap().authorize.clone().unwrap();
+    assert_eq!(authorize.url.unwrap().as_str(), "https://idp.test/authorize?tenant=t");
+    assert_eq!(authorize.redirect_uri, None);
+    let config = load(&mail(
+        "    provider: microsoft\n    tenant: organizations\n    client_secret: s\n",
+    ))
+    .unwrap();
+    let authorize = config.auth_config("mail").unwrap().authorize.clone().unwrap();
+    assert_eq!(
+        authorize.url.unwrap().as_str(),
+        "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize"
+    );
+}
+
+#[test]
+fn authorization_code_fields_are_checked_and_refused_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    let state = format!(
+        "state: {{ file: {0}/s.json, key_file: {0}/key }}\n",
+        dir.path().display()
+    );
+    let mail = |fields: &str| {
+        format!(
+            "{state}auth_configs:\n  - id: mail\n    grant: authorization_code\n    client_id: c\n    allowed_hosts: [h.test]\n{fields}"
+        )
+    };
+    let refused = [
+        (
+            mail("    token_url: https://idp.test/token\n    client_secret: s\n"),
+            "authorization_url: missing: where the consent starts (or use issuer: and discovery names it)",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    authorization_url: http://idp.test/a\n"),
+            "authorization_url: must be https:// (http:// is allowed only for loopback, for development)",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    authorization_url: https://idp.test/a#x\n"),
+            "authorization_url: must not have a fragment (RFC 6749 §3.1)",
+        ),
+        (
+            mail(
+                "    issuer: https://idp.test\n    client_secret: s\n    redirect_uri: https://app.example.com/callback\n",
+            ),
+            "redirect_uri: must be http://127.0.0.1:PORT/callback (or localhost, or [::1]): the admin listener's /callback, which answers loopback peers only",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    redirect_uri: http://127.0.0.1:9090/cb\n"),
+            "redirect_uri: must be http://127.0.0.1:PORT/callback",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_secret: s\n    authorize_params: { state: x }\n"),
+            "authorize_params.state: is set by bearerd itself and cannot be overridden",
+        ),
+        (
+            mail(
+                "    issuer: https://idp.test\n    client_secret: s\n    authorize_params: { response_mode: form_post }\n",
+            ),
+            "authorize_params.response_mode: is set by bearerd itself and cannot be overridden",
+        ),
+        (
+            mail("    issuer: https://idp.test\n    client_auth: none\n    client_secret: s\n"),
+            "client_secret: does not apply to client_auth: none",
+        ),
+        (
+            "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_auth: none\n    allowed_hosts: [h.test]\n".to_owned(),
+            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token)",
+        ),
+        (
+            "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    redirect_uri: http://127.0.0.1:1/callback\n    authorize_params: { a: b }\n".to_owned(),
+            "redirect_uri: applies only to grant: authorization_code",
+        ),
+    ];
+    for (yaml, expected) in refused {
+        let got = errors(&yaml, &Env::new());
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with(&format!("test.yaml: auth config `mail`: {expected}"))),
+            "{expected}\n{got:?}"
+        );
+    }
+    // From the environment.
+    let environment = env(&[("BEARERD_CONFIG__MAIL__AUTHORIZE_PARAMS__PROMPT", "select_account")]);
+    let config = Config::from_yaml(
+        "t",
+        &mail("    issuer: https://idp.test\n    client_secret: s\n"),
+        &environment,
+    )
+    .unwrap();
+    assert_eq!(
+        config.auth_config("mail").unwrap().authorize.as_ref().unwrap().params,
+        [("prompt".to_owned(), "select_account".to_owned())]
+    );
+}
+
+#[test]
+fn the_refresh_token_file_and_the_state_key_are_watched_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state_key, refresh_token) = (dir.path().join("state-key"), dir.path().join("rt"));
+    std::fs::write(&state_key, [1; 32]).unwrap();
+    std::fs::write(&refresh_token, "rt-first\n").unwrap();
+    let yaml = format!(
+        "state: {{ file: {}/s.json, key_file: {} }}\nauth_configs:\n  - id: crm\n    grant: refresh_token\n    refresh_token_file: {}\n    token_url: https://idp.test/t\n    client_id: c\n    client_auth: none\n    allowed_hosts: [h.test]\n",
+        dir.path().display(),
+        state_key.display(),
+        refresh_token.display()
+    );
+    let config = load(&yaml).unwrap();
+    let paths: Vec<&Path> = config.watched_files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(paths, [&refresh_token, &state_key]);
+    assert_eq!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    // A Secret updated with a new refresh token: the watcher sees it.
+    std::fs::write(&refresh_token, "rt-second\n").unwrap();
+    assert!(config.watched_files[0].changed());
+    assert!(!config.watched_files[1].changed());
+    assert_ne!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    assert!(!format!("{:?}", config.watched_files).contains("rt-"));
+    // A refresh token file that cannot be read names its field, as a secret file does.
+    std::fs::remove_file(&refresh_token).unwrap();
+    let got = errors(&yaml, &Env::new());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(&format!(
+            "test.yaml: auth config `crm`: refresh_token_file: cannot read {}: ",
+            refresh_token.display()
+        )),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn the_token_cache_key_covers_the_fields_of_both_kinds_of_token_request() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), [1; 32]).unwrap();
+    let key_of = |fields: &str| {
+        let yaml = format!(
+            "state: {{ file: {0}/s.json, key_file: {0}/key }}\nauth_configs:\n  - id: mail\n    grant: authorization_code\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: a-secret-of-exactly-32-bytes-xyz\n    allowed_hosts: [h.test]\n{fields}",
+            dir.path().display()
+        );
+        load(&yaml).unwrap().auth_config("mail").unwrap().cache_key().clone()
+    };
+    let base = key_of("    authorization_url: https://idp.test/authorize\n");
+    assert_eq!(base, key_of("    authorization_url: https://idp.test/authorize\n"));
+    // Each of these changes whose token (and refresh token) the config holds.
+    for changed in [
+        "    authorization_url: https://idp.test/authorize\n    request_body: json\n",
+        "    authorization_url: https://idp.test/authorize\n    client_auth: client_secret_jwt\n",
+        "    authorization_url: https://idp.test/authorize\n    authorize_params: { audience: https://api.test }\n",
+        "    authorization_url: https://idp.test/authorize?tenant=other\n",
+        "    authorization_url: https://idp.test/authorize\n    extra_params: { resource: https://api.test }\n",
+        "    authorization_url: https://idp.test/authorize\n    scopes: [offline_access]\n",
+    ] {
+        assert_ne!(key_of(changed), base, "{changed}");
+    }
+    // Where the browser comes back does not.
+    assert_eq!(
+        key_of("    authorization_url: https://idp.test/authorize\n    redirect_uri: http://localhost:9191/callback\n"),
+        base
+    );
+}
+
+#[test]
+fn the_operator_ca_files_are_watched_and_a_new_ca_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    };
+    let (cert_file, key_file) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    let (first_cert, first_key) = ca("first");
+    std::fs::write(&cert_file, &first_cert).unwrap();
+    std::fs::write(&key_file, &first_key).unwrap();
+    let yaml = format!(
+        "intercept:\n  ca_bundle_out: {}\n  ca_cert_file: {}\n  ca_key_file: {}\n{INTERCEPT_CONFIGS}    allowed_hosts: [api.test]\n",
+        dir.path().join("bundle.pem").display(),
+        cert_file.display(),
+        key_file.display()
+    );
+    let config = load(&yaml).unwrap();
+    let paths: Vec<&Path> = config.watched_files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(paths, [&cert_file, &key_file]);
+    assert_eq!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    assert!(!format!("{:?}", config.watched_files).contains("PRIVATE KEY"));
+
+    // A new CA in the Secret: the watcher sees both files change, and the configuration it
+    // reloads differs in `intercept` (which the reload only warns about).
+    let (second_cert, second_key) = ca("second");
+    std::fs::write(&cert_file, &second_cert).unwrap();
+    std::fs::write(&key_file, &second_key).unwrap();
+    assert!(config.watched_files.iter().all(WatchedFile::changed));
+    assert_ne!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    let reloaded = load(&yaml).unwrap();
+    assert_ne!(reloaded.intercept, config.intercept);
+    assert_eq!(load(&yaml).unwrap().intercept, reloaded.intercept);
 }

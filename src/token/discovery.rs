@@ -18,6 +18,10 @@ pub struct Discovered {
     pub token_endpoint: Url,
     /// RFC 8705 §5: where clients presenting a certificate send token requests.
     pub mtls_token_endpoint: Option<Url>,
+    /// Where the authorization code grant's consent starts (RFC 8414 §2).
+    pub authorization_endpoint: Option<Url>,
+    /// RFC 9207 §3: the provider puts `iss` on every authorization response.
+    pub iss_parameter_supported: bool,
 }
 
 impl Discovered {
@@ -36,6 +40,8 @@ struct Document {
     issuer: Option<serde_json::Value>,
     token_endpoint: Option<serde_json::Value>,
     mtls_endpoint_aliases: Option<serde_json::Value>,
+    authorization_endpoint: Option<serde_json::Value>,
+    authorization_response_iss_parameter_supported: Option<serde_json::Value>,
 }
 
 /// Reads a discovery document; the error says what is wrong with it.
@@ -60,9 +66,14 @@ pub fn parse_document(expected_issuer: &str, body: &[u8]) -> Result<Discovered, 
         .as_ref()
         .and_then(|aliases| aliases.get("token_endpoint"));
     let mtls_token_endpoint = endpoint(alias, "mtls_endpoint_aliases.token_endpoint")?;
+    let authorization_endpoint = endpoint(document.authorization_endpoint.as_ref(), "authorization_endpoint")?;
+    let iss_parameter_supported =
+        document.authorization_response_iss_parameter_supported == Some(serde_json::Value::Bool(true));
     Ok(Discovered {
         token_endpoint,
         mtls_token_endpoint,
+        authorization_endpoint,
+        iss_parameter_supported,
     })
 }
 
@@ -119,6 +130,8 @@ mod tests {
             found.token_endpoint(ClientAuth::TlsClientAuth).as_str(),
             "https://mtls.idp.test/tenant/token"
         );
+        assert_eq!(found.authorization_endpoint, None);
+        assert!(!found.iss_parameter_supported);
         let plain = parse_document(
             ISSUER,
             br#"{"issuer":"https://idp.test/tenant","token_endpoint":"https://idp.test/t"}"#,
@@ -127,6 +140,25 @@ mod tests {
         assert_eq!(
             plain.token_endpoint(ClientAuth::TlsClientAuth).as_str(),
             "https://idp.test/t"
+        );
+    }
+
+    #[test]
+    fn takes_the_authorization_endpoint_and_iss_support() {
+        let body = br#"{"issuer":"https://idp.test/tenant","token_endpoint":"https://idp.test/t",
+            "authorization_endpoint":"https://idp.test/tenant/authorize?p=flow",
+            "authorization_response_iss_parameter_supported":true}"#;
+        let found = parse_document(ISSUER, body).unwrap();
+        assert_eq!(
+            found.authorization_endpoint.unwrap().as_str(),
+            "https://idp.test/tenant/authorize?p=flow"
+        );
+        assert!(found.iss_parameter_supported);
+        let body = br#"{"issuer":"https://idp.test/tenant","token_endpoint":"https://idp.test/t",
+            "authorization_endpoint":"http://idp.test/authorize","authorization_response_iss_parameter_supported":"yes"}"#;
+        assert_eq!(
+            parse_document(ISSUER, body).unwrap_err(),
+            "its authorization_endpoint `http://idp.test/authorize` must be https:// (http:// is allowed only for loopback, for development)"
         );
     }
 

@@ -1,8 +1,11 @@
-//! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials), as a
-//! form or a JSON object, client authentication (§2.3.1, RFC 7523 §2.2, RFC 8705 §2.1, or
-//! none), and strict reading of the response (§5.1, §5.2).
+//! The token endpoint: one HTTP request per fetch (RFC 6749 §4.4 client credentials, §6
+//! refresh token, §4.1.3 authorization code), as a form or a JSON object, client
+//! authentication (§2.3.1, RFC 7523 §2.2, RFC 8705 §2.1, or none), and strict reading of
+//! the response (§5.1, §5.2).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +18,7 @@ use url::Url;
 
 use super::discovery::{self, Discovered, quote};
 use crate::config::{AuthConfig, ClientAuth, Credential, RequestBody, TokenEndpoint, endpoint_name};
-use crate::secret::{AccessToken, ClientSecret};
+use crate::secret::{AccessToken, AuthorizationCode, ClientSecret, RefreshToken};
 use crate::tls;
 
 /// Token responses larger than this are refused: no identity provider needs more.
@@ -29,6 +32,76 @@ pub struct TokenResponse {
     pub expires_in: Option<Duration>,
     /// The scopes granted, when the provider says (RFC 6749 §5.1).
     pub scope: Option<String>,
+    /// A new refresh token, when the provider issued one (§5.1; §6 for rotation).
+    pub refresh_token: Option<RefreshToken>,
+}
+
+/// What a token request asks for: its `grant_type` and that grant's parameters.
+#[derive(Clone, Copy, Debug)]
+pub enum GrantRequest<'a> {
+    /// RFC 6749 §4.4.2.
+    ClientCredentials,
+    /// RFC 6749 §6, with the newest refresh token held.
+    RefreshToken(&'a RefreshToken),
+    /// RFC 6749 §4.1.3, with the PKCE verifier (RFC 7636 §4.5).
+    AuthorizationCode {
+        code: &'a AuthorizationCode,
+        redirect_uri: &'a str,
+        code_verifier: &'a str,
+    },
+}
+
+impl GrantRequest<'_> {
+    fn grant_type(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::RefreshToken(_) => "refresh_token",
+            Self::AuthorizationCode { .. } => "authorization_code",
+        }
+    }
+}
+
+/// Where an authorization code grant's consent starts, and what its response must say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationServer {
+    pub authorization_endpoint: Url,
+    /// The issuer an `iss` response parameter must name (RFC 9207 §2.4), when known.
+    pub issuer: Option<String>,
+    /// The provider sends `iss` on every response: one without it is refused.
+    pub iss_required: bool,
+}
+
+/// Sends token requests: the token endpoint ([`TokenClient`]), or a script in tests.
+pub trait RequestToken: Send + Sync + 'static {
+    /// One token request for `config`, asking for `grant`.
+    fn request<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+        grant: GrantRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>>;
+
+    /// Where `config`'s consent starts: `authorization_url`, or the discovery document's.
+    fn authorization_server<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<AuthorizationServer, TokenError>> + Send + 'a>>;
+}
+
+impl RequestToken for TokenClient {
+    fn request<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+        grant: GrantRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
+        Box::pin(TokenClient::request(self, config, grant))
+    }
+
+    fn authorization_server<'a>(
+        &'a self,
+        config: &'a AuthConfig,
+    ) -> Pin<Box<dyn Future<Output = Result<AuthorizationServer, TokenError>> + Send + 'a>> {
+        Box::pin(TokenClient::authorization_server(self, config))
+    }
 }
 
 /// Why no token came back. Messages name the cause and never a secret or token.
@@ -57,6 +130,18 @@ pub enum TokenError {
     Invalid(String),
     #[error("token response is larger than {} bytes", MAX_RESPONSE_BYTES)]
     TooLarge,
+    /// A user grant holds no refresh token the provider still honours.
+    #[error("auth config `{auth_config}` needs a new consent: {remedy}{}", refusal.as_deref().map(|r| format!(" (the identity provider refused its refresh token: {r})")).unwrap_or_default())]
+    ConsentRequired {
+        auth_config: String,
+        /// What the operator does about it.
+        remedy: String,
+        /// The provider's `error` and `error_description`, when a refusal is why.
+        refusal: Option<String>,
+    },
+    /// The refresh token could not be kept in `state.file`.
+    #[error("{0}")]
+    State(String),
 }
 
 impl TokenError {
@@ -133,14 +218,21 @@ impl TokenClient {
         Ok(client)
     }
 
-    /// Requests a token for `config`, from its token URL or the endpoint discovery names.
+    /// Requests a client-credentials token for `config` (see [`TokenClient::request`]).
+    pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
+        self.request(config, GrantRequest::ClientCredentials).await
+    }
+
+    /// Requests a token for `config` with `grant`, from its token URL or the endpoint
+    /// discovery names.
     ///
     /// A discovery document is read once and kept. When a token request to the endpoint it
     /// named cannot connect or gets a 404, the document is read again, and the request is
-    /// sent once more if the endpoint has moved.
-    pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
+    /// sent once more if the endpoint has moved (a request that got no answer, or a 404,
+    /// spent no refresh token or code).
+    pub async fn request(&self, config: &AuthConfig, grant: GrantRequest<'_>) -> Result<TokenResponse, TokenError> {
         let (issuer, document) = match &config.endpoint {
-            TokenEndpoint::Url(url) => return self.request_token(config, url).await,
+            TokenEndpoint::Url(url) => return self.request_token(config, url, grant).await,
             TokenEndpoint::Discovery { issuer, document } => (issuer, document),
         };
         let key = config.endpoint.cache_key();
@@ -151,7 +243,7 @@ impl TokenClient {
             None => self.discover(config, issuer, document, &key).await?,
         };
         let url = discovered.token_endpoint(config.client_auth);
-        match self.request_token(config, url).await {
+        match self.request_token(config, url, grant).await {
             Err(err) if err.endpoint_gone() => {
                 self.documents().remove(&key);
                 if just_read {
@@ -167,10 +259,53 @@ impl TokenClient {
                     token_endpoint = %endpoint_name(moved),
                     "the discovery document names a new token endpoint; retrying there"
                 );
-                self.request_token(config, moved).await
+                self.request_token(config, moved, grant).await
             }
             result => result,
         }
+    }
+
+    /// Where `config`'s consent starts: its `authorization_url` (or template's), else the
+    /// `authorization_endpoint` of its discovery document (read now if not yet).
+    pub async fn authorization_server(&self, config: &AuthConfig) -> Result<AuthorizationServer, TokenError> {
+        let configured = config.authorize.as_ref().and_then(|authorize| authorize.url.clone());
+        let (issuer, document, configured) = match (&config.endpoint, configured) {
+            (TokenEndpoint::Url(_), None) => {
+                return Err(TokenError::Invalid(format!(
+                    "auth config `{}` names no authorization endpoint",
+                    config.id
+                )));
+            }
+            (TokenEndpoint::Url(_), Some(url)) => {
+                return Ok(AuthorizationServer {
+                    authorization_endpoint: url,
+                    issuer: None,
+                    iss_required: false,
+                });
+            }
+            (TokenEndpoint::Discovery { issuer, document }, configured) => (issuer, document, configured),
+        };
+        let key = config.endpoint.cache_key();
+        let cached = self.documents().get(&key).cloned();
+        let discovered = match cached {
+            Some(discovered) => discovered,
+            None => self.discover(config, issuer, document, &key).await?,
+        };
+        let authorization_endpoint = match (configured, &discovered.authorization_endpoint) {
+            (Some(url), _) => url,
+            (None, Some(url)) => url.clone(),
+            (None, None) => {
+                return Err(TokenError::Discovery {
+                    document: endpoint_name(document),
+                    problem: "it has no authorization_endpoint".into(),
+                });
+            }
+        };
+        Ok(AuthorizationServer {
+            authorization_endpoint,
+            issuer: Some(issuer.clone()),
+            iss_required: discovered.iss_parameter_supported,
+        })
     }
 
     /// The token endpoint the discovery document read for `config` names, if one was read.
@@ -236,11 +371,31 @@ impl TokenClient {
     }
 
     /// One token request to `url`.
-    async fn request_token(&self, config: &AuthConfig, url: &Url) -> Result<TokenResponse, TokenError> {
+    async fn request_token(
+        &self,
+        config: &AuthConfig,
+        url: &Url,
+        grant: GrantRequest<'_>,
+    ) -> Result<TokenResponse, TokenError> {
         let endpoint = endpoint_name(url);
-        let mut params: Vec<(&str, &str)> = vec![("grant_type", config.grant.as_str())];
+        let mut params: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
         let scope = config.scopes.join(" ");
-        if !scope.is_empty() {
+        match grant {
+            GrantRequest::ClientCredentials => {}
+            GrantRequest::RefreshToken(refresh_token) => params.push(("refresh_token", refresh_token.expose())),
+            GrantRequest::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => params.extend([
+                ("code", code.expose()),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", code_verifier),
+            ]),
+        }
+        // On a refresh too (RFC 6749 §6 allows it; Entra ID needs it); the code's scopes
+        // were settled by the consent.
+        if !scope.is_empty() && !matches!(grant, GrantRequest::AuthorizationCode { .. }) {
             params.push(("scope", &scope));
         }
         for (name, value) in &config.extra_params {
@@ -391,6 +546,7 @@ struct SuccessBody {
     token_type: Option<serde_json::Value>,
     expires_in: Option<serde_json::Value>,
     scope: Option<serde_json::Value>,
+    refresh_token: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -460,10 +616,17 @@ pub fn parse_response(
         .as_ref()
         .and_then(serde_json::Value::as_str)
         .map(|s| quote(s, secret));
+    // An empty one is read as none: nothing to keep, and no reason to refuse the access token.
+    let refresh_token = match body.refresh_token {
+        Some(serde_json::Value::String(token)) if !token.is_empty() => Some(RefreshToken::new(token)),
+        None | Some(serde_json::Value::Null | serde_json::Value::String(_)) => None,
+        Some(_) => return Err(TokenError::Invalid("refresh_token is not a string".into())),
+    };
     Ok(TokenResponse {
         access_token,
         expires_in,
         scope,
+        refresh_token,
     })
 }
 
@@ -516,6 +679,25 @@ mod tests {
         assert_eq!(ok.expires_in, Some(Duration::from_mins(2)));
         let ok = parse(200, r#"{"access_token":"abc"}"#).unwrap();
         assert_eq!(ok.expires_in, None);
+        assert!(ok.refresh_token.is_none());
+    }
+
+    #[test]
+    fn a_refresh_token_in_the_response_is_kept_and_checked() {
+        let ok = parse(200, r#"{"access_token":"abc","refresh_token":"rt-2","expires_in":5}"#).unwrap();
+        assert_eq!(ok.refresh_token.unwrap().expose(), "rt-2");
+        for absent in [
+            r#"{"access_token":"a","refresh_token":null}"#,
+            r#"{"access_token":"a","refresh_token":""}"#,
+        ] {
+            assert!(parse(200, absent).unwrap().refresh_token.is_none(), "{absent}");
+        }
+        assert_eq!(
+            parse(200, r#"{"access_token":"a","refresh_token":7}"#)
+                .unwrap_err()
+                .to_string(),
+            "token response is invalid: refresh_token is not a string"
+        );
     }
 
     #[test]

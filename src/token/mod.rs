@@ -23,6 +23,7 @@
 
 mod discovery;
 mod endpoint;
+mod grants;
 mod jwt;
 
 use std::future::Future;
@@ -35,7 +36,11 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use endpoint::{MAX_RESPONSE_BYTES, TokenClient, TokenError, TokenResponse, basic_auth, parse_response};
+pub use endpoint::{
+    AuthorizationServer, GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenResponse,
+    basic_auth, parse_response,
+};
+pub use grants::{Consented, Grants, holds_refresh_token, remedy};
 
 use crate::config::{AuthConfig, CacheKey};
 use crate::metrics::Metrics;
@@ -101,20 +106,32 @@ pub fn backoff_delay(failures: u32, initial: Duration, max: Duration, jitter: f6
     delay.mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0))
 }
 
-/// Where tokens come from: the token endpoint ([`TokenClient`]), or a script in tests.
+/// Where tokens come from: each grant's requests to the token endpoint ([`Grants`]), or a
+/// script in tests.
 pub trait FetchToken: Send + Sync + 'static {
     fn fetch<'a>(
         &'a self,
         config: &'a AuthConfig,
     ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>>;
+
+    /// Why no token request may be sent for `config` now, when that is known without asking
+    /// the provider (a user grant waiting for a new consent): requests then fail at once with
+    /// it, and no refresh starts.
+    fn blocked(&self, _config: &AuthConfig) -> Option<TokenError> {
+        None
+    }
 }
 
-impl FetchToken for TokenClient {
+impl<T: FetchToken> FetchToken for Arc<T> {
     fn fetch<'a>(
         &'a self,
         config: &'a AuthConfig,
     ) -> Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send + 'a>> {
-        Box::pin(TokenClient::fetch(self, config))
+        (**self).fetch(config)
+    }
+
+    fn blocked(&self, config: &AuthConfig) -> Option<TokenError> {
+        (**self).blocked(config)
     }
 }
 
@@ -154,6 +171,8 @@ pub struct TokenState {
     pub last_refresh: Option<SystemTime>,
     pub last_error: Option<String>,
     pub failures: u32,
+    /// A user grant that holds no refresh token the provider still honours.
+    pub consent_required: bool,
 }
 
 type Outcome = Result<Arc<CachedToken>, Arc<TokenError>>;
@@ -215,6 +234,34 @@ pub struct TokenCache {
     slots: moka::sync::Cache<CacheKey, Arc<Slot>, BuildHasherDefault<Prehashed>>,
     source: Arc<dyn FetchToken>,
     metrics: Arc<Metrics>,
+    flights: Arc<Flights>,
+}
+
+/// How many fetches run now, so a shutdown can let them finish: a refresh whose response
+/// rotated a refresh token must live to keep the new one, or the next start finds only
+/// the spent one.
+#[derive(Default)]
+struct Flights {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// Counts one fetch as running until dropped (also when its task panics or is cancelled).
+struct InFlight(Arc<Flights>);
+
+impl InFlight {
+    fn start(flights: &Arc<Flights>) -> Self {
+        flights.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(flights))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
 }
 
 impl TokenCache {
@@ -227,6 +274,21 @@ impl TokenCache {
                 .build_with_hasher(BuildHasherDefault::default()),
             source: Arc::new(source),
             metrics,
+            flights: Arc::default(),
+        }
+    }
+
+    /// Returns once no fetch is running (at once if none is).
+    pub async fn idle(&self) {
+        loop {
+            let done = self.flights.done.notified();
+            let mut done = std::pin::pin!(done);
+            // Registered before the count is read, so a fetch ending in between still wakes us.
+            done.as_mut().enable();
+            if self.flights.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
         }
     }
 
@@ -277,7 +339,7 @@ impl TokenCache {
                     Some(token) if now < token.refresh_at => return Ok((token, Lookup::Hit)),
                     Some(token) if now < token.expires_at => {
                         let backing_off = state.backoff_until.is_some_and(|until| now < until);
-                        if state.flight.is_none() && !backing_off {
+                        if state.flight.is_none() && !backing_off && self.source.blocked(config).is_none() {
                             state.flight = Some(self.start_fetch(slot, config));
                         }
                         return Ok((token, Lookup::RefreshAhead));
@@ -288,6 +350,9 @@ impl TokenCache {
                 if let Some(flight) = &state.flight {
                     flight.clone()
                 } else {
+                    if let Some(blocked) = self.source.blocked(config) {
+                        return Err(TokenFailure::Unavailable(Arc::new(blocked)));
+                    }
                     if let Some(until) = state.backoff_until.filter(|until| now < *until) {
                         return Err(TokenFailure::Backoff {
                             retry_after: until - now,
@@ -326,11 +391,38 @@ impl TokenCache {
         }
     }
 
+    /// Puts the access token of `response` (a consent's code exchange, sent at `sent`) in
+    /// `config`'s slot, as if a fetch had brought it: the back-off and the last error end.
+    pub fn install(&self, config: &AuthConfig, response: TokenResponse, sent: Sent) -> Result<(), TokenError> {
+        let token = entry(config, response, sent)?;
+        let slot = self.slot(config);
+        let mut state = slot.lock();
+        put(&slot, &mut state, &self.metrics, &config.id, token);
+        Ok(())
+    }
+
+    /// A new consent came for `config` without a token request (a new `refresh_token_file`):
+    /// the back-off and the last error, which were the old refresh token's refusal, end, so
+    /// the next request sends the new one at once.
+    pub fn consent_renewed(&self, config: &AuthConfig) {
+        let Some(slot) = self.slots.get(config.cache_key()) else {
+            return;
+        };
+        let mut state = slot.lock();
+        state.failures = 0;
+        state.backoff_until = None;
+        state.last_error = None;
+    }
+
     /// The token state of `config`, never the token itself.
     #[must_use]
     pub fn state(&self, config: &AuthConfig) -> TokenState {
+        let consent_required = matches!(self.source.blocked(config), Some(TokenError::ConsentRequired { .. }));
         let Some(slot) = self.slots.get(config.cache_key()) else {
-            return TokenState::default();
+            return TokenState {
+                consent_required,
+                ..TokenState::default()
+            };
         };
         let state = slot.lock();
         let now = Instant::now();
@@ -343,6 +435,7 @@ impl TokenCache {
             last_refresh: state.last_refresh,
             last_error: state.last_error.as_ref().map(ToString::to_string),
             failures: state.failures,
+            consent_required,
         }
     }
 
@@ -351,7 +444,9 @@ impl TokenCache {
         let (done, flight) = watch::channel(None);
         let (slot, config, source) = (Arc::clone(slot), Arc::clone(config), Arc::clone(&self.source));
         let metrics = Arc::clone(&self.metrics);
+        let in_flight = InFlight::start(&self.flights);
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let started = Instant::now();
             let outcome = fetch(&*source, &config).await;
             let id = config.id.as_str();
@@ -361,21 +456,11 @@ impl TokenCache {
                 .observe(started.elapsed().as_secs_f64());
             let outcome_label = if outcome.is_ok() { "success" } else { "error" };
             metrics.token_requests.with_label_values(&[id, outcome_label]).inc();
-            if let Ok(token) = &outcome {
-                let expires = unix_seconds(SystemTime::now()) + (token.expires_at - Instant::now()).as_secs_f64();
-                metrics.token_expiry.with_label_values(&[id]).set(expires.round());
-            }
             {
                 let mut state = slot.lock();
                 state.flight = None;
                 match &outcome {
-                    Ok(token) => {
-                        slot.set_token(&mut state, Some(Arc::clone(token)));
-                        state.failures = 0;
-                        state.backoff_until = None;
-                        state.last_error = None;
-                        state.last_refresh = Some(SystemTime::now());
-                    }
+                    Ok(token) => put(&slot, &mut state, &metrics, id, Arc::clone(token)),
                     Err(err) => {
                         state.failures = state.failures.saturating_add(1);
                         let delay = backoff_delay(
@@ -399,6 +484,18 @@ impl TokenCache {
         });
         flight
     }
+}
+
+/// Puts a fetched `token` in `slot` (its `state` locked): the back-off and the last error
+/// end, and its expiry is exported.
+fn put(slot: &Slot, state: &mut SlotState, metrics: &Metrics, id: &str, token: Arc<CachedToken>) {
+    let expires = unix_seconds(SystemTime::now()) + (token.expires_at - Instant::now()).as_secs_f64();
+    metrics.token_expiry.with_label_values(&[id]).set(expires.round());
+    slot.set_token(state, Some(token));
+    state.failures = 0;
+    state.backoff_until = None;
+    state.last_error = None;
+    state.last_refresh = Some(SystemTime::now());
 }
 
 /// Waits for a fetch's outcome. A fetch task that died without answering (a panic, a
@@ -429,11 +526,36 @@ pub fn unix_seconds(time: SystemTime) -> f64 {
 
 /// One token request, turned into a cache entry.
 async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
-    // Both clocks at once: `exp` is wall-clock time, expiry is on the monotonic clock.
-    let (sent, sent_wall) = (Instant::now(), SystemTime::now());
+    let sent = Sent::now();
     let result = source.fetch(config).await;
+    entry(config, result.map_err(Arc::new)?, sent).map_err(Arc::new)
+}
+
+/// When a token request was sent, on both clocks: a JWT's `exp` is wall-clock time, expiry
+/// is on the monotonic clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    at: Instant,
+    wall: SystemTime,
+}
+
+impl Sent {
+    #[must_use]
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// A token response to a request sent at `sent`, received now, as a cache entry.
+fn entry(config: &AuthConfig, response: TokenResponse, sent: Sent) -> Result<Arc<CachedToken>, TokenError> {
+    let Sent {
+        at: sent,
+        wall: sent_wall,
+    } = sent;
     let received = Instant::now();
-    let response = result.map_err(Arc::new)?;
     let ttl = response.expires_in.unwrap_or(config.default_ttl);
     let exp_in =
         jwt::expiry(response.access_token.expose()).map(|exp| exp.duration_since(sent_wall).unwrap_or(Duration::ZERO));
@@ -443,12 +565,12 @@ async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
         } else {
             "the access token is a JWT whose exp has already passed"
         };
-        return Err(Arc::new(TokenError::Invalid(why.into())));
+        return Err(TokenError::Invalid(why.into()));
     };
     if expires_at <= received {
-        return Err(Arc::new(TokenError::Invalid(
+        return Err(TokenError::Invalid(
             "the token's lifetime less expiry_skew ran out before the token response arrived".into(),
-        )));
+        ));
     }
     tracing::info!(
         auth_config = %config.id,
@@ -531,6 +653,7 @@ mod tests {
                     access_token: AccessToken::new(access_token),
                     expires_in: self.expires_in,
                     scope: None,
+                    refresh_token: None,
                 })
             })
         }
@@ -1052,6 +1175,27 @@ mod tests {
         let state = cache.state(&config);
         assert_eq!((state.failures, state.last_error), (0, None));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_the_fetch_in_flight() {
+        let (cache, _) = cache(Duration::from_secs(3), Some(Duration::from_secs(3600)));
+        let (cache, config) = (Arc::new(cache), auth_config("60s", "300s"));
+        cache.idle().await; // nothing running
+        let waiter = {
+            let (cache, config) = (Arc::clone(&cache), Arc::clone(&config));
+            tokio::spawn(async move { cache.get(&config).await.is_ok() })
+        };
+        settle().await;
+        let started = Instant::now();
+        cache.idle().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(3),
+            "idle only once the fetch ended"
+        );
+        assert!(cache.state(&config).last_refresh.is_some(), "and its token is in place");
+        assert!(waiter.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]

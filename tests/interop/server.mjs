@@ -16,6 +16,14 @@
 // names the HTTPS token endpoint in mtls_endpoint_aliases, and the line printed at start-up
 // gains "mtls": "https://localhost:PORT".
 //
+// Clients with the authorization_code grant are consented without anyone: the interaction
+// pages (/interaction/<uid>) sign in account "operator" and grant every scope asked for at
+// once, so a test follows the redirects from the authorization endpoint back to its
+// redirect_uri with nothing but a cookie jar. Refresh tokens rotate at every use (reusing a
+// spent one is invalid_grant and revokes the grant). $INTEROP_ACCESS_TOKEN_TTL sets the access
+// token lifetime in seconds. GET /test/refreshes?client_id=X answers what the token endpoint
+// did with that client's refresh tokens: {"refreshed": n, "rotated": n, "refused": n}.
+//
 // Stops on SIGTERM, or when its standard input closes, so a test that dies cannot leave it
 // behind.
 import { generateKeyPairSync } from 'node:crypto';
@@ -23,6 +31,10 @@ import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import Provider from 'oidc-provider';
+
+// Standard output carries the one start-up line the test reads, and then closes on its side:
+// the provider's notices (console.info) go to standard error instead.
+console.info = (...args) => console.error(...args);
 
 const clients = JSON.parse(process.env.INTEROP_CLIENTS ?? '[]');
 const keyDir = process.env.INTEROP_KEY_DIR;
@@ -43,7 +55,7 @@ if (keyDir) {
     }
   }
 }
-const scopes = new Set(['openid']);
+const scopes = new Set(['openid', 'offline_access']);
 for (const client of clients) {
   for (const scope of (client.scope ?? '').split(' ').filter(Boolean)) scopes.add(scope);
 }
@@ -64,7 +76,53 @@ const mTLS = {
 };
 
 let provider;
-const callback = (req, res) => provider.callback()(req, res);
+
+// Signs in and consents whatever the interaction asks, one prompt at a time.
+async function interaction(req, res) {
+  try {
+    const details = await provider.interactionDetails(req, res);
+    const { prompt, params, session } = details;
+    let result;
+    if (prompt.name === 'login') {
+      result = { login: { accountId: 'operator' } };
+    } else if (prompt.name === 'consent') {
+      const grant = details.grantId
+        ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+      const missing = prompt.details;
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      for (const [indicator, scope] of Object.entries(missing.missingResourceScopes ?? {})) {
+        grant.addResourceScope(indicator, scope.join(' '));
+      }
+      result = { consent: { grantId: await grant.save() } };
+    } else {
+      result = { error: 'access_denied', error_description: `no automatic answer to ${prompt.name}` };
+    }
+    await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: true });
+  } catch (err) {
+    console.error('interaction', err);
+    res.statusCode = 500;
+    res.end(String(err));
+  }
+}
+
+// What the token endpoint did with each client's refresh tokens.
+const refreshes = {};
+const counted = (clientId) => {
+  refreshes[clientId] ??= { refreshed: 0, rotated: 0, refused: 0 };
+  return refreshes[clientId];
+};
+
+const callback = (req, res) => {
+  const url = new URL(req.url, 'http://localhost');
+  if (url.pathname.startsWith('/interaction/')) return interaction(req, res);
+  if (url.pathname === '/test/refreshes') {
+    res.setHeader('content-type', 'application/json');
+    return res.end(JSON.stringify(counted(url.searchParams.get('client_id'))));
+  }
+  return provider.callback()(req, res);
+};
 const listen = (server, port) =>
   new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server.address().port)));
 
@@ -85,12 +143,17 @@ provider = new Provider(issuer, {
   scopes: [...scopes],
   discovery,
   clientAuthMethods: [
+    'none',
     'client_secret_basic',
     'client_secret_post',
     'client_secret_jwt',
     'private_key_jwt',
     ...(tls ? ['tls_client_auth'] : []),
   ],
+  rotateRefreshToken: true,
+  ...(process.env.INTEROP_ACCESS_TOKEN_TTL
+    ? { ttl: { AccessToken: Number(process.env.INTEROP_ACCESS_TOKEN_TTL) } }
+    : {}),
   features: {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
@@ -99,6 +162,17 @@ provider = new Provider(issuer, {
   },
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+provider.on('grant.success', (ctx) => {
+  if (ctx.oidc.params.grant_type !== 'refresh_token') return;
+  const count = counted(ctx.oidc.client.clientId);
+  count.refreshed += 1;
+  if (ctx.oidc.entities.RotatedRefreshToken) count.rotated += 1;
+});
+provider.on('grant.error', (ctx, err) => {
+  if (ctx.oidc.params?.grant_type === 'refresh_token' && err.error === 'invalid_grant' && ctx.oidc.client) {
+    counted(ctx.oidc.client.clientId).refused += 1;
+  }
+});
 process.stdout.write(`${JSON.stringify(started)}\n`);
 
 const stop = () => {
