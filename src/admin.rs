@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
-//! (Prometheus), `/configs` (each auth config's public fields and token state), and the
-//! consent of the authorization code grant (`/authorize/<id>`, `/callback`: [`crate::consent`]).
-//! Nothing here ever shows a secret, a private key or a token.
+//! (Prometheus), `/configs` (each auth config's public fields and token state), `/ca.pem`
+//! (the interception CA's certificate), and the consent of the authorization code grant
+//! (`/authorize/<id>`, `/callback`: [`crate::consent`]). Nothing here ever shows a secret, a
+//! private key or a token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, consents: Arc<Conse
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+const PEM: &str = "application/x-pem-file";
 
 fn answer<B>(request: &Request<B>, proxy: &Proxy) -> Response<Full<Bytes>> {
     let readable = matches!(*request.method(), Method::GET | Method::HEAD);
@@ -57,7 +59,15 @@ fn answer<B>(request: &Request<B>, proxy: &Proxy) -> Response<Full<Bytes>> {
         },
         (true, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()),
         (true, "/configs") => (StatusCode::OK, "application/json", configs(proxy).to_string()),
-        (false, "/healthz" | "/readyz" | "/metrics" | "/configs") => {
+        (true, "/ca.pem") => match &proxy.interception {
+            Some(interception) => (StatusCode::OK, PEM, interception.ca_pem().to_owned()),
+            None => (
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "not found: TLS interception is off (no intercept: in the configuration)\n".to_owned(),
+            ),
+        },
+        (false, "/healthz" | "/readyz" | "/metrics" | "/configs" | "/ca.pem") => {
             (StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".to_owned())
         }
         _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),

@@ -22,12 +22,16 @@
 //!   grants' refresh tokens kept in [`state`]), and the token endpoint client.
 //! - [`inject`]: puts the token on the request and strips hop-by-hop headers.
 //! - [`error`]: bearerd's own errors and the one table that turns them into responses.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`), and on
-//!   it [`consent`]: the authorization code grant's `/authorize/<id>` and `/callback`.
+//! - [`intercept`]: TLS interception for `HTTPS_PROXY` clients: bearerd's CA, the leaf
+//!   certificates it mints per host, the CA bundle for apps, the handshake with the app.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/configs`, `/ca.pem`),
+//!   and on it [`consent`]: the authorization code grant's `/authorize/<id>` and `/callback`.
+//! - [`metrics`]: the Prometheus metrics of DESIGN.md, with bounded labels only.
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
 //! - [`state`]: the sealed file that keeps the user grants' refresh tokens across restarts.
 //! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
-//!   and JWTs, and the rustls client settings.
+//!   and JWTs, and the rustls client settings (and the roots bearerd trusts).
+//! - [`check`]: `bearerd check`, the configuration validated and one token fetched per config.
 //!
 //! A request `GET http://api.example.com/v1/x` with `X-Auth-Config: billing` is read by the
 //! HTTP/1.1 loop, its target parsed, `billing` looked up in the running state,
@@ -43,6 +47,7 @@ pub mod consent;
 pub mod error;
 pub mod http1;
 pub mod inject;
+pub mod intercept;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
@@ -68,6 +73,8 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Intercept(#[from] intercept::InterceptError),
     #[error("token client: {0}")]
     TokenClient(#[from] reqwest::Error),
     #[error(transparent)]

@@ -2,10 +2,18 @@
 //! `process_*` metrics. Labels carry auth config ids, status codes, error codes and fixed
 //! words only, never hosts, paths or user data, so their number stays bounded.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+/// Registers a metric built from a constant definition, and hands it back.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("valid metric definition");
+    registry.register(Box::new(metric.clone())).expect("registered once");
+    metric
+}
 
 /// Requests with no auth config are counted under this label.
 pub const NO_AUTH_CONFIG: &str = "none";
@@ -46,6 +54,9 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// `bearerd_connections`: app connections open on the proxy listener.
     pub connections: IntGauge,
+    /// `bearerd_intercepted_connections_total{outcome}`: `ok` / `handshake_failed` /
+    /// `refused`, for `CONNECT`s whose TLS bearerd terminates.
+    pub intercepted_connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -55,21 +66,14 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let histogram = |name: &str, help: &str| {
             let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-            let metric = HistogramVec::new(opts, &["auth_config"]).expect("valid metric definition");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
+            register(&registry, HistogramVec::new(opts, &["auth_config"]))
         };
-        let gauge = |name: &str, help: &str| {
-            let metric = GaugeVec::new(Opts::new(name, help), &["auth_config"]).expect("valid metric definition");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
-        };
+        let gauge =
+            |name: &str, help: &str| register(&registry, GaugeVec::new(Opts::new(name, help), &["auth_config"]));
         let requests = counter(
             "bearerd_requests_total",
             "Requests answered, by auth config and HTTP status (or bearerd's error code).",
@@ -111,28 +115,32 @@ impl Metrics {
             "bearerd_client_secret_expiry_timestamp_seconds",
             "When the client secret expires (client_secret_expires_at), in Unix seconds.",
         );
-        let consent_required = IntGaugeVec::new(
-            Opts::new(
-                "bearerd_consent_required",
-                "1 while a user grant (authorization_code, refresh_token) holds no refresh token the provider still honours.",
+        let intercepted_connections = counter(
+            "bearerd_intercepted_connections_total",
+            "TLS handshakes with apps whose CONNECT bearerd intercepts, by outcome: ok, handshake_failed, refused.",
+            &["outcome"],
+        );
+        let consent_required = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "bearerd_consent_required",
+                    "1 while a user grant (authorization_code, refresh_token) holds no refresh token the provider still honours.",
+                ),
+                &["auth_config"],
             ),
-            &["auth_config"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(consent_required.clone()))
-            .expect("registered once");
-        let inflight = IntGauge::new(
-            "bearerd_inflight_requests",
-            "Requests being handled (until their response headers are sent).",
-        )
-        .expect("valid metric definition");
-        registry.register(Box::new(inflight.clone())).expect("registered once");
-        let connections = IntGauge::new("bearerd_connections", "App connections open on the proxy listener.")
-            .expect("valid metric definition");
-        registry
-            .register(Box::new(connections.clone()))
-            .expect("registered once");
+        );
+        let inflight = register(
+            &registry,
+            IntGauge::new(
+                "bearerd_inflight_requests",
+                "Requests being handled (until their response headers are sent).",
+            ),
+        );
+        let connections = register(
+            &registry,
+            IntGauge::new("bearerd_connections", "App connections open on the proxy listener."),
+        );
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
@@ -151,6 +159,7 @@ impl Metrics {
             consent_required,
             inflight,
             connections,
+            intercepted_connections,
         }
     }
 

@@ -12,8 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{AuthConfig, Config, Env, LoadError, text_hash};
+use crate::config::{AuthConfig, Config, Env, HostPattern, LoadError, text_hash};
 use crate::consent::Consents;
+use crate::intercept::Interception;
 use crate::proxy::{Proxy, Upstream};
 use crate::state::StateStore;
 use crate::token::{Grants, RequestToken, TokenCache, TokenClient, TokenFailure, unix_seconds};
@@ -52,13 +53,15 @@ impl Shared {
 impl Server {
     /// Binds both listeners (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let roots = Arc::new(tls::roots(config.ca_file.as_deref())?);
+        let roots = tls::load_roots(config.ca_file.as_deref())?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let interception = start_interception(&config, &roots.certificates, &metrics)?;
+        let roots = Arc::new(roots.store);
         let upstream = Upstream::new(
             tls::client_config(Arc::clone(&roots))?,
             config.upstream_timeout,
             config.upstream_max_concurrency,
         );
-        let metrics = Arc::new(metrics::Metrics::new());
         let state = config.state.as_ref().map(StateStore::open).transpose()?.map(Arc::new);
         let client: Arc<dyn RequestToken> = Arc::new(TokenClient::new(roots)?);
         let grants = Arc::new(Grants::new(client, state, Arc::clone(&metrics)));
@@ -77,7 +80,7 @@ impl Server {
         let config = Arc::new(config);
         metrics.announce(&config.auth_configs);
         grants.publish(&config.auth_configs);
-        let proxy = Arc::new(Proxy::new(Arc::clone(&config), tokens, upstream, metrics));
+        let proxy = Arc::new(Proxy::new(Arc::clone(&config), tokens, upstream, metrics, interception));
         let (stop, stopped) = watch::channel(false);
         let serving = tokio::spawn(Arc::clone(&proxy).serve(proxy_listener, stopped));
         let shared = Arc::new(Shared {
@@ -133,6 +136,44 @@ impl Server {
     }
 }
 
+/// The interception, when `intercept:` is set: its CA made and its bundle written.
+fn start_interception(
+    config: &Config,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    metrics: &metrics::Metrics,
+) -> Result<Option<Arc<Interception>>, StartError> {
+    let Some(settings) = &config.intercept else {
+        return Ok(None);
+    };
+    let hosts = config.intercepted_hosts();
+    let interception = Interception::start(settings, &hosts, roots, metrics)?;
+    tracing::info!(
+        ca_bundle_out = %settings.ca_bundle_out.display(),
+        intercepted_hosts = hosts.len(),
+        operator_ca = settings.operator_ca.is_some(),
+        "TLS interception CA ready; its bundle is written"
+    );
+    Ok(Some(Arc::new(interception)))
+}
+
+/// Warns of each intercepted route host that the interception CA cannot sign for: added
+/// by a reload, it is tunnelled until a restart.
+fn warn_uncovered_hosts(proxy: &Proxy, config: &Config) {
+    let Some(interception) = &proxy.interception else {
+        return;
+    };
+    for host in config.intercepted_hosts() {
+        let covered = match &host {
+            HostPattern::Host(name) | HostPattern::HostPort(name, _) => interception.covers(name),
+            // Any name under the suffix stands for it.
+            HostPattern::Suffix(suffix) => interception.covers(&format!("x{suffix}")),
+        };
+        if !covered {
+            tracing::warn!(%host, "intercept: true for a host the interception CA was not made for; its CONNECTs are tunnelled until bearerd restarts");
+        }
+    }
+}
+
 fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
     let new = match Config::load(path, env) {
         Ok(config) => config,
@@ -150,6 +191,7 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
         ("listen", new.listen != old.listen),
         ("admin_listen", new.admin_listen != old.admin_listen),
         ("tls.ca_file", new.ca_file != old.ca_file),
+        ("intercept", new.intercept != old.intercept),
         ("state", new.state != old.state),
     ] {
         if changed {
@@ -163,6 +205,7 @@ fn reload(shared: &Shared, path: &Path, env: &Env) -> Result<(), LoadError> {
     for gone in old.auth_configs.iter().filter(|c| !remaining.contains(c.id.as_str())) {
         shared.proxy.metrics.forget(&gone.id);
     }
+    warn_uncovered_hosts(&shared.proxy, &new);
     for renewed in new.auth_configs.iter().filter(|c| new_refresh_token_file(&old, c)) {
         shared.proxy.tokens.consent_renewed(renewed);
     }

@@ -16,11 +16,30 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// Every root bearerd trusts, as a store for its TLS clients and as the certificates
+/// themselves (which `intercept.ca_bundle_out` hands on to apps).
+pub struct Roots {
+    pub store: RootCertStore,
+    /// Each certificate in `store`, in the order added: webpki's, the system's, `ca_file`'s.
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
 /// The trusted roots: webpki's, the system's, and those in `ca_file`.
 pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    load_roots(ca_file).map(|roots| roots.store)
+}
+
+/// The trusted roots, with their certificates: webpki's, the system's, and those in
+/// `ca_file` (each of which must be usable as a root).
+pub fn load_roots(ca_file: Option<&Path>) -> Result<Roots, TlsError> {
+    let mut roots = Roots {
+        store: RootCertStore::empty(),
+        certificates: Vec::new(),
     };
+    let (_, ignored) = roots.add_parsable(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    if ignored > 0 {
+        tracing::debug!(ignored, "webpki root certificates not usable as roots");
+    }
     let native = rustls_native_certs::load_native_certs();
     if !native.errors.is_empty() {
         tracing::debug!(
@@ -28,7 +47,7 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
             "some system CA certificates could not be read"
         );
     }
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    let (added, ignored) = roots.add_parsable(native.certs);
     tracing::debug!(added, ignored, "system CA certificates");
     if let Some(path) = ca_file {
         let ca_error = |cause: String| TlsError::CaFile {
@@ -43,10 +62,27 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
             return Err(ca_error("no PEM certificates in the file".into()));
         }
         for cert in certs {
-            roots.add(cert).map_err(|err| ca_error(err.to_string()))?;
+            roots.store.add(cert.clone()).map_err(|err| ca_error(err.to_string()))?;
+            roots.certificates.push(cert);
         }
     }
     Ok(roots)
+}
+
+impl Roots {
+    /// Adds each certificate usable as a root; returns how many were added and ignored.
+    fn add_parsable(&mut self, certs: impl IntoIterator<Item = CertificateDer<'static>>) -> (usize, usize) {
+        let (mut added, mut ignored) = (0, 0);
+        for cert in certs {
+            if self.store.add(cert.clone()).is_ok() {
+                self.certificates.push(cert);
+                added += 1;
+            } else {
+                ignored += 1;
+            }
+        }
+        (added, ignored)
+    }
 }
 
 /// A client configuration trusting `roots` that presents `chain` (RFC 8705 `tls_client_auth`).

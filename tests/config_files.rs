@@ -68,6 +68,40 @@ fn the_google_example_discovers_googles_endpoint() {
 }
 
 #[test]
+fn the_references_intercept_block_and_route_flag_load_once_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut uncommented = 0;
+    let text: String = text
+        .lines()
+        .map(|line| {
+            let enabled = [
+                "# intercept:",
+                "  # ca_bundle_out:",
+                "  # leaf_ttl:",
+                "    # intercept: true",
+            ]
+            .iter()
+            .any(|start| line.starts_with(start));
+            if enabled {
+                uncommented += 1;
+                format!("{}\n", line.replacen("# ", "", 1))
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert_eq!(uncommented, 4);
+    let config = Config::from_yaml("reference.yaml", &text, &Env::new()).unwrap_or_else(|err| panic!("{err}"));
+    let intercept = config.intercept.as_ref().unwrap();
+    assert_eq!(intercept.ca_bundle_out, Path::new("/var/run/bearerd/ca-bundle.pem"));
+    assert_eq!(intercept.leaf_ttl.as_secs(), 24 * 3600);
+    assert!(intercept.operator_ca.is_none());
+    let hosts: Vec<String> = config.intercepted_hosts().iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["api.billing.example.com"]);
+}
+
+#[test]
 fn the_user_grants_example_has_a_consent_and_a_refresh_token_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("key"), [7; 32]).unwrap();

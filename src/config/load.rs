@@ -14,12 +14,14 @@ use serde_yaml::{Mapping, Value};
 use url::Url;
 
 use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
-use super::raw::{RawAuthConfig, RawDuration, RawInject, RawRoute, RawScopes, RawState, RawTimestamp, RawTop};
+use super::raw::{
+    RawAuthConfig, RawDuration, RawInject, RawIntercept, RawRoute, RawScopes, RawState, RawTimestamp, RawTop,
+};
 use super::time::{parse_duration, parse_timestamp};
 use super::{
     AuthConfig, Authorize, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, FirstRefreshToken,
-    GOOGLE_ISSUER, Grant, HostPattern, Inject, LoadError, MICROSOFT_AUTHORITY, Provider, Route, RouteKind, SigningKey,
-    StateConfig, TokenEndpoint, WatchedFile, check_endpoint_url,
+    GOOGLE_ISSUER, Grant, HostPattern, Inject, Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, Route,
+    RouteKind, SigningKey, StateConfig, TokenEndpoint, WatchedFile, check_endpoint_url,
 };
 use crate::http1;
 use crate::secret::{ClientSecret, RefreshToken, SealingKey};
@@ -125,7 +127,9 @@ impl Loader<'_> {
 
         let mut top = Value::Mapping(top);
         self.expand(&mut top, None, "");
-        let raw_top: Option<RawTop> = self.deserialize(top, None, "");
+        let mut raw_top: Option<RawTop> = self.deserialize(top, None, "");
+        // Unknown when the top level did not parse: then routes are not blamed for it.
+        let intercept_on = raw_top.as_ref().is_none_or(|top| top.intercept.is_some());
 
         let mut configs = self.expanded_configs(raw_configs);
         self.apply_env_overrides(&mut configs);
@@ -138,10 +142,14 @@ impl Loader<'_> {
                 let field = format!("routes[{index}]");
                 self.expand(&mut value, None, &field);
                 let raw = self.deserialize::<RawRoute>(value, None, &field)?;
-                self.route(&field, raw, &seen)
+                self.route(&field, raw, &seen, intercept_on)
             })
             .collect();
 
+        let intercept = raw_top
+            .as_mut()
+            .and_then(|top| top.intercept.take())
+            .and_then(|raw| self.intercept(raw));
         let raw_top = raw_top?;
         let listen = self.socket_addr("listen", "BEARERD_LISTEN", raw_top.listen.as_deref(), "127.0.0.1:8080");
         let admin_listen = self.socket_addr(
@@ -165,12 +173,7 @@ impl Loader<'_> {
         );
         let state_set = raw_top.state.is_some();
         let state = raw_top.state.and_then(|raw| self.state(raw));
-        let ca_file = raw_top.tls.and_then(|tls| tls.ca_file);
-        if let Some(path) = &ca_file
-            && let Err(err) = std::fs::metadata(path)
-        {
-            self.error(None, "tls.ca_file", format!("cannot read {}: {err}", path.display()));
-        }
+        let ca_file = self.ca_file(raw_top.tls.and_then(|tls| tls.ca_file));
 
         let auth_configs = self.finish_auth_configs(validated, &routes);
         if !state_set {
@@ -197,6 +200,7 @@ impl Loader<'_> {
             config_watch_interval,
             worker_threads: raw_top.worker_threads.filter(|&n| n > 0),
             ca_file,
+            intercept,
             state,
             watched_files: std::mem::take(&mut self.watched),
             auth_configs,
@@ -1030,7 +1034,13 @@ impl Loader<'_> {
         }
     }
 
-    fn route(&mut self, field: &str, raw: RawRoute, known: &HashSet<String>) -> Option<PendingRoute> {
+    fn route(
+        &mut self,
+        field: &str,
+        raw: RawRoute,
+        known: &HashSet<String>,
+        intercept_on: bool,
+    ) -> Option<PendingRoute> {
         let matcher = raw.matcher.unwrap_or_default();
         let auth_config = match raw.auth_config {
             Some(id) if known.contains(&id) => Some(id),
@@ -1103,7 +1113,26 @@ impl Loader<'_> {
             },
             (None, tls) => RouteKind::Forward {
                 upstream_tls: tls.unwrap_or(false),
+                intercept: false,
             },
+        };
+        let kind = match (raw.intercept, kind) {
+            (Some(true), RouteKind::Forward { upstream_tls, .. }) => {
+                let intercept = self.intercept_route(cid, field, matcher.host.is_some(), intercept_on);
+                RouteKind::Forward {
+                    upstream_tls,
+                    intercept,
+                }
+            }
+            (Some(true), RouteKind::Gateway { .. }) => {
+                self.error(
+                    cid,
+                    &format!("{field}.intercept"),
+                    "applies to forward routes only: a gateway route is reached without CONNECT",
+                );
+                return None;
+            }
+            (_, kind) => kind,
         };
         Some(PendingRoute {
             host,
@@ -1112,6 +1141,107 @@ impl Loader<'_> {
             auth_config: auth_config?,
             kind,
         })
+    }
+
+    /// `tls.ca_file`, when it can be read.
+    fn ca_file(&mut self, ca_file: Option<PathBuf>) -> Option<PathBuf> {
+        if let Some(path) = &ca_file
+            && let Err(err) = std::fs::metadata(path)
+        {
+            self.error(None, "tls.ca_file", format!("cannot read {}: {err}", path.display()));
+        }
+        ca_file
+    }
+
+    /// Whether a forward route's `intercept: true` can hold: it names the host whose
+    /// `CONNECT`s are terminated, and `intercept:` says how.
+    fn intercept_route(&mut self, cid: Option<&str>, field: &str, has_host: bool, intercept_on: bool) -> bool {
+        let field = format!("{field}.intercept");
+        if !has_host {
+            self.error(
+                cid,
+                &field,
+                "needs match.host: only CONNECTs to a named host (or *.suffix) are intercepted",
+            );
+        }
+        if !intercept_on {
+            self.error(
+                cid,
+                &field,
+                "needs the top-level intercept: block (where the CA bundle goes, and which CA signs)",
+            );
+        }
+        has_host && intercept_on
+    }
+
+    /// The `intercept:` block: where the CA bundle goes, the operator's CA if given, and
+    /// the leaves' lifetime.
+    fn intercept(&mut self, raw: RawIntercept) -> Option<Intercept> {
+        let leaf_ttl = self.duration(None, "intercept.leaf_ttl", raw.leaf_ttl, Intercept::DEFAULT_LEAF_TTL);
+        if !(Intercept::MIN_LEAF_TTL..=Intercept::MAX_LEAF_TTL).contains(&leaf_ttl) {
+            self.error(
+                None,
+                "intercept.leaf_ttl",
+                format!(
+                    "must be between {}m and {} days",
+                    Intercept::MIN_LEAF_TTL.as_secs() / 60,
+                    Intercept::MAX_LEAF_TTL.as_secs() / 86_400
+                ),
+            );
+        }
+        let ca_bundle_out = match raw.ca_bundle_out {
+            Some(path) if !path.as_os_str().is_empty() => Some(path),
+            Some(_) => {
+                self.error(None, "intercept.ca_bundle_out", "must not be empty");
+                None
+            }
+            None => {
+                self.error(
+                    None,
+                    "intercept.ca_bundle_out",
+                    "missing: the file bearerd writes its CA (and the roots it trusts) to, for apps to trust",
+                );
+                None
+            }
+        };
+        let operator_ca = match (raw.ca_cert_file, raw.ca_key_file) {
+            (None, None) => Ok(None),
+            (Some(cert_file), Some(key_file)) => self.operator_ca(cert_file, key_file).map(Some).ok_or(()),
+            (cert_file, _) => {
+                let (field, other) = if cert_file.is_none() {
+                    ("intercept.ca_cert_file", "ca_key_file")
+                } else {
+                    ("intercept.ca_key_file", "ca_cert_file")
+                };
+                self.error(
+                    None,
+                    field,
+                    format!("missing: {other} is set; an operator CA needs both ca_cert_file and ca_key_file"),
+                );
+                Err(())
+            }
+        };
+        Some(Intercept {
+            ca_bundle_out: ca_bundle_out?,
+            operator_ca: operator_ca.ok()?,
+            leaf_ttl,
+        })
+    }
+
+    /// Both files are watched: a changed CA makes the reload warn that it takes effect at
+    /// the next start, as any `intercept:` change does.
+    fn operator_ca(&mut self, cert_file: PathBuf, key_file: PathBuf) -> Option<OperatorCa> {
+        let read = |loader: &mut Self, field: &str, path: &Path| {
+            loader
+                .read_watched(path)
+                .map_err(|err| loader.error(None, field, format!("cannot read {}: {err}", path.display())))
+                .ok()
+        };
+        let cert = read(self, "intercept.ca_cert_file", &cert_file);
+        let key = read(self, "intercept.ca_key_file", &key_file);
+        OperatorCa::from_pem(cert_file, &cert?, key_file, &key?)
+            .map_err(|(field, message)| self.error(None, &format!("intercept.{field}"), message))
+            .ok()
     }
 
     /// Fills default `allowed_hosts` from the routes that name each config, and builds them.

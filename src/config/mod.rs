@@ -56,10 +56,13 @@ pub struct Config {
     pub config_watch_interval: Duration,
     /// Extra trusted roots (PEM) for upstreams and token endpoints.
     pub ca_file: Option<PathBuf>,
+    /// TLS interception for `HTTPS_PROXY` clients; `None`: every `CONNECT` is a tunnel.
+    /// Read at start: a reload does not change it.
+    pub intercept: Option<Intercept>,
     /// Where the user grants keep their refresh tokens (`state:`). Read at start: a reload
     /// does not change it.
     pub state: Option<StateConfig>,
-    /// The secret, key, certificate and refresh token files the configuration was read
+    /// The secret, key, certificate, refresh token and CA files the configuration was read
     /// from, as they were then: a watcher reloads when one of them changes, as it does for
     /// the file itself.
     pub watched_files: Vec<WatchedFile>,
@@ -71,6 +74,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The hosts of the `intercept: true` routes, each once, in file order.
+    #[must_use]
+    pub fn intercepted_hosts(&self) -> Vec<HostPattern> {
+        let mut hosts: Vec<HostPattern> = Vec::new();
+        for host in self.routes.iter().filter_map(Route::intercepted_host) {
+            if !hosts.contains(host) {
+                hosts.push(host.clone());
+            }
+        }
+        hosts
+    }
+
     #[must_use]
     pub fn auth_config(&self, id: &str) -> Option<Arc<AuthConfig>> {
         self.position(id).map(|i| Arc::clone(&self.auth_configs[i]))
@@ -514,9 +529,83 @@ impl ClientCertificate {
     }
 }
 
+/// `intercept:`: how bearerd terminates the TLS of `CONNECT`s to intercepted hosts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Intercept {
+    /// Written at start: bearerd's CA, then every root it trusts, for apps to trust.
+    pub ca_bundle_out: PathBuf,
+    /// The operator's CA (`ca_cert_file` + `ca_key_file`); `None`: bearerd generates one.
+    pub operator_ca: Option<OperatorCa>,
+    /// The lifetime of each leaf certificate bearerd mints.
+    pub leaf_ttl: Duration,
+}
+
+impl Intercept {
+    /// `leaf_ttl` when not set.
+    pub const DEFAULT_LEAF_TTL: Duration = Duration::from_hours(24);
+    /// Shorter leaves would be renewed every few minutes.
+    pub const MIN_LEAF_TTL: Duration = Duration::from_mins(10);
+    /// The longest lifetime clients accept for a TLS server certificate (398 days, Apple's
+    /// limit), less a day of margin.
+    pub const MAX_LEAF_TTL: Duration = Duration::from_hours(397 * 24);
+}
+
+/// An operator's CA, read from `ca_cert_file` and `ca_key_file` (PEM). Whether the key
+/// belongs to the certificate is checked when the interception starts. `Debug` shows the
+/// files, never the key.
+#[derive(PartialEq, Eq)]
+pub struct OperatorCa {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA certificate first, then any certificates above it, sent with every leaf.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for OperatorCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorCa")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("chain_len", &self.chain.len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl OperatorCa {
+    /// From the bytes of `cert_file` (PEM certificates, the CA first) and `key_file` (a PEM
+    /// private key). An error names the field and the file, never the key's bytes.
+    fn from_pem(
+        cert_file: PathBuf,
+        cert: &[u8],
+        key_file: PathBuf,
+        key: &[u8],
+    ) -> Result<Self, (&'static str, String)> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<_, _>>()
+            .map_err(|err| ("ca_cert_file", format!("cannot read {}: {err}", cert_file.display())))?;
+        if chain.is_empty() {
+            return Err(("ca_cert_file", format!("no PEM certificate in {}", cert_file.display())));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|err| {
+            (
+                "ca_key_file",
+                format!("cannot read a PEM private key from {}: {err}", key_file.display()),
+            )
+        })?;
+        Ok(Self {
+            cert_file,
+            key_file,
+            chain,
+            key,
+        })
+    }
+}
+
 /// A file the configuration was read from (client secret, private key, certificate, first
-/// refresh token, state key), and a hash of the bytes read from it, so a watcher can tell when it changed. `Debug` shows the
-/// path only: the hash is of a secret.
+/// refresh token, state key, interception CA), and a hash of the bytes read from it, so a
+/// watcher can tell when it changed. `Debug` shows the path only: the hash is of a secret.
 #[derive(Clone)]
 pub struct WatchedFile {
     pub path: PathBuf,

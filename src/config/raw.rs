@@ -26,6 +26,7 @@ pub(super) struct RawTop {
     pub(super) config_watch_interval: Option<RawDuration>,
     pub(super) worker_threads: Option<usize>,
     pub(super) tls: Option<RawTls>,
+    pub(super) intercept: Option<RawIntercept>,
     pub(super) state: Option<RawState>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
@@ -40,6 +41,15 @@ pub(super) struct RawTop {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
     pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntercept {
+    pub(super) ca_bundle_out: Option<PathBuf>,
+    pub(super) ca_cert_file: Option<PathBuf>,
+    pub(super) ca_key_file: Option<PathBuf>,
+    pub(super) leaf_ttl: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +149,7 @@ pub(super) struct RawRoute {
     pub(super) auth_config: Option<String>,
     pub(super) upstream_tls: Option<bool>,
     pub(super) upstream: Option<String>,
+    pub(super) intercept: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -122,8 +122,9 @@ pub fn host_and_port(url: &Url) -> Option<(String, u16)> {
 /// How a route sends a matched request on.
 #[derive(Clone, Debug)]
 pub enum RouteKind {
-    /// Absolute-form (`HTTP_PROXY`) requests; the target is the request URI.
-    Forward { upstream_tls: bool },
+    /// Absolute-form (`HTTP_PROXY`) requests; the target is the request URI. With
+    /// `intercept`, a `CONNECT` to the route's host is terminated by bearerd's own TLS.
+    Forward { upstream_tls: bool, intercept: bool },
     /// Origin-form requests to bearerd itself; the prefix is replaced by `upstream`.
     Gateway { upstream: Url },
 }
@@ -140,6 +141,15 @@ pub struct Route {
 }
 
 impl Route {
+    /// The host whose `CONNECT`s this route has bearerd terminate (`intercept: true`).
+    #[must_use]
+    pub fn intercepted_host(&self) -> Option<&HostPattern> {
+        match self.kind {
+            RouteKind::Forward { intercept: true, .. } => self.host.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether a request for `method`, `host` (lowercase, and port) and `path` matches.
     #[must_use]
     pub fn matches(&self, method: &Method, host: Option<(&str, u16)>, path: &str) -> bool {

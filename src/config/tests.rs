@@ -118,7 +118,10 @@ fn a_full_file_loads_into_typed_config() {
     assert_eq!(config.routes[0].methods, [Method::GET, Method::POST]);
     assert!(matches!(
         config.routes[0].kind,
-        RouteKind::Forward { upstream_tls: true }
+        RouteKind::Forward {
+            upstream_tls: true,
+            intercept: false
+        }
     ));
     assert!(
         matches!(&config.routes[1].kind, RouteKind::Gateway { upstream } if upstream.as_str() == "https://api.billing.test/base")
@@ -962,6 +965,143 @@ fn the_secret_key_and_certificate_files_read_are_watched() {
     assert_ne!(config.inputs_now(b"other text"), config.inputs_loaded());
 }
 
+const INTERCEPT_CONFIGS: &str =
+    "auth_configs:\n  - id: api\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n";
+
+#[test]
+fn intercept_block_and_route_flags_load() {
+    let yaml = format!(
+        "intercept:\n  ca_bundle_out: /run/bearerd/ca-bundle.pem\n{INTERCEPT_CONFIGS}routes:\n  - match: {{ host: api.test }}\n    auth_config: api\n    upstream_tls: true\n    intercept: true\n  - match: {{ host: \"*.api.test\", path_prefix: /v1/ }}\n    auth_config: api\n    intercept: true\n  - match: {{ host: api.test, path_prefix: /v2/ }}\n    auth_config: api\n    intercept: true\n  - match: {{ host: 10.0.0.7 }}\n    auth_config: api\n    intercept: false\n"
+    );
+    let config = load(&yaml).unwrap();
+    let intercept = config.intercept.as_ref().unwrap();
+    assert_eq!(intercept.ca_bundle_out, Path::new("/run/bearerd/ca-bundle.pem"));
+    assert_eq!(intercept.leaf_ttl, Duration::from_hours(24));
+    assert!(intercept.operator_ca.is_none());
+    let flags: Vec<bool> = config
+        .routes
+        .iter()
+        .map(|route| matches!(route.kind, RouteKind::Forward { intercept: true, .. }))
+        .collect();
+    assert_eq!(flags, [true, true, true, false]);
+    assert!(matches!(
+        config.routes[0].kind,
+        RouteKind::Forward {
+            upstream_tls: true,
+            intercept: true
+        }
+    ));
+    // Each host once, in file order; a route without intercept contributes none.
+    let hosts: Vec<String> = config.intercepted_hosts().iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["api.test", "*.api.test"]);
+
+    // Without the block: off, and no route intercepts.
+    let plain = load(&format!(
+        "{INTERCEPT_CONFIGS}routes:\n  - match: {{ host: api.test }}\n    auth_config: api\n"
+    ))
+    .unwrap();
+    assert!(plain.intercept.is_none());
+    assert!(plain.intercepted_hosts().is_empty());
+}
+
+#[test]
+fn an_operator_ca_is_read_from_its_files_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let yaml = format!(
+        "intercept:\n  ca_bundle_out: {}\n  ca_cert_file: {}\n  ca_key_file: {}\n  leaf_ttl: 2h\n{INTERCEPT_CONFIGS}    allowed_hosts: [api.test]\n",
+        dir.path().join("bundle.pem").display(),
+        cert_file.display(),
+        key_file.display()
+    );
+    let config = load(&yaml).unwrap();
+    let intercept = config.intercept.as_ref().unwrap();
+    assert_eq!(intercept.leaf_ttl, Duration::from_hours(2));
+    let operator = intercept.operator_ca.as_ref().unwrap();
+    assert_eq!(operator.chain, [cert.der().clone()]);
+    assert_eq!(operator.key.secret_der(), key.serialize_der());
+    let shown = format!("{config:?}");
+    let key_pem = key.serialize_pem();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(shown.contains("key: \"[redacted]\""), "{shown}");
+    assert!(!shown.contains(key_body), "{shown}");
+    assert!(!shown.contains(&format!("{:?}", key.serialize_der())), "{shown}");
+}
+
+#[test]
+fn intercept_problems_name_the_field_and_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let missing = dir.path().join("missing.key");
+    let yaml = format!(
+        "intercept:\n  ca_cert_file: {}\n  ca_key_file: {}\n  leaf_ttl: 5m\n  wildcard: true\n{INTERCEPT_CONFIGS}    allowed_hosts: [api.test]\nroutes:\n  - match: {{ path_prefix: /api/ }}\n    auth_config: api\n    upstream: https://api.test\n    intercept: true\n  - match: {{ path_prefix: /v1/ }}\n    auth_config: api\n    intercept: true\n",
+        not_pem.display(),
+        missing.display()
+    );
+    // An unknown field stops the block before its other fields are looked at.
+    assert_eq!(
+        errors(&yaml, &Env::new()),
+        [
+            "test.yaml: intercept.wildcard: unknown field `wildcard`, expected one of `ca_bundle_out`, `ca_cert_file`, `ca_key_file`, `leaf_ttl`".to_owned(),
+            "test.yaml: auth config `api`: routes[0].intercept: applies to forward routes only: a gateway route is reached without CONNECT".to_owned(),
+            "test.yaml: auth config `api`: routes[1].intercept: needs match.host: only CONNECTs to a named host (or *.suffix) are intercepted".to_owned(),
+        ]
+    );
+    let yaml = yaml.replace("  wildcard: true\n", "");
+    assert_eq!(
+        errors(&yaml, &Env::new()),
+        [
+            "test.yaml: auth config `api`: routes[0].intercept: applies to forward routes only: a gateway route is reached without CONNECT".to_owned(),
+            "test.yaml: auth config `api`: routes[1].intercept: needs match.host: only CONNECTs to a named host (or *.suffix) are intercepted".to_owned(),
+            "test.yaml: intercept.leaf_ttl: must be between 10m and 397 days".to_owned(),
+            "test.yaml: intercept.ca_bundle_out: missing: the file bearerd writes its CA (and the roots it trusts) to, for apps to trust".to_owned(),
+            format!(
+                "test.yaml: intercept.ca_key_file: cannot read {}: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        ]
+    );
+    let half = format!(
+        "intercept:\n  ca_bundle_out: b.pem\n  ca_key_file: {}\n  leaf_ttl: 9600h\n{INTERCEPT_CONFIGS}    allowed_hosts: [api.test]\n",
+        missing.display()
+    );
+    assert_eq!(
+        errors(&half, &Env::new()),
+        [
+            "test.yaml: intercept.leaf_ttl: must be between 10m and 397 days".to_owned(),
+            "test.yaml: intercept.ca_cert_file: missing: ca_key_file is set; an operator CA needs both ca_cert_file and ca_key_file".to_owned(),
+        ]
+    );
+    let bad_pem = format!(
+        "intercept:\n  ca_bundle_out: b.pem\n  ca_cert_file: {0}\n  ca_key_file: {0}\n{INTERCEPT_CONFIGS}    allowed_hosts: [api.test]\n",
+        not_pem.display()
+    );
+    assert_eq!(
+        errors(&bad_pem, &Env::new()),
+        [format!(
+            "test.yaml: intercept.ca_cert_file: no PEM certificate in {}",
+            not_pem.display()
+        )]
+    );
+    // A route may intercept only when the block says how.
+    let off = format!(
+        "{INTERCEPT_CONFIGS}routes:\n  - match: {{ host: api.test }}\n    auth_config: api\n    intercept: true\n"
+    );
+    assert_eq!(
+        errors(&off, &Env::new()),
+        [
+            "test.yaml: auth config `api`: routes[0].intercept: needs the top-level intercept: block (where the CA bundle goes, and which CA signs)"
+        ]
+    );
+}
+
 #[test]
 fn the_refresh_token_grant_starts_from_its_file_and_needs_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -1224,4 +1364,42 @@ fn the_token_cache_key_covers_the_fields_of_both_kinds_of_token_request() {
         key_of("    authorization_url: https://idp.test/authorize\n    redirect_uri: http://localhost:9191/callback\n"),
         base
     );
+}
+
+#[test]
+fn the_operator_ca_files_are_watched_and_a_new_ca_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    };
+    let (cert_file, key_file) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    let (first_cert, first_key) = ca("first");
+    std::fs::write(&cert_file, &first_cert).unwrap();
+    std::fs::write(&key_file, &first_key).unwrap();
+    let yaml = format!(
+        "intercept:\n  ca_bundle_out: {}\n  ca_cert_file: {}\n  ca_key_file: {}\n{INTERCEPT_CONFIGS}    allowed_hosts: [api.test]\n",
+        dir.path().join("bundle.pem").display(),
+        cert_file.display(),
+        key_file.display()
+    );
+    let config = load(&yaml).unwrap();
+    let paths: Vec<&Path> = config.watched_files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(paths, [&cert_file, &key_file]);
+    assert_eq!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    assert!(!format!("{:?}", config.watched_files).contains("PRIVATE KEY"));
+
+    // A new CA in the Secret: the watcher sees both files change, and the configuration it
+    // reloads differs in `intercept` (which the reload only warns about).
+    let (second_cert, second_key) = ca("second");
+    std::fs::write(&cert_file, &second_cert).unwrap();
+    std::fs::write(&key_file, &second_key).unwrap();
+    assert!(config.watched_files.iter().all(WatchedFile::changed));
+    assert_ne!(config.inputs_now(yaml.as_bytes()), config.inputs_loaded());
+    let reloaded = load(&yaml).unwrap();
+    assert_ne!(reloaded.intercept, config.intercept);
+    assert_eq!(load(&yaml).unwrap().intercept, reloaded.intercept);
 }

@@ -35,6 +35,7 @@ use crate::http1::server::{self, HEADER_READ_TIMEOUT, Rewound, Service, TakeLine
 use crate::http1::timer::Timer;
 use crate::http1::{self, client::HeaderLines};
 use crate::inject;
+use crate::intercept::Interception;
 use crate::metrics::{Metrics, NO_AUTH_CONFIG};
 use crate::routes::{self, RequestFacts, SelectError};
 use crate::running::{Active, Running};
@@ -52,19 +53,28 @@ pub struct Proxy {
     pub tokens: TokenCache,
     upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// TLS interception, when `intercept:` was set at start.
+    pub interception: Option<Arc<Interception>>,
     /// Set once shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
 
 impl Proxy {
     #[must_use]
-    pub fn new(config: Arc<Config>, tokens: TokenCache, upstream: Upstream, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        tokens: TokenCache,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+        interception: Option<Arc<Interception>>,
+    ) -> Self {
         let running = Running::build(config, &tokens, &metrics);
         Self {
             running: ArcSwap::from_pointee(running),
             tokens,
             upstream,
             metrics,
+            interception,
             draining: AtomicBool::new(false),
         }
     }
@@ -616,7 +626,7 @@ fn select<'r, B>(
             let prefix = chosen.route.map_or("/", |route| route.path_prefix.as_str());
             (target::gateway_uri(upstream, prefix, request.uri())?, false)
         }
-        Some(RouteKind::Forward { upstream_tls }) => {
+        Some(RouteKind::Forward { upstream_tls, .. }) => {
             (target.forward_uri(request.uri(), *upstream_tls)?, !*upstream_tls)
         }
         None => (target.forward_uri(request.uri(), false)?, true),
