@@ -80,7 +80,7 @@ impl Server {
         let config = Arc::new(config);
         metrics.announce(&config.auth_configs);
         grants.publish(&config.auth_configs);
-        let proxy = Arc::new(Proxy::new(Arc::clone(&config), tokens, upstream, metrics, interception));
+        let proxy = Proxy::new(Arc::clone(&config), tokens, upstream, metrics, interception);
         let (stop, stopped) = watch::channel(false);
         let serving = tokio::spawn(Arc::clone(&proxy).serve(proxy_listener, stopped));
         let shared = Arc::new(Shared {

@@ -1,7 +1,7 @@
 //! The foundation of TLS interception, seen from outside: the CA bundle bearerd writes at
 //! start, `GET /ca.pem` on the admin listener, the outcome series of
 //! `bearerd_intercepted_connections_total`, and start errors for a bundle it cannot write.
-//! (Terminating a `CONNECT` is not wired into the proxy yet: it still tunnels.)
+//! A terminated `CONNECT` and the requests inside it: tests/interception.rs.
 #[path = "support/binary.rs"]
 mod binary;
 mod support;

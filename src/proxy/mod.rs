@@ -2,6 +2,7 @@
 //! "Handling one request": accept → choose the auth config → guard → token → inject → forward.
 
 mod connect;
+mod intercepted;
 mod replay;
 mod target;
 mod upstream;
@@ -9,8 +10,8 @@ mod upstream;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -57,6 +58,9 @@ pub struct Proxy {
     pub interception: Option<Arc<Interception>>,
     /// Set once shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
+    /// The proxy itself, for the connections an intercepted `CONNECT` opens: they outlive
+    /// the request that opened them.
+    me: Weak<Proxy>,
 }
 
 impl Proxy {
@@ -67,16 +71,17 @@ impl Proxy {
         upstream: Upstream,
         metrics: Arc<Metrics>,
         interception: Option<Arc<Interception>>,
-    ) -> Self {
+    ) -> Arc<Self> {
         let running = Running::build(config, &tokens, &metrics);
-        Self {
+        Arc::new_cyclic(|me| Self {
             running: ArcSwap::from_pointee(running),
             tokens,
             upstream,
             metrics,
             interception,
             draining: AtomicBool::new(false),
-        }
+            me: me.clone(),
+        })
     }
 
     /// The configuration in force now.
@@ -211,11 +216,14 @@ impl Proxy {
             let mut seen = Seen::default();
             let result = if method == Method::CONNECT {
                 seen.authority = request.uri().authority().cloned();
-                // Boxed, as other rare paths are: a future's size is its largest path's, and
-                // the request's futures are moved (copied) at each step.
-                Box::pin(connect::open(&running.config, request))
-                    .await
-                    .map(|response| response.map(AppBody::Own))
+                match intercepted::Interceptor::of(self, &running.config, request.uri()) {
+                    Some(interceptor) => Ok(interceptor.open(request).map(AppBody::Own)),
+                    // Boxed, as other rare paths are: a future's size is its largest path's,
+                    // and the request's futures are moved (copied) at each step.
+                    None => Box::pin(connect::open(&running.config, request))
+                        .await
+                        .map(|response| response.map(AppBody::Own)),
+                }
             } else {
                 // Pinned where it is made, as the listener loop does with this one.
                 std::pin::pin!(self.forward(&running, request, lines, timer, local, &mut seen))
