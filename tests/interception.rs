@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 /// A token endpoint, a TLS echo upstream (certificate for `localhost` and `127.0.0.1`, its CA
-/// in `tls.ca_file`), and bearerd intercepting `localhost` for auth config `api`; auth config
+/// in `tls.ca_file`), and bearerd intercepting `localhost`, whose routes give `GET /v...` and
+/// `/only/...` auth config `api` (other requests: `default_action`, passthrough); auth config
 /// `elsewhere` may send only to `api.test`.
 struct Setup {
     tokens: TokenServer,
@@ -39,11 +40,16 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Self {
+        Self::with("").await
+    }
+
+    /// With `extra` YAML before the rest.
+    async fn with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let upstream_ca = TestCa::new();
         let upstream = Echo::start_tls(&upstream_ca).await;
         let tokens = TokenServer::start().await;
-        let bearerd = start_bearerd(&config(dir.path(), &upstream_ca, &tokens)).await;
+        let bearerd = start_bearerd(&format!("{extra}{}", config(dir.path(), &upstream_ca, &tokens))).await;
         let pem = direct_client()
             .get(format!("http://{}/ca.pem", bearerd.admin_addr))
             .send()
@@ -87,7 +93,7 @@ impl Setup {
 
 fn config(dir: &Path, upstream_ca: &TestCa, tokens: &TokenServer) -> String {
     format!(
-        "tls:\n  ca_file: {}\nintercept:\n  ca_bundle_out: {}\nauth_configs:\n  - id: api\n    token_url: {}\n    client_id: c\n    client_secret: s\n    allowed_hosts: [localhost]\n  - id: elsewhere\n    token_url: {}\n    client_id: c\n    client_secret: s\n    allowed_hosts: [api.test]\nroutes:\n  - match: {{ host: localhost }}\n    auth_config: api\n    intercept: true\n",
+        "tls:\n  ca_file: {}\nintercept:\n  ca_bundle_out: {}\nauth_configs:\n  - id: api\n    token_url: {}\n    client_id: c\n    client_secret: s\n    allowed_hosts: [localhost]\n  - id: elsewhere\n    token_url: {}\n    client_id: c\n    client_secret: s\n    allowed_hosts: [api.test]\nroutes:\n  - match: {{ host: localhost, path_prefix: /v, methods: [GET] }}\n    auth_config: api\n    intercept: true\n  - match: {{ host: localhost, path_prefix: /only/ }}\n    auth_config: api\n",
         upstream_ca.write_ca(dir).display(),
         dir.join("ca-bundle.pem").display(),
         tokens.url(),
@@ -184,6 +190,56 @@ async fn http1_requests_inside_the_tunnel_get_the_token_on_one_connection() {
     );
 }
 
+/// One HTTP/1.1 connection through an intercepted `CONNECT` to the upstream.
+async fn http1_sender(setup: &Setup) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tls = setup.intercepted("localhost", &[b"http/1.1"]).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::test]
+async fn routes_inside_the_tunnel_match_by_path_and_method_and_a_401_is_replayed() {
+    let setup = Setup::start().await;
+    let mut sender = http1_sender(&setup).await;
+    let host = format!("localhost:{}", setup.upstream.addr.port());
+    let send = |method: &str, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &host)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // No route for these (another path, another method): default_action passthrough.
+    for (method, path) in [("GET", "/public"), ("DELETE", "/v1/x")] {
+        let response = sender.send_request(send(method, path)).await.unwrap();
+        assert_eq!(response.status(), 200, "{method} {path}");
+        let seen = Echoed::parse(&body(response).await);
+        assert_eq!((seen.method.as_str(), seen.header("authorization")), (method, None));
+    }
+    assert_eq!(setup.tokens.count(), 0);
+    // The upstream refuses tok-1 and wants tok-2: dropped, fetched anew, replayed once.
+    let response = sender.send_request(send("GET", "/only/tok-2")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = Echoed::parse(&body(response).await);
+    assert_eq!(seen.all("authorization"), ["Bearer tok-2"]);
+    assert_eq!(setup.tokens.count(), 2);
+    assert_eq!(
+        setup.upstream.requests(),
+        4,
+        "two passed through, the refused one, the replay"
+    );
+    let exposition = metrics(&setup.bearerd).await;
+    assert_eq!(
+        series(&exposition, "bearerd_upstream_retries_total{auth_config=\"api\"}").as_deref(),
+        Some("1")
+    );
+    // The two passed through, and the CONNECT itself.
+    let passed = "bearerd_requests_total{auth_config=\"none\",status=\"200\"}";
+    assert_eq!(series(&exposition, passed).as_deref(), Some("3"));
+}
+
 #[tokio::test]
 async fn an_h2_client_inside_the_tunnel_gets_the_token() {
     let setup = Setup::start().await;
@@ -237,6 +293,32 @@ async fn a_host_without_an_intercept_route_stays_a_blind_tunnel() {
         series(&exposition, "bearerd_intercepted_connections_total{outcome=\"ok\"}").as_deref(),
         Some("0")
     );
+}
+
+#[tokio::test]
+async fn connect_deny_refuses_tunnels_but_not_intercepted_hosts() {
+    let setup = Setup::with("connect: deny\n").await;
+    let mut stream = TcpStream::connect(setup.bearerd.proxy_addr).await.unwrap();
+    let port = setup.upstream.addr.port();
+    stream
+        .write_all(format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut stream, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-bearerd-error: route_denied"),
+        "{head}"
+    );
+    let mut sender = http1_sender(&setup).await;
+    let request = Request::get("/v1/x")
+        .header("host", format!("localhost:{port}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let seen = Echoed::parse(&body(sender.send_request(request).await.unwrap()).await);
+    assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+    assert_eq!(setup.upstream.requests(), 1);
 }
 
 #[tokio::test]
