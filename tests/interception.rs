@@ -190,18 +190,23 @@ async fn http1_requests_inside_the_tunnel_get_the_token_on_one_connection() {
     );
 }
 
-/// One HTTP/1.1 connection through an intercepted `CONNECT` to the upstream.
-async fn http1_sender(setup: &Setup) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+/// One HTTP/1.1 connection through an intercepted `CONNECT` to the upstream, and its task,
+/// which ends when the connection does.
+async fn http1_sender(
+    setup: &Setup,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
     let tls = setup.intercepted("localhost", &[b"http/1.1"]).await.unwrap();
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(connection);
-    sender
+    (sender, tokio::spawn(connection))
 }
 
 #[tokio::test]
 async fn routes_inside_the_tunnel_match_by_path_and_method_and_a_401_is_replayed() {
     let setup = Setup::start().await;
-    let mut sender = http1_sender(&setup).await;
+    let (mut sender, _) = http1_sender(&setup).await;
     let host = format!("localhost:{}", setup.upstream.addr.port());
     let send = |method: &str, path: &str| {
         Request::builder()
@@ -311,7 +316,7 @@ async fn connect_deny_refuses_tunnels_but_not_intercepted_hosts() {
         head.to_ascii_lowercase().contains("x-bearerd-error: route_denied"),
         "{head}"
     );
-    let mut sender = http1_sender(&setup).await;
+    let (mut sender, _) = http1_sender(&setup).await;
     let request = Request::get("/v1/x")
         .header("host", format!("localhost:{port}"))
         .body(Empty::<Bytes>::new())
@@ -539,5 +544,48 @@ async fn curl_behind_https_proxy_trusting_the_bundle_gets_the_token_injected() {
         )
         .as_deref(),
         Some("2")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_request_inside_an_intercepted_tunnel_and_closes_idle_ones() {
+    let setup = Setup::start().await;
+    let host = format!("localhost:{}", setup.upstream.addr.port());
+    let request = |path: &str| {
+        Request::get(path)
+            .header("host", &host)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let (mut idle, idle_connection) = http1_sender(&setup).await;
+    let response = idle.send_request(request("/v1/one")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    body(response).await;
+    let (mut busy, busy_connection) = http1_sender(&setup).await;
+    let slow = tokio::spawn(busy.send_request(request("/slow/300")));
+    eventually("the slow request upstream", || async { setup.upstream.requests() == 2 }).await;
+
+    let Setup { bearerd, .. } = setup;
+    let shutdown = tokio::spawn(bearerd.shutdown());
+    tokio::time::timeout(WAIT, idle_connection)
+        .await
+        .expect("the idle intercepted connection stayed open")
+        .unwrap()
+        .unwrap();
+    let response = slow.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["connection"], "close");
+    assert_eq!(
+        Echoed::parse(&body(response).await).uri,
+        format!("https://{host}/slow/300")
+    );
+    tokio::time::timeout(WAIT, busy_connection)
+        .await
+        .expect("the busy intercepted connection stayed open")
+        .unwrap()
+        .unwrap();
+    assert!(
+        shutdown.await.unwrap(),
+        "shutdown did not finish within the grace period"
     );
 }

@@ -94,6 +94,10 @@ impl Interceptor {
                 return;
             }
         };
+        // Not served once shutdown started; else a graceful shutdown waits for it.
+        let Some(watcher) = self.proxy.intercepted_watcher() else {
+            return;
+        };
         let Self {
             proxy, authority, host, ..
         } = self;
@@ -117,7 +121,8 @@ impl Interceptor {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        if let Err(err) = builder.serve_connection(TokioIo::new(tls), service).await {
+        let connection = builder.serve_connection(TokioIo::new(tls), service);
+        if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(%host, "intercepted connection ended: {err}");
         }
     }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -61,6 +61,9 @@ pub struct Proxy {
     /// The proxy itself, for the connections an intercepted `CONNECT` opens: they outlive
     /// the request that opened them.
     me: Weak<Proxy>,
+    /// The connections inside intercepted `CONNECT`s, which a graceful shutdown waits for as
+    /// it does for the listener's; `None` once shutdown started.
+    intercepted: std::sync::Mutex<Option<GracefulShutdown>>,
 }
 
 impl Proxy {
@@ -81,6 +84,7 @@ impl Proxy {
             interception,
             draining: AtomicBool::new(false),
             me: me.clone(),
+            intercepted: std::sync::Mutex::new(Some(GracefulShutdown::new())),
         })
     }
 
@@ -149,7 +153,22 @@ impl Proxy {
             connections = graceful.count(),
             "stopped accepting; waiting for in-flight requests"
         );
-        graceful.shutdown().await;
+        let intercepted = self.intercepted.lock().unwrap_or_else(PoisonError::into_inner).take();
+        tokio::join!(graceful.shutdown(), async {
+            if let Some(intercepted) = intercepted {
+                intercepted.shutdown().await;
+            }
+        });
+    }
+
+    /// A watcher for a connection inside an intercepted `CONNECT`, so that a graceful
+    /// shutdown waits for it; `None` once shutdown started (the connection is not served).
+    fn intercepted_watcher(&self) -> Option<Watcher> {
+        self.intercepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(GracefulShutdown::watcher)
     }
 
     /// Serves a connection with hyper (HTTP/2, and what bearerd's HTTP/1.1 loop hands over),
