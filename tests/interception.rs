@@ -589,3 +589,108 @@ async fn shutdown_waits_for_a_request_inside_an_intercepted_tunnel_and_closes_id
         "shutdown did not finish within the grace period"
     );
 }
+
+/// `command` (an app reading its proxy from the environment) with `HTTPS_PROXY` set to
+/// bearerd and nothing else proxy-related, run to its end; its output, one JSON line of
+/// `[{"url", "status", "body"}, ...]`, as the bodies, each status checked.
+async fn app_bodies(mut command: tokio::process::Command, bearerd: &Bearerd) -> Vec<String> {
+    let proxy = format!("http://{}", bearerd.proxy);
+    for name in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .env("HTTPS_PROXY", &proxy)
+        .env("https_proxy", &proxy)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("the app hung")
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Vec<serde_json::Value> = serde_json::from_str(stdout.trim()).unwrap();
+    answers
+        .iter()
+        .map(|answer| {
+            assert_eq!(answer["status"], 200, "{answer}");
+            answer["body"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// The real binary intercepting `localhost` in front of a TLS echo upstream; an app calls
+/// `https://localhost:<port>/v1/app?x=1` (intercepted) and `https://127.0.0.1:<port>/direct`
+/// (tunnelled), trusting the bundle bearerd wrote, and each upstream request is checked.
+async fn an_unmodified_app_gets_the_token(
+    client: &str,
+    app: impl FnOnce(&Path, [String; 2]) -> tokio::process::Command,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_ca = TestCa::new();
+    let upstream = Echo::start_tls(&upstream_ca).await;
+    let tokens = TokenServer::start().await;
+    let bearerd = Bearerd::start(&config(dir.path(), &upstream_ca, &tokens), "info", &[]);
+    let port = upstream.addr.port();
+    let urls = [
+        format!("https://localhost:{port}/v1/app?x=1"),
+        format!("https://127.0.0.1:{port}/direct"),
+    ];
+    let bodies = app_bodies(app(&dir.path().join("ca-bundle.pem"), urls), &bearerd).await;
+    let intercepted = Echoed::parse(bodies[0].as_bytes());
+    assert_eq!(
+        intercepted.uri,
+        format!("https://localhost:{port}/v1/app?x=1"),
+        "{client}"
+    );
+    assert_eq!(intercepted.all("authorization"), ["Bearer tok-1"], "{client}");
+    let tunnelled = Echoed::parse(bodies[1].as_bytes());
+    assert_eq!(tunnelled.uri, "/direct", "{client}");
+    assert_eq!(tunnelled.header("authorization"), None, "{client}");
+    assert_eq!(
+        tunnelled.header("x-request-id"),
+        None,
+        "{client}: bearerd did not read it"
+    );
+    assert_eq!((tokens.count(), upstream.requests()), (1, 2), "{client}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_requests_behind_https_proxy_with_requests_ca_bundle() {
+    an_unmodified_app_gets_the_token("python requests", |bundle, urls| {
+        let mut python = tokio::process::Command::new("python3");
+        python
+            .arg("-c")
+            .arg(
+                "import json, sys, requests\n\
+                 answers = [requests.get(url, timeout=10) for url in sys.argv[1:]]\n\
+                 print(json.dumps([{'url': r.url, 'status': r.status_code, 'body': r.text} for r in answers]))\n",
+            )
+            .args(urls)
+            .env("REQUESTS_CA_BUNDLE", bundle);
+        python
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_undici_env_http_proxy_agent_with_node_extra_ca_certs() {
+    an_unmodified_app_gets_the_token("node undici", |bundle, urls| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/undici-https-client.mjs");
+        let mut node = tokio::process::Command::new("node");
+        node.arg(script).args(urls).env("NODE_EXTRA_CA_CERTS", bundle);
+        node
+    })
+    .await;
+}
