@@ -10,7 +10,7 @@ mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounter;
 use rustls::ServerConfig;
@@ -53,6 +53,8 @@ pub enum InterceptError {
         bundle: String,
         cause: std::io::Error,
     },
+    #[error("TLS handshake with the app for {host} did not finish within {timeout:?}")]
+    HandshakeTimeout { host: String, timeout: Duration },
 }
 
 /// The running interception: the CA, the leaves minted from it, and the counts of
@@ -144,7 +146,7 @@ impl Interception {
     /// `bearerd_intercepted_connections_total`: `ok`, `refused` (SNI for another host, or a
     /// host outside the CA's scope), `handshake_failed` (anything else, such as an app that
     /// does not trust bearerd's CA). The error says what happened and how to trust the CA;
-    /// the caller logs it once and bounds the whole call with its own timeout.
+    /// the caller logs it once. Unbounded: [`Interception::accept_within`] bounds it.
     pub async fn accept<IO>(&self, host: &str, io: IO) -> Result<TlsStream<IO>, Arc<InterceptError>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -177,5 +179,27 @@ impl Interception {
         let stream = start.into_stream(config).await.map_err(handshake_failed)?;
         self.outcomes.ok.inc();
         Ok(stream)
+    }
+
+    /// [`Interception::accept`], given up after `timeout` (an app that connects and sends no
+    /// `ClientHello`, say), which is counted `handshake_failed` too.
+    pub async fn accept_within<IO>(
+        &self,
+        host: &str,
+        io: IO,
+        timeout: Duration,
+    ) -> Result<TlsStream<IO>, Arc<InterceptError>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio::time::timeout(timeout, self.accept(host, io))
+            .await
+            .unwrap_or_else(|_| {
+                self.outcomes.handshake_failed.inc();
+                Err(Arc::new(InterceptError::HandshakeTimeout {
+                    host: host.to_owned(),
+                    timeout,
+                }))
+            })
     }
 }

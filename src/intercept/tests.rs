@@ -262,6 +262,24 @@ async fn handshake(
     (server, client)
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_handshake_that_does_not_finish_in_time_is_given_up_and_counted_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let interception = Interception::start(&settings(dir.path(), None), &hosts(&["api.test"]), &[], &metrics).unwrap();
+    // The app's side stays open and sends nothing.
+    let (_app, bearerd) = tokio::io::duplex(1024);
+    let err = interception
+        .accept_within("api.test", bearerd, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TLS handshake with the app for api.test did not finish within 10s"
+    );
+    assert_eq!(outcomes(&metrics), (0, 1, 0));
+}
+
 #[tokio::test]
 async fn handshakes_serve_the_hosts_leaf_refuse_other_names_and_are_counted() {
     let dir = tempfile::tempdir().unwrap();

@@ -78,19 +78,12 @@ impl Interceptor {
     }
 
     async fn serve(self, io: TokioIo<hyper::upgrade::Upgraded>) {
-        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.interception.accept(&self.host, io)).await;
-        let tls = match handshake {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(err)) => {
-                // Logged once, here: the error names the host and says how to trust the CA.
+        let tls = match self.interception.accept_within(&self.host, io, HANDSHAKE_TIMEOUT).await {
+            Ok(tls) => tls,
+            Err(err) => {
+                // Logged once, here: the error names the host (and, for a certificate the app
+                // rejected, how to trust bearerd's CA).
                 tracing::warn!("{err}");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "TLS handshake with the app for {} did not finish within {HANDSHAKE_TIMEOUT:?}",
-                    self.host
-                );
                 return;
             }
         };
