@@ -586,7 +586,7 @@ mod tests {
                             description: None,
                         });
                     }
-                    GrantRequest::ClientCredentials => unreachable!(),
+                    GrantRequest::ClientCredentials | GrantRequest::JwtBearer => unreachable!(),
                 };
                 Ok(TokenResponse {
                     access_token: AccessToken::new(format!("at{n}")),

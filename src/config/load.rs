@@ -416,6 +416,7 @@ impl Loader<'_> {
         let endpoint = self.endpoint(cid, &mut raw);
         let authorize = self.authorize(cid, &mut raw, endpoint.as_ref());
         let credential = self.credential(cid, &mut raw);
+        let assertion_file = self.assertion_file(cid, &mut raw).ok();
         let client_id = self.client_id(cid, raw.client_id.take());
         let scopes = self.scopes(cid, raw.scopes);
         let extra_params = self.extra_params(cid, raw.extra_params);
@@ -455,8 +456,8 @@ impl Loader<'_> {
         let client_secret_expires_at = self.secret_expiry(cid, raw.client_secret_expires_at.take());
         let first_refresh_token = self.first_refresh_token(cid, raw.grant, raw.refresh_token_file.take());
         let user_grant_valid = !raw.grant.is_user_grant() || authorize.is_some() || first_refresh_token.is_some();
-        let (Some(endpoint), Some(client_id), Some(credential), true) =
-            (endpoint, client_id, credential, user_grant_valid)
+        let (Some(endpoint), Some(client_id), Some(credential), Some(assertion_file), true) =
+            (endpoint, client_id, credential, assertion_file, user_grant_valid)
         else {
             return PendingConfig {
                 id,
@@ -489,6 +490,7 @@ impl Loader<'_> {
             client_secret_expires_at,
             authorize,
             first_refresh_token,
+            assertion_file,
             cache_key: CacheKey::default(),
         };
         PendingConfig {
@@ -631,11 +633,19 @@ impl Loader<'_> {
     /// certificate, or (`none`, a public client of a user grant) nothing at all.
     fn credential(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<Credential> {
         let method = raw.client_auth;
-        if method == ClientAuth::None && !raw.grant.is_user_grant() {
+        if method == ClientAuth::None && !raw.grant.is_user_grant() && raw.grant != Grant::JwtBearer {
             self.error(
                 cid,
                 "client_auth",
-                "none is for public clients of the user grants (authorization_code, refresh_token)",
+                "none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer, whose assertion proves who is asking",
+            );
+            return None;
+        }
+        if method == ClientAuth::FederatedJwt && raw.grant == Grant::JwtBearer {
+            self.error(
+                cid,
+                "client_auth",
+                "federated_jwt would send jwt_bearer's assertion a second time: use none, or a method with its own credential",
             );
             return None;
         }
@@ -680,9 +690,47 @@ impl Loader<'_> {
             ClientAuth::ClientSecretJwt => self.hmac_secret(cid, raw).map(Credential::Secret),
             ClientAuth::PrivateKeyJwt => self.private_key(cid, raw).map(Credential::PrivateKey),
             ClientAuth::TlsClientAuth => self.client_certificate(cid, raw).map(Credential::Certificate),
+            ClientAuth::FederatedJwt => Some(Credential::AssertionFile),
             ClientAuth::None => Some(Credential::None),
         };
         credential.filter(|_| ok)
+    }
+
+    /// `assertion_file`, where `federated_jwt` or `jwt_bearer` needs it and nowhere else:
+    /// `Ok(None)` when it is not needed, `Err` when something is wrong (and reported). It is
+    /// not read here: its issuer rotates it, so each token request reads it anew.
+    fn assertion_file(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Result<Option<PathBuf>, ()> {
+        let user = if raw.grant == Grant::JwtBearer {
+            Some("grant: jwt_bearer")
+        } else if raw.client_auth == ClientAuth::FederatedJwt {
+            Some("client_auth: federated_jwt")
+        } else {
+            None
+        };
+        match (user, raw.assertion_file.take()) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => {
+                self.error(
+                    cid,
+                    "assertion_file",
+                    "applies only to client_auth: federated_jwt and grant: jwt_bearer",
+                );
+                Err(())
+            }
+            (Some(user), None) => {
+                self.error(
+                    cid,
+                    "assertion_file",
+                    format!("missing: {user} sends the JWT this file holds"),
+                );
+                Err(())
+            }
+            (Some(_), Some(path)) if path.as_os_str().is_empty() => {
+                self.error(cid, "assertion_file", "is empty: name the file holding the JWT");
+                Err(())
+            }
+            (Some(_), Some(path)) => Ok(Some(path)),
+        }
     }
 
     /// The client secret of `client_secret_jwt`, long enough to be an HS256 key.

@@ -17,13 +17,20 @@ use serde::Deserialize;
 use url::Url;
 
 use super::discovery::{self, Discovered, quote};
-use crate::config::{AuthConfig, ClientAuth, Credential, RequestBody, TokenEndpoint, endpoint_name};
-use crate::secret::{AccessToken, AuthorizationCode, ClientSecret, RefreshToken};
+use super::jwt;
+use crate::config::{
+    AuthConfig, ClientAuth, Credential, Grant, JWT_BEARER_GRANT_TYPE, RequestBody, TokenEndpoint, endpoint_name,
+    format_timestamp,
+};
+use crate::secret::{AccessToken, Assertion, AuthorizationCode, ClientSecret, RefreshToken};
 use crate::tls;
 
 /// Token responses larger than this are refused: no identity provider needs more.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Assertion files larger than this are refused: a projected service-account token or a
+/// JWT-SVID is a few KiB.
+const MAX_ASSERTION_BYTES: u64 = 64 * 1024;
 
 /// What a successful token response gave.
 #[derive(Debug)]
@@ -41,6 +48,8 @@ pub struct TokenResponse {
 pub enum GrantRequest<'a> {
     /// RFC 6749 §4.4.2.
     ClientCredentials,
+    /// RFC 7523 §2.1, with the JWT in the config's `assertion_file`.
+    JwtBearer,
     /// RFC 6749 §6, with the newest refresh token held.
     RefreshToken(&'a RefreshToken),
     /// RFC 6749 §4.1.3, with the PKCE verifier (RFC 7636 §4.5).
@@ -52,9 +61,20 @@ pub enum GrantRequest<'a> {
 }
 
 impl GrantRequest<'_> {
+    /// The request of a grant that acts without a user's consent (`client_credentials`,
+    /// `jwt_bearer`); a user grant's requests carry what its consent gave.
+    #[must_use]
+    pub fn service(grant: Grant) -> Self {
+        match grant {
+            Grant::JwtBearer => Self::JwtBearer,
+            _ => Self::ClientCredentials,
+        }
+    }
+
     fn grant_type(self) -> &'static str {
         match self {
             Self::ClientCredentials => "client_credentials",
+            Self::JwtBearer => JWT_BEARER_GRANT_TYPE,
             Self::RefreshToken(_) => "refresh_token",
             Self::AuthorizationCode { .. } => "authorization_code",
         }
@@ -128,6 +148,9 @@ pub enum TokenError {
     NotJson { status: u16, content_type: String },
     #[error("token response is invalid: {0}")]
     Invalid(String),
+    /// `assertion_file` holds nothing that may be sent. Names the file, never its content.
+    #[error("assertion file {file} {problem}")]
+    Assertion { file: String, problem: String },
     #[error("token response is larger than {} bytes", MAX_RESPONSE_BYTES)]
     TooLarge,
     /// A user grant holds no refresh token the provider still honours.
@@ -218,9 +241,10 @@ impl TokenClient {
         Ok(client)
     }
 
-    /// Requests a client-credentials token for `config` (see [`TokenClient::request`]).
+    /// Requests a token for `config`'s grant when it needs no consent (client credentials,
+    /// jwt-bearer; see [`TokenClient::request`]).
     pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
-        self.request(config, GrantRequest::ClientCredentials).await
+        self.request(config, GrantRequest::service(config.grant)).await
     }
 
     /// Requests a token for `config` with `grant`, from its token URL or the endpoint
@@ -378,10 +402,16 @@ impl TokenClient {
         grant: GrantRequest<'_>,
     ) -> Result<TokenResponse, TokenError> {
         let endpoint = endpoint_name(url);
+        // Read before anything is sent: a file that holds no usable assertion stops the request.
+        let grant_assertion: Assertion;
         let mut params: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
         let scope = config.scopes.join(" ");
         match grant {
             GrantRequest::ClientCredentials => {}
+            GrantRequest::JwtBearer => {
+                grant_assertion = read_assertion(config)?;
+                params.push(("assertion", grant_assertion.expose()));
+            }
             GrantRequest::RefreshToken(refresh_token) => params.push(("refresh_token", refresh_token.expose())),
             GrantRequest::AuthorizationCode {
                 code,
@@ -411,10 +441,14 @@ impl TokenClient {
                 params.push(("client_id", &config.client_id));
                 params.push(("client_secret", secret.expose()));
             }
-            (ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt, _, Some(assertion)) => {
+            (
+                ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt | ClientAuth::FederatedJwt,
+                _,
+                Some(assertion),
+            ) => {
                 params.push(("client_id", &config.client_id));
                 params.push(("client_assertion_type", crate::assertion::ASSERTION_TYPE));
-                params.push(("client_assertion", assertion));
+                params.push(("client_assertion", assertion.expose()));
             }
             (ClientAuth::TlsClientAuth, Credential::Certificate(_), _) | (ClientAuth::None, Credential::None, _) => {
                 params.push(("client_id", &config.client_id));
@@ -464,18 +498,62 @@ impl TokenClient {
     }
 }
 
-/// The signed JWT of `client_secret_jwt` and `private_key_jwt`, made for this request to
-/// `url`; `None` for the other methods.
-fn client_assertion(config: &AuthConfig, url: &Url) -> Result<Option<String>, TokenError> {
+/// The client assertion: the signed JWT of `client_secret_jwt` and `private_key_jwt`, made
+/// for this request to `url`, or `federated_jwt`'s as its file holds it now; `None` for the
+/// other methods.
+fn client_assertion(config: &AuthConfig, url: &Url) -> Result<Option<Assertion>, TokenError> {
     let now = SystemTime::now();
     let signed = match (config.client_auth, &config.credential) {
+        (ClientAuth::FederatedJwt, Credential::AssertionFile) => return read_assertion(config).map(Some),
         (ClientAuth::ClientSecretJwt, Credential::Secret(secret)) => {
             crate::assertion::secret_assertion(secret, &config.client_id, url.as_str(), now)
         }
         (ClientAuth::PrivateKeyJwt, Credential::PrivateKey(key)) => key.assertion(&config.client_id, url.as_str(), now),
         _ => return Ok(None),
     };
-    signed.map(Some).map_err(|err| TokenError::Invalid(err.to_string()))
+    signed
+        .map(|jwt| Some(Assertion::new(jwt)))
+        .map_err(|err| TokenError::Invalid(err.to_string()))
+}
+
+/// The JWT in `config`'s `assertion_file` as the file holds it now (its issuer rotates it),
+/// whitespace trimmed. A file that cannot be read, is empty, holds no JWT or one whose `exp`
+/// has passed is an error naming the file: sending it would only earn a refusal.
+fn read_assertion(config: &AuthConfig) -> Result<Assertion, TokenError> {
+    let Some(path) = &config.assertion_file else {
+        return Err(TokenError::Invalid(format!(
+            "auth config `{}` has no assertion_file",
+            config.id
+        )));
+    };
+    let problem = |problem: String| TokenError::Assertion {
+        file: path.display().to_string(),
+        problem,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|err| problem(format!("cannot be read: {err}")))?
+        .len();
+    if size > MAX_ASSERTION_BYTES {
+        return Err(problem(format!("is larger than {MAX_ASSERTION_BYTES} bytes")));
+    }
+    // Read on the runtime's thread: a small file, on the tmpfs a projected volume lives on.
+    let bytes = std::fs::read(path).map_err(|err| problem(format!("cannot be read: {err}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| problem(jwt::NotAJwt.to_string()))?;
+    let text = Assertion::new(text);
+    let trimmed = text.expose().trim();
+    if trimmed.is_empty() {
+        return Err(problem("is empty".into()));
+    }
+    let expiry = jwt::assertion_expiry(trimmed).map_err(|err| problem(err.to_string()))?;
+    if let Some(exp) = expiry
+        && exp <= SystemTime::now()
+    {
+        return Err(problem(format!(
+            "holds an assertion that expired at {}: whatever writes the file has stopped renewing it",
+            format_timestamp(exp)
+        )));
+    }
+    Ok(Assertion::new(trimmed))
 }
 
 /// The token request's parameters as a body of `kind`, and its content type. JSON holds the
