@@ -717,3 +717,88 @@ async fn an_assertion_file_that_holds_no_usable_jwt_stops_the_token_request() {
     assert_eq!((error.status, error.code.as_str()), (503, "token_backoff"));
     assert_eq!(tokens.count(), 0);
 }
+
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+#[tokio::test]
+async fn token_exchange_sends_the_subject_token_and_checks_the_issued_token_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("subject-token");
+    let jwt = workload_jwt(1, in_an_hour());
+    std::fs::write(&file, format!("{jwt}\n")).unwrap();
+    // Requests 1 and 2 get what they asked for; 3 asked for an ID token; 4's answer has no
+    // issued_token_type.
+    let tokens = TokenServer::with(std::time::Duration::ZERO, |n, _| {
+        let issued = if n == 4 {
+            String::new()
+        } else {
+            format!(r#","issued_token_type":"{ACCESS_TOKEN_TYPE}""#)
+        };
+        (
+            200,
+            "application/json",
+            format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":3600{issued}}}"#),
+        )
+    })
+    .await;
+    let exchange = |requested: &str| {
+        format!(
+            "    grant: token_exchange\n    client_auth: none\n    subject_token_file: {}\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    requested_token_type: {requested}\n    audience: //iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k\n    resource: https://api.test/v1\n",
+            file.display()
+        )
+    };
+    let configs = [
+        auth_config("form", &tokens, "", &exchange(ACCESS_TOKEN_TYPE)),
+        auth_config("json", &tokens, JSON_BODY, &exchange(ACCESS_TOKEN_TYPE)),
+        auth_config(
+            "idtoken",
+            &tokens,
+            "",
+            &exchange("urn:ietf:params:oauth:token-type:id_token"),
+        ),
+        auth_config("untyped", &tokens, "", &exchange(ACCESS_TOKEN_TYPE)),
+    ];
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!("auth_configs:\n{}", configs.concat())).await;
+    token_requests(&bearerd, &echo, &tokens, &["form", "json"]).await;
+    let requests = tokens.requests();
+    let form_rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    assert_body(
+        &requests[0],
+        FORM,
+        &format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={jwt}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience=%2F%2Fiam.googleapis.com%2Fprojects%2F1%2Flocations%2Fglobal%2FworkloadIdentityPools%2Fp%2Fproviders%2Fk&resource=https%3A%2F%2Fapi.test%2Fv1&{form_rest}&client_id=billing-client"
+        ),
+    );
+    let json_rest = JSON_COMMON
+        .strip_prefix(r#""grant_type":"client_credentials","#)
+        .unwrap();
+    assert_body(
+        &requests[1],
+        JSON,
+        &format!(
+            r#"{{"grant_type":"urn:ietf:params:oauth:grant-type:token-exchange","subject_token":"{jwt}","subject_token_type":"urn:ietf:params:oauth:token-type:jwt","requested_token_type":"{ACCESS_TOKEN_TYPE}","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k","resource":"https://api.test/v1",{json_rest},"client_id":"billing-client"}}"#
+        ),
+    );
+
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let url = format!("http://{}/x", echo.addr);
+    for (id, problem) in [
+        (
+            "idtoken",
+            format!(
+                "token response is invalid: issued_token_type `{ACCESS_TOKEN_TYPE}` is not the requested_token_type `urn:ietf:params:oauth:token-type:id_token`"
+            ),
+        ),
+        (
+            "untyped",
+            "token response is invalid: no issued_token_type (RFC 8693 §2.2.1)".to_owned(),
+        ),
+    ] {
+        let error = bearerd_error(get_with_config(&proxy, &url, id).await).await;
+        assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"), "{id}");
+        assert!(error.message.contains(&problem), "{id}: {}", error.message);
+        assert!(!error.message.contains(&jwt), "{id}");
+    }
+    assert_eq!(tokens.count(), 4);
+}

@@ -191,6 +191,8 @@ pub struct AuthConfig {
     /// workload presents, read again at every token request, since its issuer (the kubelet,
     /// a SPIFFE agent) rotates it.
     pub assertion_file: Option<PathBuf>,
+    /// `grant: token_exchange` only.
+    pub token_exchange: Option<TokenExchange>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
     cache_key: CacheKey,
 }
@@ -248,6 +250,11 @@ impl AuthConfig {
             .as_ref()
             .map(|path| path.display().to_string())
             .unwrap_or_default();
+        let exchange = self
+            .token_exchange
+            .as_ref()
+            .map(TokenExchange::token_shaping)
+            .unwrap_or_default();
         let parts = [
             self.id.as_str(),
             self.grant.as_str(),
@@ -259,6 +266,7 @@ impl AuthConfig {
             &params.join("&"),
             &consent,
             &assertion_file,
+            &exchange,
         ];
         CacheKey::new(&parts.join("\u{1f}"))
     }
@@ -346,6 +354,8 @@ pub enum Grant {
     RefreshToken,
     /// RFC 7523 §2.1: the JWT in `assertion_file` is the grant; the workload acts as itself.
     JwtBearer,
+    /// RFC 8693: the token in `subject_token_file` is traded for one the provider issues.
+    TokenExchange,
 }
 
 impl Grant {
@@ -357,6 +367,7 @@ impl Grant {
             Self::AuthorizationCode => "authorization_code",
             Self::RefreshToken => "refresh_token",
             Self::JwtBearer => "jwt_bearer",
+            Self::TokenExchange => "token_exchange",
         }
     }
 
@@ -365,6 +376,7 @@ impl Grant {
     pub fn grant_type(self) -> &'static str {
         match self {
             Self::JwtBearer => JWT_BEARER_GRANT_TYPE,
+            Self::TokenExchange => TOKEN_EXCHANGE_GRANT_TYPE,
             other => other.as_str(),
         }
     }
@@ -378,6 +390,45 @@ impl Grant {
 
 /// The `grant_type` of RFC 7523 §2.1.
 pub const JWT_BEARER_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The `grant_type` of RFC 8693 §2.1.
+pub const TOKEN_EXCHANGE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// `grant: token_exchange` (RFC 8693 §2.1): what is traded, and for what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenExchange {
+    /// Holds the subject token, read again at every token request (its issuer rotates it).
+    pub subject_token_file: PathBuf,
+    /// `subject_token_type`: a token type URI such as `urn:ietf:params:oauth:token-type:jwt`.
+    pub subject_token_type: String,
+    /// `requested_token_type`; the response's `issued_token_type` must equal it.
+    pub requested_token_type: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<Url>,
+}
+
+impl TokenExchange {
+    /// Whether the subject token must be a JWT: it is checked like an assertion then.
+    #[must_use]
+    pub fn subject_is_jwt(&self) -> bool {
+        matches!(
+            self.subject_token_type.as_str(),
+            "urn:ietf:params:oauth:token-type:jwt" | "urn:ietf:params:oauth:token-type:id_token"
+        )
+    }
+
+    /// The part of the token cache key it decides: the file's path (not its content), the
+    /// types, audience and resource.
+    fn token_shaping(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.subject_token_file.display(),
+            self.subject_token_type,
+            self.requested_token_type.as_deref().unwrap_or_default(),
+            self.audience.as_deref().unwrap_or_default(),
+            self.resource.as_ref().map(Url::as_str).unwrap_or_default()
+        )
+    }
+}
 
 /// `grant: authorization_code`: where the consent starts and where it comes back.
 #[derive(Clone, Debug, PartialEq, Eq)]

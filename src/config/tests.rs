@@ -1271,7 +1271,7 @@ fn authorization_code_fields_are_checked_and_refused_elsewhere() {
         ),
         (
             "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_auth: none\n    allowed_hosts: [h.test]\n".to_owned(),
-            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer, whose assertion proves who is asking",
+            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer and token_exchange, whose assertion or subject token proves who is asking",
         ),
         (
             "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    redirect_uri: http://127.0.0.1:1/callback\n    authorize_params: { a: b }\n".to_owned(),
@@ -1482,7 +1482,7 @@ fn assertion_file_problems_name_the_field() {
         ),
         (
             workload("    client_auth: none\n"),
-            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer",
+            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer and token_exchange",
         ),
     ];
     for (yaml, expected) in refused {
@@ -1523,5 +1523,86 @@ fn the_token_cache_key_covers_the_assertion_files_path_grant_and_method() {
         "    grant: jwt_bearer\n    client_secret: s\n    assertion_file: /a/token\n",
     ] {
         assert_ne!(key_of(changed), base, "{changed}");
+    }
+}
+
+#[test]
+fn token_exchange_takes_its_subject_token_file_and_types() {
+    let config = load(&workload(
+        "    grant: token_exchange\n    client_auth: none\n    subject_token_file: /var/run/secrets/tokens/gcp\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    requested_token_type: urn:ietf:params:oauth:token-type:access_token\n    audience: //iam.googleapis.com/x\n    resource: https://api.test/v1\n",
+    ))
+    .unwrap();
+    let wl = config.auth_config("wl").unwrap();
+    assert_eq!(wl.grant.grant_type(), "urn:ietf:params:oauth:grant-type:token-exchange");
+    assert!(!wl.grant.is_user_grant());
+    let exchange = wl.token_exchange.as_ref().unwrap();
+    assert_eq!(exchange.subject_token_file, Path::new("/var/run/secrets/tokens/gcp"));
+    assert!(exchange.subject_is_jwt());
+    assert_eq!(
+        exchange.requested_token_type.as_deref(),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
+    assert_eq!(exchange.audience.as_deref(), Some("//iam.googleapis.com/x"));
+    assert_eq!(exchange.resource.as_ref().unwrap().as_str(), "https://api.test/v1");
+
+    let base = "    grant: token_exchange\n    client_auth: none\n";
+    let refused = [
+        (
+            workload(&format!(
+                "{base}    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n"
+            )),
+            "subject_token_file: missing: token_exchange sends the token this file holds",
+        ),
+        (
+            workload(&format!("{base}    subject_token_file: /t\n")),
+            "subject_token_type: missing: the type of the subject token",
+        ),
+        (
+            workload(&format!(
+                "{base}    subject_token_file: /t\n    subject_token_type: jwt\n"
+            )),
+            "subject_token_type: must be a token type URI",
+        ),
+        (
+            workload(&format!(
+                "{base}    subject_token_file: /t\n    subject_token_type: urn:x:jwt\n    resource: https://api.test/#f\n"
+            )),
+            "resource: must be an absolute URI without a fragment (RFC 8693 §2.1)",
+        ),
+        (
+            workload("    client_secret: s\n    audience: a\n"),
+            "audience: applies only to grant: token_exchange",
+        ),
+        (
+            workload("    client_secret: s\n    subject_token_file: /t\n"),
+            "subject_token_file: applies only to grant: token_exchange",
+        ),
+    ];
+    for (yaml, expected) in refused {
+        let got = errors(&yaml, &Env::new());
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with(&format!("test.yaml: auth config `wl`: {expected}"))),
+            "{expected}\n{got:?}"
+        );
+    }
+    // The cache key has the file's path and what is asked for.
+    let key_of = |fields: &str| {
+        load(&workload(&format!("{base}    subject_token_type: urn:x:jwt\n{fields}")))
+            .unwrap()
+            .auth_config("wl")
+            .unwrap()
+            .cache_key()
+            .clone()
+    };
+    let key = key_of("    subject_token_file: /a\n");
+    assert_eq!(key, key_of("    subject_token_file: /a\n"));
+    for changed in [
+        "    subject_token_file: /b\n",
+        "    subject_token_file: /a\n    audience: x\n",
+        "    subject_token_file: /a\n    resource: https://r.test/\n",
+        "    subject_token_file: /a\n    requested_token_type: urn:x:y\n",
+    ] {
+        assert_ne!(key_of(changed), key, "{changed}");
     }
 }

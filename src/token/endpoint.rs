@@ -19,8 +19,8 @@ use url::Url;
 use super::discovery::{self, Discovered, quote};
 use super::jwt;
 use crate::config::{
-    AuthConfig, ClientAuth, Credential, Grant, JWT_BEARER_GRANT_TYPE, RequestBody, TokenEndpoint, endpoint_name,
-    format_timestamp,
+    AuthConfig, ClientAuth, Credential, Grant, JWT_BEARER_GRANT_TYPE, RequestBody, TOKEN_EXCHANGE_GRANT_TYPE,
+    TokenEndpoint, endpoint_name, format_timestamp,
 };
 use crate::secret::{AccessToken, Assertion, AuthorizationCode, ClientSecret, RefreshToken};
 use crate::tls;
@@ -50,6 +50,8 @@ pub enum GrantRequest<'a> {
     ClientCredentials,
     /// RFC 7523 §2.1, with the JWT in the config's `assertion_file`.
     JwtBearer,
+    /// RFC 8693 §2.1, with the token in the config's `subject_token_file`.
+    TokenExchange,
     /// RFC 6749 §6, with the newest refresh token held.
     RefreshToken(&'a RefreshToken),
     /// RFC 6749 §4.1.3, with the PKCE verifier (RFC 7636 §4.5).
@@ -67,6 +69,7 @@ impl GrantRequest<'_> {
     pub fn service(grant: Grant) -> Self {
         match grant {
             Grant::JwtBearer => Self::JwtBearer,
+            Grant::TokenExchange => Self::TokenExchange,
             _ => Self::ClientCredentials,
         }
     }
@@ -75,6 +78,7 @@ impl GrantRequest<'_> {
         match self {
             Self::ClientCredentials => "client_credentials",
             Self::JwtBearer => JWT_BEARER_GRANT_TYPE,
+            Self::TokenExchange => TOKEN_EXCHANGE_GRANT_TYPE,
             Self::RefreshToken(_) => "refresh_token",
             Self::AuthorizationCode { .. } => "authorization_code",
         }
@@ -148,9 +152,14 @@ pub enum TokenError {
     NotJson { status: u16, content_type: String },
     #[error("token response is invalid: {0}")]
     Invalid(String),
-    /// `assertion_file` holds nothing that may be sent. Names the file, never its content.
-    #[error("assertion file {file} {problem}")]
-    Assertion { file: String, problem: String },
+    /// `assertion_file` (or `subject_token_file`: `what` says) holds nothing that may be
+    /// sent. Names the file, never its content.
+    #[error("{what} {file} {problem}")]
+    Assertion {
+        what: &'static str,
+        file: String,
+        problem: String,
+    },
     #[error("token response is larger than {} bytes", MAX_RESPONSE_BYTES)]
     TooLarge,
     /// A user grant holds no refresh token the provider still honours.
@@ -402,27 +411,10 @@ impl TokenClient {
         grant: GrantRequest<'_>,
     ) -> Result<TokenResponse, TokenError> {
         let endpoint = endpoint_name(url);
-        // Read before anything is sent: a file that holds no usable assertion stops the request.
-        let grant_assertion: Assertion;
-        let mut params: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
+        // Read before anything is sent: a file that holds no usable token stops the request.
+        let grant_token = grant_token(config, grant)?;
+        let mut params = grant_params(config, grant, grant_token.as_ref());
         let scope = config.scopes.join(" ");
-        match grant {
-            GrantRequest::ClientCredentials => {}
-            GrantRequest::JwtBearer => {
-                grant_assertion = read_assertion(config)?;
-                params.push(("assertion", grant_assertion.expose()));
-            }
-            GrantRequest::RefreshToken(refresh_token) => params.push(("refresh_token", refresh_token.expose())),
-            GrantRequest::AuthorizationCode {
-                code,
-                redirect_uri,
-                code_verifier,
-            } => params.extend([
-                ("code", code.expose()),
-                ("redirect_uri", redirect_uri),
-                ("code_verifier", code_verifier),
-            ]),
-        }
         // On a refresh too (RFC 6749 §6 allows it; Entra ID needs it); the code's scopes
         // were settled by the consent.
         if !scope.is_empty() && !matches!(grant, GrantRequest::AuthorizationCode { .. }) {
@@ -494,8 +486,72 @@ impl TokenClient {
         let body = read_body(response)
             .await
             .map_err(|err| err.map_or(TokenError::TooLarge, transport))?;
-        parse_response(status, &content_type, &body, config.credential.secret())
+        let response = parse_response(status, &content_type, &body, config.credential.secret())?;
+        if let (GrantRequest::TokenExchange, Some(exchange)) = (grant, &config.token_exchange) {
+            check_issued_token_type(
+                &body,
+                exchange.requested_token_type.as_deref(),
+                config.credential.secret(),
+            )?;
+        }
+        Ok(response)
     }
+}
+
+/// The token a grant sends from a file: `jwt_bearer`'s assertion, `token_exchange`'s subject
+/// token; `None` for the other grants.
+fn grant_token(config: &AuthConfig, grant: GrantRequest<'_>) -> Result<Option<Assertion>, TokenError> {
+    match (grant, &config.token_exchange) {
+        (GrantRequest::JwtBearer, _) => read_assertion(config).map(Some),
+        (GrantRequest::TokenExchange, Some(exchange)) => read_token_file(
+            "subject token file",
+            &exchange.subject_token_file,
+            exchange.subject_is_jwt(),
+        )
+        .map(Some),
+        (GrantRequest::TokenExchange, None) => Err(TokenError::Invalid(format!(
+            "auth config `{}` has no subject_token_file",
+            config.id
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// `grant_type` and the grant's own parameters, `token` being what [`grant_token`] read.
+fn grant_params<'a>(
+    config: &'a AuthConfig,
+    grant: GrantRequest<'a>,
+    token: Option<&'a Assertion>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut params: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
+    let token = token.map_or("", Assertion::expose);
+    match grant {
+        GrantRequest::ClientCredentials => {}
+        GrantRequest::JwtBearer => params.push(("assertion", token)),
+        GrantRequest::TokenExchange => {
+            params.push(("subject_token", token));
+            if let Some(exchange) = &config.token_exchange {
+                params.push(("subject_token_type", &exchange.subject_token_type));
+                let optional = [
+                    ("requested_token_type", exchange.requested_token_type.as_deref()),
+                    ("audience", exchange.audience.as_deref()),
+                    ("resource", exchange.resource.as_ref().map(Url::as_str)),
+                ];
+                params.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
+            }
+        }
+        GrantRequest::RefreshToken(refresh_token) => params.push(("refresh_token", refresh_token.expose())),
+        GrantRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => params.extend([
+            ("code", code.expose()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", code_verifier),
+        ]),
+    }
+    params
 }
 
 /// The client assertion: the signed JWT of `client_secret_jwt` and `private_key_jwt`, made
@@ -526,7 +582,36 @@ fn read_assertion(config: &AuthConfig) -> Result<Assertion, TokenError> {
             config.id
         )));
     };
+    read_token_file("assertion file", path, true)
+}
+
+/// RFC 8693 §2.2.1: `issued_token_type` is required, and must be what was asked for.
+fn check_issued_token_type(
+    body: &[u8],
+    requested: Option<&str>,
+    secret: Option<&ClientSecret>,
+) -> Result<(), TokenError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match (json.get("issued_token_type"), requested) {
+        (None | Some(serde_json::Value::Null), _) => {
+            Err(TokenError::Invalid("no issued_token_type (RFC 8693 §2.2.1)".into()))
+        }
+        (Some(serde_json::Value::String(issued)), Some(requested)) if issued != requested => {
+            Err(TokenError::Invalid(format!(
+                "issued_token_type `{}` is not the requested_token_type `{requested}`",
+                quote(issued, secret)
+            )))
+        }
+        (Some(serde_json::Value::String(_)), _) => Ok(()),
+        (Some(_), _) => Err(TokenError::Invalid("issued_token_type is not a string".into())),
+    }
+}
+
+/// The token in `path` as it is now, whitespace trimmed; `what` names the file in errors.
+/// With `jwt`, it must be a JWT whose `exp` (if any) has not passed.
+fn read_token_file(what: &'static str, path: &std::path::Path, jwt: bool) -> Result<Assertion, TokenError> {
     let problem = |problem: String| TokenError::Assertion {
+        what,
         file: path.display().to_string(),
         problem,
     };
@@ -543,6 +628,9 @@ fn read_assertion(config: &AuthConfig) -> Result<Assertion, TokenError> {
     let trimmed = text.expose().trim();
     if trimmed.is_empty() {
         return Err(problem("is empty".into()));
+    }
+    if !jwt {
+        return Ok(Assertion::new(trimmed));
     }
     let expiry = jwt::assertion_expiry(trimmed).map_err(|err| problem(err.to_string()))?;
     if let Some(exp) = expiry
