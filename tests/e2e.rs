@@ -642,7 +642,7 @@ fn workload_jwt(exp: u64, signature: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn workload_assertions_never_show_in_trace_logs_admin_output_or_errors() {
+async fn workload_assertions_and_subject_tokens_never_show_in_trace_logs_admin_output_or_errors() {
     let tokens = TokenServer::start().await;
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -657,13 +657,14 @@ async fn workload_assertions_never_show_in_trace_logs_admin_output_or_errors() {
         std::fs::write(dir.path().join(name), format!("{jwt}\n")).unwrap();
     }
     let config = format!(
-        "auth_configs:\n  - id: fed\n    token_url: {0}\n    client_id: fed-client\n    client_auth: federated_jwt\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: bearer\n    grant: jwt_bearer\n    token_url: {0}\n    client_id: bearer-client\n    client_auth: none\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: stale\n    token_url: {0}\n    client_id: stale-client\n    client_auth: federated_jwt\n    assertion_file: {1}/expired\n    allowed_hosts: [127.0.0.1]\n",
+        "auth_configs:\n  - id: fed\n    token_url: {0}\n    client_id: fed-client\n    client_auth: federated_jwt\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: bearer\n    grant: jwt_bearer\n    token_url: {0}\n    client_id: bearer-client\n    client_auth: none\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: stale\n    token_url: {0}\n    client_id: stale-client\n    client_auth: federated_jwt\n    assertion_file: {1}/expired\n    allowed_hosts: [127.0.0.1]\n  - id: exchange\n    grant: token_exchange\n    token_url: {0}\n    client_id: exchange-client\n    client_auth: none\n    subject_token_file: {1}/live\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    allowed_hosts: [127.0.0.1]\n",
         tokens.url(),
         dir.path().display()
     );
     let bearerd = Bearerd::start(&config, "trace", &[]);
     let mut bodies = String::new();
-    for (id, status) in [("fed", "200"), ("bearer", "200"), ("stale", "502")] {
+    // The token endpoint names no issued_token_type: the exchange fails after sending.
+    for (id, status) in [("fed", "200"), ("bearer", "200"), ("stale", "502"), ("exchange", "502")] {
         let output = curl(&bearerd)
             .args(["-s", "-w", "%{http_code}", "-H", &format!("X-Auth-Config: {id}")])
             .arg(format!("http://{}/x", echo.addr))
@@ -678,7 +679,8 @@ async fn workload_assertions_never_show_in_trace_logs_admin_output_or_errors() {
         bodies.contains("holds an assertion that expired at 2001-09-09T01:46:40Z"),
         "{bodies}"
     );
-    assert_eq!(tokens.count(), 2);
+    assert!(bodies.contains("no issued_token_type"), "{bodies}");
+    assert_eq!(tokens.count(), 3);
     for request in tokens.requests() {
         assert!(
             request.body.contains(&live),
@@ -689,8 +691,8 @@ async fn workload_assertions_never_show_in_trace_logs_admin_output_or_errors() {
     let (status, configs) = bearerd.admin_get("/configs").await;
     assert_eq!(status, 200);
     let logs = bearerd
-        .logs_when("the three request lines", |logs| {
-            logs.matches(r#""message":"request""#).count() == 3
+        .logs_when("the four request lines", |logs| {
+            logs.matches(r#""message":"request""#).count() == 4
         })
         .await;
     for jwt in [&live, &expired] {

@@ -802,3 +802,48 @@ async fn token_exchange_sends_the_subject_token_and_checks_the_issued_token_type
     }
     assert_eq!(tokens.count(), 4);
 }
+
+#[tokio::test]
+async fn a_subject_token_file_is_read_at_each_request_and_checked_as_its_type_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jwt_file, opaque_file) = (dir.path().join("jwt"), dir.path().join("opaque"));
+    std::fs::write(&jwt_file, "\n").unwrap();
+    // An access token need not be a JWT: it is sent as the file holds it, trimmed.
+    std::fs::write(&opaque_file, " opaque-access-token\n").unwrap();
+    let tokens = TokenServer::with(std::time::Duration::ZERO, |n, _| {
+        (
+            200,
+            "application/json",
+            format!(r#"{{"access_token":"tok-{n}","issued_token_type":"{ACCESS_TOKEN_TYPE}"}}"#),
+        )
+    })
+    .await;
+    let exchange = |file: &Path, kind: &str| {
+        format!(
+            "    grant: token_exchange\n    client_auth: none\n    subject_token_file: {}\n    subject_token_type: urn:ietf:params:oauth:token-type:{kind}\n    backoff: {{ initial: 1h, max: 1h }}\n",
+            file.display()
+        )
+    };
+    let configs = [
+        auth_config("opaque", &tokens, "", &exchange(&opaque_file, "access_token")),
+        auth_config("jwt", &tokens, "", &exchange(&jwt_file, "jwt")),
+    ];
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!("auth_configs:\n{}", configs.concat())).await;
+    token_requests(&bearerd, &echo, &tokens, &["opaque"]).await;
+    let form_rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    assert_body(
+        &tokens.requests()[0],
+        FORM,
+        &format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=opaque-access-token&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&{form_rest}&client_id=billing-client"
+        ),
+    );
+
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "jwt").await).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
+    let named = format!("subject token file {} is empty", jwt_file.display());
+    assert!(error.message.contains(&named), "{}", error.message);
+    assert_eq!(tokens.count(), 1, "nothing is sent for an empty subject token file");
+}
