@@ -586,7 +586,9 @@ mod tests {
                             description: None,
                         });
                     }
-                    GrantRequest::ClientCredentials => unreachable!(),
+                    GrantRequest::ClientCredentials | GrantRequest::JwtBearer | GrantRequest::TokenExchange => {
+                        unreachable!()
+                    }
                 };
                 Ok(TokenResponse {
                     access_token: AccessToken::new(format!("at{n}")),

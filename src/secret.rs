@@ -1,5 +1,5 @@
 //! Values that must never be printed: client secrets, access and refresh tokens,
-//! authorization codes and sealing keys.
+//! workload assertions, authorization codes and sealing keys.
 //!
 //! Their `Debug` and `Display` print `[redacted]`, so a stray `{:?}` in a log line, an
 //! error or a panic message cannot leak them. The only way to the value is `expose()`,
@@ -62,6 +62,11 @@ secret_type!(
     /// An OAuth 2.0 refresh token (RFC 6749 §1.5): whoever holds it acts as the user who
     /// consented, for as long as the provider honours it.
     RefreshToken
+);
+secret_type!(
+    /// A JWT a workload presents as itself (`assertion_file`: a projected service-account
+    /// token, a SPIFFE JWT-SVID): whoever holds it, until its `exp`, is that workload.
+    Assertion
 );
 secret_type!(
     /// An authorization code (RFC 6749 §4.1.2), on its way from the browser to the token

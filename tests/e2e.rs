@@ -627,3 +627,79 @@ fn form_value(body: &str, name: &str) -> Option<String> {
         (key == name).then(|| value.to_owned())
     })
 }
+
+/// A workload's JWT: recognisable header, payload and signature, none of which may be logged.
+fn workload_jwt(exp: u64, signature: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.{signature}",
+        b64.encode(r#"{"alg":"RS256","kid":"trace-cluster"}"#),
+        b64.encode(format!(
+            r#"{{"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:trace:sa","exp":{exp}}}"#
+        ))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workload_assertions_and_subject_tokens_never_show_in_trace_logs_admin_output_or_errors() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let live = workload_jwt(in_an_hour, "bGl2ZS1zaWduYXR1cmU");
+    let expired = workload_jwt(1_000_000_000, "ZXhwaXJlZC1zaWduYXR1cmU");
+    for (name, jwt) in [("live", &live), ("expired", &expired)] {
+        std::fs::write(dir.path().join(name), format!("{jwt}\n")).unwrap();
+    }
+    let config = format!(
+        "auth_configs:\n  - id: fed\n    token_url: {0}\n    client_id: fed-client\n    client_auth: federated_jwt\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: bearer\n    grant: jwt_bearer\n    token_url: {0}\n    client_id: bearer-client\n    client_auth: none\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: stale\n    token_url: {0}\n    client_id: stale-client\n    client_auth: federated_jwt\n    assertion_file: {1}/expired\n    allowed_hosts: [127.0.0.1]\n  - id: exchange\n    grant: token_exchange\n    token_url: {0}\n    client_id: exchange-client\n    client_auth: none\n    subject_token_file: {1}/live\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    allowed_hosts: [127.0.0.1]\n",
+        tokens.url(),
+        dir.path().display()
+    );
+    let bearerd = Bearerd::start(&config, "trace", &[]);
+    let mut bodies = String::new();
+    // The token endpoint names no issued_token_type: the exchange fails after sending.
+    for (id, status) in [("fed", "200"), ("bearer", "200"), ("stale", "502"), ("exchange", "502")] {
+        let output = curl(&bearerd)
+            .args(["-s", "-w", "%{http_code}", "-H", &format!("X-Auth-Config: {id}")])
+            .arg(format!("http://{}/x", echo.addr))
+            .output()
+            .await
+            .unwrap();
+        let body = String::from_utf8(output.stdout).unwrap();
+        assert!(body.ends_with(status), "{id}: {body}");
+        bodies.push_str(&body);
+    }
+    assert!(
+        bodies.contains("holds an assertion that expired at 2001-09-09T01:46:40Z"),
+        "{bodies}"
+    );
+    assert!(bodies.contains("no issued_token_type"), "{bodies}");
+    assert_eq!(tokens.count(), 3);
+    for request in tokens.requests() {
+        assert!(
+            request.body.contains(&live),
+            "the token endpoint got the assertion: {}",
+            request.body
+        );
+    }
+    let (status, configs) = bearerd.admin_get("/configs").await;
+    assert_eq!(status, 200);
+    let logs = bearerd
+        .logs_when("the four request lines", |logs| {
+            logs.matches(r#""message":"request""#).count() == 4
+        })
+        .await;
+    for jwt in [&live, &expired] {
+        for part in jwt.split('.').skip(1) {
+            for (what, text) in [("trace logs", &logs), ("/configs", &configs), ("responses", &bodies)] {
+                assert!(!text.contains(part), "`{part}` appears in the {what}");
+            }
+        }
+    }
+}

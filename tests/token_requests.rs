@@ -496,3 +496,354 @@ async fn a_consents_code_exchange_and_its_refresh_go_as_json_with_client_secret_
     assert_assertion(second, "HS256", &tokens.url());
     assert_ne!(assertion, second, "a fresh assertion per request");
 }
+
+/// A workload's JWT as a kubelet projects it, telling rotations apart by `n`; it expires at
+/// `exp`. bearerd only sends it: the signature is never checked on its side.
+fn workload_jwt(n: u32, exp: u64) -> String {
+    format!(
+        "{}.{}.c2lnbmF0dXJl-{n}",
+        B64URL.encode(r#"{"alg":"RS256","kid":"cluster-1"}"#),
+        B64URL.encode(format!(
+            r#"{{"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:billing:api","aud":["api://AzureADTokenExchange"],"exp":{exp}}}"#
+        ))
+    )
+}
+
+/// An hour from now, as `exp`.
+fn in_an_hour() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+const JWT_BEARER: &str = "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
+const CLIENT_ASSERTION_TYPE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
+
+#[tokio::test]
+async fn federated_jwt_sends_the_files_jwt_trimmed_as_a_form_or_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("azure-identity-token");
+    let jwt = workload_jwt(1, in_an_hour());
+    std::fs::write(&file, format!("\n  {jwt}\n\n")).unwrap();
+    let auth = format!(
+        "    client_auth: federated_jwt\n    assertion_file: {}\n",
+        file.display()
+    );
+    let (_tokens, requests) = requests_of(&[("fed-form", "", &auth), ("fed-json", JSON_BODY, &auth)]).await;
+    assert_body(
+        &requests["fed-form"],
+        FORM,
+        &format!(
+            "{FORM_COMMON}&client_id=billing-client&client_assertion_type={CLIENT_ASSERTION_TYPE}&client_assertion={jwt}"
+        ),
+    );
+    assert_body(
+        &requests["fed-json"],
+        JSON,
+        &format!(
+            r#"{{{JSON_COMMON},"client_id":"billing-client","client_assertion_type":"{ASSERTION_TYPE}","client_assertion":"{jwt}"}}"#
+        ),
+    );
+    for id in ["fed-form", "fed-json"] {
+        assert_eq!(requests[id].header("authorization"), None, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn jwt_bearer_sends_the_files_jwt_as_the_grant_with_any_client_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svid.jwt");
+    let jwt = workload_jwt(1, in_an_hour());
+    std::fs::write(&file, format!("{jwt}\n")).unwrap();
+    let grant = |auth: &str| format!("    grant: jwt_bearer\n    assertion_file: {}\n{auth}", file.display());
+    let none = grant("    client_auth: none\n");
+    let basic = grant(&format!("    client_secret: '{SECRET}'\n"));
+    let post = grant(&format!(
+        "    client_auth: client_secret_post\n    client_secret: '{SECRET}'\n"
+    ));
+    let (_tokens, requests) = requests_of(&[
+        ("none-form", "", &none),
+        ("none-json", JSON_BODY, &none),
+        ("basic-form", "", &basic),
+        ("post-json", JSON_BODY, &post),
+    ])
+    .await;
+
+    // RFC 7523 §2.1: the assertion right after grant_type, then the common fields.
+    let form_rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    let form = format!("grant_type={JWT_BEARER}&assertion={jwt}&{form_rest}");
+    let json_rest = JSON_COMMON
+        .strip_prefix(r#""grant_type":"client_credentials","#)
+        .unwrap();
+    let json = format!(r#""grant_type":"urn:ietf:params:oauth:grant-type:jwt-bearer","assertion":"{jwt}",{json_rest}"#);
+    assert_body(
+        &requests["none-form"],
+        FORM,
+        &format!("{form}&client_id=billing-client"),
+    );
+    assert_body(
+        &requests["none-json"],
+        JSON,
+        &format!(r#"{{{json},"client_id":"billing-client"}}"#),
+    );
+    assert_body(&requests["basic-form"], FORM, &form);
+    assert_eq!(
+        requests["basic-form"].header("authorization"),
+        Some(bearerd::token::basic_auth("billing-client", &bearerd::secret::ClientSecret::new(SECRET)).as_str())
+    );
+    assert_body(
+        &requests["post-json"],
+        JSON,
+        &format!(r#"{{{json},"client_id":"billing-client","client_secret":"p@ss:w0rd/+%=&?"}}"#),
+    );
+    for id in ["none-form", "none-json", "post-json"] {
+        assert_eq!(requests[id].header("authorization"), None, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_assertion_file_is_read_again_at_the_next_token_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fed_file, bearer_file) = (dir.path().join("fed-token"), dir.path().join("bearer-token"));
+    let (old, new) = (workload_jwt(1, in_an_hour()), workload_jwt(2, in_an_hour() + 60));
+    std::fs::write(&fed_file, &old).unwrap();
+    std::fs::write(&bearer_file, &old).unwrap();
+    let tokens = TokenServer::start().await;
+    let fed = auth_config(
+        "fed",
+        &tokens,
+        "",
+        &format!(
+            "    client_auth: federated_jwt\n    assertion_file: {}\n",
+            fed_file.display()
+        ),
+    );
+    let bearer = auth_config(
+        "bearer",
+        &tokens,
+        "",
+        &format!(
+            "    grant: jwt_bearer\n    client_auth: none\n    assertion_file: {}\n",
+            bearer_file.display()
+        ),
+    );
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!("auth_configs:\n{fed}{bearer}")).await;
+    token_requests(&bearerd, &echo, &tokens, &["fed", "bearer"]).await;
+
+    // The kubelet writes the next token; a 401 upstream makes bearerd fetch a new one, which
+    // carries the new JWT.
+    std::fs::write(&fed_file, format!("{new}\n")).unwrap();
+    std::fs::write(&bearer_file, format!("{new}\n")).unwrap();
+    let proxy = proxied_client(bearerd.proxy_addr);
+    for (id, token) in [("fed", "tok-3"), ("bearer", "tok-4")] {
+        let response = get_with_config(&proxy, &format!("http://{}/only/{token}", echo.addr), id).await;
+        assert_eq!(response.status(), 200, "{id}");
+    }
+    let requests = tokens.requests();
+    assert_eq!(requests.len(), 4);
+    let fed_form = |jwt: &str| {
+        format!(
+            "{FORM_COMMON}&client_id=billing-client&client_assertion_type={CLIENT_ASSERTION_TYPE}&client_assertion={jwt}"
+        )
+    };
+    let form_rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    let bearer_form =
+        |jwt: &str| format!("grant_type={JWT_BEARER}&assertion={jwt}&{form_rest}&client_id=billing-client");
+    assert_body(&requests[0], FORM, &fed_form(&old));
+    assert_body(&requests[1], FORM, &bearer_form(&old));
+    assert_body(&requests[2], FORM, &fed_form(&new));
+    assert_body(&requests[3], FORM, &bearer_form(&new));
+}
+
+#[tokio::test]
+async fn an_assertion_file_that_holds_no_usable_jwt_stops_the_token_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("empty"), " \n").unwrap();
+    std::fs::write(path("opaque"), "opaque-not-a-jwt-s3cr3t\n").unwrap();
+    // Expired on 2001-09-09T01:46:40Z.
+    let expired = workload_jwt(1, 1_000_000_000);
+    std::fs::write(path("expired"), &expired).unwrap();
+    let tokens = TokenServer::start().await;
+    let configs: String = [
+        ("empty", "client_auth: federated_jwt"),
+        ("opaque", "client_auth: federated_jwt"),
+        ("missing", "grant: jwt_bearer\n    client_auth: none"),
+        ("expired", "grant: jwt_bearer\n    client_auth: none"),
+    ]
+    .iter()
+    .map(|(id, how)| {
+        auth_config(
+            id,
+            &tokens,
+            "    backoff: { initial: 1h, max: 1h }\n",
+            &format!("    {how}\n    assertion_file: {}\n", path(id).display()),
+        )
+    })
+    .collect();
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!("auth_configs:\n{configs}")).await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let url = format!("http://{}/x", echo.addr);
+    for (id, problem) in [
+        ("empty", "is empty".to_owned()),
+        (
+            "opaque",
+            "does not hold a JWT (three base64url parts, the first two JSON objects)".to_owned(),
+        ),
+        ("missing", "cannot be read: ".to_owned()),
+        (
+            "expired",
+            "holds an assertion that expired at 2001-09-09T01:46:40Z: whatever writes the file has stopped renewing it"
+                .to_owned(),
+        ),
+    ] {
+        let error = bearerd_error(get_with_config(&proxy, &url, id).await).await;
+        assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"), "{id}");
+        let named = format!("assertion file {} {problem}", path(id).display());
+        assert!(error.message.contains(&named), "{id}: {}", error.message);
+        for content in ["opaque-not-a-jwt-s3cr3t", &expired] {
+            assert!(!error.message.contains(content), "{id}: {}", error.message);
+        }
+    }
+    assert_eq!(tokens.count(), 0, "nothing is sent for an unusable assertion");
+
+    // Back-off applies: a file fixed now is read once the back-off ends, not before.
+    std::fs::write(path("empty"), workload_jwt(2, in_an_hour())).unwrap();
+    let error = bearerd_error(get_with_config(&proxy, &url, "empty").await).await;
+    assert_eq!((error.status, error.code.as_str()), (503, "token_backoff"));
+    assert_eq!(tokens.count(), 0);
+}
+
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+#[tokio::test]
+async fn token_exchange_sends_the_subject_token_and_checks_the_issued_token_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("subject-token");
+    let jwt = workload_jwt(1, in_an_hour());
+    std::fs::write(&file, format!("{jwt}\n")).unwrap();
+    // Requests 1 and 2 get what they asked for; 3 asked for an ID token; 4's answer has no
+    // issued_token_type.
+    let tokens = TokenServer::with(std::time::Duration::ZERO, |n, _| {
+        let issued = if n == 4 {
+            String::new()
+        } else {
+            format!(r#","issued_token_type":"{ACCESS_TOKEN_TYPE}""#)
+        };
+        (
+            200,
+            "application/json",
+            format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":3600{issued}}}"#),
+        )
+    })
+    .await;
+    let exchange = |requested: &str| {
+        format!(
+            "    grant: token_exchange\n    client_auth: none\n    subject_token_file: {}\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    requested_token_type: {requested}\n    audience: //iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k\n    resource: https://api.test/v1\n",
+            file.display()
+        )
+    };
+    let configs = [
+        auth_config("form", &tokens, "", &exchange(ACCESS_TOKEN_TYPE)),
+        auth_config("json", &tokens, JSON_BODY, &exchange(ACCESS_TOKEN_TYPE)),
+        auth_config(
+            "idtoken",
+            &tokens,
+            "",
+            &exchange("urn:ietf:params:oauth:token-type:id_token"),
+        ),
+        auth_config("untyped", &tokens, "", &exchange(ACCESS_TOKEN_TYPE)),
+    ];
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!("auth_configs:\n{}", configs.concat())).await;
+    token_requests(&bearerd, &echo, &tokens, &["form", "json"]).await;
+    let requests = tokens.requests();
+    let form_rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    assert_body(
+        &requests[0],
+        FORM,
+        &format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={jwt}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience=%2F%2Fiam.googleapis.com%2Fprojects%2F1%2Flocations%2Fglobal%2FworkloadIdentityPools%2Fp%2Fproviders%2Fk&resource=https%3A%2F%2Fapi.test%2Fv1&{form_rest}&client_id=billing-client"
+        ),
+    );
+    let json_rest = JSON_COMMON
+        .strip_prefix(r#""grant_type":"client_credentials","#)
+        .unwrap();
+    assert_body(
+        &requests[1],
+        JSON,
+        &format!(
+            r#"{{"grant_type":"urn:ietf:params:oauth:grant-type:token-exchange","subject_token":"{jwt}","subject_token_type":"urn:ietf:params:oauth:token-type:jwt","requested_token_type":"{ACCESS_TOKEN_TYPE}","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k","resource":"https://api.test/v1",{json_rest},"client_id":"billing-client"}}"#
+        ),
+    );
+
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let url = format!("http://{}/x", echo.addr);
+    for (id, problem) in [
+        (
+            "idtoken",
+            format!(
+                "token response is invalid: issued_token_type `{ACCESS_TOKEN_TYPE}` is not the requested_token_type `urn:ietf:params:oauth:token-type:id_token`"
+            ),
+        ),
+        (
+            "untyped",
+            "token response is invalid: no issued_token_type (RFC 8693 §2.2.1)".to_owned(),
+        ),
+    ] {
+        let error = bearerd_error(get_with_config(&proxy, &url, id).await).await;
+        assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"), "{id}");
+        assert!(error.message.contains(&problem), "{id}: {}", error.message);
+        assert!(!error.message.contains(&jwt), "{id}");
+    }
+    assert_eq!(tokens.count(), 4);
+}
+
+#[tokio::test]
+async fn a_subject_token_file_is_read_at_each_request_and_checked_as_its_type_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jwt_file, opaque_file) = (dir.path().join("jwt"), dir.path().join("opaque"));
+    std::fs::write(&jwt_file, "\n").unwrap();
+    // An access token need not be a JWT: it is sent as the file holds it, trimmed.
+    std::fs::write(&opaque_file, " opaque-access-token\n").unwrap();
+    let tokens = TokenServer::with(std::time::Duration::ZERO, |n, _| {
+        (
+            200,
+            "application/json",
+            format!(r#"{{"access_token":"tok-{n}","issued_token_type":"{ACCESS_TOKEN_TYPE}"}}"#),
+        )
+    })
+    .await;
+    let exchange = |file: &Path, kind: &str| {
+        format!(
+            "    grant: token_exchange\n    client_auth: none\n    subject_token_file: {}\n    subject_token_type: urn:ietf:params:oauth:token-type:{kind}\n    backoff: {{ initial: 1h, max: 1h }}\n",
+            file.display()
+        )
+    };
+    let configs = [
+        auth_config("opaque", &tokens, "", &exchange(&opaque_file, "access_token")),
+        auth_config("jwt", &tokens, "", &exchange(&jwt_file, "jwt")),
+    ];
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd(&format!("auth_configs:\n{}", configs.concat())).await;
+    token_requests(&bearerd, &echo, &tokens, &["opaque"]).await;
+    let form_rest = FORM_COMMON.strip_prefix("grant_type=client_credentials&").unwrap();
+    assert_body(
+        &tokens.requests()[0],
+        FORM,
+        &format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=opaque-access-token&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&{form_rest}&client_id=billing-client"
+        ),
+    );
+
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let error = bearerd_error(get_with_config(&proxy, &format!("http://{}/x", echo.addr), "jwt").await).await;
+    assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"));
+    let named = format!("subject token file {} is empty", jwt_file.display());
+    assert!(error.message.contains(&named), "{}", error.message);
+    assert_eq!(tokens.count(), 1, "nothing is sent for an empty subject token file");
+}

@@ -21,7 +21,7 @@ use super::time::{parse_duration, parse_timestamp};
 use super::{
     AuthConfig, Authorize, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, FirstRefreshToken,
     GOOGLE_ISSUER, Grant, HostPattern, Inject, Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, Route,
-    RouteKind, SigningKey, StateConfig, TokenEndpoint, WatchedFile, check_endpoint_url,
+    RouteKind, SigningKey, StateConfig, TokenEndpoint, TokenExchange, WatchedFile, check_endpoint_url,
 };
 use crate::http1;
 use crate::secret::{ClientSecret, RefreshToken, SealingKey};
@@ -416,6 +416,9 @@ impl Loader<'_> {
         let endpoint = self.endpoint(cid, &mut raw);
         let authorize = self.authorize(cid, &mut raw, endpoint.as_ref());
         let credential = self.credential(cid, &mut raw);
+        // Both are checked, so that every problem is reported.
+        let assertion_file = self.assertion_file(cid, &mut raw).ok();
+        let grant_files = assertion_file.zip(self.token_exchange(cid, &mut raw).ok());
         let client_id = self.client_id(cid, raw.client_id.take());
         let scopes = self.scopes(cid, raw.scopes);
         let extra_params = self.extra_params(cid, raw.extra_params);
@@ -455,8 +458,8 @@ impl Loader<'_> {
         let client_secret_expires_at = self.secret_expiry(cid, raw.client_secret_expires_at.take());
         let first_refresh_token = self.first_refresh_token(cid, raw.grant, raw.refresh_token_file.take());
         let user_grant_valid = !raw.grant.is_user_grant() || authorize.is_some() || first_refresh_token.is_some();
-        let (Some(endpoint), Some(client_id), Some(credential), true) =
-            (endpoint, client_id, credential, user_grant_valid)
+        let (Some(endpoint), Some(client_id), Some(credential), Some((assertion_file, token_exchange)), true) =
+            (endpoint, client_id, credential, grant_files, user_grant_valid)
         else {
             return PendingConfig {
                 id,
@@ -489,6 +492,8 @@ impl Loader<'_> {
             client_secret_expires_at,
             authorize,
             first_refresh_token,
+            assertion_file,
+            token_exchange,
             cache_key: CacheKey::default(),
         };
         PendingConfig {
@@ -631,11 +636,19 @@ impl Loader<'_> {
     /// certificate, or (`none`, a public client of a user grant) nothing at all.
     fn credential(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<Credential> {
         let method = raw.client_auth;
-        if method == ClientAuth::None && !raw.grant.is_user_grant() {
+        if method == ClientAuth::None && raw.grant == Grant::ClientCredentials {
             self.error(
                 cid,
                 "client_auth",
-                "none is for public clients of the user grants (authorization_code, refresh_token)",
+                "none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer and token_exchange, whose assertion or subject token proves who is asking",
+            );
+            return None;
+        }
+        if method == ClientAuth::FederatedJwt && raw.grant == Grant::JwtBearer {
+            self.error(
+                cid,
+                "client_auth",
+                "federated_jwt would send jwt_bearer's assertion a second time: use none, or a method with its own credential",
             );
             return None;
         }
@@ -680,9 +693,142 @@ impl Loader<'_> {
             ClientAuth::ClientSecretJwt => self.hmac_secret(cid, raw).map(Credential::Secret),
             ClientAuth::PrivateKeyJwt => self.private_key(cid, raw).map(Credential::PrivateKey),
             ClientAuth::TlsClientAuth => self.client_certificate(cid, raw).map(Credential::Certificate),
+            ClientAuth::FederatedJwt => Some(Credential::AssertionFile),
             ClientAuth::None => Some(Credential::None),
         };
         credential.filter(|_| ok)
+    }
+
+    /// `assertion_file`, where `federated_jwt` or `jwt_bearer` needs it and nowhere else:
+    /// `Ok(None)` when it is not needed, `Err` when something is wrong (and reported). It is
+    /// not read here: its issuer rotates it, so each token request reads it anew.
+    fn assertion_file(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Result<Option<PathBuf>, ()> {
+        let user = if raw.grant == Grant::JwtBearer {
+            Some("grant: jwt_bearer")
+        } else if raw.client_auth == ClientAuth::FederatedJwt {
+            Some("client_auth: federated_jwt")
+        } else {
+            None
+        };
+        match (user, raw.assertion_file.take()) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => {
+                self.error(
+                    cid,
+                    "assertion_file",
+                    "applies only to client_auth: federated_jwt and grant: jwt_bearer",
+                );
+                Err(())
+            }
+            (Some(user), None) => {
+                self.error(
+                    cid,
+                    "assertion_file",
+                    format!("missing: {user} sends the JWT this file holds"),
+                );
+                Err(())
+            }
+            (Some(_), Some(path)) if path.as_os_str().is_empty() => {
+                self.error(cid, "assertion_file", "is empty: name the file holding the JWT");
+                Err(())
+            }
+            (Some(_), Some(path)) => Ok(Some(path)),
+        }
+    }
+
+    /// `grant: token_exchange`'s fields, where that grant needs them and nowhere else:
+    /// `Ok(None)` for the other grants, `Err` when something is wrong (and reported). The
+    /// subject token file is read at each token request, not here.
+    fn token_exchange(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Result<Option<TokenExchange>, ()> {
+        let file = raw.subject_token_file.take();
+        let subject_type = raw.subject_token_type.take();
+        let requested = raw.requested_token_type.take();
+        let audience = raw.audience.take();
+        let resource = raw.resource.take();
+        if raw.grant != Grant::TokenExchange {
+            let set = [
+                ("subject_token_file", file.is_some()),
+                ("subject_token_type", subject_type.is_some()),
+                ("requested_token_type", requested.is_some()),
+                ("audience", audience.is_some()),
+                ("resource", resource.is_some()),
+            ];
+            let mut ok = true;
+            for (field, _) in set.iter().filter(|(_, set)| *set) {
+                self.error(cid, field, "applies only to grant: token_exchange");
+                ok = false;
+            }
+            return if ok { Ok(None) } else { Err(()) };
+        }
+        let mut ok = true;
+        let file = match file {
+            Some(path) if !path.as_os_str().is_empty() => Some(path),
+            Some(_) => {
+                self.error(
+                    cid,
+                    "subject_token_file",
+                    "is empty: name the file holding the subject token",
+                );
+                None
+            }
+            None => {
+                self.error(
+                    cid,
+                    "subject_token_file",
+                    "missing: token_exchange sends the token this file holds",
+                );
+                None
+            }
+        };
+        let mut token_type = |field: &str, value: Option<String>, required: bool| match value {
+            Some(uri) if Url::parse(&uri).is_ok() => Some(uri),
+            Some(_) => {
+                self.error(
+                    cid,
+                    field,
+                    "must be a token type URI such as urn:ietf:params:oauth:token-type:jwt (RFC 8693 §3)",
+                );
+                ok = false;
+                None
+            }
+            None if required => {
+                self.error(
+                    cid,
+                    field,
+                    "missing: the type of the subject token, such as urn:ietf:params:oauth:token-type:jwt",
+                );
+                ok = false;
+                None
+            }
+            None => None,
+        };
+        let subject_type = token_type("subject_token_type", subject_type, true);
+        let requested = token_type("requested_token_type", requested, false);
+        let resource = match resource {
+            None => None,
+            Some(text) => match Url::parse(&text) {
+                Ok(url) if url.fragment().is_none() => Some(url),
+                _ => {
+                    self.error(
+                        cid,
+                        "resource",
+                        "must be an absolute URI without a fragment (RFC 8693 §2.1)",
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
+        match (file, subject_type, ok) {
+            (Some(subject_token_file), Some(subject_token_type), true) => Ok(Some(TokenExchange {
+                subject_token_file,
+                subject_token_type,
+                requested_token_type: requested,
+                audience,
+                resource,
+            })),
+            _ => Err(()),
+        }
     }
 
     /// The client secret of `client_secret_jwt`, long enough to be an HS256 key.

@@ -187,6 +187,12 @@ pub struct AuthConfig {
     pub authorize: Option<Authorize>,
     /// `grant: refresh_token` only.
     pub first_refresh_token: Option<FirstRefreshToken>,
+    /// `assertion_file` (`client_auth: federated_jwt` or `grant: jwt_bearer`): the JWT the
+    /// workload presents, read again at every token request, since its issuer (the kubelet,
+    /// a SPIFFE agent) rotates it.
+    pub assertion_file: Option<PathBuf>,
+    /// `grant: token_exchange` only.
+    pub token_exchange: Option<TokenExchange>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
     cache_key: CacheKey,
 }
@@ -238,6 +244,17 @@ impl AuthConfig {
             .as_ref()
             .map(Authorize::token_shaping)
             .unwrap_or_default();
+        // The path, not the content: a rotated assertion names the same workload.
+        let assertion_file = self
+            .assertion_file
+            .as_ref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default();
+        let exchange = self
+            .token_exchange
+            .as_ref()
+            .map(TokenExchange::token_shaping)
+            .unwrap_or_default();
         let parts = [
             self.id.as_str(),
             self.grant.as_str(),
@@ -248,6 +265,8 @@ impl AuthConfig {
             &self.scopes.join(" "),
             &params.join("&"),
             &consent,
+            &assertion_file,
+            &exchange,
         ];
         CacheKey::new(&parts.join("\u{1f}"))
     }
@@ -333,6 +352,10 @@ pub enum Grant {
     /// §6: the client acts for a user whose consent gave it a refresh token, starting from
     /// `refresh_token_file`.
     RefreshToken,
+    /// RFC 7523 §2.1: the JWT in `assertion_file` is the grant; the workload acts as itself.
+    JwtBearer,
+    /// RFC 8693: the token in `subject_token_file` is traded for one the provider issues.
+    TokenExchange,
 }
 
 impl Grant {
@@ -343,13 +366,67 @@ impl Grant {
             Self::ClientCredentials => "client_credentials",
             Self::AuthorizationCode => "authorization_code",
             Self::RefreshToken => "refresh_token",
+            Self::JwtBearer => "jwt_bearer",
+            Self::TokenExchange => "token_exchange",
+        }
+    }
+
+    /// The `grant_type` a token request sends.
+    #[must_use]
+    pub fn grant_type(self) -> &'static str {
+        match self {
+            Self::JwtBearer => JWT_BEARER_GRANT_TYPE,
+            Self::TokenExchange => TOKEN_EXCHANGE_GRANT_TYPE,
+            other => other.as_str(),
         }
     }
 
     /// Whether tokens are a user's, through a refresh token kept in `state.file`.
     #[must_use]
     pub fn is_user_grant(self) -> bool {
-        !matches!(self, Self::ClientCredentials)
+        matches!(self, Self::AuthorizationCode | Self::RefreshToken)
+    }
+}
+
+/// The `grant_type` of RFC 7523 §2.1.
+pub const JWT_BEARER_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The `grant_type` of RFC 8693 §2.1.
+pub const TOKEN_EXCHANGE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// `grant: token_exchange` (RFC 8693 §2.1): what is traded, and for what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenExchange {
+    /// Holds the subject token, read again at every token request (its issuer rotates it).
+    pub subject_token_file: PathBuf,
+    /// `subject_token_type`: a token type URI such as `urn:ietf:params:oauth:token-type:jwt`.
+    pub subject_token_type: String,
+    /// `requested_token_type`; the response's `issued_token_type` must equal it.
+    pub requested_token_type: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<Url>,
+}
+
+impl TokenExchange {
+    /// Whether the subject token must be a JWT: it is checked like an assertion then.
+    #[must_use]
+    pub fn subject_is_jwt(&self) -> bool {
+        matches!(
+            self.subject_token_type.as_str(),
+            "urn:ietf:params:oauth:token-type:jwt" | "urn:ietf:params:oauth:token-type:id_token"
+        )
+    }
+
+    /// The part of the token cache key it decides: the file's path (not its content), the
+    /// types, audience and resource.
+    fn token_shaping(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.subject_token_file.display(),
+            self.subject_token_type,
+            self.requested_token_type.as_deref().unwrap_or_default(),
+            self.audience.as_deref().unwrap_or_default(),
+            self.resource.as_ref().map(Url::as_str).unwrap_or_default()
+        )
     }
 }
 
@@ -397,8 +474,11 @@ pub enum ClientAuth {
     PrivateKeyJwt,
     /// RFC 8705 §2.1: the client's certificate on the TLS connection.
     TlsClientAuth,
-    /// A public client (RFC 6749 §2.1) of a user grant: only `client_id` in the body, no
-    /// credential; PKCE binds its authorization code to it.
+    /// Workload identity federation: the JWT in `assertion_file` (a projected service-account
+    /// token) as the RFC 7523 §2.2 client assertion, with `client_id`; no secret in the pod.
+    FederatedJwt,
+    /// A public client (RFC 6749 §2.1) of a user grant, or a `jwt_bearer` client whose
+    /// assertion is its proof: only `client_id` in the body, no credential.
     None,
 }
 
@@ -411,6 +491,7 @@ impl ClientAuth {
             Self::ClientSecretJwt => "client_secret_jwt",
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::TlsClientAuth => "tls_client_auth",
+            Self::FederatedJwt => "federated_jwt",
             Self::None => "none",
         }
     }
@@ -453,6 +534,8 @@ pub enum Credential {
     Secret(ClientSecret),
     PrivateKey(SigningKey),
     Certificate(ClientCertificate),
+    /// `federated_jwt`'s: the assertion in the config's `assertion_file`, read when sent.
+    AssertionFile,
     /// A public client's (`client_auth: none`): nothing but its client id.
     None,
 }

@@ -99,6 +99,12 @@ pub(super) struct RawAuthConfig {
     pub(super) prefetch: Option<bool>,
     pub(super) client_secret_expires_at: Option<RawTimestamp>,
     pub(super) refresh_token_file: Option<PathBuf>,
+    pub(super) assertion_file: Option<PathBuf>,
+    pub(super) subject_token_file: Option<PathBuf>,
+    pub(super) subject_token_type: Option<String>,
+    pub(super) requested_token_type: Option<String>,
+    pub(super) audience: Option<String>,
+    pub(super) resource: Option<String>,
     pub(super) authorization_url: Option<String>,
     pub(super) redirect_uri: Option<String>,
     #[serde(default)]

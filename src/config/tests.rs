@@ -894,7 +894,7 @@ auth_configs:
     let got = errors(&yaml, &Env::new());
     let expected = [
         "test.yaml: auth config `xml`: request_body: unknown variant `xml`, expected `form` or `json`".to_owned(),
-        "test.yaml: auth config `typo`: client_auth: unknown variant `client_secret_jws`, expected one of `client_secret_basic`, `client_secret_post`, `client_secret_jwt`, `private_key_jwt`, `tls_client_auth`, `none`".to_owned(),
+        "test.yaml: auth config `typo`: client_auth: unknown variant `client_secret_jws`, expected one of `client_secret_basic`, `client_secret_post`, `client_secret_jwt`, `private_key_jwt`, `tls_client_auth`, `federated_jwt`, `none`".to_owned(),
         "test.yaml: auth config `none-with-secret`: client_secret: does not apply to client_auth: none".to_owned(),
         "test.yaml: auth config `none-with-key`: private_key_file: does not apply to client_auth: none".to_owned(),
         "test.yaml: auth config `hmac-short`: client_secret: client_secret_jwt signs with the secret as its HS256 key, which must be at least 32 bytes (RFC 7518 §3.2)".to_owned(),
@@ -1271,7 +1271,7 @@ fn authorization_code_fields_are_checked_and_refused_elsewhere() {
         ),
         (
             "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_auth: none\n    allowed_hosts: [h.test]\n".to_owned(),
-            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token)",
+            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer and token_exchange, whose assertion or subject token proves who is asking",
         ),
         (
             "auth_configs:\n  - id: mail\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    allowed_hosts: [h.test]\n    redirect_uri: http://127.0.0.1:1/callback\n    authorize_params: { a: b }\n".to_owned(),
@@ -1402,4 +1402,207 @@ fn the_operator_ca_files_are_watched_and_a_new_ca_differs() {
     let reloaded = load(&yaml).unwrap();
     assert_ne!(reloaded.intercept, config.intercept);
     assert_eq!(load(&yaml).unwrap().intercept, reloaded.intercept);
+}
+
+/// Auth config `wl` at a token URL, with `fields` (grant, client authentication, files).
+fn workload(fields: &str) -> String {
+    format!(
+        "auth_configs:\n  - id: wl\n    token_url: https://idp.test/t\n    client_id: wl-client\n    allowed_hosts: [h.test]\n{fields}"
+    )
+}
+
+#[test]
+fn federated_jwt_and_jwt_bearer_take_an_assertion_file_read_at_each_request() {
+    // The file need not exist yet: it is read at every token request, not at load.
+    let federated = load(&workload(
+        "    client_auth: federated_jwt\n    assertion_file: /var/run/secrets/azure/tokens/azure-identity-token\n",
+    ))
+    .unwrap();
+    let wl = federated.auth_config("wl").unwrap();
+    assert_eq!(wl.client_auth, ClientAuth::FederatedJwt);
+    assert!(matches!(wl.credential, Credential::AssertionFile));
+    assert_eq!(wl.grant, Grant::ClientCredentials);
+    assert_eq!(
+        wl.assertion_file.as_deref(),
+        Some(Path::new("/var/run/secrets/azure/tokens/azure-identity-token"))
+    );
+    assert!(
+        federated.watched_files.is_empty(),
+        "a rotated assertion is no reason to reload"
+    );
+
+    for (auth, expected) in [
+        ("", ClientAuth::ClientSecretBasic),
+        ("    client_auth: none\n", ClientAuth::None),
+    ] {
+        let secret = if auth.is_empty() { "    client_secret: s\n" } else { "" };
+        let bearer = load(&workload(&format!(
+            "    grant: jwt_bearer\n    assertion_file: /run/spire/svid.jwt\n{auth}{secret}"
+        )))
+        .unwrap();
+        let wl = bearer.auth_config("wl").unwrap();
+        assert_eq!(wl.grant, Grant::JwtBearer);
+        assert!(!wl.grant.is_user_grant(), "jwt_bearer needs no consent and no state");
+        assert_eq!(wl.grant.grant_type(), "urn:ietf:params:oauth:grant-type:jwt-bearer");
+        assert_eq!(wl.client_auth, expected);
+        assert_eq!(wl.assertion_file.as_deref(), Some(Path::new("/run/spire/svid.jwt")));
+    }
+}
+
+#[test]
+fn assertion_file_problems_name_the_field() {
+    let refused = [
+        (
+            workload("    client_auth: federated_jwt\n"),
+            "assertion_file: missing: client_auth: federated_jwt sends the JWT this file holds",
+        ),
+        (
+            workload("    grant: jwt_bearer\n    client_auth: none\n"),
+            "assertion_file: missing: grant: jwt_bearer sends the JWT this file holds",
+        ),
+        (
+            workload("    client_auth: federated_jwt\n    assertion_file: /t\n    client_secret: s\n"),
+            "client_secret: does not apply to client_auth: federated_jwt",
+        ),
+        (
+            workload("    client_auth: federated_jwt\n    assertion_file: /t\n    private_key_file: /k.pem\n"),
+            "private_key_file: does not apply to client_auth: federated_jwt",
+        ),
+        (
+            workload("    client_auth: federated_jwt\n    assertion_file: ''\n"),
+            "assertion_file: is empty: name the file holding the JWT",
+        ),
+        (
+            workload("    client_secret: s\n    assertion_file: /t\n"),
+            "assertion_file: applies only to client_auth: federated_jwt and grant: jwt_bearer",
+        ),
+        (
+            workload("    grant: jwt_bearer\n    client_auth: federated_jwt\n    assertion_file: /t\n"),
+            "client_auth: federated_jwt would send jwt_bearer's assertion a second time: use none, or a method with its own credential",
+        ),
+        (
+            workload("    client_auth: none\n"),
+            "client_auth: none is for public clients of the user grants (authorization_code, refresh_token) and for jwt_bearer and token_exchange",
+        ),
+    ];
+    for (yaml, expected) in refused {
+        let got = errors(&yaml, &Env::new());
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with(&format!("test.yaml: auth config `wl`: {expected}"))),
+            "{expected}\n{got:?}"
+        );
+    }
+    // From the environment, as every field.
+    let environment = env(&[("BEARERD_CONFIG__WL__ASSERTION_FILE", "/from/env")]);
+    let config = Config::from_yaml("t", &workload("    client_auth: federated_jwt\n"), &environment).unwrap();
+    assert_eq!(
+        config.auth_config("wl").unwrap().assertion_file.as_deref(),
+        Some(Path::new("/from/env"))
+    );
+}
+
+#[test]
+fn the_token_cache_key_covers_the_assertion_files_path_grant_and_method() {
+    let key_of = |fields: &str| {
+        load(&workload(fields))
+            .unwrap()
+            .auth_config("wl")
+            .unwrap()
+            .cache_key()
+            .clone()
+    };
+    let base = key_of("    client_auth: federated_jwt\n    assertion_file: /a/token\n");
+    assert_eq!(
+        base,
+        key_of("    client_auth: federated_jwt\n    assertion_file: /a/token\n")
+    );
+    for changed in [
+        "    client_auth: federated_jwt\n    assertion_file: /b/token\n",
+        "    grant: jwt_bearer\n    client_auth: none\n    assertion_file: /a/token\n",
+        "    grant: jwt_bearer\n    client_secret: s\n    assertion_file: /a/token\n",
+    ] {
+        assert_ne!(key_of(changed), base, "{changed}");
+    }
+}
+
+#[test]
+fn token_exchange_takes_its_subject_token_file_and_types() {
+    let config = load(&workload(
+        "    grant: token_exchange\n    client_auth: none\n    subject_token_file: /var/run/secrets/tokens/gcp\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    requested_token_type: urn:ietf:params:oauth:token-type:access_token\n    audience: //iam.googleapis.com/x\n    resource: https://api.test/v1\n",
+    ))
+    .unwrap();
+    let wl = config.auth_config("wl").unwrap();
+    assert_eq!(wl.grant.grant_type(), "urn:ietf:params:oauth:grant-type:token-exchange");
+    assert!(!wl.grant.is_user_grant());
+    let exchange = wl.token_exchange.as_ref().unwrap();
+    assert_eq!(exchange.subject_token_file, Path::new("/var/run/secrets/tokens/gcp"));
+    assert!(exchange.subject_is_jwt());
+    assert_eq!(
+        exchange.requested_token_type.as_deref(),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
+    assert_eq!(exchange.audience.as_deref(), Some("//iam.googleapis.com/x"));
+    assert_eq!(exchange.resource.as_ref().unwrap().as_str(), "https://api.test/v1");
+
+    let base = "    grant: token_exchange\n    client_auth: none\n";
+    let refused = [
+        (
+            workload(&format!(
+                "{base}    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n"
+            )),
+            "subject_token_file: missing: token_exchange sends the token this file holds",
+        ),
+        (
+            workload(&format!("{base}    subject_token_file: /t\n")),
+            "subject_token_type: missing: the type of the subject token",
+        ),
+        (
+            workload(&format!(
+                "{base}    subject_token_file: /t\n    subject_token_type: jwt\n"
+            )),
+            "subject_token_type: must be a token type URI",
+        ),
+        (
+            workload(&format!(
+                "{base}    subject_token_file: /t\n    subject_token_type: urn:x:jwt\n    resource: https://api.test/#f\n"
+            )),
+            "resource: must be an absolute URI without a fragment (RFC 8693 §2.1)",
+        ),
+        (
+            workload("    client_secret: s\n    audience: a\n"),
+            "audience: applies only to grant: token_exchange",
+        ),
+        (
+            workload("    client_secret: s\n    subject_token_file: /t\n"),
+            "subject_token_file: applies only to grant: token_exchange",
+        ),
+    ];
+    for (yaml, expected) in refused {
+        let got = errors(&yaml, &Env::new());
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with(&format!("test.yaml: auth config `wl`: {expected}"))),
+            "{expected}\n{got:?}"
+        );
+    }
+    // The cache key has the file's path and what is asked for.
+    let key_of = |fields: &str| {
+        load(&workload(&format!("{base}    subject_token_type: urn:x:jwt\n{fields}")))
+            .unwrap()
+            .auth_config("wl")
+            .unwrap()
+            .cache_key()
+            .clone()
+    };
+    let key = key_of("    subject_token_file: /a\n");
+    assert_eq!(key, key_of("    subject_token_file: /a\n"));
+    for changed in [
+        "    subject_token_file: /b\n",
+        "    subject_token_file: /a\n    audience: x\n",
+        "    subject_token_file: /a\n    resource: https://r.test/\n",
+        "    subject_token_file: /a\n    requested_token_type: urn:x:y\n",
+    ] {
+        assert_ne!(key_of(changed), key, "{changed}");
+    }
 }

@@ -17,13 +17,20 @@ use serde::Deserialize;
 use url::Url;
 
 use super::discovery::{self, Discovered, quote};
-use crate::config::{AuthConfig, ClientAuth, Credential, RequestBody, TokenEndpoint, endpoint_name};
-use crate::secret::{AccessToken, AuthorizationCode, ClientSecret, RefreshToken};
+use super::jwt;
+use crate::config::{
+    AuthConfig, ClientAuth, Credential, Grant, JWT_BEARER_GRANT_TYPE, RequestBody, TOKEN_EXCHANGE_GRANT_TYPE,
+    TokenEndpoint, endpoint_name, format_timestamp,
+};
+use crate::secret::{AccessToken, Assertion, AuthorizationCode, ClientSecret, RefreshToken};
 use crate::tls;
 
 /// Token responses larger than this are refused: no identity provider needs more.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Assertion files larger than this are refused: a projected service-account token or a
+/// JWT-SVID is a few KiB.
+const MAX_ASSERTION_BYTES: u64 = 64 * 1024;
 
 /// What a successful token response gave.
 #[derive(Debug)]
@@ -41,6 +48,10 @@ pub struct TokenResponse {
 pub enum GrantRequest<'a> {
     /// RFC 6749 §4.4.2.
     ClientCredentials,
+    /// RFC 7523 §2.1, with the JWT in the config's `assertion_file`.
+    JwtBearer,
+    /// RFC 8693 §2.1, with the token in the config's `subject_token_file`.
+    TokenExchange,
     /// RFC 6749 §6, with the newest refresh token held.
     RefreshToken(&'a RefreshToken),
     /// RFC 6749 §4.1.3, with the PKCE verifier (RFC 7636 §4.5).
@@ -52,9 +63,22 @@ pub enum GrantRequest<'a> {
 }
 
 impl GrantRequest<'_> {
+    /// The request of a grant that acts without a user's consent (`client_credentials`,
+    /// `jwt_bearer`); a user grant's requests carry what its consent gave.
+    #[must_use]
+    pub fn service(grant: Grant) -> Self {
+        match grant {
+            Grant::JwtBearer => Self::JwtBearer,
+            Grant::TokenExchange => Self::TokenExchange,
+            _ => Self::ClientCredentials,
+        }
+    }
+
     fn grant_type(self) -> &'static str {
         match self {
             Self::ClientCredentials => "client_credentials",
+            Self::JwtBearer => JWT_BEARER_GRANT_TYPE,
+            Self::TokenExchange => TOKEN_EXCHANGE_GRANT_TYPE,
             Self::RefreshToken(_) => "refresh_token",
             Self::AuthorizationCode { .. } => "authorization_code",
         }
@@ -128,6 +152,14 @@ pub enum TokenError {
     NotJson { status: u16, content_type: String },
     #[error("token response is invalid: {0}")]
     Invalid(String),
+    /// `assertion_file` (or `subject_token_file`: `what` says) holds nothing that may be
+    /// sent. Names the file, never its content.
+    #[error("{what} {file} {problem}")]
+    Assertion {
+        what: &'static str,
+        file: String,
+        problem: String,
+    },
     #[error("token response is larger than {} bytes", MAX_RESPONSE_BYTES)]
     TooLarge,
     /// A user grant holds no refresh token the provider still honours.
@@ -218,9 +250,10 @@ impl TokenClient {
         Ok(client)
     }
 
-    /// Requests a client-credentials token for `config` (see [`TokenClient::request`]).
+    /// Requests a token for `config`'s grant when it needs no consent (client credentials,
+    /// jwt-bearer; see [`TokenClient::request`]).
     pub async fn fetch(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
-        self.request(config, GrantRequest::ClientCredentials).await
+        self.request(config, GrantRequest::service(config.grant)).await
     }
 
     /// Requests a token for `config` with `grant`, from its token URL or the endpoint
@@ -378,21 +411,10 @@ impl TokenClient {
         grant: GrantRequest<'_>,
     ) -> Result<TokenResponse, TokenError> {
         let endpoint = endpoint_name(url);
-        let mut params: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
+        // Read before anything is sent: a file that holds no usable token stops the request.
+        let grant_token = grant_token(config, grant)?;
+        let mut params = grant_params(config, grant, grant_token.as_ref());
         let scope = config.scopes.join(" ");
-        match grant {
-            GrantRequest::ClientCredentials => {}
-            GrantRequest::RefreshToken(refresh_token) => params.push(("refresh_token", refresh_token.expose())),
-            GrantRequest::AuthorizationCode {
-                code,
-                redirect_uri,
-                code_verifier,
-            } => params.extend([
-                ("code", code.expose()),
-                ("redirect_uri", redirect_uri),
-                ("code_verifier", code_verifier),
-            ]),
-        }
         // On a refresh too (RFC 6749 §6 allows it; Entra ID needs it); the code's scopes
         // were settled by the consent.
         if !scope.is_empty() && !matches!(grant, GrantRequest::AuthorizationCode { .. }) {
@@ -411,10 +433,14 @@ impl TokenClient {
                 params.push(("client_id", &config.client_id));
                 params.push(("client_secret", secret.expose()));
             }
-            (ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt, _, Some(assertion)) => {
+            (
+                ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt | ClientAuth::FederatedJwt,
+                _,
+                Some(assertion),
+            ) => {
                 params.push(("client_id", &config.client_id));
                 params.push(("client_assertion_type", crate::assertion::ASSERTION_TYPE));
-                params.push(("client_assertion", assertion));
+                params.push(("client_assertion", assertion.expose()));
             }
             (ClientAuth::TlsClientAuth, Credential::Certificate(_), _) | (ClientAuth::None, Credential::None, _) => {
                 params.push(("client_id", &config.client_id));
@@ -460,22 +486,162 @@ impl TokenClient {
         let body = read_body(response)
             .await
             .map_err(|err| err.map_or(TokenError::TooLarge, transport))?;
-        parse_response(status, &content_type, &body, config.credential.secret())
+        let response = parse_response(status, &content_type, &body, config.credential.secret())?;
+        if let (GrantRequest::TokenExchange, Some(exchange)) = (grant, &config.token_exchange) {
+            check_issued_token_type(
+                &body,
+                exchange.requested_token_type.as_deref(),
+                config.credential.secret(),
+            )?;
+        }
+        Ok(response)
     }
 }
 
-/// The signed JWT of `client_secret_jwt` and `private_key_jwt`, made for this request to
-/// `url`; `None` for the other methods.
-fn client_assertion(config: &AuthConfig, url: &Url) -> Result<Option<String>, TokenError> {
+/// The token a grant sends from a file: `jwt_bearer`'s assertion, `token_exchange`'s subject
+/// token; `None` for the other grants.
+fn grant_token(config: &AuthConfig, grant: GrantRequest<'_>) -> Result<Option<Assertion>, TokenError> {
+    match (grant, &config.token_exchange) {
+        (GrantRequest::JwtBearer, _) => read_assertion(config).map(Some),
+        (GrantRequest::TokenExchange, Some(exchange)) => read_token_file(
+            "subject token file",
+            &exchange.subject_token_file,
+            exchange.subject_is_jwt(),
+        )
+        .map(Some),
+        (GrantRequest::TokenExchange, None) => Err(TokenError::Invalid(format!(
+            "auth config `{}` has no subject_token_file",
+            config.id
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// `grant_type` and the grant's own parameters, `token` being what [`grant_token`] read.
+fn grant_params<'a>(
+    config: &'a AuthConfig,
+    grant: GrantRequest<'a>,
+    token: Option<&'a Assertion>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut params: Vec<(&str, &str)> = vec![("grant_type", grant.grant_type())];
+    let token = token.map_or("", Assertion::expose);
+    match grant {
+        GrantRequest::ClientCredentials => {}
+        GrantRequest::JwtBearer => params.push(("assertion", token)),
+        GrantRequest::TokenExchange => {
+            params.push(("subject_token", token));
+            if let Some(exchange) = &config.token_exchange {
+                params.push(("subject_token_type", &exchange.subject_token_type));
+                let optional = [
+                    ("requested_token_type", exchange.requested_token_type.as_deref()),
+                    ("audience", exchange.audience.as_deref()),
+                    ("resource", exchange.resource.as_ref().map(Url::as_str)),
+                ];
+                params.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
+            }
+        }
+        GrantRequest::RefreshToken(refresh_token) => params.push(("refresh_token", refresh_token.expose())),
+        GrantRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => params.extend([
+            ("code", code.expose()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", code_verifier),
+        ]),
+    }
+    params
+}
+
+/// The client assertion: the signed JWT of `client_secret_jwt` and `private_key_jwt`, made
+/// for this request to `url`, or `federated_jwt`'s as its file holds it now; `None` for the
+/// other methods.
+fn client_assertion(config: &AuthConfig, url: &Url) -> Result<Option<Assertion>, TokenError> {
     let now = SystemTime::now();
     let signed = match (config.client_auth, &config.credential) {
+        (ClientAuth::FederatedJwt, Credential::AssertionFile) => return read_assertion(config).map(Some),
         (ClientAuth::ClientSecretJwt, Credential::Secret(secret)) => {
             crate::assertion::secret_assertion(secret, &config.client_id, url.as_str(), now)
         }
         (ClientAuth::PrivateKeyJwt, Credential::PrivateKey(key)) => key.assertion(&config.client_id, url.as_str(), now),
         _ => return Ok(None),
     };
-    signed.map(Some).map_err(|err| TokenError::Invalid(err.to_string()))
+    signed
+        .map(|jwt| Some(Assertion::new(jwt)))
+        .map_err(|err| TokenError::Invalid(err.to_string()))
+}
+
+/// The JWT in `config`'s `assertion_file` as the file holds it now (its issuer rotates it),
+/// whitespace trimmed. A file that cannot be read, is empty, holds no JWT or one whose `exp`
+/// has passed is an error naming the file: sending it would only earn a refusal.
+fn read_assertion(config: &AuthConfig) -> Result<Assertion, TokenError> {
+    let Some(path) = &config.assertion_file else {
+        return Err(TokenError::Invalid(format!(
+            "auth config `{}` has no assertion_file",
+            config.id
+        )));
+    };
+    read_token_file("assertion file", path, true)
+}
+
+/// RFC 8693 §2.2.1: `issued_token_type` is required, and must be what was asked for.
+fn check_issued_token_type(
+    body: &[u8],
+    requested: Option<&str>,
+    secret: Option<&ClientSecret>,
+) -> Result<(), TokenError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match (json.get("issued_token_type"), requested) {
+        (None | Some(serde_json::Value::Null), _) => {
+            Err(TokenError::Invalid("no issued_token_type (RFC 8693 §2.2.1)".into()))
+        }
+        (Some(serde_json::Value::String(issued)), Some(requested)) if issued != requested => {
+            Err(TokenError::Invalid(format!(
+                "issued_token_type `{}` is not the requested_token_type `{requested}`",
+                quote(issued, secret)
+            )))
+        }
+        (Some(serde_json::Value::String(_)), _) => Ok(()),
+        (Some(_), _) => Err(TokenError::Invalid("issued_token_type is not a string".into())),
+    }
+}
+
+/// The token in `path` as it is now, whitespace trimmed; `what` names the file in errors.
+/// With `jwt`, it must be a JWT whose `exp` (if any) has not passed.
+fn read_token_file(what: &'static str, path: &std::path::Path, jwt: bool) -> Result<Assertion, TokenError> {
+    let problem = |problem: String| TokenError::Assertion {
+        what,
+        file: path.display().to_string(),
+        problem,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|err| problem(format!("cannot be read: {err}")))?
+        .len();
+    if size > MAX_ASSERTION_BYTES {
+        return Err(problem(format!("is larger than {MAX_ASSERTION_BYTES} bytes")));
+    }
+    // Read on the runtime's thread: a small file, on the tmpfs a projected volume lives on.
+    let bytes = std::fs::read(path).map_err(|err| problem(format!("cannot be read: {err}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| problem(jwt::NotAJwt.to_string()))?;
+    let text = Assertion::new(text);
+    let trimmed = text.expose().trim();
+    if trimmed.is_empty() {
+        return Err(problem("is empty".into()));
+    }
+    if !jwt {
+        return Ok(Assertion::new(trimmed));
+    }
+    let expiry = jwt::assertion_expiry(trimmed).map_err(|err| problem(err.to_string()))?;
+    if let Some(exp) = expiry
+        && exp <= SystemTime::now()
+    {
+        return Err(problem(format!(
+            "holds an assertion that expired at {}: whatever writes the file has stopped renewing it",
+            format_timestamp(exp)
+        )));
+    }
+    Ok(Assertion::new(trimmed))
 }
 
 /// The token request's parameters as a body of `kind`, and its content type. JSON holds the

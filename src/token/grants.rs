@@ -236,7 +236,7 @@ impl FetchToken for Grants {
         if config.grant.is_user_grant() {
             Box::pin(self.refresh(config))
         } else {
-            self.endpoint.request(config, GrantRequest::ClientCredentials)
+            self.endpoint.request(config, GrantRequest::service(config.grant))
         }
     }
 

@@ -22,6 +22,23 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
 /// JWT among them, is opaque to bearerd: `None`, and its lifetime is `expires_in`'s alone.
 #[must_use]
 pub fn expiry(token: &str) -> Option<SystemTime> {
+    claims(token).and_then(|claims| exp(&claims))
+}
+
+/// The `exp` of an assertion bearerd sends for a workload (`assertion_file`), when it has
+/// one; an error when it is not a JWS in compact form, since no identity provider would take
+/// it. As for access tokens, no signature or other claim is checked: the provider does that.
+pub fn assertion_expiry(assertion: &str) -> Result<Option<SystemTime>, NotAJwt> {
+    claims(assertion).map(|claims| exp(&claims)).ok_or(NotAJwt)
+}
+
+/// Why an assertion was refused. It says what a JWT is, never what was found instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("does not hold a JWT (three base64url parts, the first two JSON objects)")]
+pub struct NotAJwt;
+
+/// The claims of a JWS in compact form; `None` for anything else.
+fn claims(token: &str) -> Option<Map<String, Value>> {
     let mut segments = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (segments.next(), segments.next(), segments.next(), segments.next())
@@ -36,7 +53,11 @@ pub fn expiry(token: &str) -> Option<SystemTime> {
     }
     serde_json::from_slice::<Map<String, Value>>(&B64URL.decode(header).ok()?).ok()?;
     // Of duplicate names the last counts, as RFC 7519 §4 lets a parser do.
-    let claims: Map<String, Value> = serde_json::from_slice(&B64URL.decode(payload).ok()?).ok()?;
+    serde_json::from_slice(&B64URL.decode(payload).ok()?).ok()
+}
+
+/// The `exp` claim as a time, when it is one.
+fn exp(claims: &Map<String, Value>) -> Option<SystemTime> {
     let exp = claims.get("exp")?.as_number()?;
     let since_epoch = match exp.as_u64() {
         Some(secs) => Duration::from_secs(secs),
@@ -163,5 +184,22 @@ mod tests {
         assert_eq!(expiry(&jwt(r#"{"exp":184467440737095516150}"#)), None);
         // Far, but a time all the same: it bounds nothing `expires_in` does not.
         assert_eq!(expiry(&jwt(r#"{"exp":253402300799}"#)), Some(at(253_402_300_799)));
+    }
+
+    #[test]
+    fn an_assertion_must_be_a_jwt_and_may_lack_an_exp() {
+        assert_eq!(
+            assertion_expiry(&jwt(r#"{"sub":"system:serviceaccount:ns:sa","exp":1767229200}"#)),
+            Ok(Some(at(1_767_229_200)))
+        );
+        assert_eq!(assertion_expiry(&jwt(r#"{"sub":"spiffe://test/w"}"#)), Ok(None));
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#);
+        for not_a_jwt in [
+            "opaque-token".to_owned(),
+            format!("{header}.{}.c2ln", URL_SAFE_NO_PAD.encode("[1]")),
+            format!("{header}.c2ln"),
+        ] {
+            assert_eq!(assertion_expiry(&not_a_jwt), Err(NotAJwt), "{not_a_jwt}");
+        }
     }
 }
