@@ -10,17 +10,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
-use super::{AppBody, Proxy, with_header_map};
+use super::{AppBody, Proxy, hyper_server, in_own_version, with_header_map};
 use crate::ProxyBody;
 use crate::config::{Config, Route};
 use crate::error::{ProxyError, respond};
-use crate::http1::server::HEADER_READ_TIMEOUT;
 use crate::intercept::Interception;
 
 /// How long the app has for its TLS handshake after bearerd's `200`.
@@ -99,21 +98,14 @@ impl Interceptor {
             let authority = authority.clone();
             async move {
                 let version = request.version();
-                let mut response = match bound_for(request, authority) {
+                let response = match bound_for(request, authority) {
                     Ok(request) => with_header_map(proxy.handle(request, None, None, None).await),
                     Err(err) => respond(&err, None).map(AppBody::Own),
                 };
-                if version < Version::HTTP_2 {
-                    *response.version_mut() = Version::HTTP_11;
-                }
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(in_own_version(version, response))
             }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let builder = hyper_server();
         let connection = builder.serve_connection(TokioIo::new(tls), service);
         if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(%host, "intercepted connection ended: {err}");

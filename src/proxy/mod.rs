@@ -178,20 +178,11 @@ impl Proxy {
             let proxy = Arc::clone(&self);
             async move {
                 let version = request.version();
-                let mut response = with_header_map(proxy.handle(request, None, None, local).await);
-                if version < Version::HTTP_2 {
-                    // An intermediary answers in its own version (RFC 9110 §6.2), not the
-                    // upstream's.
-                    *response.version_mut() = Version::HTTP_11;
-                }
-                Ok::<_, Infallible>(response)
+                let response = with_header_map(proxy.handle(request, None, None, local).await);
+                Ok::<_, Infallible>(in_own_version(version, response))
             }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let builder = hyper_server();
         let connection = builder.serve_connection_with_upgrades(io, service);
         if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(%peer, "connection ended: {err}");
@@ -550,6 +541,26 @@ impl http_body::Body for AppBody {
 fn with_header_map(mut response: Response<AppBody>) -> Response<AppBody> {
     if let Some(lines) = response.body_mut().take_header_lines() {
         lines.append_to(response.headers_mut());
+    }
+    response
+}
+
+/// hyper's server for the requests bearerd's own loop does not serve, and inside intercepted
+/// tunnels: HTTP/1.1 or HTTP/2 by what the client speaks, with the loop's head timeout.
+fn hyper_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+}
+
+/// `response` to a request in `version`: an intermediary answers HTTP/1 requests in its own
+/// version (RFC 9110 §6.2), not the upstream's.
+fn in_own_version<B>(version: Version, mut response: Response<B>) -> Response<B> {
+    if version < Version::HTTP_2 {
+        *response.version_mut() = Version::HTTP_11;
     }
     response
 }
