@@ -8,6 +8,10 @@ use std::process::{Command, Stdio};
 
 use serde_yaml::Value;
 
+#[path = "support/binary.rs"]
+mod binary;
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_bearerd");
 
 fn root() -> &'static Path {
@@ -254,6 +258,103 @@ fn the_pod_runs_bearerd_as_a_restricted_native_sidecar_with_probes() {
         .collect();
     assert!(mounts.contains(&"/etc/bearerd"));
     assert!(mounts.contains(&"/var/run/secrets/bearerd"));
+}
+
+/// A container's environment as name → value.
+fn env_of(container: &Value) -> BTreeMap<&str, &str> {
+    at(container, "env")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|var| (text(var, "name"), text(var, "value")))
+        .collect()
+}
+
+/// Where `container` mounts the pod volume `volume`, and whether read-only.
+fn mount<'a>(container: &'a Value, volume: &str) -> Option<(&'a str, bool)> {
+    at(container, "volumeMounts")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| text(m, "name") == volume)
+        .map(|m| (text(m, "mountPath"), m["readOnly"] == Value::Bool(true)))
+}
+
+#[tokio::test]
+async fn the_sidecar_writes_the_ca_bundle_the_app_trusts_before_the_app_starts() {
+    let manifests = base();
+    let pod = at(&manifests["deployment.yaml"], "spec.template.spec");
+    let (sidecar, app) = (at(pod, "initContainers.0"), at(pod, "containers.0"));
+    let config = embedded_config(&manifests);
+    let parsed: Value = serde_yaml::from_str(&config).unwrap();
+    let bundle = Path::new(text(&parsed, "intercept.ca_bundle_out"));
+    let (dir, file) = (bundle.parent().unwrap(), bundle.file_name().unwrap());
+
+    // One emptyDir: bearerd mounts it writable where it writes the bundle, the app read-only,
+    // and every TLS stack in the app is pointed at the file.
+    let volume = at(pod, "volumes")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v.get("emptyDir").is_some())
+        .expect("an emptyDir volume for the CA bundle");
+    let volume = text(volume, "name");
+    assert_eq!(mount(sidecar, volume), Some((dir.to_str().unwrap(), false)));
+    let (app_dir, read_only) = mount(app, volume).expect("the app mounts the CA bundle volume");
+    assert!(read_only, "the app only reads the bundle");
+    let app_bundle = Path::new(app_dir).join(file);
+    let env = env_of(app);
+    for var in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "CURL_CA_BUNDLE",
+    ] {
+        assert_eq!(env.get(var).map(Path::new), Some(app_bundle.as_path()), "{var}");
+    }
+    assert_eq!(env["HTTPS_PROXY"], "http://127.0.0.1:8080");
+    assert_eq!(env["https_proxy"], "http://127.0.0.1:8080");
+    assert!(
+        parsed["routes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|route| route["intercept"] == Value::Bool(true)),
+        "no route is intercepted"
+    );
+    // A native sidecar's startupProbe holds the app back until it passes.
+    assert_eq!(text(sidecar, "startupProbe.httpGet.path"), "/healthz");
+
+    // The real binary on that config, its mounts remapped to a temporary directory: by the
+    // time its admin listener answers (what the startupProbe waits for), the bundle is there,
+    // the CA that `/ca.pem` serves first, then the roots bearerd trusts.
+    let scratch = tempfile::tempdir().unwrap();
+    let secrets = scratch.path().join("secrets");
+    let ca_dir = scratch.path().join("ca");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::create_dir(&ca_dir).unwrap();
+    for (name, value) in at(&manifests["secret.yaml"], "stringData").as_mapping().unwrap() {
+        std::fs::write(secrets.join(name.as_str().unwrap()), value.as_str().unwrap()).unwrap();
+    }
+    let config = config
+        .lines()
+        .filter(|line| !line.starts_with("listen:") && !line.starts_with("admin_listen:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("/var/run/secrets/bearerd", secrets.to_str().unwrap())
+        .replace(dir.to_str().unwrap(), ca_dir.to_str().unwrap());
+    let bearerd = binary::Bearerd::start(&config, "info", &[]);
+    let (status, _) = bearerd.admin_get("/healthz").await;
+    assert_eq!(status, 200);
+    let written = std::fs::read_to_string(ca_dir.join(file)).expect("the bundle is written at start");
+    let (status, ca) = bearerd.admin_get("/ca.pem").await;
+    assert_eq!(status, 200);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    assert!(written.starts_with(&ca), "the bundle does not start with bearerd's CA");
+    assert!(
+        written.matches("-----BEGIN CERTIFICATE-----").count() > 100,
+        "the public roots are missing from the bundle"
+    );
 }
 
 fn embedded_config(manifests: &BTreeMap<String, Value>) -> String {

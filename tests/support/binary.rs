@@ -57,7 +57,7 @@ impl Bearerd {
                 logs.push('\n');
             }
         });
-        let (proxy, admin) = rx.recv_timeout(super::START).unwrap_or_else(|_| {
+        let (proxy, admin) = rx.recv_timeout(crate::support::START).unwrap_or_else(|_| {
             let _ = child.kill();
             panic!("bearerd did not start: {}", logs.lock().unwrap())
         });
