@@ -859,3 +859,160 @@ async fn client_secret_jwt_exchanges_the_code_and_refreshes_with_an_hs256_assert
     assert!(provider.accepts(&second, "bearerd-user-hmac").await);
     assert_eq!(provider.refreshes("bearerd-user-hmac").await, (1, 1, 0));
 }
+
+/// A TLS resource server for `localhost` that takes a request only when its Bearer token is
+/// one the provider says is live for `client_id` (RFC 7662 introspection with that client's
+/// credentials): `200 accepted <client_id> <scope>`, else `401`. It knows nothing of bearerd.
+struct ResourceServer {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResourceServer {
+    async fn start(ca: &TestCa, issuer: &str, client_id: &'static str, secret: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config());
+        let introspection = format!("{issuer}/token/introspection");
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, introspection) = (acceptor.clone(), introspection.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                        let introspection = introspection.clone();
+                        async move {
+                            let token = request
+                                .headers()
+                                .get("authorization")
+                                .and_then(|value| value.to_str().ok())
+                                .and_then(|value| value.strip_prefix("Bearer "))
+                                .map(str::to_owned);
+                            let verdict = match token {
+                                Some(token) => direct_client()
+                                    .post(&introspection)
+                                    // RFC 6749 §2.3.1: form-encoded before Basic.
+                                    .basic_auth(
+                                        utf8_percent_encode(client_id, NON_ALPHANUMERIC),
+                                        Some(utf8_percent_encode(secret, NON_ALPHANUMERIC)),
+                                    )
+                                    .form(&[("token", token)])
+                                    .send()
+                                    .await
+                                    .unwrap()
+                                    .json::<serde_json::Value>()
+                                    .await
+                                    .unwrap(),
+                                None => serde_json::Value::Null,
+                            };
+                            let (status, body) = if verdict["active"] == true && verdict["client_id"] == client_id {
+                                (
+                                    200,
+                                    format!("accepted {client_id} {}", verdict["scope"].as_str().unwrap_or("")),
+                                )
+                            } else {
+                                (401, "invalid_token".to_owned())
+                            };
+                            let response = http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    // Both versions: its certificate's config offers h2 and http/1.1 by ALPN.
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for ResourceServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// curl (`--fail` off) for `url` with `env`, no other proxy or CA variables: (status, body).
+async fn curl(url: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (u16, String) {
+    let mut curl = tokio::process::Command::new("curl");
+    curl.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url);
+    for name in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "CURL_CA_BUNDLE",
+        "SSL_CERT_FILE",
+    ] {
+        curl.env_remove(name);
+    }
+    curl.envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(WAIT, curl.output())
+        .await
+        .expect("curl hung")
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "curl {url}: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (body, status) = stdout.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_intercepted_https_call_carries_a_token_the_providers_resource_server_accepts() {
+    let provider = Provider::start().await;
+    let ca = TestCa::new();
+    let api = ResourceServer::start(&ca, &provider.issuer, "bearerd-basic", HARD_SECRET).await;
+    let url = format!("https://localhost:{}/invoices", api.addr.port());
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("ca-bundle.pem");
+    let yaml = format!(
+        "tls:\n  ca_file: {}\nintercept:\n  ca_bundle_out: {}\n{}routes:\n  - match: {{ host: localhost }}\n    auth_config: interop\n    intercept: true\n",
+        ca.write_ca(dir.path()).display(),
+        bundle.display(),
+        config(&provider, "bearerd-basic", HARD_SECRET, "client_secret_basic").replace("[127.0.0.1]", "[localhost]"),
+    );
+    let bearerd = binary::Bearerd::start(&yaml, "info", &[]);
+
+    // The resource server validates: called directly, with no token or a made-up one, it refuses.
+    let upstream_ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&upstream_ca, &ca.ca_pem).unwrap();
+    let direct = ["--cacert", upstream_ca.to_str().unwrap()];
+    assert_eq!(curl(&url, &direct, &[]).await, (401, "invalid_token".to_owned()));
+    let forged = [
+        "--cacert",
+        upstream_ca.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer forged",
+    ];
+    assert_eq!(curl(&url, &forged, &[]).await, (401, "invalid_token".to_owned()));
+
+    // curl, unmodified, keeps its https:// URL: HTTPS_PROXY and CURL_CA_BUNDLE = the bundle
+    // bearerd wrote. The provider's token reaches the resource server through the tunnel.
+    let proxy = format!("http://{}", bearerd.proxy);
+    let env = [
+        ("HTTPS_PROXY", std::ffi::OsStr::new(&proxy)),
+        ("https_proxy", std::ffi::OsStr::new(&proxy)),
+        ("CURL_CA_BUNDLE", bundle.as_os_str()),
+    ];
+    for _ in 0..2 {
+        assert_eq!(
+            curl(&url, &[], &env).await,
+            (200, "accepted bearerd-basic api.read".to_owned())
+        );
+    }
+}
