@@ -11,8 +11,8 @@
 //!
 //! Every request case runs through bearerd's own HTTP/1.1 loop and through hyper's server
 //! (the app's connection handed off first by a chunked request); every response case through
-//! bearerd's own client (a plain upstream) and hyper's (a TLS upstream behind an
-//! `upstream_tls: true` route), each on both app sides. After each, a request under the other
+//! bearerd's own client in clear (a plain upstream) and over TLS (an HTTP/1.1-only TLS
+//! upstream behind an `upstream_tls: true` route), each on both app sides. After each, a request under the other
 //! auth config, on a new connection and on the same one when it stayed open, must get the
 //! echo upstream's exact answer carrying that config's token: no desync, and no token on the
 //! wrong request.
@@ -100,11 +100,12 @@ enum Server {
     Hyper,
 }
 
-/// Who talked to the upstream: bearerd's own HTTP/1.1 client (plain HTTP), or hyper's (TLS).
+/// How bearerd's own HTTP/1.1 client talked to the upstream: in clear, or over TLS (an
+/// HTTPS upstream that chose `http/1.1` by ALPN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Client {
-    Own,
-    Hyper,
+    Plain,
+    Tls,
 }
 
 impl Server {
@@ -119,8 +120,8 @@ impl Server {
 impl Client {
     fn name(self) -> &'static str {
         match self {
-            Self::Own => "own-client",
-            Self::Hyper => "hyper-client",
+            Self::Plain => "plain-client",
+            Self::Tls => "tls-client",
         }
     }
 }
@@ -1816,24 +1817,19 @@ enum Got {
 }
 
 /// The request bearerd sends the upstream for `method path`, as each client writes it.
-fn upstream_request(client: Client, method: &str, path: &str, host: &str, id: &str) -> String {
-    match client {
-        Client::Own => format!(
-            "{method} {path} HTTP/1.1\r\nhost: {host}\r\nx-request-id: {id}\r\nauthorization: Bearer tok-billing\r\n\r\n"
-        ),
-        Client::Hyper => format!(
-            "{method} {path} HTTP/1.1\r\nx-request-id: {id}\r\nauthorization: Bearer tok-billing\r\nhost: {host}\r\n\r\n"
-        ),
-    }
+fn upstream_request(method: &str, path: &str, host: &str, id: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nx-request-id: {id}\r\nauthorization: Bearer tok-billing\r\n\r\n"
+    )
 }
 
-/// Runs each case through bearerd's own client and hyper's, each on a new connection
-/// handled by bearerd's loop and on one handed to hyper's server.
+/// Runs each case through bearerd's own client in clear and over TLS, each on a new
+/// connection handled by bearerd's loop and on one handed to hyper's server.
 async fn response_table(table: &str, cases: &'static [Resp]) {
     let env = env().await;
     let mut runs: Vec<(String, Run)> = Vec::new();
     for case in cases {
-        for client in [Client::Own, Client::Hyper] {
+        for client in [Client::Plain, Client::Tls] {
             for server in [Server::Loop, Server::Hyper] {
                 let name = format!("{} [{} + {}]", case.name, server.name(), client.name());
                 runs.push((name, Box::pin(response_run(Arc::clone(&env), case, server, client))));
@@ -1854,12 +1850,12 @@ async fn response_run(env: Arc<Env>, case: &'static Resp, server: Server, client
     }
     let script = vec![answer, Answer::new(NEXT)];
     let (upstream, host) = match client {
-        Client::Own => {
+        Client::Plain => {
             let upstream = RawUpstream::start(script).await;
             let host = format!("127.0.0.1:{}", upstream.addr.port());
             (upstream, host)
         }
-        Client::Hyper => {
+        Client::Tls => {
             let upstream = RawUpstream::start_tls(&env.ca, script).await;
             let host = format!("localhost:{}", upstream.addr.port());
             (upstream, host)
@@ -1916,8 +1912,8 @@ async fn response_run(env: Arc<Env>, case: &'static Resp, server: Server, client
         APP_NEXT,
     );
     let expected = [
-        upstream_request(client, case.method, "/case", &host, &id),
-        upstream_request(client, "GET", "/next", &host, &next_id),
+        upstream_request(case.method, "/case", &host, &id),
+        upstream_request("GET", "/next", &host, &next_id),
     ];
     upstream_received(&upstream, &mut checks, fresh, &expected);
     let open = same && !app.closed;

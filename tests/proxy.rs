@@ -502,6 +502,38 @@ routes:
 }
 
 #[tokio::test]
+async fn an_http1_only_https_upstream_gets_the_token_over_one_kept_alive_tls_connection() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start_tls_http1(&ca).await;
+    let bearerd = start_bearerd(&format!(
+        "tls: {{ ca_file: {} }}\nauth_configs:\n  - id: secure\n    token_url: {}\n    client_id: c\n    client_secret: s\nroutes:\n  - match: {{ host: localhost }}\n    auth_config: secure\n    upstream_tls: true\n",
+        ca.write_ca(dir.path()).display(),
+        tokens.url()
+    ))
+    .await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    for i in 0..3 {
+        let response = proxy
+            .get(format!("http://localhost:{}/tls/{i}?x=1", echo.addr.port()))
+            .header("x-app", "a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = echoed(response).await;
+        assert_eq!((seen.scheme.as_str(), seen.version.as_str()), ("https", "HTTP/1.1"));
+        assert_eq!(seen.uri, format!("/tls/{i}?x=1"));
+        assert_eq!(seen.all("host"), [format!("localhost:{}", echo.addr.port())]);
+        assert_eq!(seen.all("authorization"), ["Bearer tok-1"]);
+        assert_eq!(seen.all("x-app"), ["a"]);
+    }
+    assert_eq!(echo.connections(), 1, "one TLS connection, kept alive");
+    assert_eq!(tokens.count(), 1);
+}
+
+#[tokio::test]
 async fn an_upstream_certificate_from_an_unknown_ca_is_refused() {
     let ca = TestCa::new();
     let echo = Echo::start_tls(&ca).await;

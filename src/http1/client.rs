@@ -1,4 +1,5 @@
-//! bearerd's own HTTP/1.1 client for plain-HTTP upstreams: the sidecar's hot path.
+//! bearerd's own HTTP/1.1 client, for plain-HTTP upstreams and for HTTPS upstreams that
+//! choose HTTP/1.1 by ALPN: the sidecar's hot paths.
 //!
 //! A request whose body is in memory (none, or a small one bearerd read whole, as nginx's
 //! `proxy_request_buffering` does) is written with its head in one write, on a pooled
@@ -47,16 +48,68 @@ use crate::BoxError;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const TCP_KEEPALIVE: Duration = Duration::from_mins(1);
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An upstream connection's transport: TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    /// Boxed: rustls' connection state is kilobytes, and most pools hold plain ones.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One connection to an upstream, with what was read from it and not yet used.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     input: BytesMut,
     /// The last request written; kept for its capacity.
     output: Vec<u8>,
 }
 
 impl Connection {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: Stream) -> Self {
         Self {
             stream,
             input: BytesMut::with_capacity(READ_SIZE),
@@ -71,17 +124,36 @@ impl Connection {
     /// readable (see [`Connection::poll_fill`]), so this makes no system call. A socket held
     /// readable (the upstream closed it or sent something, or the last read filled all the
     /// room it was given) is read once to tell.
-    fn is_usable(&self) -> bool {
+    ///
+    /// Over TLS, rustls may also hold decrypted bytes the last read had no room for; and the
+    /// socket's bytes cannot be read here without the TLS layer, so a readable socket is
+    /// peeked at instead: any byte there (a `close_notify`, most likely) gives it up.
+    fn is_usable(&mut self) -> bool {
         if !self.input.is_empty() {
             return false;
         }
+        if let Stream::Tls(tls) = &mut self.stream {
+            let mut byte = [0_u8; 1];
+            let held = io::Read::read(&mut tls.get_mut().1.reader(), &mut byte);
+            if !matches!(held, Err(err) if err.kind() == io::ErrorKind::WouldBlock) {
+                return false;
+            }
+        }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
+        match self.stream.tcp().poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) if matches!(self.stream, Stream::Tls(_)) => {
+                let tcp = self.stream.tcp();
+                let mut byte = [MaybeUninit::uninit()];
+                let peeked = tcp.try_io(tokio::io::Interest::READABLE, || {
+                    socket2::SockRef::from(tcp).peek(&mut byte)
+                });
+                matches!(peeked, Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+            }
             Poll::Ready(Ok(())) => {
                 let mut byte = [0_u8; 1];
-                matches!(self.stream.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+                matches!(self.stream.tcp().try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
             }
         }
     }
@@ -582,7 +654,7 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// Idle connections to plain-HTTP upstreams, by authority.
+/// Idle connections to upstreams of one scheme (plain HTTP, or HTTPS), by authority.
 ///
 /// A request looks its authority up once, in the map of hosts (hashed with FNV rather than
 /// std's slower `SipHash`: the authorities are the app's own, the sidecar's one client, not
@@ -593,6 +665,8 @@ pub struct Pool {
     id: u64,
     hosts: Mutex<HashMap<Key, Arc<Host>, FnvBuildHasher>>,
     connect_timeout: Duration,
+    /// For an HTTPS pool: the handshake, offering `h2` and `http/1.1` by ALPN.
+    tls: Option<tokio_rustls::TlsConnector>,
     /// Milliseconds from `started` to the last sweep of every host's list.
     swept: AtomicU64,
     started: Instant,
@@ -649,6 +723,10 @@ fn same_authority(a: &Authority, b: &Authority) -> bool {
 #[derive(Default)]
 struct Host {
     idle: Mutex<Vec<Idle>>,
+    /// When an HTTPS upstream chose HTTP/2 by ALPN, the last time a request found that out
+    /// (milliseconds from the pool's start, 0 for never): its requests go to hyper's HTTP/2
+    /// client, until it has had none for [`POOL_IDLE_TIMEOUT`].
+    http2_seen: AtomicU64,
 }
 
 struct Idle {
@@ -664,7 +742,7 @@ impl Host {
     /// The most recently used idle connection that can take a request.
     fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.lock();
-        while let Some(idle) = idle.pop() {
+        while let Some(mut idle) = idle.pop() {
             if idle.since.elapsed() < POOL_IDLE_TIMEOUT && idle.connection.is_usable() {
                 return Some(idle.connection);
             }
@@ -684,16 +762,64 @@ impl Host {
     }
 }
 
+/// What [`Pool::send`] did.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned, not stored: boxing the response would cost an allocation per request"
+)]
+pub enum Sent {
+    Response(Response<ResponseBody>),
+    /// Nothing: the HTTPS upstream chose HTTP/2 by ALPN, which this client does not speak.
+    Http2,
+}
+
 impl Pool {
+    /// A pool for plain-HTTP upstreams.
     #[must_use]
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
             hosts: Mutex::new(HashMap::default()),
             connect_timeout,
+            tls: None,
             swept: AtomicU64::new(0),
             started: Instant::now(),
         }
+    }
+
+    /// A pool for HTTPS upstreams, verified as `tls` says; it offers `h2` and `http/1.1` by
+    /// ALPN (its own `alpn_protocols` are replaced), and reports [`Sent::Http2`] for an
+    /// upstream that picks `h2`.
+    #[must_use]
+    pub fn with_tls(connect_timeout: Duration, mut tls: rustls::ClientConfig) -> Self {
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self {
+            tls: Some(tokio_rustls::TlsConnector::from(Arc::new(tls))),
+            ..Self::new(connect_timeout)
+        }
+    }
+
+    /// Milliseconds from the pool's start to `now`, at least 1 (0 means never).
+    fn since_start(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.started).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Whether `host` chose HTTP/2 recently; if so, this counts as a use.
+    fn speaks_http2(&self, host: &Host) -> bool {
+        let seen = host.http2_seen.load(Ordering::Relaxed);
+        if seen == 0 {
+            return false;
+        }
+        let now = self.since_start(Instant::now());
+        if now.saturating_sub(seen) >= millis(POOL_IDLE_TIMEOUT) {
+            // Asked again at the next connection: upstreams change.
+            host.http2_seen.store(0, Ordering::Relaxed);
+            return false;
+        }
+        host.http2_seen.store(now, Ordering::Relaxed);
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Host>, FnvBuildHasher>> {
@@ -733,7 +859,7 @@ impl Pool {
             idle.push(Idle { connection, since: now });
             Host::sweep(&mut idle, now);
         }
-        let since_start = u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        let since_start = self.since_start(now);
         let last = self.swept.load(Ordering::Relaxed);
         if since_start.saturating_sub(last) >= SWEEP_EVERY_MS
             && self
@@ -742,27 +868,43 @@ impl Pool {
                 .is_ok()
         {
             // Hosts with no idle connection left go too, unless a request holds them (it
-            // will put its connection back there).
-            self.lock()
-                .retain(|_, host| Host::sweep(&mut host.lock(), now) || Arc::strong_count(host) > 1);
+            // will put its connection back there) or they recently spoke HTTP/2.
+            let http2_kept = since_start.saturating_sub(millis(POOL_IDLE_TIMEOUT));
+            self.lock().retain(|_, host| {
+                Host::sweep(&mut host.lock(), now)
+                    || Arc::strong_count(host) > 1
+                    || host.http2_seen.load(Ordering::Relaxed) > http2_kept
+            });
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Box<Connection>, BoxError> {
+    /// A new connection to `authority`: TCP, then for an HTTPS pool the TLS handshake;
+    /// `None` when the upstream chose HTTP/2 by ALPN.
+    async fn connect(&self, authority: &Authority) -> Result<Option<Box<Connection>>, BoxError> {
         let (host, port) = split_authority(authority);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port.unwrap_or(80))))
+        let port = port.unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
-        stream.set_nodelay(true)?;
-        socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
-        Ok(Box::new(Connection::new(stream)))
+        tcp.set_nodelay(true)?;
+        socket2::SockRef::from(&tcp).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
+        let Some(tls) = &self.tls else {
+            return Ok(Some(Box::new(Connection::new(Stream::Plain(tcp)))));
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())?;
+        let tls = tls.connect(name, tcp).await?;
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(Connection::new(Stream::Tls(Box::new(tls))))))
     }
 
-    /// Sends a request for `uri` (absolute-form `http://`) in origin-form, with its `Host`
-    /// and `body`, on an idle connection or a new one, and reads the response head. The
-    /// response's header map is empty: its header lines are in its body
-    /// ([`ResponseBody::take_header_lines`]).
+    /// Sends a request for `uri` (absolute-form, `http://` or `https://` as the pool is) in
+    /// origin-form, with its `Host` and `body`, on an idle connection or a new one, and reads
+    /// the response head. The response's header map is empty: its header lines are in its
+    /// body ([`ResponseBody::take_header_lines`]). An HTTPS upstream that chose HTTP/2 is
+    /// remembered, and its requests come back [`Sent::Http2`] unsent.
     ///
     /// A reused connection may turn out closed by the upstream while idle: the request is
     /// then sent again on a new connection when the upstream cannot have acted on it (the
@@ -775,25 +917,38 @@ impl Pool {
         lines: Option<&RequestLines>,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<Response<ResponseBody>, BoxError> {
+    ) -> Result<Sent, BoxError> {
         let Some(authority) = uri.authority().cloned() else {
             return Err("the request URI has no authority".into());
         };
-        let host = host_header(&authority);
+        let host = host_header(&authority, self.tls.is_some());
         let target = origin_form(uri);
         let mut reused = true;
         let slot = self.host(&authority);
         let mut idle = slot.checkout();
+        if idle.is_none() && self.speaks_http2(&slot) {
+            return Ok(Sent::Http2);
+        }
         loop {
             let mut connection = if let Some(connection) = idle.take() {
                 connection
             } else {
                 reused = false;
-                Box::pin(self.connect(&authority)).await?
+                let Some(connection) = Box::pin(self.connect(&authority)).await? else {
+                    slot.http2_seen
+                        .store(self.since_start(Instant::now()), Ordering::Relaxed);
+                    return Ok(Sent::Http2);
+                };
+                connection
             };
             encode(&mut connection.output, method, &target, &host, lines, headers, body);
             let Connection { stream, output, .. } = &mut *connection;
-            let result = match stream.write_all(output).await {
+            // Over TLS a write may leave records in rustls until flushed.
+            let written = match stream.write_all(output).await {
+                Ok(()) => stream.flush().await,
+                Err(err) => Err(err),
+            };
+            let result = match written {
                 Ok(()) => read_head(&mut connection, method).await,
                 Err(err) => Err(Failed::Write(err)),
             };
@@ -807,7 +962,7 @@ impl Pool {
                     let mut response = Response::new(ResponseBody::new(connection, head, home));
                     *response.status_mut() = status;
                     *response.version_mut() = version;
-                    return Ok(response);
+                    return Ok(Sent::Response(response));
                 }
                 Err(Failed::Write(_)) if reused => idle = slot.checkout(),
                 Err(Failed::NothingReceived(_)) if reused && method.is_idempotent() => idle = slot.checkout(),
@@ -817,19 +972,21 @@ impl Pool {
     }
 }
 
-/// The `Host` header for `authority`: without user info, and without the port when it is 80.
-/// Borrowed from the authority, whose text `http` has already checked (no control characters
+/// The `Host` header for `authority`: without user info, and without the port when it is the
+/// scheme's default (443 over TLS, else 80). Borrowed from the authority, whose text `http` has already checked (no control characters
 /// or spaces), except when user info has to be cut out of `host:port`.
-fn host_header(authority: &Authority) -> Cow<'_, str> {
+fn host_header(authority: &Authority, tls: bool) -> Cow<'_, str> {
     let text = authority.as_str();
-    // Most authorities are already it: no user info, and no port that could be 80 (`:80`,
-    // `:080`, ...).
-    if !text.as_bytes().contains(&b'@') && !text.ends_with("80") {
+    let default = if tls { 443 } else { 80 };
+    // Most authorities are already it: no user info, and no port that could be the default
+    // (`:80`, `:080`, ...).
+    if !text.as_bytes().contains(&b'@') && !text.ends_with(if tls { "443" } else { "80" }) {
         return text.into();
     }
     let (host, port) = split_authority(authority);
     match port {
-        None | Some(80) => host.into(),
+        None => host.into(),
+        Some(port) if port == default => host.into(),
         // `host:port` as written, unless it carries user info.
         Some(_) if !authority.as_str().contains('@') => authority.as_str().into(),
         Some(port) => format!("{host}:{port}").into(),
@@ -942,9 +1099,19 @@ mod tests {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response<ResponseBody>, BoxError> {
-        tokio::time::timeout(LIMIT, pool.send(&method, uri, None, headers, body))
+        let sent = tokio::time::timeout(LIMIT, pool.send(&method, uri, None, headers, body))
             .await
-            .expect("an answer in time")
+            .expect("an answer in time")?;
+        Ok(sent.into_response())
+    }
+
+    impl Sent {
+        fn into_response(self) -> Response<ResponseBody> {
+            match self {
+                Self::Response(response) => response,
+                Self::Http2 => panic!("the upstream chose HTTP/2"),
+            }
+        }
     }
 
     /// The body's bytes and trailers, read to the end.
@@ -1010,7 +1177,8 @@ mod tests {
         let response = tokio::time::timeout(LIMIT, pool().send(&Method::POST, &uri, Some(&lines), &headers, b"ab"))
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .into_response();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             upstream.requests(),
@@ -1368,11 +1536,11 @@ mod tests {
         // The last read was shorter than the room given, so the runtime no longer holds the
         // socket readable: the check before the next request needs no system call.
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(connection.stream.poll_read_ready(&mut cx).is_pending());
+        assert!(connection.stream.tcp().poll_read_ready(&mut cx).is_pending());
     }
 
     async fn idle_connection(listener: &TcpListener, authority: &Authority) -> (Box<Connection>, TcpStream) {
-        let connection = pool().connect(authority).await.unwrap();
+        let connection = pool().connect(authority).await.unwrap().expect("plain HTTP/1.1");
         let (server_side, _) = listener.accept().await.unwrap();
         (connection, server_side)
     }
@@ -1389,7 +1557,7 @@ mod tests {
     async fn an_idle_connection_is_usable_until_the_upstream_closes_it_or_speaks() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        let (connection, server_side) = idle_connection(&listener, &authority).await;
+        let (mut connection, server_side) = idle_connection(&listener, &authority).await;
         assert!(connection.is_usable());
         drop(server_side);
         let mut closed = false;
@@ -1403,7 +1571,7 @@ mod tests {
         }
         assert!(closed, "the close was noticed");
 
-        let (connection, mut server_side) = idle_connection(&listener, &authority).await;
+        let (mut connection, mut server_side) = idle_connection(&listener, &authority).await;
         server_side
             .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
             .await
@@ -1521,7 +1689,17 @@ mod tests {
             ("api.test:9080", "api.test:9080"),
             ("[::80]", "[::80]"),
         ] {
-            assert_eq!(host_header(&authority.parse().unwrap()), host, "{authority}");
+            assert_eq!(host_header(&authority.parse().unwrap(), false), host, "{authority}");
+        }
+        // Over TLS the default port is 443, and 80 is kept.
+        for (authority, host) in [
+            ("api.test:443", "api.test"),
+            ("api.test:80", "api.test:80"),
+            ("u@api.test:443", "api.test"),
+            ("[::1]:0443", "[::1]"),
+            ("api.test:8443", "api.test:8443"),
+        ] {
+            assert_eq!(host_header(&authority.parse().unwrap(), true), host, "{authority}");
         }
     }
 
@@ -1567,5 +1745,195 @@ mod tests {
         assert!(first.host(&a).checkout().is_some(), "a's connection, under a");
         assert!(first.host(&b).checkout().is_some(), "b's connection, under b");
         assert!(first.host(&a).checkout().is_none());
+    }
+
+    /// An HTTPS upstream for `localhost` choosing among `alpn`: answers each request head
+    /// with `ok`; if `close_after_one`, closes the connection after the first answer (with
+    /// `close_notify`) when told to by `close`, and says when it has on `closed`. Its client
+    /// configuration trusts only its certificate.
+    struct TlsScript {
+        addr: SocketAddr,
+        heads: Arc<Mutex<Vec<String>>>,
+        connections: Arc<AtomicUsize>,
+        close: Arc<tokio::sync::Notify>,
+        closed: Arc<tokio::sync::Notify>,
+        client: rustls::ClientConfig,
+    }
+
+    impl TlsScript {
+        async fn start(alpn: &[&[u8]], close_after_one: bool) -> Self {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+            let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], der.into())
+                .unwrap();
+            server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert.der().clone()).unwrap();
+            let client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let heads = Arc::new(Mutex::new(Vec::new()));
+            let connections = Arc::new(AtomicUsize::new(0));
+            let (close, closed) = (
+                Arc::new(tokio::sync::Notify::new()),
+                Arc::new(tokio::sync::Notify::new()),
+            );
+            let (seen, count) = (Arc::clone(&heads), Arc::clone(&connections));
+            let (told, done) = (Arc::clone(&close), Arc::clone(&closed));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let (seen, acceptor) = (Arc::clone(&seen), acceptor.clone());
+                    let (told, done) = (Arc::clone(&told), Arc::clone(&done));
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let mut buf = Vec::new();
+                        loop {
+                            let mut chunk = [0_u8; 1024];
+                            match tokio::time::timeout(LIMIT, tls.read(&mut chunk)).await {
+                                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                                seen.lock().unwrap().push(String::from_utf8(head).unwrap());
+                                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                    .await
+                                    .unwrap();
+                                if close_after_one {
+                                    told.notified().await;
+                                    let _ = tls.shutdown().await;
+                                    done.notify_one();
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                addr,
+                heads,
+                connections,
+                close,
+                closed,
+                client,
+            }
+        }
+
+        fn pool(&self) -> Arc<Pool> {
+            Arc::new(Pool::with_tls(Duration::from_secs(5), self.client.clone()))
+        }
+
+        fn uri(&self, path: &str) -> http::Uri {
+            format!("https://localhost:{}{path}", self.addr.port()).parse().unwrap()
+        }
+
+        fn authority(&self) -> Authority {
+            format!("localhost:{}", self.addr.port()).parse().unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn https_requests_share_one_verified_tls_connection() {
+        let upstream = TlsScript::start(&[b"http/1.1"], false).await;
+        let pool = upstream.pool();
+        for path in ["/a", "/b?x=1", "/c"] {
+            let response = send(&pool, Method::GET, &upstream.uri(path), &HeaderMap::new(), b"")
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(read_body(response.into_body()).await.unwrap().0, "ok");
+            // Back in the pool, and the runtime no longer holds its socket readable: the
+            // check before the next request needs no system call, over TLS as in clear.
+            let host = pool.host(&upstream.authority());
+            let idle = host.lock();
+            let mut cx = Context::from_waker(Waker::noop());
+            let connection = &idle.last().expect("back in the pool").connection;
+            assert!(connection.stream.tcp().poll_read_ready(&mut cx).is_pending());
+        }
+        let host = format!("localhost:{}", upstream.addr.port());
+        assert_eq!(
+            *upstream.heads.lock().unwrap(),
+            ["/a", "/b?x=1", "/c"].map(|path| format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n"))
+        );
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_https_upstream_whose_certificate_does_not_verify_is_an_error() {
+        let upstream = TlsScript::start(&[b"http/1.1"], false).await;
+        let stranger = TlsScript::start(&[b"http/1.1"], false).await;
+        let Err(err) = send(
+            &stranger.pool(),
+            Method::GET,
+            &upstream.uri("/"),
+            &HeaderMap::new(),
+            b"",
+        )
+        .await
+        else {
+            panic!("a certificate from another issuer was accepted");
+        };
+        assert!(err.to_string().contains("invalid peer certificate"), "{err}");
+        assert!(upstream.heads.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_chooses_h2_is_handed_back_unsent_and_remembered() {
+        let upstream = TlsScript::start(&[b"h2"], false).await;
+        let pool = upstream.pool();
+        for _ in 0..3 {
+            let sent = pool
+                .send(&Method::GET, &upstream.uri("/"), None, &HeaderMap::new(), b"")
+                .await
+                .unwrap();
+            assert!(matches!(sent, Sent::Http2));
+        }
+        // One handshake found it out; the next requests did not connect again.
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+        assert!(upstream.heads.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_idle_tls_connection_the_upstream_closed_is_not_taken() {
+        let upstream = TlsScript::start(&[b"http/1.1"], true).await;
+        let pool = upstream.pool();
+        let response = send(&pool, Method::GET, &upstream.uri("/"), &HeaderMap::new(), b"")
+            .await
+            .unwrap();
+        assert_eq!(read_body(response.into_body()).await.unwrap().0, "ok");
+        // Closed only once the connection is back in the pool, idle.
+        let closed = upstream.closed.notified();
+        upstream.close.notify_one();
+        tokio::time::timeout(LIMIT, closed).await.expect("the upstream closes");
+        let host = pool.host(&upstream.authority());
+        // The close_notify arrives while the connection is idle: unusable as soon as seen.
+        let deadline = Instant::now() + LIMIT;
+        while host.lock().last_mut().expect("back in the pool").connection.is_usable() {
+            assert!(Instant::now() < deadline, "a closed TLS connection still looks usable");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let response = send(&pool, Method::POST, &upstream.uri("/again"), &HeaderMap::new(), b"")
+            .await
+            .unwrap();
+        assert_eq!(read_body(response.into_body()).await.unwrap().0, "ok");
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
     }
 }

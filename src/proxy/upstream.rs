@@ -1,10 +1,10 @@
 //! The upstream client: pooled keep-alive connections over plain HTTP/1.1, or HTTPS (rustls)
 //! with HTTP/2 when the server offers it by ALPN and HTTP/1.1 otherwise.
 //!
-//! A request to a plain-HTTP upstream (the sidecar's common case, and its hot path) whose
-//! body is in memory goes through bearerd's own HTTP/1.1 client ([`crate::http1::client`]). HTTPS, and
-//! requests with a streaming body, go through hyper-util's pooled client, which also handles
-//! ALPN and HTTP/2.
+//! A request whose body is in memory goes through bearerd's own HTTP/1.1 client
+//! ([`crate::http1::client`]), to a plain-HTTP upstream or over TLS to an HTTPS one that
+//! chooses HTTP/1.1 by ALPN. HTTPS upstreams that choose HTTP/2, and requests with a streaming
+//! body, go through hyper-util's pooled client.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     /// Plain-HTTP upstreams.
     plain: Arc<h1::Pool>,
+    /// HTTPS upstreams that speak HTTP/1.1.
+    tls: Arc<h1::Pool>,
     /// One permit per request in flight, held until its response body ends: a burst of
     /// requests waits here instead of opening a connection each at the same moment.
     permits: Arc<Semaphore>,
@@ -109,6 +111,7 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(TCP_KEEPALIVE));
+        let tls_pool = h1::Pool::with_tls(connect_timeout, tls.clone());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -123,6 +126,7 @@ impl Upstream {
         Self {
             client,
             plain: Arc::new(h1::Pool::new(connect_timeout)),
+            tls: Arc::new(tls_pool),
             permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
         }
     }
@@ -156,13 +160,22 @@ impl Upstream {
                 };
                 permit
             };
-            let response = match body {
-                Outgoing::Full(body) if request.uri.scheme() == Some(&Scheme::HTTP) => self
-                    .plain
-                    .send(&request.method, &request.uri, lines, &request.headers, &body)
-                    .await?
-                    .map(Received::H1),
-                body => Box::pin(self.via_hyper(request, lines, body)).await?,
+            let pool = match request.uri.scheme() {
+                Some(scheme) if *scheme == Scheme::HTTP => Some(&self.plain),
+                Some(scheme) if *scheme == Scheme::HTTPS => Some(&self.tls),
+                _ => None,
+            };
+            let response = match (body, pool) {
+                (Outgoing::Full(body), Some(pool)) => {
+                    match pool
+                        .send(&request.method, &request.uri, lines, &request.headers, &body)
+                        .await?
+                    {
+                        h1::Sent::Response(response) => response.map(Received::H1),
+                        h1::Sent::Http2 => Box::pin(self.via_hyper(request, lines, Outgoing::Full(body))).await?,
+                    }
+                }
+                (body, _) => Box::pin(self.via_hyper(request, lines, body)).await?,
             };
             Ok::<_, BoxError>(response.map(|body| Permitted { body, _permit: permit }))
         });

@@ -215,6 +215,13 @@ impl Echo {
         Self::start_with(Some(ca.server_config())).await
     }
 
+    /// Over TLS, offering only `http/1.1` by ALPN (as nginx does without `http2 on`).
+    pub async fn start_tls_http1(ca: &TestCa) -> Self {
+        let mut config = (*ca.server_config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::start_with(Some(Arc::new(config))).await
+    }
+
     /// On another loopback address (`127.0.0.2`, say), to tell two upstreams apart by host.
     pub async fn start_on(ip: &str) -> Self {
         Self::serve(ip, None).await
