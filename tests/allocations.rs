@@ -80,16 +80,16 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], buffer: &mut Vec<u8>) 
     reply
 }
 
-#[tokio::test]
-async fn a_request_on_the_hit_path_allocates_once() {
-    const WARM_UP: usize = 20;
-    const REQUESTS: usize = 200;
-    let tokens = TokenServer::start().await;
-    let echo = Echo::start().await;
-    let mut bearerd = Bearerd::start(support::billing(&tokens, ""));
+const WARM_UP: usize = 20;
+const REQUESTS: usize = 200;
+
+/// Sends `WARM_UP` requests for `http://{authority}/hit` through bearerd started with `yaml`,
+/// then `REQUESTS` counted ones, all on one app connection: the allocations counted, with
+/// what the last request carried upstream.
+async fn allocations_per_run(yaml: String, authority: &str) -> (usize, support::Echoed) {
+    let mut bearerd = Bearerd::start(yaml);
     let request = format!(
-        "GET http://{0}/hit?x=1 HTTP/1.1\r\nHost: {0}\r\nX-Auth-Config: billing\r\nAccept: */*\r\n\r\n",
-        echo.addr
+        "GET http://{authority}/hit?x=1 HTTP/1.1\r\nHost: {authority}\r\nX-Auth-Config: billing\r\nAccept: */*\r\n\r\n"
     );
     let mut app = TcpStream::connect(bearerd.addr).await.unwrap();
     let mut buffer = Vec::with_capacity(16 * 1024);
@@ -107,8 +107,15 @@ async fn a_request_on_the_hit_path_allocates_once() {
         last = Some(reply);
     }
     let allocations = bearerd.stop();
+    (allocations, last.expect("a response").echoed())
+}
+
+#[tokio::test]
+async fn a_request_on_the_hit_path_allocates_once() {
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let (allocations, echoed) = allocations_per_run(support::billing(&tokens, ""), &echo.addr.to_string()).await;
     // What went upstream: the cached token, on the one pooled connection.
-    let echoed = last.expect("a response").echoed();
     assert_eq!(echoed.header("authorization"), Some("Bearer tok-1"));
     assert_eq!(tokens.count(), 1);
     assert_eq!(echo.connections(), 1);
@@ -119,6 +126,33 @@ async fn a_request_on_the_hit_path_allocates_once() {
     // and the pooled connection are reused.
     assert_eq!(
         allocations, REQUESTS,
+        "allocations on bearerd's thread for {REQUESTS} requests"
+    );
+}
+
+#[tokio::test]
+async fn a_request_to_an_https_upstream_on_the_hit_path_allocates_three_times() {
+    let tokens = TokenServer::start().await;
+    let ca = support::TestCa::new();
+    let echo = Echo::start_tls_http1(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "tls: {{ ca_file: {} }}\n{}routes:\n  - match: {{ host: localhost }}\n    auth_config: billing\n    upstream_tls: true\n",
+        ca.write_ca(dir.path()).display(),
+        support::billing(&tokens, "").replace("[127.0.0.1]", "[localhost]"),
+    );
+    let (allocations, echoed) = allocations_per_run(yaml, &format!("localhost:{}", echo.addr.port())).await;
+    assert_eq!((echoed.scheme.as_str(), echoed.version.as_str()), ("https", "HTTP/1.1"));
+    assert_eq!(echoed.header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(tokens.count(), 1);
+    assert_eq!(echo.connections(), 1, "one TLS connection, pooled");
+    assert_eq!(echo.requests(), WARM_UP + REQUESTS);
+    // The request's state, as in clear, and two that rustls' buffered connection makes for
+    // each TLS record: the encrypted request it queues to send, and the decrypted response
+    // it holds until read (a small request and response are one record each way).
+    assert_eq!(
+        allocations,
+        3 * REQUESTS,
         "allocations on bearerd's thread for {REQUESTS} requests"
     );
 }
