@@ -42,8 +42,8 @@ pub struct FileRow {
     /// `assertion file` or `subject token file`.
     pub what: &'static str,
     pub path: String,
-    /// What it holds (`JWT, expires ...`), or why no token request could use it. Never
-    /// the content.
+    /// What it holds (`readable JWT, expires at ...`), or why no token request could use
+    /// it. Never the content.
     pub found: Result<String, String>,
 }
 
@@ -70,7 +70,8 @@ impl Row {
     }
 }
 
-/// Checks every auth config of `config`: offline, only what loading already validated.
+/// Checks every auth config of `config`: offline, what loading validated and what its token
+/// files hold now.
 pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartError> {
     let client = if offline {
         None
@@ -131,7 +132,7 @@ fn inspect_files(auth_config: &AuthConfig) -> Vec<FileRow> {
                 }
                 Ok(TokenFileState::Jwt { expires: None }) => Ok("readable JWT, no exp".to_owned()),
                 Ok(TokenFileState::Opaque) => Ok("readable (not a JWT type: sent as it is)".to_owned()),
-                // The row's error names the file; here the line already does.
+                // The line names the file already: the problem alone follows it.
                 Err(TokenError::Assertion { problem, .. }) => Err(problem),
                 Err(err) => Err(err.to_string()),
             },
