@@ -6,14 +6,22 @@
 //! refresh by `check` would spend the refresh token the running bearerd holds. Its row says
 //! whether `state.file` holds a refresh token, or that a consent is required (which is not
 //! a failure: it is the state of a config nobody has consented for yet).
+//!
+//! A config that sends a workload's token (`assertion_file`, `subject_token_file`) lists
+//! each file under the table with what reading it found: readable, a JWT, when it expires.
+//! Offline, a file no token request could use fails the check: in the pod, that is the
+//! difference between a config that works and one that does not.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{AuthConfig, Config, Grant, TokenEndpoint, endpoint_name};
+use crate::config::{AuthConfig, Config, Grant, TokenEndpoint, endpoint_name, format_timestamp};
 use crate::state::{StateStore, record_key};
-use crate::token::{TokenClient, TokenResponse, holds_refresh_token, remedy};
+use crate::token::{
+    TokenClient, TokenError, TokenFileState, TokenResponse, holds_refresh_token, inspect_token_file, remedy,
+    token_files,
+};
 use crate::{StartError, tls};
 
 /// One config's result.
@@ -24,6 +32,19 @@ pub struct Row {
     /// The token endpoint used (after discovery), or as configured when offline or failed.
     pub endpoint: String,
     pub result: Outcome,
+    /// The files the config sends a workload's token from.
+    pub files: Vec<FileRow>,
+}
+
+/// A file an assertion or subject token comes from, and what reading it found.
+#[derive(Debug)]
+pub struct FileRow {
+    /// `assertion file` or `subject token file`.
+    pub what: &'static str,
+    pub path: String,
+    /// What it holds (`readable JWT, expires at ...`), or why no token request could use
+    /// it. Never the content.
+    pub found: Result<String, String>,
 }
 
 #[derive(Debug)]
@@ -49,7 +70,8 @@ impl Row {
     }
 }
 
-/// Checks every auth config of `config`: offline, only what loading already validated.
+/// Checks every auth config of `config`: offline, what loading validated and what its token
+/// files hold now.
 pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartError> {
     let client = if offline {
         None
@@ -59,8 +81,15 @@ pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartErro
     let mut rows = Vec::with_capacity(config.auth_configs.len());
     for auth_config in &config.auth_configs {
         let configured = auth_config.endpoint.to_string();
+        let files = inspect_files(auth_config);
         let (endpoint, result) = match &client {
-            None => (configured, Outcome::Valid),
+            None => match files.iter().find_map(|file| Some((file, file.found.as_ref().err()?))) {
+                None => (configured, Outcome::Valid),
+                Some((file, problem)) => {
+                    let named = format!("{} {} {problem}", file.what, file.path);
+                    (configured, Outcome::Failed(named))
+                }
+            },
             Some(client) => {
                 let result = if auth_config.grant.is_user_grant() {
                     user_grant(client, config, auth_config).await
@@ -84,9 +113,31 @@ pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartErro
             grant: auth_config.grant.as_str(),
             endpoint,
             result,
+            files,
         });
     }
     Ok(rows)
+}
+
+/// Each token file of `auth_config`, read as the next token request would read it.
+fn inspect_files(auth_config: &AuthConfig) -> Vec<FileRow> {
+    token_files(auth_config)
+        .into_iter()
+        .map(|file| FileRow {
+            what: file.what,
+            path: file.path.display().to_string(),
+            found: match inspect_token_file(file) {
+                Ok(TokenFileState::Jwt { expires: Some(exp) }) => {
+                    Ok(format!("readable JWT, expires at {}", format_timestamp(exp)))
+                }
+                Ok(TokenFileState::Jwt { expires: None }) => Ok("readable JWT, no exp".to_owned()),
+                Ok(TokenFileState::Opaque) => Ok("readable (not a JWT type: sent as it is)".to_owned()),
+                // The line names the file already: the problem alone follows it.
+                Err(TokenError::Assertion { problem, .. }) => Err(problem),
+                Err(err) => Err(err.to_string()),
+            },
+        })
+        .collect()
 }
 
 /// A user grant, without spending anything: its consent's start (`authorization_code`: the
@@ -145,6 +196,28 @@ pub fn table(rows: &[Row]) -> String {
         })
         .collect();
     let header = ["ID", "GRANT", "ENDPOINT", "RESULT", "EXPIRES_IN", "SCOPES / ERROR"];
+    let mut out = aligned(header, cells);
+    let files: Vec<[String; 4]> = rows
+        .iter()
+        .flat_map(|row| {
+            row.files.iter().map(|file| {
+                let found = match &file.found {
+                    Ok(found) => found.clone(),
+                    Err(problem) => format!("FAILED: {problem}"),
+                };
+                [row.id.clone(), file.what.to_owned(), file.path.clone(), found]
+            })
+        })
+        .collect();
+    if !files.is_empty() {
+        out.push('\n');
+        out.push_str(&aligned(["ID", "TOKEN FROM", "FILE", "FOUND"], files));
+    }
+    out
+}
+
+/// `cells` under `header`, each column as wide as its widest cell.
+fn aligned<const N: usize>(header: [&str; N], cells: Vec<[String; N]>) -> String {
     let mut widths = header.map(str::len);
     for row in &cells {
         for (width, cell) in widths.iter_mut().zip(row) {

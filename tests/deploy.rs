@@ -414,6 +414,9 @@ fn every_example_config_passes_bearerd_check_offline() {
     std::fs::write(&state_key, format!("{}\n", "5a".repeat(32))).unwrap();
     let refresh_token = dir.path().join("refresh-token");
     std::fs::write(&refresh_token, "dummy-refresh-token\n").unwrap();
+    // A workload's JWT as a kubelet or the SPIFFE helper writes it, an hour from expiry.
+    let workload_token = dir.path().join("workload-token");
+    std::fs::write(&workload_token, format!("{}\n", workload_jwt(3600))).unwrap();
     // Dummy values for what the examples read from the environment.
     let env = [
         ("PAYMENTS_KEY_FILE", key.to_str().unwrap()),
@@ -423,6 +426,8 @@ fn every_example_config_passes_bearerd_check_offline() {
         ("ENTRA_TENANT_ID", "0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1"),
         ("STATE_KEY_FILE", state_key.to_str().unwrap()),
         ("CRM_REFRESH_TOKEN_FILE", refresh_token.to_str().unwrap()),
+        ("KEYCLOAK_TOKEN_FILE", workload_token.to_str().unwrap()),
+        ("SPIFFE_JWT_SVID_FILE", workload_token.to_str().unwrap()),
     ];
     let mut checked = Vec::new();
     for entry in std::fs::read_dir(root().join("config/examples")).unwrap() {
@@ -439,10 +444,63 @@ fn every_example_config_passes_bearerd_check_offline() {
             "auth0",
             "google",
             "keycloak",
+            "keycloak-federated",
             "microsoft",
             "okta",
             "private-key-jwt",
+            "spiffe-jwt-bearer",
             "user-grants"
         ]
     );
+}
+
+/// A JWT whose `exp` is `seconds` from now (a past one when negative); its signature is
+/// the provider's business, and `check` never verifies one.
+fn workload_jwt(seconds: i64) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now.saturating_add_signed(seconds);
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64.encode(r#"{"alg":"RS256","kid":"cluster"}"#),
+        b64.encode(format!(
+            r#"{{"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:reports:bearerd","exp":{exp}}}"#
+        ))
+    )
+}
+
+#[test]
+fn the_workload_identity_examples_pass_check_offline_only_while_their_token_file_is_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    for (example, variable) in [
+        ("keycloak-federated", "KEYCLOAK_TOKEN_FILE"),
+        ("spiffe-jwt-bearer", "SPIFFE_JWT_SVID_FILE"),
+    ] {
+        let path = root().join(format!("config/examples/{example}.yaml"));
+        let env = [(variable, token.to_str().unwrap())];
+        std::fs::write(&token, workload_jwt(3600)).unwrap();
+        let (code, stdout, stderr) = check_offline(&path, &env);
+        assert_eq!(code, Some(0), "{example}: {stdout}{stderr}");
+        let listed = format!("assertion file  {}  readable JWT, expires at ", token.display());
+        assert!(stdout.contains(&listed), "{example}: {stdout}");
+
+        // The writer stopped renewing it, or the volume is not mounted: the check says so.
+        std::fs::write(&token, workload_jwt(-60)).unwrap();
+        let (code, stdout, _) = check_offline(&path, &env);
+        assert_eq!(code, Some(1), "{example}: {stdout}");
+        assert!(
+            stdout.contains("FAILED: holds an assertion that expired at "),
+            "{example}: {stdout}"
+        );
+        std::fs::remove_file(&token).unwrap();
+        let (code, stdout, _) = check_offline(&path, &env);
+        assert_eq!(code, Some(1), "{example}: {stdout}");
+        let failed = format!("assertion file {} cannot be read: ", token.display());
+        assert!(stdout.contains(&failed), "{example}: {stdout}");
+    }
 }

@@ -641,9 +641,44 @@ fn workload_jwt(exp: u64, signature: &str) -> String {
     )
 }
 
+/// A provider that refuses `refused-client` quoting the assertion it got, as a careless one
+/// might, and answers the others with `tok-<n>`.
+fn quoting_refusals(n: usize, request: &Recorded) -> Reply {
+    if form_value(&request.body, "client_id").as_deref() != Some("refused-client") {
+        return ok_token(&format!("tok-{n}"), 3600);
+    }
+    let description = format!(
+        "assertion {} is not trusted",
+        form_value(&request.body, "client_assertion").unwrap_or_default()
+    );
+    (
+        401,
+        "application/json",
+        serde_json::json!({ "error": "invalid_client", "error_description": description }).to_string(),
+    )
+}
+
+/// What `bearerd check`, offline and then online, prints for the config at `path` (stdout
+/// and stderr, logging at `trace`).
+fn checked_at_trace(path: &std::path::Path) -> String {
+    let mut printed = String::new();
+    for args in [&["check", "--offline"][..], &["check"][..]] {
+        let output = std::process::Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(path)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        printed.push_str(&String::from_utf8_lossy(&output.stdout));
+        printed.push_str(&String::from_utf8_lossy(&output.stderr));
+    }
+    printed
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn workload_assertions_and_subject_tokens_never_show_in_trace_logs_admin_output_or_errors() {
-    let tokens = TokenServer::start().await;
+    let tokens = TokenServer::with(Duration::ZERO, quoting_refusals).await;
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let in_an_hour = std::time::SystemTime::now()
@@ -657,14 +692,20 @@ async fn workload_assertions_and_subject_tokens_never_show_in_trace_logs_admin_o
         std::fs::write(dir.path().join(name), format!("{jwt}\n")).unwrap();
     }
     let config = format!(
-        "auth_configs:\n  - id: fed\n    token_url: {0}\n    client_id: fed-client\n    client_auth: federated_jwt\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: bearer\n    grant: jwt_bearer\n    token_url: {0}\n    client_id: bearer-client\n    client_auth: none\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: stale\n    token_url: {0}\n    client_id: stale-client\n    client_auth: federated_jwt\n    assertion_file: {1}/expired\n    allowed_hosts: [127.0.0.1]\n  - id: exchange\n    grant: token_exchange\n    token_url: {0}\n    client_id: exchange-client\n    client_auth: none\n    subject_token_file: {1}/live\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    allowed_hosts: [127.0.0.1]\n",
+        "auth_configs:\n  - id: fed\n    token_url: {0}\n    client_id: fed-client\n    client_auth: federated_jwt\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: bearer\n    grant: jwt_bearer\n    token_url: {0}\n    client_id: bearer-client\n    client_auth: none\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n  - id: stale\n    token_url: {0}\n    client_id: stale-client\n    client_auth: federated_jwt\n    assertion_file: {1}/expired\n    allowed_hosts: [127.0.0.1]\n  - id: exchange\n    grant: token_exchange\n    token_url: {0}\n    client_id: exchange-client\n    client_auth: none\n    subject_token_file: {1}/live\n    subject_token_type: urn:ietf:params:oauth:token-type:jwt\n    allowed_hosts: [127.0.0.1]\n  - id: refused\n    token_url: {0}\n    client_id: refused-client\n    client_auth: federated_jwt\n    assertion_file: {1}/live\n    allowed_hosts: [127.0.0.1]\n",
         tokens.url(),
         dir.path().display()
     );
     let bearerd = Bearerd::start(&config, "trace", &[]);
     let mut bodies = String::new();
     // The token endpoint names no issued_token_type: the exchange fails after sending.
-    for (id, status) in [("fed", "200"), ("bearer", "200"), ("stale", "502"), ("exchange", "502")] {
+    for (id, status) in [
+        ("fed", "200"),
+        ("bearer", "200"),
+        ("stale", "502"),
+        ("exchange", "502"),
+        ("refused", "502"),
+    ] {
         let output = curl(&bearerd)
             .args(["-s", "-w", "%{http_code}", "-H", &format!("X-Auth-Config: {id}")])
             .arg(format!("http://{}/x", echo.addr))
@@ -680,7 +721,11 @@ async fn workload_assertions_and_subject_tokens_never_show_in_trace_logs_admin_o
         "{bodies}"
     );
     assert!(bodies.contains("no issued_token_type"), "{bodies}");
-    assert_eq!(tokens.count(), 3);
+    assert!(
+        bodies.contains("invalid_client: assertion [redacted] is not trusted"),
+        "{bodies}"
+    );
+    assert_eq!(tokens.count(), 4);
     for request in tokens.requests() {
         assert!(
             request.body.contains(&live),
@@ -691,13 +736,31 @@ async fn workload_assertions_and_subject_tokens_never_show_in_trace_logs_admin_o
     let (status, configs) = bearerd.admin_get("/configs").await;
     assert_eq!(status, 200);
     let logs = bearerd
-        .logs_when("the four request lines", |logs| {
-            logs.matches(r#""message":"request""#).count() == 4
+        .logs_when("the five request lines", |logs| {
+            logs.matches(r#""message":"request""#).count() == 5
         })
         .await;
+    // `check` lists the files, and offline reads them: never their content.
+    let checked = checked_at_trace(&bearerd.config_path());
+    assert_eq!(
+        checked
+            .matches(&format!("assertion file      {}/live", dir.path().display()))
+            .count(),
+        6,
+        "fed, bearer and refused, offline and online: {checked}"
+    );
+    assert!(
+        checked.contains("invalid_client: assertion [redacted] is not trusted"),
+        "{checked}"
+    );
     for jwt in [&live, &expired] {
         for part in jwt.split('.').skip(1) {
-            for (what, text) in [("trace logs", &logs), ("/configs", &configs), ("responses", &bodies)] {
+            for (what, text) in [
+                ("trace logs", &logs),
+                ("/configs", &configs),
+                ("responses", &bodies),
+                ("check's output", &checked),
+            ] {
                 assert!(!text.contains(part), "`{part}` appears in the {what}");
             }
         }

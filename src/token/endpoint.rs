@@ -483,9 +483,13 @@ impl TokenClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no content type")
             .to_owned();
-        let body = read_body(response)
+        let mut body = read_body(response)
             .await
             .map_err(|err| err.map_or(TokenError::TooLarge, transport))?;
+        if !(200..300).contains(&status) {
+            // Only a refusal is quoted in errors; a success's tokens are kept as they came.
+            body = without_sent_tokens(&body, grant_token.iter().chain(&assertion));
+        }
         let response = parse_response(status, &content_type, &body, config.credential.secret())?;
         if let (GrantRequest::TokenExchange, Some(exchange)) = (grant, &config.token_exchange) {
             check_issued_token_type(
@@ -642,6 +646,75 @@ fn read_token_file(what: &'static str, path: &std::path::Path, jwt: bool) -> Res
         )));
     }
     Ok(Assertion::new(trimmed))
+}
+
+/// A file a config sends a workload's token from at every token request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenFile<'a> {
+    /// `assertion file` or `subject token file`, as errors name it.
+    pub what: &'static str,
+    pub path: &'a std::path::Path,
+    /// Whether it must hold a JWT (assertions, JWT subject tokens).
+    pub jwt: bool,
+}
+
+/// What a [`TokenFile`] holds now, as far as bearerd may say: never its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFileState {
+    /// A JWT, with its `exp` when it has one (not passed: that is an error).
+    Jwt { expires: Option<SystemTime> },
+    /// A token sent as it is (a subject token whose type is not a JWT).
+    Opaque,
+}
+
+/// The files `config` reads its assertion or subject token from.
+#[must_use]
+pub fn token_files(config: &AuthConfig) -> Vec<TokenFile<'_>> {
+    let assertion = config.assertion_file.as_deref().map(|path| TokenFile {
+        what: "assertion file",
+        path,
+        jwt: true,
+    });
+    let subject = config.token_exchange.as_ref().map(|exchange| TokenFile {
+        what: "subject token file",
+        path: &exchange.subject_token_file,
+        jwt: exchange.subject_is_jwt(),
+    });
+    assertion.into_iter().chain(subject).collect()
+}
+
+/// Reads `file` as a token request would, to say whether one could use it now: the same
+/// error a token request would meet, naming the file and never its content.
+pub fn inspect_token_file(file: TokenFile<'_>) -> Result<TokenFileState, TokenError> {
+    let token = read_token_file(file.what, file.path, file.jwt)?;
+    if !file.jwt {
+        return Ok(TokenFileState::Opaque);
+    }
+    let expires = jwt::assertion_expiry(token.expose()).map_err(|err| TokenError::Assertion {
+        what: file.what,
+        file: file.path.display().to_string(),
+        problem: err.to_string(),
+    })?;
+    Ok(TokenFileState::Jwt { expires })
+}
+
+/// Shorter runs are not replaced: they would shred the message and guard nothing.
+const MIN_REDACTED_CHARS: usize = 8;
+
+/// `body` with each token this request sent (an assertion, a subject token), and each of a
+/// JWT's three parts, replaced by `[redacted]`: a provider that quotes what it refused in
+/// its `error_description` must not put a workload's credential into bearerd's errors and
+/// logs. A JWT's characters need no JSON escaping, so they appear in the body as sent.
+fn without_sent_tokens<'a>(body: &[u8], sent: impl Iterator<Item = &'a Assertion>) -> Vec<u8> {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for token in sent.map(Assertion::expose) {
+        for run in std::iter::once(token).chain(token.split('.')) {
+            if run.len() >= MIN_REDACTED_CHARS {
+                text = text.replace(run, "[redacted]");
+            }
+        }
+    }
+    text.into_bytes()
 }
 
 /// The token request's parameters as a body of `kind`, and its content type. JSON holds the
@@ -815,6 +888,22 @@ mod tests {
 
     fn parse(status: u16, body: &str) -> Result<TokenResponse, TokenError> {
         parse_response(status, "application/json", body.as_bytes(), Some(&secret()))
+    }
+
+    #[test]
+    fn a_refusal_quoting_the_sent_assertion_or_a_part_of_it_is_redacted_before_parsing() {
+        let jwt = Assertion::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJlLW9mLXRoZS1jbHVzdGVy");
+        let subject = Assertion::new("opaque-subject-token");
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"refused {} (payload eyJzdWIiOiJzeXN0ZW0ifQ, signature c2lnbmF0dXJlLW9mLXRoZS1jbHVzdGVy) and opaque-subject-token; short ab.cd kept"}}"#,
+            jwt.expose()
+        );
+        let redacted = without_sent_tokens(body.as_bytes(), [&jwt, &subject].into_iter());
+        let err = parse_response(400, "application/json", &redacted, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the identity provider refused the token request (HTTP 400): invalid_grant: refused [redacted] (payload [redacted], signature [redacted]) and [redacted]; short ab.cd kept"
+        );
     }
 
     #[test]

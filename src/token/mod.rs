@@ -37,8 +37,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use endpoint::{
-    AuthorizationServer, GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenResponse,
-    basic_auth, parse_response,
+    AuthorizationServer, GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenFile,
+    TokenFileState, TokenResponse, basic_auth, inspect_token_file, parse_response, token_files,
 };
 pub use grants::{Consented, Grants, holds_refresh_token, remedy};
 
