@@ -529,8 +529,8 @@ impl Loader<'_> {
     }
 
     /// Where and how `raw` gets its tokens: endpoint, consent, credential, the grant's files
-    /// and the client id.
-    /// A provider template without a secret fills what it implies first (workload identity).
+    /// and the client id, once a provider template without a secret (workload identity) has
+    /// filled in what it implies.
     fn token_source(&mut self, id: &str, raw: &mut RawAuthConfig) -> TokenSource {
         let cid = Some(id);
         self.workload_identity_env(id, raw);
