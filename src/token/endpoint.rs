@@ -1020,4 +1020,48 @@ mod tests {
             "token endpoint answered HTTP 302 (text/html) without an OAuth error; redirects are not followed"
         );
     }
+
+    #[test]
+    fn a_json_subject_token_file_gives_its_member_or_says_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.json");
+        // No `exp`: a JWT that does not say when it expires is sent as it is.
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3JrbG9hZCJ9.c2lnbmF0dXJl";
+        std::fs::write(&path, format!(r#"{{"id_token":" {jwt} ","other":"secret-other"}}"#)).unwrap();
+        let token = read_subject_token(&path, Some("id_token"), true).unwrap();
+        assert_eq!(token.expose(), jwt);
+        let file = path.display();
+        for (content, field, problem) in [
+            (
+                r#"{"other":"secret-other"}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} has no string member `id_token` (credential_source.format)"),
+            ),
+            (
+                r#"{"id_token":7}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} has no string member `id_token` (credential_source.format)"),
+            ),
+            (
+                "secret-plain-text".to_owned(),
+                "id_token",
+                format!("subject token file {file} is not a JSON object"),
+            ),
+            (
+                r#"{"id_token":"  "}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} has an empty `id_token`"),
+            ),
+            (
+                r#"{"id_token":"secret-not-a-jwt"}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} "),
+            ),
+        ] {
+            std::fs::write(&path, &content).unwrap();
+            let message = read_subject_token(&path, Some(field), true).unwrap_err().to_string();
+            assert!(message.starts_with(&problem), "{message}");
+            assert!(!message.contains("secret-"), "{message}");
+        }
+    }
 }
