@@ -8,6 +8,7 @@ mod support;
 #[path = "support/binary.rs"]
 mod binary;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -28,18 +29,9 @@ fn projected_token(audience: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn entra_and_google_federation_in_the_binary_never_show_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let (azure_file, gcp_file) = (dir.path().join("azure-identity-token"), dir.path().join("gcp-token"));
-    let (azure_jwt, gcp_jwt) = (
-        projected_token("api://AzureADTokenExchange"),
-        projected_token("https://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k"),
-    );
-    std::fs::write(&azure_file, &azure_jwt).unwrap();
-    std::fs::write(&gcp_file, &gcp_jwt).unwrap();
-
-    let entra = TokenServer::with(Duration::ZERO, |n, _| ok_token(&format!("entra-access-{n}"), 3600)).await;
+/// Google's STS and IAM Credentials API on loopback (answering `sts-federated-<n>` and
+/// `sa-access-<n>`), and an `external_account` file in `dir` naming them and `token_file`.
+async fn google(dir: &Path, token_file: &Path) -> (TokenServer, TokenServer, PathBuf) {
     let sts = TokenServer::with(Duration::ZERO, |n, _| {
         (
             200,
@@ -59,17 +51,33 @@ async fn entra_and_google_federation_in_the_binary_never_show_a_token() {
         )
     })
     .await;
-    let credentials = dir.path().join("credentials.json");
+    let credentials = dir.join("credentials.json");
     std::fs::write(
         &credentials,
         format!(
             r#"{{"type":"external_account","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k","subject_token_type":"urn:ietf:params:oauth:token-type:jwt","token_url":"http://{}/v1/token","credential_source":{{"file":"{}"}},"service_account_impersonation_url":"http://{}/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken"}}"#,
             sts.addr,
-            gcp_file.display(),
+            token_file.display(),
             iam.addr
         ),
     )
     .unwrap();
+    (sts, iam, credentials)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entra_and_google_federation_in_the_binary_never_show_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (azure_file, gcp_file) = (dir.path().join("azure-identity-token"), dir.path().join("gcp-token"));
+    let (azure_jwt, gcp_jwt) = (
+        projected_token("api://AzureADTokenExchange"),
+        projected_token("https://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k"),
+    );
+    std::fs::write(&azure_file, &azure_jwt).unwrap();
+    std::fs::write(&gcp_file, &gcp_jwt).unwrap();
+
+    let entra = TokenServer::with(Duration::ZERO, |n, _| ok_token(&format!("entra-access-{n}"), 3600)).await;
+    let (sts, iam, credentials) = google(dir.path(), &gcp_file).await;
 
     let config = "auth_configs:
   - id: graph
@@ -113,6 +121,7 @@ async fn entra_and_google_federation_in_the_binary_never_show_a_token() {
 
     let (status, configs) = bearerd.admin_get("/configs").await;
     assert_eq!(status, 200);
+    assert_listed(&configs);
     let logs = bearerd
         .logs_when("both request lines", |logs| {
             logs.matches(r#""message":"request""#).count() == 2
@@ -128,4 +137,29 @@ async fn entra_and_google_federation_in_the_binary_never_show_a_token() {
         assert!(!logs.contains(secret), "`{secret}` appears in the trace logs");
         assert!(!configs.contains(secret), "`{secret}` appears in /configs");
     }
+}
+
+/// `/configs` shows the Entra config's client id from the environment and its method, and
+/// the Google config as a token exchange with no client at all.
+fn assert_listed(configs: &str) {
+    let listed: serde_json::Value = serde_json::from_str(configs).unwrap();
+    let by_id = |id: &str| {
+        listed["auth_configs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{configs}"))
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {configs}"))
+            .clone()
+    };
+    let (graph, gcs) = (by_id("graph"), by_id("gcs"));
+    assert_eq!(
+        (&graph["client_id"], &graph["client_auth"]),
+        (&"11111111-2222-3333-4444-555555555555".into(), &"federated_jwt".into())
+    );
+    assert_eq!(
+        (&gcs["grant"], &gcs["client_auth"]),
+        (&"token_exchange".into(), &"none".into())
+    );
+    assert!(gcs["client_id"].is_null(), "{gcs}");
 }
