@@ -131,7 +131,8 @@ fn auth_config(proxy: &Proxy, c: &AuthConfig) -> Value {
         "description": c.description,
         "grant": c.grant.as_str(),
         "endpoint": endpoint,
-        "client_id": c.client_id,
+        // None for an external account: Google's STS is asked with no client identity.
+        "client_id": (!c.client_id.is_empty()).then_some(c.client_id.as_str()),
         "client_auth": c.client_auth.as_str(),
         "scopes": c.scopes,
         // Names only: values are operator data that may not be meant for every reader.

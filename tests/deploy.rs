@@ -137,6 +137,11 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
         }
     }
     files.sort();
+    validate(&files);
+}
+
+/// `kubernetes-validate --strict` passes every one of `files`.
+fn validate(files: &[PathBuf]) {
     let output = Command::new("python3")
         .args([
             "-m",
@@ -145,7 +150,7 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
             "--kubernetes-version",
             "1.31.0",
         ])
-        .args(&files)
+        .args(files)
         .output()
         .expect(
             "kubernetes-validate is installed by the README's test command (pip install -r tests/requirements.txt)",
@@ -159,6 +164,114 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
         files.len(),
         "{said}"
     );
+}
+
+fn workload_identity() -> PathBuf {
+    kubernetes().join("workload-identity")
+}
+
+#[test]
+fn the_workload_identity_variant_validates_and_gives_its_tokens_to_the_sidecar_only() {
+    let kustomization = yaml(&workload_identity().join("kustomization.yaml"));
+    let listed: Vec<String> = at(&kustomization, "resources")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|file| file.as_str().unwrap().to_owned())
+        .collect();
+    for entry in std::fs::read_dir(workload_identity()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            name == "kustomization.yaml" || listed.contains(&name),
+            "{name} is not listed in workload-identity/kustomization.yaml"
+        );
+    }
+    let files: Vec<PathBuf> = listed.iter().map(|file| workload_identity().join(file)).collect();
+    validate(&files);
+
+    let deployment = yaml(&workload_identity().join("deployment.yaml"));
+    let spec = at(&deployment, "spec.template.spec");
+    assert_eq!(at(spec, "automountServiceAccountToken").as_bool(), Some(false));
+    assert_eq!(text(spec, "serviceAccountName"), "billing-app");
+    let volume = at(spec, "volumes")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|volume| text(volume, "name") == "workload-identity-tokens")
+        .expect("the projected token volume");
+    let sources = at(volume, "projected.sources").as_sequence().unwrap();
+    let audiences: Vec<&str> = sources
+        .iter()
+        .map(|source| {
+            assert_eq!(at(source, "serviceAccountToken.expirationSeconds").as_u64(), Some(3600));
+            text(source, "serviceAccountToken.audience")
+        })
+        .collect();
+    assert_eq!(audiences[0], "api://AzureADTokenExchange");
+    assert!(
+        audiences[1].starts_with("https://iam.googleapis.com/projects/"),
+        "{audiences:?}"
+    );
+    let mounts = |containers: &str| -> Vec<String> {
+        at(spec, containers)
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|c| {
+                c.get("volumeMounts")
+                    .and_then(Value::as_sequence)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|mount| text(&mount, "name").to_owned())
+            .collect()
+    };
+    assert!(mounts("initContainers").contains(&"workload-identity-tokens".to_owned()));
+    assert!(
+        !mounts("containers").contains(&"workload-identity-tokens".to_owned()),
+        "the app must not see the tokens"
+    );
+
+    // The ConfigMap's configuration loads with the sidecar's environment, its files in
+    // place (the token paths pointed at a test's directory).
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, projected_token()).unwrap();
+    let configmap = yaml(&workload_identity().join("configmap.yaml"));
+    let data = at(&configmap, "data");
+    let credentials = dir.path().join("gcp-credentials.json");
+    std::fs::write(
+        &credentials,
+        data["gcp-credentials.json"]
+            .as_str()
+            .unwrap()
+            .replace("/var/run/secrets/tokens/gcp-token", token.to_str().unwrap()),
+    )
+    .unwrap();
+    let config = dir.path().join("bearerd.yaml");
+    std::fs::write(
+        &config,
+        data["bearerd.yaml"]
+            .as_str()
+            .unwrap()
+            .replace("/etc/bearerd/gcp-credentials.json", credentials.to_str().unwrap()),
+    )
+    .unwrap();
+    let bearerd = &at(spec, "initContainers").as_sequence().unwrap()[0];
+    let mut env: Vec<(String, String)> = at(bearerd, "env")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|var| (text(var, "name").to_owned(), text(var, "value").to_owned()))
+        .collect();
+    for (name, value) in &mut env {
+        if name == "AZURE_FEDERATED_TOKEN_FILE" {
+            *value = token.to_str().unwrap().to_owned();
+        }
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let (code, stdout, stderr) = check_offline(&config, &env);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
 
 #[test]
@@ -403,6 +516,24 @@ fn the_configmaps_config_passes_bearerd_check_offline_with_the_secret_mounted() 
     assert!(stderr.contains("auth config `billing`: client_secret_file"), "{stderr}");
 }
 
+/// A JWT shaped like a projected service-account token, expiring in an hour.
+fn projected_token() -> String {
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(r#"{"alg":"RS256","kid":"cluster"}"#),
+        b64(&format!(
+            r#"{{"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:billing:billing-app","aud":["api://AzureADTokenExchange"],"exp":{exp}}}"#
+        ))
+    )
+}
+
 #[test]
 fn every_example_config_passes_bearerd_check_offline() {
     let dir = tempfile::tempdir().unwrap();
@@ -417,8 +548,26 @@ fn every_example_config_passes_bearerd_check_offline() {
     // A workload's JWT as a kubelet or the SPIFFE helper writes it, an hour from expiry.
     let workload_token = dir.path().join("workload-token");
     std::fs::write(&workload_token, format!("{}\n", workload_jwt(3600))).unwrap();
-    // Dummy values for what the examples read from the environment.
+    // A projected service-account token, as the kubelet writes it (valid for an hour).
+    let sa_token = dir.path().join("sa-token");
+    std::fs::write(&sa_token, projected_token()).unwrap();
+    // Google's sample credential file, its credential_source.file pointed at that token.
+    let sample = std::fs::read_to_string(root().join("config/examples/google-workload-identity.json")).unwrap();
+    assert!(sample.contains("\"/var/run/secrets/tokens/gcp-token\""));
+    let credentials = dir.path().join("credentials.json");
+    std::fs::write(
+        &credentials,
+        sample.replace("/var/run/secrets/tokens/gcp-token", sa_token.to_str().unwrap()),
+    )
+    .unwrap();
+    // Dummy values for what the examples read from the environment, including what Azure
+    // Workload Identity's webhook injects.
     let env = [
+        ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+        ("AZURE_TENANT_ID", "0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1"),
+        ("AZURE_FEDERATED_TOKEN_FILE", sa_token.to_str().unwrap()),
+        ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
+        ("GOOGLE_APPLICATION_CREDENTIALS", credentials.to_str().unwrap()),
         ("PAYMENTS_KEY_FILE", key.to_str().unwrap()),
         ("KEYCLOAK_CLIENT_SECRET_FILE", secret.to_str().unwrap()),
         ("AUTH0_DOMAIN", "tenant.eu.auth0.com"),
@@ -432,6 +581,10 @@ fn every_example_config_passes_bearerd_check_offline() {
     let mut checked = Vec::new();
     for entry in std::fs::read_dir(root().join("config/examples")).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            // A sample credential file a config names, checked through it above.
+            continue;
+        }
         let (code, stdout, stderr) = check_offline(&path, &env);
         assert_eq!(code, Some(0), "{}:\n{stdout}{stderr}", path.display());
         assert!(stdout.contains("offline: nothing contacted"), "{stdout}");
@@ -442,7 +595,9 @@ fn every_example_config_passes_bearerd_check_offline() {
         checked,
         [
             "auth0",
+            "entra-workload-identity",
             "google",
+            "google-workload-identity",
             "keycloak",
             "keycloak-federated",
             "microsoft",

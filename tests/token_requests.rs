@@ -847,3 +847,267 @@ async fn a_subject_token_file_is_read_at_each_request_and_checked_as_its_type_sa
     assert!(error.message.contains(&named), "{}", error.message);
     assert_eq!(tokens.count(), 1, "nothing is sent for an empty subject token file");
 }
+
+/// The environment Azure Workload Identity's webhook gives a labelled pod, its authority
+/// host being `tokens`.
+fn azure_webhook_env(tokens: &TokenServer, token_file: &Path) -> bearerd::config::Env {
+    [
+        ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+        ("AZURE_TENANT_ID", "0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1"),
+        ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
+        ("AZURE_AUTHORITY_HOST", &format!("http://{}/", tokens.addr)),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .collect()
+}
+
+#[tokio::test]
+async fn entra_workload_identity_sends_the_federated_token_to_the_authority_hosts_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook_file, vault_file) = (dir.path().join("azure-identity-token"), dir.path().join("vault-token"));
+    let (jwt, vault_jwt) = (workload_jwt(1, in_an_hour()), workload_jwt(2, in_an_hour()));
+    std::fs::write(&webhook_file, format!("{jwt}\n")).unwrap();
+    std::fs::write(&vault_file, &vault_jwt).unwrap();
+    let tokens = TokenServer::start().await;
+    // Two federated identities in one pod: the webhook's, and one with its own client id,
+    // token file and directory.
+    let yaml = format!(
+        "auth_configs:
+  - id: graph
+    provider: microsoft
+    scopes: [https://graph.microsoft.com/.default]
+    allowed_hosts: [127.0.0.1]
+  - id: vault
+    provider: microsoft
+    client_id: 99999999-0000-0000-0000-000000000000
+    tenant: contoso.onmicrosoft.com
+    assertion_file: {}
+    scopes: [https://vault.azure.net/.default]
+    allowed_hosts: [127.0.0.1]
+",
+        vault_file.display()
+    );
+    let echo = Echo::start().await;
+    let bearerd = start_bearerd_env(&yaml, &azure_webhook_env(&tokens, &webhook_file)).await;
+    let requests = token_requests(&bearerd, &echo, &tokens, &["graph", "vault"]).await;
+    let expected = [
+        (
+            "/0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1/oauth2/v2.0/token",
+            format!(
+                "grant_type=client_credentials&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default&client_id=11111111-2222-3333-4444-555555555555&client_assertion_type={CLIENT_ASSERTION_TYPE}&client_assertion={jwt}"
+            ),
+        ),
+        (
+            "/contoso.onmicrosoft.com/oauth2/v2.0/token",
+            format!(
+                "grant_type=client_credentials&scope=https%3A%2F%2Fvault.azure.net%2F.default&client_id=99999999-0000-0000-0000-000000000000&client_assertion_type={CLIENT_ASSERTION_TYPE}&client_assertion={vault_jwt}"
+            ),
+        ),
+    ];
+    for (request, (path, body)) in requests.iter().zip(expected) {
+        assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", path));
+        assert_eq!(request.header("content-type"), Some(FORM));
+        assert_eq!(request.header("authorization"), None, "no secret, no Basic");
+        assert_eq!(request.bytes, body.as_bytes(), "\n got: {}\nwant: {body}", request.body);
+    }
+}
+
+/// A Google STS on loopback answering `sts-<n>` tokens, as it documents its response.
+async fn google_sts() -> TokenServer {
+    TokenServer::with(std::time::Duration::ZERO, |n, _| {
+        (
+            200,
+            "application/json",
+            format!(
+                r#"{{"access_token":"sts-{n}","issued_token_type":"{ACCESS_TOKEN_TYPE}","token_type":"Bearer","expires_in":3599}}"#
+            ),
+        )
+    })
+    .await
+}
+
+/// An IAM Credentials API on loopback whose `generateAccessToken` answers `sa-<n>` tokens,
+/// valid for an hour.
+async fn google_iam() -> TokenServer {
+    TokenServer::with(std::time::Duration::ZERO, |n, _| {
+        let expire =
+            bearerd::config::format_timestamp(std::time::SystemTime::now() + std::time::Duration::from_hours(1));
+        (
+            200,
+            "application/json",
+            format!(r#"{{"accessToken":"sa-{n}","expireTime":"{expire}"}}"#),
+        )
+    })
+    .await
+}
+
+const GOOGLE_AUDIENCE: &str =
+    "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/cluster/providers/k8s";
+const GOOGLE_AUDIENCE_FORM: &str = "%2F%2Fiam.googleapis.com%2Fprojects%2F123%2Flocations%2Fglobal%2FworkloadIdentityPools%2Fcluster%2Fproviders%2Fk8s";
+const IMPERSONATE_PATH: &str = "/v1/projects/-/serviceAccounts/reader@proj.iam.gserviceaccount.com:generateAccessToken";
+
+/// An `external_account` credential file in `dir` named `name`: the STS at `sts`, the
+/// workload's token in `token_file` (in `format`), and `extra` members.
+fn credential_file(dir: &Path, name: &str, sts: &TokenServer, token_file: &Path, format: &str, extra: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"type":"external_account","audience":"{GOOGLE_AUDIENCE}","subject_token_type":"urn:ietf:params:oauth:token-type:jwt","token_url":"http://{}/v1/token","credential_source":{{"file":"{}","format":{format}}}{extra}}}"#,
+            sts.addr,
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn google_workload_identity_federation_exchanges_at_the_sts_then_impersonates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token_file, json_file) = (dir.path().join("gcp-token"), dir.path().join("gcp-token.json"));
+    let (jwt, json_jwt) = (workload_jwt(1, in_an_hour()), workload_jwt(2, in_an_hour()));
+    std::fs::write(&token_file, format!("{jwt}\n")).unwrap();
+    std::fs::write(&json_file, format!(r#"{{"id_token":"{json_jwt}","other":"x"}}"#)).unwrap();
+    let (sts, iam) = (google_sts().await, google_iam().await);
+    let impersonating = credential_file(
+        dir.path(),
+        "impersonating.json",
+        &sts,
+        &token_file,
+        r#"{"type":"text"}"#,
+        &format!(
+            r#","service_account_impersonation_url":"http://{}{IMPERSONATE_PATH}","service_account_impersonation":{{"token_lifetime_seconds":1800}}"#,
+            iam.addr
+        ),
+    );
+    let direct = credential_file(
+        dir.path(),
+        "direct.json",
+        &sts,
+        &json_file,
+        r#"{"type":"json","subject_token_field_name":"id_token"}"#,
+        "",
+    );
+    // `bq` names its file; `gcs` takes GOOGLE_APPLICATION_CREDENTIALS, as Google's libraries do.
+    let yaml = format!(
+        "auth_configs:
+  - id: bq
+    provider: google
+    credentials_file: {impersonating}
+    scopes: [https://www.googleapis.com/auth/bigquery, https://www.googleapis.com/auth/devstorage.read_only]
+    allowed_hosts: [127.0.0.1]
+  - id: gcs
+    provider: google
+    allowed_hosts: [127.0.0.1]
+"
+    );
+    let env = [("GOOGLE_APPLICATION_CREDENTIALS".to_owned(), direct)].into();
+    let bearerd = start_bearerd_env(&yaml, &env).await;
+    let echo = Echo::start().await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let url = format!("http://{}/x", echo.addr);
+    // The service account's token, and the STS token where there is no second hop, are
+    // what the upstream receives.
+    let seen = echoed(get_with_config(&proxy, &url, "bq").await).await;
+    assert_eq!(seen.all("authorization"), ["Bearer sa-1"]);
+    let seen = echoed(get_with_config(&proxy, &url, "gcs").await).await;
+    assert_eq!(seen.all("authorization"), ["Bearer sts-2"]);
+
+    let exchanges = sts.requests();
+    assert_eq!(exchanges.len(), 2);
+    let sts_body = |subject: &str| {
+        format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={subject}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience={GOOGLE_AUDIENCE_FORM}&scope=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
+        )
+    };
+    // The impersonating config's STS token is for cloud-platform (its scopes are the second
+    // hop's); the other's scope is the default.
+    for (request, subject) in exchanges.iter().zip([&jwt, &json_jwt]) {
+        let body = sts_body(subject);
+        assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/v1/token"));
+        assert_eq!(request.header("content-type"), Some(FORM));
+        assert_eq!(request.header("authorization"), None, "no client authentication");
+        assert_eq!(request.bytes, body.as_bytes(), "\n got: {}\nwant: {body}", request.body);
+    }
+
+    let impersonations = iam.requests();
+    assert_eq!(impersonations.len(), 1);
+    let request = &impersonations[0];
+    let body = r#"{"scope":["https://www.googleapis.com/auth/bigquery","https://www.googleapis.com/auth/devstorage.read_only"],"lifetime":"1800s"}"#;
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("POST", IMPERSONATE_PATH)
+    );
+    assert_eq!(request.header("authorization"), Some("Bearer sts-1"));
+    assert_eq!(request.header("content-type"), Some(JSON));
+    assert_eq!(request.header("accept"), Some("application/json"));
+    assert_eq!(request.bytes, body.as_bytes(), "\n got: {}\nwant: {body}", request.body);
+}
+
+#[tokio::test]
+async fn a_malformed_answer_from_either_google_hop_is_token_unavailable_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("gcp-token");
+    let jwt = workload_jwt(1, in_an_hour());
+    std::fs::write(&token_file, &jwt).unwrap();
+    // The STS answers its first request without an access token, then well; the IAM API
+    // answers a token without its expiry, then a refusal.
+    let sts = TokenServer::with(std::time::Duration::ZERO, |n, _| {
+        let token = if n == 1 {
+            String::new()
+        } else {
+            format!(r#""access_token":"sts-{n}","#)
+        };
+        (
+            200,
+            "application/json",
+            format!(r#"{{{token}"issued_token_type":"{ACCESS_TOKEN_TYPE}","expires_in":3599}}"#),
+        )
+    })
+    .await;
+    let iam = TokenServer::with(std::time::Duration::ZERO, |n, _| match n {
+        1 => (200, "application/json", r#"{"accessToken":"sa-leaked"}"#.to_owned()),
+        _ => (
+            403,
+            "application/json",
+            r#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource","status":"PERMISSION_DENIED"}}"#.to_owned(),
+        ),
+    })
+    .await;
+    let file = credential_file(
+        dir.path(),
+        "credentials.json",
+        &sts,
+        &token_file,
+        r#"{"type":"text"}"#,
+        &format!(
+            r#","service_account_impersonation_url":"http://{}{IMPERSONATE_PATH}""#,
+            iam.addr
+        ),
+    );
+    // One config per answer, so that no back-off stands between them.
+    let config = |i: u32| {
+        format!("  - id: bq{i}\n    provider: google\n    credentials_file: {file}\n    allowed_hosts: [127.0.0.1]\n")
+    };
+    let yaml = format!("auth_configs:\n{}{}{}", config(1), config(2), config(3));
+    let bearerd = start_bearerd(&yaml).await;
+    let echo = Echo::start().await;
+    let proxy = proxied_client(bearerd.proxy_addr);
+    let url = format!("http://{}/x", echo.addr);
+    let expected = [
+        "token response is invalid: no access_token",
+        "token response is invalid: the service account impersonation response has no expireTime",
+        "the identity provider refused the token request (HTTP 403): service account impersonation: PERMISSION_DENIED: Permission 'iam.serviceAccounts.getAccessToken' denied on resource",
+    ];
+    for (i, problem) in expected.iter().enumerate() {
+        let error = bearerd_error(get_with_config(&proxy, &url, &format!("bq{}", i + 1)).await).await;
+        assert_eq!((error.status, error.code.as_str()), (502, "token_unavailable"), "{i}");
+        assert!(error.message.contains(problem), "{i}: {}", error.message);
+        for token in ["sts-", "sa-leaked", jwt.as_str()] {
+            assert!(!error.message.contains(token), "{i}: {}", error.message);
+        }
+    }
+    assert_eq!((sts.count(), iam.count()), (3, 2));
+}

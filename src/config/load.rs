@@ -14,14 +14,16 @@ use serde_yaml::{Mapping, Value};
 use url::Url;
 
 use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
+use super::google;
 use super::raw::{
     RawAuthConfig, RawDuration, RawInject, RawIntercept, RawRoute, RawScopes, RawState, RawTimestamp, RawTop,
 };
 use super::time::{parse_duration, parse_timestamp};
 use super::{
-    AuthConfig, Authorize, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, FirstRefreshToken,
-    GOOGLE_ISSUER, Grant, HostPattern, Inject, Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, Route,
-    RouteKind, SigningKey, StateConfig, TokenEndpoint, TokenExchange, WatchedFile, check_endpoint_url,
+    AuthConfig, Authorize, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, ExternalAccount,
+    FirstRefreshToken, GOOGLE_CLOUD_PLATFORM_SCOPE, GOOGLE_ISSUER, Grant, HostPattern, Impersonation, Inject,
+    Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, Route, RouteKind, SigningKey, StateConfig,
+    TokenEndpoint, TokenExchange, WatchedFile, check_endpoint_url,
 };
 use crate::http1;
 use crate::secret::{ClientSecret, RefreshToken, SealingKey};
@@ -50,7 +52,25 @@ const MAX_SCOPES: usize = 500;
 const MAX_SCOPE_CHARS: usize = 250;
 const MAX_ID_CHARS: usize = 128;
 /// The fields that say where token requests go; the first three each name an endpoint.
-const ENDPOINT_FIELDS: &[&str] = &["token_url", "issuer", "provider", "discovery_url", "tenant"];
+const ENDPOINT_FIELDS: &[&str] = &[
+    "token_url",
+    "issuer",
+    "provider",
+    "discovery_url",
+    "tenant",
+    "authority_host",
+    "credentials_file",
+];
+/// What Azure Workload Identity's webhook injects into a pod labelled
+/// `azure.workload.identity/use: "true"`.
+const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
+const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+/// Where Google's client libraries look for a credential file.
+const GOOGLE_APPLICATION_CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+/// RFC 8693 §3: what an external account's STS exchange asks for.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Authorization request parameters that bearerd itself sets (RFC 6749 §4.1.1, RFC 7636
 /// §4.3); bearerd reads the response from the query, so `response_mode` is its own too.
 const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
@@ -401,25 +421,10 @@ impl Loader<'_> {
 
     fn auth_config(&mut self, id: String, mut raw: RawAuthConfig) -> PendingConfig {
         let cid = Some(id.as_str());
-        if !valid_id(&id) {
-            self.error(cid, "id", "must match [a-z0-9][a-z0-9_.-]{0,127}");
-        }
-        if let Some(description) = &raw.description
-            && description.chars().count() > MAX_DESCRIPTION_CHARS
-        {
-            self.error(
-                cid,
-                "description",
-                format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
-            );
-        }
-        let endpoint = self.endpoint(cid, &mut raw);
-        let authorize = self.authorize(cid, &mut raw, endpoint.as_ref());
-        let credential = self.credential(cid, &mut raw);
-        // Both are checked, so that every problem is reported.
-        let assertion_file = self.assertion_file(cid, &mut raw).ok();
-        let grant_files = assertion_file.zip(self.token_exchange(cid, &mut raw).ok());
-        let client_id = self.client_id(cid, raw.client_id.take());
+        self.id_and_description(&id, raw.description.as_deref());
+        let source = self.token_source(&id, &mut raw);
+        // Settled now that the provider templates have chosen.
+        let (grant, client_auth) = (raw.grant(), raw.client_auth());
         let scopes = self.scopes(cid, raw.scopes);
         let extra_params = self.extra_params(cid, raw.extra_params);
         let inject = self.inject(cid, raw.inject);
@@ -456,11 +461,16 @@ impl Loader<'_> {
         }
 
         let client_secret_expires_at = self.secret_expiry(cid, raw.client_secret_expires_at.take());
-        let first_refresh_token = self.first_refresh_token(cid, raw.grant, raw.refresh_token_file.take());
-        let user_grant_valid = !raw.grant.is_user_grant() || authorize.is_some() || first_refresh_token.is_some();
-        let (Some(endpoint), Some(client_id), Some(credential), Some((assertion_file, token_exchange)), true) =
-            (endpoint, client_id, credential, grant_files, user_grant_valid)
-        else {
+        let first_refresh_token = self.first_refresh_token(cid, grant, raw.refresh_token_file.take());
+        let authorize = source.authorize;
+        let user_grant_valid = !grant.is_user_grant() || authorize.is_some() || first_refresh_token.is_some();
+        let (Some(endpoint), Some(client_id), Some(credential), Some((assertion_file, token_exchange, external)), true) = (
+            source.endpoint,
+            source.client_id,
+            source.credential,
+            source.grant_files,
+            user_grant_valid,
+        ) else {
             return PendingConfig {
                 id,
                 allowed_hosts,
@@ -471,10 +481,10 @@ impl Loader<'_> {
         let config = AuthConfig {
             id: id.clone(),
             description: raw.description,
-            grant: raw.grant,
+            grant,
             endpoint,
             client_id,
-            client_auth: raw.client_auth,
+            client_auth,
             credential,
             request_body: raw.request_body,
             scopes,
@@ -494,6 +504,7 @@ impl Loader<'_> {
             first_refresh_token,
             assertion_file,
             token_exchange,
+            external_account: external,
             cache_key: CacheKey::default(),
         };
         PendingConfig {
@@ -504,7 +515,56 @@ impl Loader<'_> {
         }
     }
 
-    fn client_id(&mut self, cid: Option<&str>, client_id: Option<String>) -> Option<String> {
+    fn id_and_description(&mut self, id: &str, description: Option<&str>) {
+        if !valid_id(id) {
+            self.error(Some(id), "id", "must match [a-z0-9][a-z0-9_.-]{0,127}");
+        }
+        if description.is_some_and(|text| text.chars().count() > MAX_DESCRIPTION_CHARS) {
+            self.error(
+                Some(id),
+                "description",
+                format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
+            );
+        }
+    }
+
+    /// Where and how `raw` gets its tokens: endpoint, consent, credential, the grant's files
+    /// and the client id, once a provider template without a secret (workload identity) has
+    /// filled in what it implies.
+    fn token_source(&mut self, id: &str, raw: &mut RawAuthConfig) -> TokenSource {
+        let cid = Some(id);
+        self.workload_identity_env(id, raw);
+        let Ok(external) = self.external_account(id, raw) else {
+            // A credential file that could not be used says where tokens would come from:
+            // what is missing for lack of it goes unreported.
+            return TokenSource::default();
+        };
+        let endpoint = self.endpoint(cid, raw);
+        let authorize = self.authorize(cid, raw, endpoint.as_ref());
+        let credential = self.credential(cid, raw);
+        // Both are checked, so that every problem is reported.
+        let assertion_file = self.assertion_file(cid, raw).ok();
+        let client_id = if external.is_some() {
+            // Google's STS takes no client authentication: the subject token says who asks.
+            Some(String::new())
+        } else {
+            let var = azure_federated(raw).then_some(AZURE_CLIENT_ID);
+            self.client_id(cid, raw.client_id.take(), var)
+        };
+        let grant_files = assertion_file
+            .zip(self.token_exchange(cid, raw).ok())
+            .map(|(assertion_file, exchange)| (assertion_file, exchange, external));
+        TokenSource {
+            endpoint,
+            authorize,
+            credential,
+            grant_files,
+            client_id,
+        }
+    }
+
+    /// `client_id`; `var` is the environment variable that could have given it.
+    fn client_id(&mut self, cid: Option<&str>, client_id: Option<String>, var: Option<&str>) -> Option<String> {
         match client_id {
             Some(client_id) if !client_id.is_empty() => Some(client_id),
             Some(_) => {
@@ -512,10 +572,145 @@ impl Loader<'_> {
                 None
             }
             None => {
-                self.error(cid, "client_id", "missing: set client_id");
+                self.error(cid, "client_id", format!("missing: set client_id{}", or_from_env(var)));
                 None
             }
         }
+    }
+
+    /// `provider: microsoft` without a credential of its own authenticates with the pod's
+    /// federated token (`federated_jwt`), and takes what the config leaves out from the
+    /// variables Azure Workload Identity's webhook injects.
+    fn workload_identity_env(&mut self, id: &str, raw: &mut RawAuthConfig) {
+        if raw.provider != Some(Provider::Microsoft) {
+            return;
+        }
+        if !raw.names_client_auth() {
+            raw.client_auth = Some(ClientAuth::FederatedJwt);
+        }
+        if !azure_federated(raw) {
+            return;
+        }
+        let mut from_env = |field: &str, var: &str| {
+            let value = self.env.get(var).filter(|value| !value.is_empty())?.clone();
+            self.from_env.insert((id.to_owned(), field.to_owned()), var.to_owned());
+            Some(value)
+        };
+        if raw.client_id.is_none() {
+            raw.client_id = from_env("client_id", AZURE_CLIENT_ID);
+        }
+        if raw.tenant.is_none() {
+            raw.tenant = from_env("tenant", AZURE_TENANT_ID);
+        }
+        if raw.assertion_file.is_none() {
+            raw.assertion_file = from_env("assertion_file", AZURE_FEDERATED_TOKEN_FILE).map(PathBuf::from);
+        }
+        if raw.authority_host.is_none() {
+            raw.authority_host = from_env("authority_host", AZURE_AUTHORITY_HOST);
+        }
+    }
+
+    /// `provider: google` without a secret: the `external_account` credential file
+    /// (`credentials_file`, else `GOOGLE_APPLICATION_CREDENTIALS`) turns the config into a
+    /// `token_exchange` at Google's STS, whose endpoint, audience and subject token come
+    /// from the file. `Ok(None)` for every other config; `Err` when something is wrong (and
+    /// reported).
+    fn external_account(&mut self, id: &str, raw: &mut RawAuthConfig) -> Result<Option<ExternalAccount>, ()> {
+        let cid = Some(id);
+        let federated = raw.provider == Some(Provider::Google)
+            && !raw.names_client_auth()
+            && matches!(raw.grant, None | Some(Grant::TokenExchange));
+        if !federated {
+            if raw.credentials_file.is_some() {
+                self.error(
+                    cid,
+                    "credentials_file",
+                    "applies only to provider: google without a client secret (workload identity federation)",
+                );
+                return Err(());
+            }
+            return Ok(None);
+        }
+        let path = match raw.credentials_file.take() {
+            Some(path) => Some(path),
+            None => self
+                .env
+                .get(GOOGLE_APPLICATION_CREDENTIALS)
+                .filter(|value| !value.is_empty())
+                .map(|value| {
+                    self.from_env.insert(
+                        (id.to_owned(), "credentials_file".to_owned()),
+                        GOOGLE_APPLICATION_CREDENTIALS.to_owned(),
+                    );
+                    PathBuf::from(value)
+                }),
+        };
+        let Some(path) = path else {
+            self.error(
+                cid,
+                "credentials_file",
+                format!(
+                    "missing: provider: google without a client secret reads an external_account credential file{}",
+                    or_from_env(Some(GOOGLE_APPLICATION_CREDENTIALS))
+                ),
+            );
+            return Err(());
+        };
+        let mut ok = true;
+        let from_file = [
+            ("client_id", raw.client_id.is_some()),
+            ("token_url", raw.token_url.is_some()),
+            ("issuer", raw.issuer.is_some()),
+            ("discovery_url", raw.discovery_url.is_some()),
+            ("subject_token_file", raw.subject_token_file.is_some()),
+            ("subject_token_type", raw.subject_token_type.is_some()),
+            ("requested_token_type", raw.requested_token_type.is_some()),
+            ("audience", raw.audience.is_some()),
+            ("resource", raw.resource.is_some()),
+        ];
+        for (field, _) in from_file.iter().filter(|(_, set)| *set) {
+            self.error(
+                cid,
+                field,
+                "does not apply to provider: google with a credentials file, which says where tokens come from",
+            );
+            ok = false;
+        }
+        let bytes = self.read_watched(&path).map_err(|err| {
+            self.error(
+                cid,
+                "credentials_file",
+                format!("cannot read {}: {err}", path.display()),
+            );
+        })?;
+        let file = google::parse(&bytes).map_err(|(field, message)| {
+            self.error(
+                cid,
+                "credentials_file",
+                format!("{}: {field}: {message}", path.display()),
+            );
+        })?;
+        if !ok {
+            return Err(());
+        }
+        raw.provider = None;
+        raw.grant = Some(Grant::TokenExchange);
+        raw.client_auth = Some(ClientAuth::None);
+        raw.token_url = Some(file.token_url.to_string());
+        raw.audience = Some(file.audience);
+        raw.subject_token_file = Some(file.subject_token_file);
+        raw.subject_token_type = Some(file.subject_token_type);
+        raw.requested_token_type = Some(ACCESS_TOKEN_TYPE.to_owned());
+        if raw.scopes.is_none() {
+            raw.scopes = Some(RawScopes::List(vec![GOOGLE_CLOUD_PLATFORM_SCOPE.to_owned()]));
+        }
+        Ok(Some(ExternalAccount {
+            credentials_file: path,
+            subject_token_field: file.subject_token_field,
+            impersonation: file
+                .impersonation
+                .map(|(url, lifetime)| Impersonation { url, lifetime }),
+        }))
     }
 
     /// `grant: authorization_code`'s fields, refused by the other grants: where the consent
@@ -530,7 +725,7 @@ impl Loader<'_> {
         let url = raw.authorization_url.take();
         let redirect_uri = raw.redirect_uri.take();
         let params = std::mem::take(&mut raw.authorize_params);
-        if raw.grant != Grant::AuthorizationCode {
+        if raw.grant() != Grant::AuthorizationCode {
             for (field, set) in [
                 ("authorization_url", url.is_some()),
                 ("redirect_uri", redirect_uri.is_some()),
@@ -635,8 +830,8 @@ impl Loader<'_> {
     /// The credential `client_auth` needs, and no other: a secret, a signing key, a client
     /// certificate, or (`none`, a public client of a user grant) nothing at all.
     fn credential(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<Credential> {
-        let method = raw.client_auth;
-        if method == ClientAuth::None && raw.grant == Grant::ClientCredentials {
+        let method = raw.client_auth();
+        if method == ClientAuth::None && raw.grant() == Grant::ClientCredentials {
             self.error(
                 cid,
                 "client_auth",
@@ -644,7 +839,7 @@ impl Loader<'_> {
             );
             return None;
         }
-        if method == ClientAuth::FederatedJwt && raw.grant == Grant::JwtBearer {
+        if method == ClientAuth::FederatedJwt && raw.grant() == Grant::JwtBearer {
             self.error(
                 cid,
                 "client_auth",
@@ -703,9 +898,9 @@ impl Loader<'_> {
     /// `Ok(None)` when it is not needed, `Err` when something is wrong (and reported). It is
     /// not read here: its issuer rotates it, so each token request reads it anew.
     fn assertion_file(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Result<Option<PathBuf>, ()> {
-        let user = if raw.grant == Grant::JwtBearer {
+        let user = if raw.grant() == Grant::JwtBearer {
             Some("grant: jwt_bearer")
-        } else if raw.client_auth == ClientAuth::FederatedJwt {
+        } else if raw.client_auth() == ClientAuth::FederatedJwt {
             Some("client_auth: federated_jwt")
         } else {
             None
@@ -721,10 +916,11 @@ impl Loader<'_> {
                 Err(())
             }
             (Some(user), None) => {
+                let var = azure_federated(raw).then_some(AZURE_FEDERATED_TOKEN_FILE);
                 self.error(
                     cid,
                     "assertion_file",
-                    format!("missing: {user} sends the JWT this file holds"),
+                    format!("missing: {user} sends the JWT this file holds{}", or_from_env(var)),
                 );
                 Err(())
             }
@@ -745,7 +941,7 @@ impl Loader<'_> {
         let requested = raw.requested_token_type.take();
         let audience = raw.audience.take();
         let resource = raw.resource.take();
-        if raw.grant != Grant::TokenExchange {
+        if raw.grant() != Grant::TokenExchange {
             let set = [
                 ("subject_token_file", file.is_some()),
                 ("subject_token_type", subject_type.is_some()),
@@ -969,8 +1165,14 @@ impl Loader<'_> {
     fn endpoint(&mut self, cid: Option<&str>, raw: &mut RawAuthConfig) -> Option<TokenEndpoint> {
         let discovery_url = raw.discovery_url.take();
         let tenant = raw.tenant.take();
-        if tenant.is_some() && raw.provider != Some(Provider::Microsoft) {
-            self.error(cid, "tenant", "applies only to provider: microsoft");
+        let authority_host = raw.authority_host.take();
+        for (field, set) in [
+            ("tenant", tenant.is_some()),
+            ("authority_host", authority_host.is_some()),
+        ] {
+            if set && raw.provider != Some(Provider::Microsoft) {
+                self.error(cid, field, "applies only to provider: microsoft");
+            }
         }
         if discovery_url.is_some() && raw.issuer.is_none() {
             self.error(
@@ -1004,19 +1206,27 @@ impl Loader<'_> {
                 Some(TokenEndpoint::Discovery { issuer, document })
             }
             (None, None, Some(Provider::Microsoft)) => {
+                let authority = match authority_host {
+                    Some(text) => self.authority_host(cid, &text),
+                    None => Some(MICROSOFT_AUTHORITY.to_owned()),
+                };
                 let Some(tenant) = tenant else {
+                    let var = azure_federated(raw).then_some(AZURE_TENANT_ID);
                     self.error(
                         cid,
                         "tenant",
-                        "missing: provider: microsoft needs the directory (tenant) id or domain",
+                        format!(
+                            "missing: provider: microsoft needs the directory (tenant) id or domain{}",
+                            or_from_env(var)
+                        ),
                     );
                     return None;
                 };
-                if let Err(message) = check_tenant(&tenant, raw.grant) {
+                if let Err(message) = check_tenant(&tenant, raw.grant()) {
                     self.error(cid, "tenant", message);
                     return None;
                 }
-                let url = format!("{MICROSOFT_AUTHORITY}/{tenant}/oauth2/v2.0/token");
+                let url = format!("{}/{tenant}/oauth2/v2.0/token", authority?);
                 Url::parse(&url).ok().map(TokenEndpoint::Url)
             }
             (None, None, Some(Provider::Google)) => Some(TokenEndpoint::Discovery {
@@ -1040,6 +1250,21 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// `authority_host` (`AZURE_AUTHORITY_HOST`): an Entra ID cloud's login host, such as
+    /// `https://login.microsoftonline.com/`, without its terminating `/`.
+    fn authority_host(&mut self, cid: Option<&str>, text: &str) -> Option<String> {
+        let url = self.url(cid, "authority_host", text)?;
+        if url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
+            self.error(
+                cid,
+                "authority_host",
+                "must be the login host alone, such as https://login.microsoftonline.com/",
+            );
+            return None;
+        }
+        Some(url.as_str().trim_end_matches('/').to_owned())
     }
 
     /// A token endpoint, issuer or discovery URL: valid, and `https://` unless loopback.
@@ -1427,6 +1652,17 @@ impl Loader<'_> {
     }
 }
 
+/// How an auth config gets its tokens; each part `None` when invalid (and reported).
+#[derive(Default)]
+struct TokenSource {
+    endpoint: Option<TokenEndpoint>,
+    authorize: Option<Authorize>,
+    credential: Option<Credential>,
+    /// `assertion_file`, `token_exchange`, and the external account that set the latter up.
+    grant_files: Option<(Option<PathBuf>, Option<TokenExchange>, Option<ExternalAccount>)>,
+    client_id: Option<String>,
+}
+
 /// An auth config whose own fields are checked, waiting for its default `allowed_hosts`.
 struct PendingConfig {
     id: String,
@@ -1481,6 +1717,18 @@ fn indexed_routes(routes: Vec<PendingRoute>, by_id: &HashMap<String, usize>) -> 
             })
         })
         .collect()
+}
+
+/// Whether `raw` is Entra ID workload identity: `provider: microsoft` authenticating with
+/// the federated token, so the webhook's variables fill what it leaves out.
+fn azure_federated(raw: &RawAuthConfig) -> bool {
+    raw.provider == Some(Provider::Microsoft) && raw.client_auth() == ClientAuth::FederatedJwt
+}
+
+/// The end of a "missing" message when environment variable `var` could have given the value.
+fn or_from_env(var: Option<&str>) -> String {
+    var.map(|var| format!(", or {var} in the environment"))
+        .unwrap_or_default()
 }
 
 /// `provider: microsoft`'s authorization endpoint, beside the token endpoint it filled in.

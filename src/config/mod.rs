@@ -193,6 +193,9 @@ pub struct AuthConfig {
     pub assertion_file: Option<PathBuf>,
     /// `grant: token_exchange` only.
     pub token_exchange: Option<TokenExchange>,
+    /// `provider: google` without a secret: the `external_account` credential file it was
+    /// read from, and the service account its STS token is traded for.
+    pub external_account: Option<ExternalAccount>,
     /// Everything that shapes the token, so a changed config never reuses an old token.
     cache_key: CacheKey,
 }
@@ -255,6 +258,11 @@ impl AuthConfig {
             .as_ref()
             .map(TokenExchange::token_shaping)
             .unwrap_or_default();
+        let external = self
+            .external_account
+            .as_ref()
+            .map(ExternalAccount::token_shaping)
+            .unwrap_or_default();
         let parts = [
             self.id.as_str(),
             self.grant.as_str(),
@@ -267,6 +275,7 @@ impl AuthConfig {
             &consent,
             &assertion_file,
             &exchange,
+            &external,
         ];
         CacheKey::new(&parts.join("\u{1f}"))
     }
@@ -336,8 +345,48 @@ enum Provider {
     Google,
 }
 
+/// Entra ID's authority host in the public cloud; sovereign clouds have their own
+/// (`authority_host`, or `AZURE_AUTHORITY_HOST` for workload identity).
 const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+/// The scope of a Google STS token, and of an external account's tokens when the config
+/// names none: the IAM policy, not the scope, decides what the token may do.
+pub const GOOGLE_CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// `provider: google` without a secret: Google's workload identity federation, as the
+/// `external_account` credential file (`credentials_file`, or `GOOGLE_APPLICATION_CREDENTIALS`)
+/// describes it. The STS exchange is a `token_exchange` grant (endpoint, audience, subject
+/// token file and type from the file); this holds the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalAccount {
+    /// Where it was read from, for messages.
+    pub credentials_file: PathBuf,
+    /// `credential_source.format.subject_token_field_name`: the subject token file holds a
+    /// JSON object and the token is this member of it; `None`: the file is the token.
+    pub subject_token_field: Option<String>,
+    /// `service_account_impersonation_url`: the second hop, which trades the STS token for
+    /// the service account's access token.
+    pub impersonation: Option<Impersonation>,
+}
+
+/// The IAM Credentials `generateAccessToken` call of an external account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Impersonation {
+    pub url: Url,
+    /// `service_account_impersonation.token_lifetime_seconds`, asked for as `lifetime`.
+    pub lifetime: Duration,
+}
+
+impl ExternalAccount {
+    /// The part of the token cache key it decides: whose token the second hop asks for.
+    fn token_shaping(&self) -> String {
+        let field = self.subject_token_field.as_deref().unwrap_or_default();
+        match &self.impersonation {
+            Some(impersonation) => format!("{field} {} {}", impersonation.url, impersonation.lifetime.as_secs()),
+            None => field.to_owned(),
+        }
+    }
+}
 
 /// How the client obtains its tokens (RFC 6749 §4, §6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -803,6 +852,7 @@ impl fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 mod env;
+mod google;
 mod load;
 mod raw;
 mod route;

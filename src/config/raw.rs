@@ -65,18 +65,21 @@ pub(super) struct RawAuthConfig {
     #[allow(dead_code)] // read from the Value before deserializing
     pub(super) id: Value,
     pub(super) description: Option<String>,
-    #[serde(default)]
-    pub(super) grant: Grant,
+    /// `None`: a provider's default, else `client_credentials` (see [`RawAuthConfig::grant`]).
+    pub(super) grant: Option<Grant>,
     pub(super) token_url: Option<String>,
     pub(super) issuer: Option<String>,
     pub(super) discovery_url: Option<String>,
     pub(super) provider: Option<Provider>,
     pub(super) tenant: Option<String>,
+    pub(super) authority_host: Option<String>,
+    pub(super) credentials_file: Option<PathBuf>,
     pub(super) client_id: Option<String>,
     pub(super) client_secret: Option<ClientSecret>,
     pub(super) client_secret_file: Option<PathBuf>,
-    #[serde(default)]
-    pub(super) client_auth: ClientAuth,
+    /// `None`: a provider's default, else `client_secret_basic` (see
+    /// [`RawAuthConfig::client_auth`]).
+    pub(super) client_auth: Option<ClientAuth>,
     #[serde(default)]
     pub(super) request_body: RequestBody,
     pub(super) private_key_file: Option<PathBuf>,
@@ -109,6 +112,28 @@ pub(super) struct RawAuthConfig {
     pub(super) redirect_uri: Option<String>,
     #[serde(default)]
     pub(super) authorize_params: BTreeMap<String, Value>,
+}
+
+impl RawAuthConfig {
+    /// The grant, as configured or defaulted.
+    pub(super) fn grant(&self) -> Grant {
+        self.grant.unwrap_or_default()
+    }
+
+    /// The client authentication, as configured or defaulted.
+    pub(super) fn client_auth(&self) -> ClientAuth {
+        self.client_auth.unwrap_or_default()
+    }
+
+    /// Whether the config names a credential of its own (secret, key or certificate), or
+    /// a client authentication method: if not, a provider template may choose one.
+    pub(super) fn names_client_auth(&self) -> bool {
+        self.client_auth.is_some()
+            || self.client_secret.is_some()
+            || self.client_secret_file.is_some()
+            || self.private_key_file.is_some()
+            || self.client_cert_file.is_some()
+    }
 }
 
 #[derive(Deserialize)]

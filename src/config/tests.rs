@@ -1606,3 +1606,264 @@ fn token_exchange_takes_its_subject_token_file_and_types() {
         assert_ne!(key_of(changed), key, "{changed}");
     }
 }
+
+/// What Azure Workload Identity's webhook injects into a labelled pod.
+fn azure_env(authority: &str) -> Env {
+    env(&[
+        ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+        ("AZURE_TENANT_ID", "0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1"),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+        ),
+        ("AZURE_AUTHORITY_HOST", authority),
+    ])
+}
+
+#[test]
+fn provider_microsoft_without_a_secret_is_workload_identity_from_the_webhooks_variables() {
+    let yaml = "auth_configs:
+  - id: graph
+    provider: microsoft
+    scopes: [https://graph.microsoft.com/.default]
+    allowed_hosts: [graph.microsoft.com]
+  - id: vault
+    provider: microsoft
+    client_id: 99999999-0000-0000-0000-000000000000
+    assertion_file: /var/run/secrets/vault/token
+    allowed_hosts: [vault.azure.net]
+  - id: other-tenant
+    provider: microsoft
+    tenant: contoso.onmicrosoft.com
+    authority_host: https://login.microsoftonline.us/
+    allowed_hosts: [graph.microsoft.us]
+  - id: with-secret
+    provider: microsoft
+    tenant: contoso.onmicrosoft.com
+    client_id: secret-client
+    client_secret: s
+    allowed_hosts: [h.test]
+";
+    let config = Config::from_yaml("test.yaml", yaml, &azure_env("https://login.microsoftonline.com/")).unwrap();
+    let token_url = |id: &str| match &config.auth_config(id).unwrap().endpoint {
+        TokenEndpoint::Url(url) => url.to_string(),
+        other @ TokenEndpoint::Discovery { .. } => panic!("{other:?}"),
+    };
+    let graph = config.auth_config("graph").unwrap();
+    assert_eq!(graph.client_auth, ClientAuth::FederatedJwt);
+    assert!(matches!(graph.credential, Credential::AssertionFile));
+    assert_eq!(graph.client_id, "11111111-2222-3333-4444-555555555555");
+    assert_eq!(
+        graph.assertion_file.as_deref(),
+        Some(Path::new("/var/run/secrets/azure/tokens/azure-identity-token"))
+    );
+    assert_eq!(
+        token_url("graph"),
+        "https://login.microsoftonline.com/0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1/oauth2/v2.0/token"
+    );
+    // A second federated identity in the same pod: its own client id and token file.
+    let vault = config.auth_config("vault").unwrap();
+    assert_eq!(vault.client_id, "99999999-0000-0000-0000-000000000000");
+    assert_eq!(
+        vault.assertion_file.as_deref(),
+        Some(Path::new("/var/run/secrets/vault/token"))
+    );
+    assert_ne!(vault.cache_key(), graph.cache_key());
+    assert_eq!(
+        token_url("other-tenant"),
+        "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    // A secret keeps the old way: client_secret_basic, nothing from the webhook.
+    let with_secret = config.auth_config("with-secret").unwrap();
+    assert_eq!(with_secret.client_auth, ClientAuth::ClientSecretBasic);
+    assert_eq!(with_secret.assertion_file, None);
+    assert_eq!(
+        token_url("with-secret"),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    // Without the webhook's variables, a secret is still what the config needs.
+    let refused = errors(
+        "auth_configs:\n  - id: s\n    provider: microsoft\n    tenant: t.test\n    client_id: c\n    client_auth: client_secret_post\n    allowed_hosts: [h.test]\n",
+        &azure_env("https://login.microsoftonline.com/"),
+    );
+    assert_eq!(
+        refused,
+        ["test.yaml: auth config `s`: client_secret: missing: set client_secret or client_secret_file"]
+    );
+}
+
+#[test]
+fn microsoft_workload_identity_without_its_variables_names_each_missing_field() {
+    let yaml = "auth_configs:\n  - id: graph\n    provider: microsoft\n    allowed_hosts: [h.test]\n";
+    assert_eq!(
+        errors(yaml, &Env::new()),
+        [
+            "test.yaml: auth config `graph`: tenant: missing: provider: microsoft needs the directory (tenant) id or domain, or AZURE_TENANT_ID in the environment",
+            "test.yaml: auth config `graph`: assertion_file: missing: client_auth: federated_jwt sends the JWT this file holds, or AZURE_FEDERATED_TOKEN_FILE in the environment",
+            "test.yaml: auth config `graph`: client_id: missing: set client_id, or AZURE_CLIENT_ID in the environment",
+        ]
+    );
+    assert_eq!(
+        errors(yaml, &azure_env("http://login.example.test/")),
+        [
+            "test.yaml: auth config `graph`: authority_host (from AZURE_AUTHORITY_HOST): must be https:// (http:// is allowed only for loopback, for development)"
+        ]
+    );
+    assert_eq!(
+        errors(yaml, &azure_env("https://login.example.test/tenant?x=1")),
+        [
+            "test.yaml: auth config `graph`: authority_host (from AZURE_AUTHORITY_HOST): must be the login host alone, such as https://login.microsoftonline.com/"
+        ]
+    );
+    let mut bad_tenant = azure_env("https://login.microsoftonline.com/");
+    bad_tenant.insert("AZURE_TENANT_ID".into(), "common".into());
+    assert_eq!(
+        errors(yaml, &bad_tenant),
+        [
+            "test.yaml: auth config `graph`: tenant (from AZURE_TENANT_ID): `common` cannot issue client-credentials tokens: name the directory (tenant id or domain)"
+        ]
+    );
+    assert_eq!(
+        errors(
+            "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    authority_host: https://login.microsoftonline.com/\n    allowed_hosts: [h.test]\n",
+            &Env::new()
+        ),
+        ["test.yaml: auth config `a`: authority_host: applies only to provider: microsoft"]
+    );
+}
+
+/// Google's documented `external_account` file, with `extra` members, its token file at
+/// `/var/run/secrets/tokens/gcp-token`.
+fn external_account(extra: &str) -> String {
+    format!(
+        r#"{{"type":"external_account","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/k8s","subject_token_type":"urn:ietf:params:oauth:token-type:jwt","token_url":"https://sts.googleapis.com/v1/token","credential_source":{{"file":"/var/run/secrets/tokens/gcp-token","format":{{"type":"text"}}}}{extra}}}"#
+    )
+}
+
+#[test]
+fn provider_google_without_a_secret_reads_an_external_account_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.json");
+    std::fs::write(&plain, external_account("")).unwrap();
+    let impersonating = dir.path().join("impersonating.json");
+    std::fs::write(
+        &impersonating,
+        external_account(
+            r#","service_account_impersonation_url":"https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken""#,
+        ),
+    )
+    .unwrap();
+    let yaml = format!(
+        "auth_configs:\n  - id: gcs\n    provider: google\n    allowed_hosts: [storage.googleapis.com]\n  - id: bq\n    provider: google\n    credentials_file: {}\n    scopes: [https://www.googleapis.com/auth/bigquery]\n    allowed_hosts: [bigquery.googleapis.com]\n",
+        impersonating.display()
+    );
+    let environment = env(&[("GOOGLE_APPLICATION_CREDENTIALS", plain.to_str().unwrap())]);
+    let config = Config::from_yaml("test.yaml", &yaml, &environment).unwrap();
+    let gcs = config.auth_config("gcs").unwrap();
+    assert_eq!(gcs.grant, Grant::TokenExchange);
+    assert_eq!(gcs.client_auth, ClientAuth::None);
+    assert_eq!(
+        gcs.endpoint,
+        TokenEndpoint::Url(Url::parse("https://sts.googleapis.com/v1/token").unwrap())
+    );
+    assert_eq!(
+        gcs.token_exchange,
+        Some(TokenExchange {
+            subject_token_file: "/var/run/secrets/tokens/gcp-token".into(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            requested_token_type: Some("urn:ietf:params:oauth:token-type:access_token".into()),
+            audience: Some(
+                "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/k8s".into()
+            ),
+            resource: None,
+        })
+    );
+    assert_eq!(gcs.scopes, ["https://www.googleapis.com/auth/cloud-platform"]);
+    assert_eq!(
+        gcs.external_account,
+        Some(ExternalAccount {
+            credentials_file: plain.clone(),
+            subject_token_field: None,
+            impersonation: None,
+        })
+    );
+    let bq = config.auth_config("bq").unwrap();
+    assert_eq!(bq.scopes, ["https://www.googleapis.com/auth/bigquery"]);
+    let impersonation = bq.external_account.as_ref().unwrap().impersonation.as_ref().unwrap();
+    assert_eq!(impersonation.lifetime, Duration::from_hours(1));
+    assert!(impersonation.url.as_str().ends_with(":generateAccessToken"));
+    assert_ne!(bq.cache_key(), gcs.cache_key());
+    // Both files are watched: a rewritten credential file reloads the config.
+    let watched: Vec<&Path> = config.watched_files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(watched, [plain.as_path(), impersonating.as_path()]);
+    // With a secret, provider: google is still the OpenID Connect template.
+    let with_secret = endpoint_of(&with_endpoint("    provider: google\n"), &environment);
+    assert_eq!(
+        with_secret,
+        discovery(
+            "https://accounts.google.com",
+            "https://accounts.google.com/.well-known/openid-configuration"
+        )
+    );
+}
+
+#[test]
+fn a_bad_external_account_setup_names_the_file_and_field_never_the_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, external_account("").replace("\"audience\"", "\"audiance\"")).unwrap();
+    let yaml = "auth_configs:\n  - id: gcs\n    provider: google\n    allowed_hosts: [h.test]\n";
+    let from_env = env(&[("GOOGLE_APPLICATION_CREDENTIALS", bad.to_str().unwrap())]);
+    let got = errors(yaml, &from_env);
+    assert_eq!(
+        got,
+        [format!(
+            "test.yaml: auth config `gcs`: credentials_file (from GOOGLE_APPLICATION_CREDENTIALS): {}: audience: missing",
+            bad.display()
+        )]
+    );
+    assert!(!got[0].contains("iam.googleapis.com"), "{got:?}");
+    assert_eq!(
+        errors(yaml, &Env::new()),
+        [
+            "test.yaml: auth config `gcs`: credentials_file: missing: provider: google without a client secret reads an external_account credential file, or GOOGLE_APPLICATION_CREDENTIALS in the environment"
+        ]
+    );
+    let gone = dir.path().join("gone.json");
+    let got = errors(
+        &format!("{yaml}    credentials_file: {}\n", gone.display()),
+        &Env::new(),
+    );
+    assert!(
+        got[0].starts_with(&format!(
+            "test.yaml: auth config `gcs`: credentials_file: cannot read {}: ",
+            gone.display()
+        )),
+        "{got:?}"
+    );
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, external_account("")).unwrap();
+    let conflicting = format!(
+        "{yaml}    credentials_file: {}\n    token_url: https://sts.test/v1/token\n    audience: a\n",
+        good.display()
+    );
+    assert_eq!(
+        errors(&conflicting, &Env::new()),
+        [
+            "test.yaml: auth config `gcs`: token_url: does not apply to provider: google with a credentials file, which says where tokens come from",
+            "test.yaml: auth config `gcs`: audience: does not apply to provider: google with a credentials file, which says where tokens come from",
+        ]
+    );
+    assert_eq!(
+        errors(
+            &format!(
+                "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_secret: s\n    credentials_file: {}\n    allowed_hosts: [h.test]\n",
+                good.display()
+            ),
+            &Env::new()
+        ),
+        [
+            "test.yaml: auth config `a`: credentials_file: applies only to provider: google without a client secret (workload identity federation)"
+        ]
+    );
+}

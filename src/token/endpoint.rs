@@ -17,10 +17,10 @@ use serde::Deserialize;
 use url::Url;
 
 use super::discovery::{self, Discovered, quote};
-use super::jwt;
+use super::{impersonation, jwt};
 use crate::config::{
-    AuthConfig, ClientAuth, Credential, Grant, JWT_BEARER_GRANT_TYPE, RequestBody, TOKEN_EXCHANGE_GRANT_TYPE,
-    TokenEndpoint, endpoint_name, format_timestamp,
+    AuthConfig, ClientAuth, Credential, ExternalAccount, GOOGLE_CLOUD_PLATFORM_SCOPE, Grant, JWT_BEARER_GRANT_TYPE,
+    RequestBody, TOKEN_EXCHANGE_GRANT_TYPE, TokenEndpoint, endpoint_name, format_timestamp,
 };
 use crate::secret::{AccessToken, Assertion, AuthorizationCode, ClientSecret, RefreshToken};
 use crate::tls;
@@ -263,7 +263,31 @@ impl TokenClient {
     /// named cannot connect or gets a 404, the document is read again, and the request is
     /// sent once more if the endpoint has moved (a request that got no answer, or a 404,
     /// spent no refresh token or code).
+    ///
+    /// An external account that impersonates a service account trades the token it got
+    /// for that account's (the second hop), within what is left of `timeout`.
     pub async fn request(&self, config: &AuthConfig, grant: GrantRequest<'_>) -> Result<TokenResponse, TokenError> {
+        let started = tokio::time::Instant::now();
+        let response = self.request_at_endpoint(config, grant).await?;
+        let Some(impersonation) = config.external_account.as_ref().and_then(|e| e.impersonation.as_ref()) else {
+            return Ok(response);
+        };
+        let left = config.timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(TokenError::Timeout {
+                endpoint: endpoint_name(&impersonation.url),
+                timeout: config.timeout,
+            });
+        }
+        impersonation::generate_access_token(&self.http, config, impersonation, &response.access_token, left).await
+    }
+
+    /// The token request itself, at the token URL or the endpoint discovery names.
+    async fn request_at_endpoint(
+        &self,
+        config: &AuthConfig,
+        grant: GrantRequest<'_>,
+    ) -> Result<TokenResponse, TokenError> {
         let (issuer, document) = match &config.endpoint {
             TokenEndpoint::Url(url) => return self.request_token(config, url, grant).await,
             TokenEndpoint::Discovery { issuer, document } => (issuer, document),
@@ -414,7 +438,13 @@ impl TokenClient {
         // Read before anything is sent: a file that holds no usable token stops the request.
         let grant_token = grant_token(config, grant)?;
         let mut params = grant_params(config, grant, grant_token.as_ref());
-        let scope = config.scopes.join(" ");
+        let scope = match &config.external_account {
+            // The STS token serves only to impersonate: the scopes are the second hop's.
+            Some(ExternalAccount {
+                impersonation: Some(_), ..
+            }) => GOOGLE_CLOUD_PLATFORM_SCOPE.to_owned(),
+            _ => config.scopes.join(" "),
+        };
         // On a refresh too (RFC 6749 §6 allows it; Entra ID needs it); the code's scopes
         // were settled by the consent.
         if !scope.is_empty() && !matches!(grant, GrantRequest::AuthorizationCode { .. }) {
@@ -442,6 +472,8 @@ impl TokenClient {
                 params.push(("client_assertion_type", crate::assertion::ASSERTION_TYPE));
                 params.push(("client_assertion", assertion.expose()));
             }
+            // Google's STS: the subject token alone says who asks.
+            (ClientAuth::None, Credential::None, _) if config.external_account.is_some() => {}
             (ClientAuth::TlsClientAuth, Credential::Certificate(_), _) | (ClientAuth::None, Credential::None, _) => {
                 params.push(("client_id", &config.client_id));
             }
@@ -457,24 +489,7 @@ impl TokenClient {
             .header(header::CONTENT_TYPE, content_type)
             .body(body);
 
-        let transport = |err: reqwest::Error| {
-            if err.is_timeout() {
-                TokenError::Timeout {
-                    endpoint: endpoint.clone(),
-                    timeout: config.timeout,
-                }
-            } else if err.is_connect() {
-                TokenError::Connect {
-                    endpoint: endpoint.clone(),
-                    cause: crate::chain(&err.without_url()),
-                }
-            } else {
-                TokenError::Transport {
-                    endpoint: endpoint.clone(),
-                    cause: crate::chain(&err.without_url()),
-                }
-            }
-        };
+        let transport = |err: reqwest::Error| transport_error(err, &endpoint, config.timeout);
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         let content_type = response
@@ -507,12 +522,13 @@ impl TokenClient {
 fn grant_token(config: &AuthConfig, grant: GrantRequest<'_>) -> Result<Option<Assertion>, TokenError> {
     match (grant, &config.token_exchange) {
         (GrantRequest::JwtBearer, _) => read_assertion(config).map(Some),
-        (GrantRequest::TokenExchange, Some(exchange)) => read_token_file(
-            "subject token file",
-            &exchange.subject_token_file,
-            exchange.subject_is_jwt(),
-        )
-        .map(Some),
+        (GrantRequest::TokenExchange, Some(exchange)) => {
+            let field = config
+                .external_account
+                .as_ref()
+                .and_then(|external| external.subject_token_field.as_deref());
+            read_subject_token(&exchange.subject_token_file, field, exchange.subject_is_jwt()).map(Some)
+        }
         (GrantRequest::TokenExchange, None) => Err(TokenError::Invalid(format!(
             "auth config `{}` has no subject_token_file",
             config.id
@@ -611,14 +627,66 @@ fn check_issued_token_type(
     }
 }
 
-/// The token in `path` as it is now, whitespace trimmed; `what` names the file in errors.
-/// With `jwt`, it must be a JWT whose `exp` (if any) has not passed.
-fn read_token_file(what: &'static str, path: &std::path::Path, jwt: bool) -> Result<Assertion, TokenError> {
-    let problem = |problem: String| TokenError::Assertion {
+/// The subject token in `path`: the whole file, or (an external account's JSON format)
+/// its member `field`. With `jwt`, it must be a JWT whose `exp` (if any) has not passed.
+fn read_subject_token(path: &std::path::Path, field: Option<&str>, jwt: bool) -> Result<Assertion, TokenError> {
+    const WHAT: &str = "subject token file";
+    let Some(field) = field else {
+        return read_token_file(WHAT, path, jwt);
+    };
+    let text = read_token_file(WHAT, path, false)?;
+    let token = match serde_json::from_str::<serde_json::Value>(text.expose()) {
+        Ok(serde_json::Value::Object(mut members)) => match members.remove(field) {
+            Some(serde_json::Value::String(token)) => Assertion::new(token.trim()),
+            _ => {
+                return Err(file_problem(
+                    WHAT,
+                    path,
+                    format!("has no string member `{field}` (credential_source.format)"),
+                ));
+            }
+        },
+        _ => return Err(file_problem(WHAT, path, "is not a JSON object".into())),
+    };
+    if token.expose().is_empty() {
+        return Err(file_problem(WHAT, path, format!("has an empty `{field}`")));
+    }
+    if jwt {
+        check_jwt(WHAT, path, token.expose())?;
+    }
+    Ok(token)
+}
+
+fn file_problem(what: &'static str, path: &std::path::Path, problem: String) -> TokenError {
+    TokenError::Assertion {
         what,
         file: path.display().to_string(),
         problem,
-    };
+    }
+}
+
+/// `token` must be a JWT whose `exp` (if any) has not passed.
+fn check_jwt(what: &'static str, path: &std::path::Path, token: &str) -> Result<(), TokenError> {
+    let expiry = jwt::assertion_expiry(token).map_err(|err| file_problem(what, path, err.to_string()))?;
+    if let Some(exp) = expiry
+        && exp <= SystemTime::now()
+    {
+        return Err(file_problem(
+            what,
+            path,
+            format!(
+                "holds an assertion that expired at {}: whatever writes the file has stopped renewing it",
+                format_timestamp(exp)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The token in `path` as it is now, whitespace trimmed; `what` names the file in errors.
+/// With `jwt`, it must be a JWT whose `exp` (if any) has not passed.
+fn read_token_file(what: &'static str, path: &std::path::Path, jwt: bool) -> Result<Assertion, TokenError> {
+    let problem = |problem: String| file_problem(what, path, problem);
     let size = std::fs::metadata(path)
         .map_err(|err| problem(format!("cannot be read: {err}")))?
         .len();
@@ -633,17 +701,8 @@ fn read_token_file(what: &'static str, path: &std::path::Path, jwt: bool) -> Res
     if trimmed.is_empty() {
         return Err(problem("is empty".into()));
     }
-    if !jwt {
-        return Ok(Assertion::new(trimmed));
-    }
-    let expiry = jwt::assertion_expiry(trimmed).map_err(|err| problem(err.to_string()))?;
-    if let Some(exp) = expiry
-        && exp <= SystemTime::now()
-    {
-        return Err(problem(format!(
-            "holds an assertion that expired at {}: whatever writes the file has stopped renewing it",
-            format_timestamp(exp)
-        )));
+    if jwt {
+        check_jwt(what, path, trimmed)?;
     }
     Ok(Assertion::new(trimmed))
 }
@@ -745,7 +804,7 @@ fn encode_body(kind: RequestBody, params: &[(&str, &str)]) -> (&'static str, Str
 }
 
 /// The whole body, at most [`MAX_RESPONSE_BYTES`]; `Err(None)` when it is larger.
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
+pub(super) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
     if response
         .content_length()
         .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
@@ -760,6 +819,26 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Option<re
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A request to `endpoint` that got no complete answer within `timeout`, or none at all.
+pub(super) fn transport_error(err: reqwest::Error, endpoint: &str, timeout: Duration) -> TokenError {
+    if err.is_timeout() {
+        TokenError::Timeout {
+            endpoint: endpoint.to_owned(),
+            timeout,
+        }
+    } else if err.is_connect() {
+        TokenError::Connect {
+            endpoint: endpoint.to_owned(),
+            cause: crate::chain(&err.without_url()),
+        }
+    } else {
+        TokenError::Transport {
+            endpoint: endpoint.to_owned(),
+            cause: crate::chain(&err.without_url()),
+        }
+    }
 }
 
 /// Why a request failed, for messages: a timeout, or the error chain without the URL.
@@ -1029,5 +1108,49 @@ mod tests {
             err,
             "token endpoint answered HTTP 302 (text/html) without an OAuth error; redirects are not followed"
         );
+    }
+
+    #[test]
+    fn a_json_subject_token_file_gives_its_member_or_says_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.json");
+        // No `exp`: a JWT that does not say when it expires is sent as it is.
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3JrbG9hZCJ9.c2lnbmF0dXJl";
+        std::fs::write(&path, format!(r#"{{"id_token":" {jwt} ","other":"secret-other"}}"#)).unwrap();
+        let token = read_subject_token(&path, Some("id_token"), true).unwrap();
+        assert_eq!(token.expose(), jwt);
+        let file = path.display();
+        for (content, field, problem) in [
+            (
+                r#"{"other":"secret-other"}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} has no string member `id_token` (credential_source.format)"),
+            ),
+            (
+                r#"{"id_token":7}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} has no string member `id_token` (credential_source.format)"),
+            ),
+            (
+                "secret-plain-text".to_owned(),
+                "id_token",
+                format!("subject token file {file} is not a JSON object"),
+            ),
+            (
+                r#"{"id_token":"  "}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} has an empty `id_token`"),
+            ),
+            (
+                r#"{"id_token":"secret-not-a-jwt"}"#.to_owned(),
+                "id_token",
+                format!("subject token file {file} "),
+            ),
+        ] {
+            std::fs::write(&path, &content).unwrap();
+            let message = read_subject_token(&path, Some(field), true).unwrap_err().to_string();
+            assert!(message.starts_with(&problem), "{message}");
+            assert!(!message.contains("secret-"), "{message}");
+        }
     }
 }

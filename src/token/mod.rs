@@ -24,6 +24,7 @@
 mod discovery;
 mod endpoint;
 mod grants;
+mod impersonation;
 mod jwt;
 
 use std::future::Future;
