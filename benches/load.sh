@@ -119,17 +119,18 @@ wait_ready() { # admin-port pid log
 }
 
 # Runs one load (`wrk ...` or `loadgen ...`) on CPU 1 while PROCS work, and appends
-# "rps p50_us p99_us cpu_ns user_ns system_ns" (CPU per request) to $WORK/NAME.runs.
+# "rps p50_us p99_us cpu_ns user_ns system_ns late" (CPU per request; late: loadgen's
+# fixed-rate sends that started over 1 ms after their time, 0 for wrk) to $WORK/NAME.runs.
 measure() { # rep name "procs" command...
   local rep=$1 name=$2; local procs=($3); shift 3
-  local before after out requests rps p50 p99 user system
+  local before after out requests rps p50 p99 user system late=0
   before=$(ticks "${procs[@]}")
   if [ "$1" = loadgen ]; then
     shift
     out=$(timeout $((DURATION + 90)) taskset -c 1 "$LOADGEN_BIN" --duration "$DURATION" "$@") || { echo "load.sh: loadgen failed for $name" >&2; exit 1; }
     after=$(ticks "${procs[@]}")
     field() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
-    requests=$(field requests) rps=$(field rps) p50=$(field p50_us) p99=$(field p99_us)
+    requests=$(field requests) rps=$(field rps) p50=$(field p50_us) p99=$(field p99_us) late=$(field late)
     [ "$(field errors)" = 0 ] || { echo "load.sh: $name had errors: $out" >&2; exit 1; }
   else
     out=$(timeout $((DURATION + 30)) taskset -c 1 "$@")
@@ -142,7 +143,7 @@ measure() { # rep name "procs" command...
   fi
   [ "${requests:-0}" -gt 0 ] || { echo "load.sh: $name answered no request: $out" >&2; exit 1; }
   read -r user system < <(echo "$before $after" | awk '{print $3 - $1, $4 - $2}')
-  echo "$rps $p50 $p99 $(( (user + system) * 1000000000 / TICK / requests )) $(( user * 1000000000 / TICK / requests )) $(( system * 1000000000 / TICK / requests ))" >> "$WORK/$name.runs"
+  echo "$rps $p50 $p99 $(( (user + system) * 1000000000 / TICK / requests )) $(( user * 1000000000 / TICK / requests )) $(( system * 1000000000 / TICK / requests )) $late" >> "$WORK/$name.runs"
   echo "  $name rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, user $((user * 1000000000 / TICK / requests)) ns + kernel $((system * 1000000000 / TICK / requests)) ns per request" >&2
 }
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.runs" | median; }
@@ -503,7 +504,7 @@ if has latency; then
     DURATION=$LATENCY_DURATION measure "$rep" lat-tls-bearerd "$BEARERD_TLS_PID" "${FIXED[@]}" "${TLS_BEARERD[@]}"
   done
   lat_row() { # name label direct-name
-    printf "| %s | %.0f | %.0f | %.0f | %+.0f | %+.0f |\n" "$2" "$(col "$1" 1)" "$(col "$1" 2)" "$(col "$1" 3)" \
+    printf "| %s | %.0f | %s | %.0f | %.0f | %+.0f | %+.0f |\n" "$2" "$(col "$1" 1)" "$(col "$1" 7)" "$(col "$1" 2)" "$(col "$1" 3)" \
       "$(awk -v a="$(col "$1" 2)" -v b="$(col "$3" 2)" 'BEGIN {print a - b}')" \
       "$(awk -v a="$(col "$1" 3)" -v b="$(col "$3" 3)" 'BEGIN {print a - b}')"
   }
@@ -512,12 +513,13 @@ if has latency; then
 
 One keep-alive connection at a fixed $RATE requests a second (benches/loadgen.rs, sends spread
 evenly; latency from the request's write to the response's last byte), ${LATENCY_DURATION} s per run,
-medians of the runs' p50 and p99. "Over direct" is the path's figure minus the direct one of its
+medians of the runs' p50 and p99. A stall of the machine shows as a rate below $RATE and as late
+sends (started over 200 µs after their time; the median run's count). "Over direct" is the path's figure minus the direct one of its
 kind: the plain rows over the plain upstream straight, the HTTPS-upstream and intercepted rows
 over TLS to the upstream straight (what the app would see without a proxy).
 
-| path | req/s | p50 µs | p99 µs | p50 over direct | p99 over direct |
-| --- | ---: | ---: | ---: | ---: | ---: |
+| path | req/s | late sends | p50 µs | p99 µs | p50 over direct | p99 over direct |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
 $(lat_row lat-direct "plain: direct" lat-direct)
 $(lat_row lat-nginx "plain: nginx" lat-direct)
 $(lat_row lat-bearerd "plain: **bearerd**" lat-direct)

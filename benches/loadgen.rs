@@ -18,8 +18,10 @@
 //! Prints one line on stdout, `key=value` pairs: `requests` answered in the `--duration`
 //! window, `errors`, `seconds`, `rps`, latency percentiles `p50_us`, `p90_us`, `p99_us`,
 //! `max_us` (from the request's write to the response's last byte), and `late`, how many
-//! fixed-rate sends started more than a millisecond after their time. The single-threaded
-//! runtime keeps it on one CPU, as `wrk -t1`.
+//! fixed-rate sends started more than 200 µs after their time (a stall of the machine or of
+//! the previous answer). Fixed-rate sends wait on the timer, then yield the last 2 ms away:
+//! with `--rate` the generator keeps its CPU busy. The single-threaded runtime keeps it on
+//! one CPU, as `wrk -t1`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -304,8 +306,8 @@ async fn requests(
             if *at >= end {
                 break;
             }
-            tokio::time::sleep_until((*at).into()).await;
-            if at.elapsed() > Duration::from_millis(1) {
+            pace(*at).await;
+            if at.elapsed() > LATE {
                 tally.late += 1;
             }
             *at += interval;
@@ -326,6 +328,23 @@ async fn requests(
         }
     }
     tally
+}
+
+/// A fixed-rate send that starts later than this after its time counts as late.
+const LATE: Duration = Duration::from_micros(200);
+
+/// Waits until `at`: on the timer for all but the last 2 ms, then yielding until the moment.
+/// tokio's timer fires on millisecond ticks, which would send most requests of a 1,000 req/s
+/// schedule up to a tick late and the next one at once after it.
+async fn pace(at: Instant) {
+    if let Some(coarse) = at.checked_sub(Duration::from_millis(2))
+        && coarse > Instant::now()
+    {
+        tokio::time::sleep_until(coarse.into()).await;
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// One request and its whole response, which must be a 200.
