@@ -313,3 +313,73 @@ async fn redis_going_away_fails_no_request_and_the_fleet_returns_to_it() {
     assert!(served_from_redis, "b went back to Redis");
     assert_eq!(redis.values(PREFIX).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_refreshes_ahead_for_the_fleet() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 3);
+    // 4 s tokens, refreshed from 2 s on: both processes reach the window with the same token.
+    let tokens = TokenServer::with(Duration::ZERO, |n, _| ok_token(&format!("tok-{n}"), 4)).await;
+    let echo = Echo::start().await;
+    let yaml = fleet_config(&tokens, &redis, &key, "    expiry_skew: 0s\n    refresh_before: 2s\n");
+    let (a, b) = (start_bearerd(&yaml).await, start_bearerd(&yaml).await);
+    let (a_client, b_client) = (proxied_client(a.proxy_addr), proxied_client(b.proxy_addr));
+    assert_eq!(get_through(&a_client, &echo, "/").await, (200, "tok-1".to_owned()));
+    assert_eq!(get_through(&b_client, &echo, "/").await, (200, "tok-1".to_owned()));
+    assert_eq!(tokens.count(), 1);
+
+    // Requests keep coming to both; each is served (the old token while the refresh runs)
+    // until both send the new one.
+    let mut both_new = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let (a_got, b_got) = tokio::join!(get_through(&a_client, &echo, "/"), get_through(&b_client, &echo, "/"));
+        for (status, token) in [&a_got, &b_got] {
+            assert_eq!(*status, 200);
+            assert!(token == "tok-1" || token == "tok-2", "{token}");
+        }
+        if a_got.1 == "tok-2" && b_got.1 == "tok-2" {
+            both_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(both_new, "both processes moved to the refreshed token");
+    assert_eq!(tokens.count(), 2, "one refresh for the fleet");
+    for server in [&a, &b] {
+        let text = metrics(server).await;
+        assert_eq!(
+            sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#),
+            0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_evicts_from_redis_only_the_token_it_refused() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 4);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let yaml = fleet_config(&tokens, &redis, &key, "");
+    let (a, b) = (start_bearerd(&yaml).await, start_bearerd(&yaml).await);
+    let (a_client, b_client) = (proxied_client(a.proxy_addr), proxied_client(b.proxy_addr));
+    assert_eq!(get_through(&a_client, &echo, "/").await, (200, "tok-1".to_owned()));
+    assert_eq!(get_through(&b_client, &echo, "/").await, (200, "tok-1".to_owned()));
+
+    // The upstream now wants tok-2: a's 401 on tok-1 removes tok-1 from Redis, and a fetches.
+    assert_eq!(
+        get_through(&a_client, &echo, "/only/tok-2").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(tokens.count(), 2);
+    // b's 401 on the same tok-1 finds a newer token in Redis: it is kept and used.
+    assert_eq!(
+        get_through(&b_client, &echo, "/only/tok-2").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(tokens.count(), 2, "tok-2 was not evicted by a 401 that tok-1 got");
+    assert_eq!(redis.values(PREFIX).len(), 1);
+}
