@@ -6,12 +6,18 @@
 //! refresh by `check` would spend the refresh token the running bearerd holds. Its row says
 //! whether `state.file` holds a refresh token, or that a consent is required (which is not
 //! a failure: it is the state of a config nobody has consented for yet).
+//!
+//! With `shared_cache:`, a last line says whether its Redis answers a `PING` (never the
+//! password); one that does not fails the check, though a running bearerd would serve
+//! without it, fetching alone.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{AuthConfig, Config, Grant, TokenEndpoint, endpoint_name};
+use crate::metrics::Metrics;
+use crate::shared_cache::SharedCache;
 use crate::state::{StateStore, record_key};
 use crate::token::{TokenClient, TokenResponse, holds_refresh_token, remedy};
 use crate::{StartError, tls};
@@ -87,6 +93,20 @@ pub async fn check(config: &Config, offline: bool) -> Result<Vec<Row>, StartErro
         });
     }
     Ok(rows)
+}
+
+/// Whether the shared cache's Redis answers: `None` without `shared_cache:` or offline,
+/// else the line to print and whether it passed.
+pub async fn shared_cache(config: &Config, offline: bool) -> Option<(String, bool)> {
+    let shared = config.shared_cache.as_ref().filter(|_| !offline)?;
+    let answer = match SharedCache::new(shared, Arc::new(Metrics::new())) {
+        Ok(cache) => cache.ping().await,
+        Err(err) => Err(err),
+    };
+    Some(match answer {
+        Ok(()) => (format!("shared_cache: {} answers", shared.redis), true),
+        Err(err) => (format!("shared_cache: FAILED: {}", crate::chain(&err)), false),
+    })
 }
 
 /// A user grant, without spending anything: its consent's start (`authorization_code`: the

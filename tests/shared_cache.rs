@@ -383,3 +383,57 @@ async fn a_401_evicts_from_redis_only_the_token_it_refused() {
     assert_eq!(tokens.count(), 2, "tok-2 was not evicted by a 401 that tok-1 got");
     assert_eq!(redis.values(PREFIX).len(), 1);
 }
+
+/// `bearerd check` on `config`: exit code, stdout and stderr.
+fn check(config: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bearerd"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_whether_redis_answers_without_its_password() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 6);
+    let tokens = TokenServer::start().await;
+    let (code, stdout, stderr) = check(&fleet_config(&tokens, &redis, &key, ""));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().last().unwrap(),
+        format!("shared_cache: redis://127.0.0.1:{} answers", redis.port)
+    );
+
+    redis.stop();
+    let with_password = fleet_config(&tokens, &redis, &key, "").replace(
+        &redis.url(),
+        &format!("redis://default:s3cret-pw@127.0.0.1:{}", redis.port),
+    );
+    let (code, stdout, stderr) = check(&with_password);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!(
+            "shared_cache: FAILED: the shared cache at redis://default:[redacted]@127.0.0.1:{} ",
+            redis.port
+        )),
+        "{last}"
+    );
+    assert!(
+        !stdout.contains("s3cret-pw") && !stderr.contains("s3cret-pw"),
+        "{stdout}{stderr}"
+    );
+    // The auth config's own row still passed: only Redis failed.
+    assert!(stdout.lines().nth(1).unwrap().contains(" ok "), "{stdout}");
+}
