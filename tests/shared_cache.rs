@@ -222,10 +222,18 @@ async fn a_killed_lease_holder_lets_another_process_fetch_once_its_lease_expires
     let holder = Bearerd::start(&config, "info", &[]);
     let waiter = Bearerd::start(&config, "info", &[]);
 
+    // Its request fails with the process; only the other process's matters here.
     let stuck = {
         let client = proxied(&holder.proxy);
         let url = format!("http://{}/stuck", echo.addr);
-        tokio::spawn(async move { get_with_config(&client, &url, "billing").await.status() })
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .header("x-auth-config", "billing")
+                .send()
+                .await
+                .map(|r| r.status())
+        })
     };
     eventually("the holder's token request", || async { tokens.count() == 1 }).await;
     let lease = format!("{PREFIX}:lease:");
@@ -238,7 +246,7 @@ async fn a_killed_lease_holder_lets_another_process_fetch_once_its_lease_expires
     let mut holder = holder;
     holder.signal("KILL");
     holder.exit_status().await;
-    drop(stuck);
+    assert!(stuck.await.unwrap().is_err(), "the killed process answered");
 
     let (status, token) = get_through(&proxied(&waiter.proxy), &echo, "/after").await;
     assert_eq!((status, token.as_str()), (200, "tok-2"));
@@ -436,4 +444,79 @@ async fn check_says_whether_redis_answers_without_its_password() {
     );
     // The auth config's own row still passed: only Redis failed.
     assert!(stdout.lines().nth(1).unwrap().contains(" ok "), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steady_traffic_over_four_processes_waits_on_the_token_endpoint_only_at_the_start() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 8);
+    // 4 s tokens refreshed from 2 s on: at most one token request per 2 s for the fleet.
+    let tokens = TokenServer::with(Duration::from_millis(100), |n, _| ok_token(&format!("tok-{n}"), 4)).await;
+    let echo = Echo::start().await;
+    let yaml = fleet_config(&tokens, &redis, &key, "    expiry_skew: 0s\n    refresh_before: 2s\n");
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        fleet.push(start_bearerd(&yaml).await);
+    }
+    let clients: Vec<reqwest::Client> = fleet.iter().map(|b| proxied_client(b.proxy_addr)).collect();
+    // Each process's first request waits for its token (fetched by one, read by the rest).
+    for client in &clients {
+        assert_eq!(get_through(client, &echo, "/first").await, (200, "tok-1".to_owned()));
+    }
+    assert_eq!(tokens.count(), 1);
+
+    let started = tokio::time::Instant::now();
+    let run = Duration::from_secs(10);
+    let senders: Vec<_> = (0..8)
+        .map(|i| {
+            let client = clients[i % 4].clone();
+            let url = format!("http://{}/steady", echo.addr);
+            tokio::spawn(async move {
+                let (mut sent, mut failed) = (0, 0);
+                while started.elapsed() < run {
+                    let status = get_with_config(&client, &url, "billing").await.status();
+                    sent += 1;
+                    if status != 200 {
+                        failed += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (sent, failed)
+            })
+        })
+        .collect();
+    let mut totals = (0, 0);
+    for sender in senders {
+        let (sent, failed) = sender.await.unwrap();
+        totals = (totals.0 + sent, totals.1 + failed);
+    }
+    let elapsed = started.elapsed();
+    assert!(totals.0 > 100, "{totals:?}");
+    assert_eq!(totals.1, 0, "no request failed");
+    // Each process waited on a fetch for its first request only; later ones were hits or
+    // refresh-ahead uses of a valid token.
+    for server in &fleet {
+        let text = metrics(server).await;
+        assert_eq!(
+            sample(
+                &text,
+                r#"bearerd_token_cache_lookups_total{auth_config="billing",result="miss"}"#
+            ),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#),
+            0
+        );
+    }
+    // One refresh per refresh interval for the whole fleet, not one per process.
+    let most = elapsed.as_secs() / 2 + 2;
+    let fetched = tokens.count();
+    assert!(
+        fetched as u64 <= most,
+        "{fetched} token requests in {elapsed:?} (at most {most})"
+    );
+    eprintln!("{fetched} token requests for 4 processes in {elapsed:?} of steady traffic");
 }
