@@ -192,6 +192,24 @@ impl Metrics {
         }
     }
 
+    /// Creates the zero-valued series of the shared token cache (`shared_cache:` set): its
+    /// operations, and each auth config's fallbacks.
+    pub fn announce_shared_cache(&self, auth_configs: &[std::sync::Arc<crate::config::AuthConfig>]) {
+        for (op, outcomes) in [
+            ("get", &["hit", "miss", "error"][..]),
+            ("set", &["ok", "error"][..]),
+            ("lease", &["ok", "miss", "error"][..]),
+        ] {
+            for outcome in outcomes {
+                self.shared_cache_operations.with_label_values(&[op, outcome]);
+            }
+        }
+        for auth_config in auth_configs {
+            self.shared_cache_fallbacks
+                .with_label_values(&[auth_config.id.as_str()]);
+        }
+    }
+
     /// Drops the gauges and histograms of an auth config that no longer exists (after a
     /// reload), so no stale expiry stays exported. Its counters stay until a restart, as
     /// counters should.

@@ -84,6 +84,9 @@ impl Server {
         let (admin_listener, admin_addr) = bind("admin_listen", config.admin_listen).await?;
         let config = Arc::new(config);
         metrics.announce(&config.auth_configs);
+        if config.shared_cache.is_some() {
+            metrics.announce_shared_cache(&config.auth_configs);
+        }
         grants.publish(&config.auth_configs);
         let proxy = Proxy::new(Arc::clone(&config), tokens, upstream, metrics, interception);
         let (stop, stopped) = watch::channel(false);

@@ -111,6 +111,11 @@ async fn four_processes_answer_200_cold_requests_with_one_token_request() {
             &metrics,
             r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#,
         );
+        // Exported from the start, so rate() sees the first fallback.
+        assert!(
+            metrics.contains("bearerd_shared_cache_fallbacks_total{auth_config=\"billing\"} "),
+            "{metrics}"
+        );
     }
     assert_eq!((fetched, fallbacks), (1, 0));
 
