@@ -7,7 +7,9 @@
 //! - inside `refresh_before`: used, and one background refresh starts (unless one runs, or
 //!   the slot is backing off); its result replaces the token for later requests;
 //! - missing or expired: the request waits for the one fetch in flight, starting it if
-//!   needed; every waiter gets the same token or the same error;
+//!   needed; every waiter gets the same token or the same error. With `shared_cache:`, that
+//!   fetch (and a refresh) first asks the fleet's Redis, and asks the provider only under
+//!   the fleet's lease or when Redis fails (`fleet`);
 //! - after a failed fetch: consecutive failures back off exponentially with jitter, and a
 //!   request with no valid token fails fast with [`TokenFailure::Backoff`] instead of
 //!   reaching the provider. A still-valid token keeps being used when a refresh fails.
