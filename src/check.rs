@@ -11,12 +11,18 @@
 //! each file under the table with what reading it found: readable, a JWT, when it expires.
 //! Offline, a file no token request could use fails the check: in the pod, that is the
 //! difference between a config that works and one that does not.
+//!
+//! With `shared_cache:`, a last line says whether its Redis answers a `PING` (never the
+//! password); one that does not fails the check, though a running bearerd would serve
+//! without it, fetching alone.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{AuthConfig, Config, Grant, TokenEndpoint, endpoint_name, format_timestamp};
+use crate::metrics::Metrics;
+use crate::shared_cache::SharedCache;
 use crate::state::{StateStore, record_key};
 use crate::token::{
     TokenClient, TokenError, TokenFileState, TokenResponse, holds_refresh_token, inspect_token_file, remedy,
@@ -138,6 +144,20 @@ fn inspect_files(auth_config: &AuthConfig) -> Vec<FileRow> {
             },
         })
         .collect()
+}
+
+/// Whether the shared cache's Redis answers: `None` without `shared_cache:` or offline,
+/// else the line to print and whether it passed.
+pub async fn shared_cache(config: &Config, offline: bool) -> Option<(String, bool)> {
+    let shared = config.shared_cache.as_ref().filter(|_| !offline)?;
+    let answer = match SharedCache::new(shared, Arc::new(Metrics::new())) {
+        Ok(cache) => cache.ping().await,
+        Err(err) => Err(err),
+    };
+    Some(match answer {
+        Ok(()) => (format!("shared_cache: {} answers", shared.redis), true),
+        Err(err) => (format!("shared_cache: FAILED: {}", crate::chain(&err)), false),
+    })
 }
 
 /// A user grant, without spending anything: its consent's start (`authorization_code`: the

@@ -29,6 +29,8 @@
 //! - [`metrics`]: the Prometheus metrics of DESIGN.md, with bounded labels only.
 //! - `server`: a running [`Server`]: listeners, reload, prefetch, graceful shutdown.
 //! - [`state`]: the sealed file that keeps the user grants' refresh tokens across restarts.
+//! - [`shared_cache`]: the fleet-wide token cache on Redis (`shared_cache:`): a local miss
+//!   looks there, and one process per fleet fetches under a lease; values are sealed.
 //! - [`secret`], [`assertion`] and [`tls`]: redacting secret types, client-assertion keys
 //!   and JWTs, and the rustls client settings (and the roots bearerd trusts).
 //! - [`check`]: `bearerd check`, the configuration validated and one token fetched per config.
@@ -54,6 +56,7 @@ pub mod routes;
 pub mod running;
 pub mod secret;
 mod server;
+pub mod shared_cache;
 pub mod state;
 pub mod tls;
 pub mod token;
@@ -79,6 +82,8 @@ pub enum StartError {
     TokenClient(#[from] reqwest::Error),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    SharedCache(#[from] shared_cache::SharedCacheError),
     #[error("cannot listen on {addr} ({what}): {cause}")]
     Bind {
         what: &'static str,

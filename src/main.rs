@@ -161,9 +161,15 @@ fn run(config: Config, path: &Path, env: &Env) -> anyhow::Result<ExitCode> {
 }
 
 fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
-    let rows = runtime(Some(1))?.block_on(bearerd::check::check(config, offline))?;
+    let runtime = runtime(Some(1))?;
+    let rows = runtime.block_on(bearerd::check::check(config, offline))?;
     print!("{}", bearerd::check::table(&rows));
-    Ok(if rows.iter().all(bearerd::check::Row::passed) {
+    let redis = runtime.block_on(bearerd::check::shared_cache(config, offline));
+    if let Some((line, _)) = &redis {
+        println!("{line}");
+    }
+    let redis_passed = redis.is_none_or(|(_, passed)| passed);
+    Ok(if redis_passed && rows.iter().all(bearerd::check::Row::passed) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

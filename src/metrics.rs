@@ -57,6 +57,12 @@ pub struct Metrics {
     /// `bearerd_intercepted_connections_total{outcome}`: `ok` / `handshake_failed` /
     /// `refused`, for `CONNECT`s whose TLS bearerd terminates.
     pub intercepted_connections: IntCounterVec,
+    /// `bearerd_shared_cache_operations_total{op, outcome}`: Redis operations of the shared
+    /// token cache, `op` `get` / `set` / `lease`, `outcome` `hit` / `miss` / `ok` / `error`.
+    pub shared_cache_operations: IntCounterVec,
+    /// `bearerd_shared_cache_fallbacks_total{auth_config}`: tokens fetched alone because
+    /// Redis failed or did not answer in time.
+    pub shared_cache_fallbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +126,7 @@ impl Metrics {
             "TLS handshakes with apps whose CONNECT bearerd intercepts, by outcome: ok, handshake_failed, refused.",
             &["outcome"],
         );
+        let (shared_cache_operations, shared_cache_fallbacks) = shared_cache_counters(&registry);
         let consent_required = register(
             &registry,
             IntGaugeVec::new(
@@ -160,6 +167,8 @@ impl Metrics {
             inflight,
             connections,
             intercepted_connections,
+            shared_cache_operations,
+            shared_cache_fallbacks,
         }
     }
 
@@ -180,6 +189,24 @@ impl Metrics {
             self.upstream_retries.with_label_values(&[id]);
             self.request_duration.with_label_values(&[id]);
             self.token_request_duration.with_label_values(&[id]);
+        }
+    }
+
+    /// Creates the zero-valued series of the shared token cache (`shared_cache:` set): its
+    /// operations, and each auth config's fallbacks.
+    pub fn announce_shared_cache(&self, auth_configs: &[std::sync::Arc<crate::config::AuthConfig>]) {
+        for (op, outcomes) in [
+            ("get", &["hit", "miss", "error"][..]),
+            ("set", &["ok", "error"][..]),
+            ("lease", &["ok", "miss", "error"][..]),
+        ] {
+            for outcome in outcomes {
+                self.shared_cache_operations.with_label_values(&[op, outcome]);
+            }
+        }
+        for auth_config in auth_configs {
+            self.shared_cache_fallbacks
+                .with_label_values(&[auth_config.id.as_str()]);
         }
     }
 
@@ -222,6 +249,25 @@ pub struct ConfigSeries {
     pub ok: IntCounter,
     pub duration: Histogram,
     pub hits: IntCounter,
+}
+
+/// The shared token cache's counters, registered in `registry`.
+fn shared_cache_counters(registry: &Registry) -> (IntCounterVec, IntCounterVec) {
+    let operations = IntCounterVec::new(
+        Opts::new(
+            "bearerd_shared_cache_operations_total",
+            "Redis operations of the shared token cache, by op (get, set, lease) and outcome (hit, miss, ok, error).",
+        ),
+        &["op", "outcome"],
+    );
+    let fallbacks = IntCounterVec::new(
+        Opts::new(
+            "bearerd_shared_cache_fallbacks_total",
+            "Tokens fetched by this process alone because Redis failed or did not answer in time.",
+        ),
+        &["auth_config"],
+    );
+    (register(registry, operations), register(registry, fallbacks))
 }
 
 impl Default for Metrics {

@@ -16,6 +16,7 @@ use crate::config::{AuthConfig, Config, Env, HostPattern, LoadError, text_hash};
 use crate::consent::Consents;
 use crate::intercept::Interception;
 use crate::proxy::{Proxy, Upstream};
+use crate::shared_cache::SharedCache;
 use crate::state::StateStore;
 use crate::token::{Grants, RequestToken, TokenCache, TokenClient, TokenFailure, unix_seconds};
 use crate::{StartError, admin, metrics, tls};
@@ -65,7 +66,11 @@ impl Server {
         let state = config.state.as_ref().map(StateStore::open).transpose()?.map(Arc::new);
         let client: Arc<dyn RequestToken> = Arc::new(TokenClient::new(roots)?);
         let grants = Arc::new(Grants::new(client, state, Arc::clone(&metrics)));
-        let tokens = TokenCache::new(Arc::clone(&grants), Arc::clone(&metrics));
+        let mut tokens = TokenCache::new(Arc::clone(&grants), Arc::clone(&metrics));
+        if let Some(shared) = &config.shared_cache {
+            let shared = SharedCache::new(shared, Arc::clone(&metrics))?;
+            tokens = tokens.with_shared_cache(Arc::new(shared));
+        }
         let bind = |what, addr| async move {
             let listener = TcpListener::bind(addr)
                 .await
@@ -79,6 +84,9 @@ impl Server {
         let (admin_listener, admin_addr) = bind("admin_listen", config.admin_listen).await?;
         let config = Arc::new(config);
         metrics.announce(&config.auth_configs);
+        if config.shared_cache.is_some() {
+            metrics.announce_shared_cache(&config.auth_configs);
+        }
         grants.publish(&config.auth_configs);
         let proxy = Proxy::new(Arc::clone(&config), tokens, upstream, metrics, interception);
         let (stop, stopped) = watch::channel(false);

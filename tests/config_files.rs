@@ -102,6 +102,38 @@ fn the_references_intercept_block_and_route_flag_load_once_uncommented() {
 }
 
 #[test]
+fn the_references_shared_cache_block_loads_once_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cache-key");
+    std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut uncommented = 0;
+    let mut enabled = String::new();
+    for line in text.lines() {
+        let shared = ["# shared_cache:", "#   redis:", "#   prefix:"];
+        if shared.iter().any(|start| line.starts_with(start)) {
+            uncommented += 1;
+            enabled.push_str(&line.replacen("# ", "", 1));
+        } else if line.starts_with("#   key_file: /var/run/secrets/bearerd/cache-key") {
+            uncommented += 1;
+            enabled.push_str("  key_file: ");
+            enabled.push_str(&key_file.display().to_string());
+        } else {
+            enabled.push_str(line);
+        }
+        enabled.push('\n');
+    }
+    assert_eq!(uncommented, 4);
+    let env: Env = [("BEARERD_REDIS_URL".to_owned(), "redis://cache.internal:6379".to_owned())].into();
+    let config = Config::from_yaml("reference.yaml", &enabled, &env).unwrap_or_else(|err| panic!("{err}"));
+    let shared = config.shared_cache.as_ref().unwrap();
+    assert_eq!(shared.redis.expose(), "redis://cache.internal:6379");
+    assert_eq!(shared.prefix, "bearerd");
+    assert_eq!(shared.key.expose(), &[0xab; 32]);
+}
+
+#[test]
 fn the_user_grants_example_has_a_consent_and_a_refresh_token_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("key"), [7; 32]).unwrap();

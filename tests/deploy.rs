@@ -659,3 +659,83 @@ fn the_workload_identity_examples_pass_check_offline_only_while_their_token_file
         assert!(stdout.contains(&failed), "{example}: {stdout}");
     }
 }
+
+#[test]
+fn the_shared_cache_variant_is_the_base_plus_redis_from_a_secret() {
+    let variant = root().join("deploy/kubernetes-shared-cache");
+    let kustomization = yaml(&variant.join("kustomization.yaml"));
+    let resources: Vec<&str> = at(&kustomization, "resources")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(resources, ["../kubernetes", "secret.yaml"]);
+    let patches: Vec<&str> = at(&kustomization, "patches")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| text(p, "path"))
+        .collect();
+    assert_eq!(patches, ["configmap.yaml", "deployment.yaml"]);
+
+    // The config is the base's with one block added, so the two cannot drift apart.
+    let config = at(&yaml(&variant.join("configmap.yaml")), "data")["bearerd.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let block_start = config.find("# One token per lifetime").unwrap();
+    let block_end = config.find("\nauth_configs:").unwrap() + 1;
+    assert_eq!(
+        format!("{}{}", &config[..block_start], &config[block_end..]),
+        embedded_config(&base())
+    );
+
+    // The Redis URL comes from the Secret through the environment, the key as a file.
+    let secret = yaml(&variant.join("secret.yaml"));
+    let secret_name = text(&secret, "metadata.name");
+    let deployment_patch = yaml(&variant.join("deployment.yaml"));
+    let bearerd = at(&deployment_patch, "spec.template.spec.initContainers.0");
+    assert_eq!(text(bearerd, "name"), "bearerd");
+    assert_eq!(text(bearerd, "env.0.name"), "BEARERD_REDIS_URL");
+    assert_eq!(text(bearerd, "env.0.valueFrom.secretKeyRef.name"), secret_name);
+    let url_key = text(bearerd, "env.0.valueFrom.secretKeyRef.key");
+    let mount = text(bearerd, "volumeMounts.0.mountPath");
+    assert!(config.contains(&format!("key_file: {mount}/cache-key")), "{config}");
+    assert_eq!(
+        text(&deployment_patch, "spec.template.spec.volumes.0.secret.secretName"),
+        secret_name
+    );
+
+    // Mounted as the kubelet would, the config passes the offline check.
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::create_dir(&cache).unwrap();
+    for (name, value) in at(&base()["secret.yaml"], "stringData").as_mapping().unwrap() {
+        std::fs::write(secrets.join(name.as_str().unwrap()), value.as_str().unwrap()).unwrap();
+    }
+    let data = at(&secret, "stringData");
+    std::fs::write(cache.join("cache-key"), text(data, "cache-key")).unwrap();
+    let config = config
+        .replace("/var/run/secrets/bearerd-cache", cache.to_str().unwrap())
+        .replace("/var/run/secrets/bearerd", secrets.to_str().unwrap());
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(&path, config).unwrap();
+    let (code, stdout, stderr) = check_offline(&path, &[("BEARERD_REDIS_URL", text(data, url_key))]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            "1.31.0",
+        ])
+        .arg(variant.join("secret.yaml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+}

@@ -16,14 +16,15 @@ use url::Url;
 use super::env::{ENV_CONFIG_PREFIX, Env, env_field, expand_vars};
 use super::google;
 use super::raw::{
-    RawAuthConfig, RawDuration, RawInject, RawIntercept, RawRoute, RawScopes, RawState, RawTimestamp, RawTop,
+    RawAuthConfig, RawDuration, RawInject, RawIntercept, RawRoute, RawScopes, RawSharedCache, RawState, RawTimestamp,
+    RawTop,
 };
 use super::time::{parse_duration, parse_timestamp};
 use super::{
     AuthConfig, Authorize, CacheKey, ClientAuth, ClientCertificate, Config, ConfigError, Credential, ExternalAccount,
     FirstRefreshToken, GOOGLE_CLOUD_PLATFORM_SCOPE, GOOGLE_ISSUER, Grant, HostPattern, Impersonation, Inject,
-    Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, Route, RouteKind, SigningKey, StateConfig,
-    TokenEndpoint, TokenExchange, WatchedFile, check_endpoint_url,
+    Intercept, LoadError, MICROSOFT_AUTHORITY, OperatorCa, Provider, RedisUrl, Route, RouteKind, SharedCacheConfig,
+    SigningKey, StateConfig, TokenEndpoint, TokenExchange, WatchedFile, check_endpoint_url,
 };
 use crate::http1;
 use crate::secret::{ClientSecret, RefreshToken, SealingKey};
@@ -51,6 +52,7 @@ const MAX_DESCRIPTION_CHARS: usize = 1024;
 const MAX_SCOPES: usize = 500;
 const MAX_SCOPE_CHARS: usize = 250;
 const MAX_ID_CHARS: usize = 128;
+const MAX_PREFIX_CHARS: usize = 64;
 /// The fields that say where token requests go; the first three each name an endpoint.
 const ENDPOINT_FIELDS: &[&str] = &[
     "token_url",
@@ -193,6 +195,7 @@ impl Loader<'_> {
         );
         let state_set = raw_top.state.is_some();
         let state = raw_top.state.and_then(|raw| self.state(raw));
+        let shared_cache = raw_top.shared_cache.and_then(|raw| self.shared_cache(raw));
         let ca_file = self.ca_file(raw_top.tls.and_then(|tls| tls.ca_file));
 
         let auth_configs = self.finish_auth_configs(validated, &routes);
@@ -222,6 +225,7 @@ impl Loader<'_> {
             ca_file,
             intercept,
             state,
+            shared_cache,
             watched_files: std::mem::take(&mut self.watched),
             auth_configs,
             routes,
@@ -264,6 +268,61 @@ impl Loader<'_> {
             file: file?,
             key_file,
             key,
+        })
+    }
+
+    /// `shared_cache:`: a Redis URL, a key file holding a 256-bit key, and a key prefix.
+    fn shared_cache(&mut self, raw: RawSharedCache) -> Option<SharedCacheConfig> {
+        let redis = match raw.redis.as_deref().filter(|url| !url.is_empty()) {
+            None => {
+                self.error(
+                    None,
+                    "shared_cache.redis",
+                    "missing: the redis:// or rediss:// URL of the shared cache",
+                );
+                None
+            }
+            Some(text) => RedisUrl::parse(text)
+                .map_err(|message| self.error(None, "shared_cache.redis", message))
+                .ok(),
+        };
+        let prefix = raw
+            .prefix
+            .unwrap_or_else(|| SharedCacheConfig::DEFAULT_PREFIX.to_owned());
+        let prefix_ok = valid_key_prefix(&prefix);
+        if !prefix_ok {
+            self.error(
+                None,
+                "shared_cache.prefix",
+                format!("must be 1 to {MAX_PREFIX_CHARS} letters, digits or _ . - : (found {prefix:?})"),
+            );
+        }
+        let Some(key_file) = raw.key_file else {
+            self.error(
+                None,
+                "shared_cache.key_file",
+                "missing: the key every value in Redis is sealed with",
+            );
+            return None;
+        };
+        let key = match self.read_watched(&key_file) {
+            Ok(content) => SealingKey::parse(&content),
+            Err(err) => Err(format!("cannot read: {err}")),
+        };
+        let key = key
+            .map_err(|message| {
+                self.error(
+                    None,
+                    "shared_cache.key_file",
+                    format!("{}: {message}", key_file.display()),
+                );
+            })
+            .ok()?;
+        Some(SharedCacheConfig {
+            redis: redis?,
+            key_file,
+            key,
+            prefix: Some(prefix).filter(|_| prefix_ok)?,
         })
     }
 
@@ -1806,6 +1865,15 @@ fn check_tenant(tenant: &str, grant: Grant) -> Result<(), String> {
     } else {
         Err("must be a tenant id (GUID) or a domain such as contoso.onmicrosoft.com".into())
     }
+}
+
+/// A Redis key prefix: short, and free of spaces and glob characters, so `redis-cli --scan
+/// --pattern '{prefix}:*'` finds exactly its keys.
+fn valid_key_prefix(prefix: &str) -> bool {
+    (1..=MAX_PREFIX_CHARS).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
 }
 
 fn valid_id(id: &str) -> bool {

@@ -62,6 +62,9 @@ pub struct Config {
     /// Where the user grants keep their refresh tokens (`state:`). Read at start: a reload
     /// does not change it.
     pub state: Option<StateConfig>,
+    /// The fleet-wide token cache on Redis (`shared_cache:`); `None`: this process caches
+    /// alone. Read at start: a reload does not change it.
+    pub shared_cache: Option<SharedCacheConfig>,
     /// The secret, key, certificate, refresh token and CA files the configuration was read
     /// from, as they were then: a watcher reloads when one of them changes, as it does for
     /// the file itself.
@@ -147,6 +150,87 @@ pub struct StateConfig {
     pub key_file: PathBuf,
     /// The content of `key_file`, read at load.
     pub key: SealingKey,
+}
+
+/// `shared_cache:`: where the fleet shares its tokens, and the key that seals them there.
+#[derive(Debug)]
+pub struct SharedCacheConfig {
+    pub redis: RedisUrl,
+    pub key_file: PathBuf,
+    /// The content of `key_file`, read at load.
+    pub key: SealingKey,
+    /// Starts every key name, so several fleets can share one Redis.
+    pub prefix: String,
+}
+
+impl SharedCacheConfig {
+    /// The key prefix when `prefix:` is not set.
+    pub const DEFAULT_PREFIX: &'static str = "bearerd";
+}
+
+/// A `redis://` or `rediss://` URL. It may carry an ACL user's password, so it is shown
+/// (`Debug`, `Display`) without one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(Url);
+
+impl RedisUrl {
+    /// `text` when it is a Redis URL bearerd can connect to; the error never repeats the
+    /// password.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = Url::parse(text).map_err(|err| format!("not a URL: {err}"))?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(format!(
+                "must start with redis:// or rediss://, not {}://",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("names no host".into());
+        }
+        let db = url.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            return Err("its path must be empty or a database number".into());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("takes no query or fragment".into());
+        }
+        Ok(Self(url))
+    }
+
+    /// The URL with its password, for the one place that connects.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Whether the connection is TLS (`rediss://`).
+    #[must_use]
+    pub fn tls(&self) -> bool {
+        self.0.scheme() == "rediss"
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = &self.0;
+        write!(f, "{}://", url.scheme())?;
+        match (url.username(), url.password()) {
+            (user, Some(_)) => write!(f, "{user}:[redacted]@")?,
+            ("", None) => {}
+            (user, None) => write!(f, "{user}@")?,
+        }
+        write!(f, "{}", url.host_str().unwrap_or_default())?;
+        if let Some(port) = url.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(url.path())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
 }
 
 /// One auth config: how to get a token and where it may go.
@@ -241,6 +325,14 @@ impl AuthConfig {
     }
 
     fn compute_cache_key(&self) -> CacheKey {
+        CacheKey::new(&format!("{}\u{1f}{}", self.id, self.token_shape()))
+    }
+
+    /// Every field that shapes the token except the id and the credential, joined: two
+    /// configs whose shapes and credentials are equal get the same token from a provider,
+    /// whatever they are called (the shared cache's key hashes it).
+    #[must_use]
+    pub fn token_shape(&self) -> String {
         let params: Vec<String> = self.extra_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let consent = self
             .authorize
@@ -264,7 +356,6 @@ impl AuthConfig {
             .map(ExternalAccount::token_shaping)
             .unwrap_or_default();
         let parts = [
-            self.id.as_str(),
             self.grant.as_str(),
             &self.endpoint.cache_key(),
             &self.client_id,
@@ -277,7 +368,7 @@ impl AuthConfig {
             &exchange,
             &external,
         ];
-        CacheKey::new(&parts.join("\u{1f}"))
+        parts.join("\u{1f}")
     }
 }
 

@@ -28,6 +28,7 @@ pub(super) struct RawTop {
     pub(super) tls: Option<RawTls>,
     pub(super) intercept: Option<RawIntercept>,
     pub(super) state: Option<RawState>,
+    pub(super) shared_cache: Option<RawSharedCache>,
     // Taken out of the document before this struct is read; listed so they are not "unknown".
     #[serde(default)]
     #[allow(dead_code)]
@@ -57,6 +58,14 @@ pub(super) struct RawIntercept {
 pub(super) struct RawState {
     pub(super) file: Option<PathBuf>,
     pub(super) key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSharedCache {
+    pub(super) redis: Option<String>,
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) prefix: Option<String>,
 }
 
 #[derive(Deserialize)]

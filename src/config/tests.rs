@@ -850,6 +850,90 @@ fn the_state_block_reads_its_key_at_load() {
 }
 
 #[test]
+fn the_shared_cache_block_reads_its_url_key_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cache-key");
+    std::fs::write(&key_file, [9; 32]).unwrap();
+    let env = Env::from([(
+        "BEARERD_REDIS_URL".to_owned(),
+        "rediss://bearerd:pa55w0rd@redis.internal:6380/2".to_owned(),
+    )]);
+    let yaml = format!(
+        "shared_cache:\n  redis: ${{BEARERD_REDIS_URL}}\n  key_file: {}\n  prefix: fleet-a\n",
+        key_file.display()
+    );
+    let config = Config::from_yaml("test.yaml", &yaml, &env).unwrap();
+    let shared = config.shared_cache.unwrap();
+    assert_eq!(shared.redis.expose(), "rediss://bearerd:pa55w0rd@redis.internal:6380/2");
+    assert!(shared.redis.tls());
+    assert_eq!(shared.key.expose(), &[9; 32]);
+    assert_eq!(shared.key_file, key_file);
+    assert_eq!(shared.prefix, "fleet-a");
+    // Shown without its password, wherever it is printed.
+    assert_eq!(
+        shared.redis.to_string(),
+        "rediss://bearerd:[redacted]@redis.internal:6380/2"
+    );
+    assert!(!format!("{shared:?}").contains("pa55w0rd"), "{shared:?}");
+    assert!(load("").unwrap().shared_cache.is_none());
+
+    let plain = format!(
+        "shared_cache: {{ redis: redis://127.0.0.1:6379, key_file: {} }}\n",
+        key_file.display()
+    );
+    let shared = load(&plain).unwrap().shared_cache.unwrap();
+    assert_eq!(shared.prefix, "bearerd");
+    assert!(!shared.redis.tls());
+}
+
+#[test]
+fn a_bad_shared_cache_block_names_each_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cache-key");
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    let k = key_file.display();
+    assert_eq!(
+        errors(
+            &format!("shared_cache: {{ redis: http://redis:6379, key_file: {k}, prefix: 'a b' }}\n"),
+            &Env::new()
+        ),
+        [
+            "test.yaml: shared_cache.redis: must start with redis:// or rediss://, not http://".to_owned(),
+            r#"test.yaml: shared_cache.prefix: must be 1 to 64 letters, digits or _ . - : (found "a b")"#.to_owned(),
+            format!(
+                "test.yaml: shared_cache.key_file: {k}: must hold a 256-bit key: 32 raw bytes, or 64 hex or 44 base64 characters (it has 10 bytes)"
+            ),
+        ]
+    );
+    assert_eq!(
+        errors("shared_cache: { key_file: /k }\n", &Env::new())[0],
+        "test.yaml: shared_cache.redis: missing: the redis:// or rediss:// URL of the shared cache"
+    );
+    assert_eq!(
+        errors("shared_cache: { redis: 'redis://' }\n", &Env::new()),
+        [
+            "test.yaml: shared_cache.redis: names no host",
+            "test.yaml: shared_cache.key_file: missing: the key every value in Redis is sealed with"
+        ]
+    );
+    let secret_url = "shared_cache: { redis: 'redis://u:hunter2@redis/x', key_file: /k }\n";
+    let got = errors(secret_url, &Env::new());
+    assert_eq!(
+        got[0],
+        "test.yaml: shared_cache.redis: its path must be empty or a database number"
+    );
+    assert!(got.iter().all(|line| !line.contains("hunter2")), "{got:?}");
+    let got = errors(
+        "shared_cache: { redis: 'redis://h', key_file: /k, timeout: 1s }\n",
+        &Env::new(),
+    );
+    assert!(
+        got[0].starts_with("test.yaml: shared_cache.timeout: unknown field `timeout`"),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn bad_request_body_client_secret_jwt_and_none_settings_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key.pem");

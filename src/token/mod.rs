@@ -7,7 +7,9 @@
 //! - inside `refresh_before`: used, and one background refresh starts (unless one runs, or
 //!   the slot is backing off); its result replaces the token for later requests;
 //! - missing or expired: the request waits for the one fetch in flight, starting it if
-//!   needed; every waiter gets the same token or the same error;
+//!   needed; every waiter gets the same token or the same error. With `shared_cache:`, that
+//!   fetch (and a refresh) first asks the fleet's Redis, and asks the provider only under
+//!   the fleet's lease or when Redis fails (`fleet`);
 //! - after a failed fetch: consecutive failures back off exponentially with jitter, and a
 //!   request with no valid token fails fast with [`TokenFailure::Backoff`] instead of
 //!   reaching the provider. A still-valid token keeps being used when a refresh fails.
@@ -23,6 +25,7 @@
 
 mod discovery;
 mod endpoint;
+mod fleet;
 mod grants;
 mod impersonation;
 mod jwt;
@@ -46,6 +49,7 @@ pub use grants::{Consented, Grants, holds_refresh_token, remedy};
 use crate::config::{AuthConfig, CacheKey};
 use crate::metrics::Metrics;
 use crate::secret::AccessToken;
+use crate::shared_cache::SharedCache;
 
 /// Back-off delays are jittered down by up to this fraction, so they never pass the cap and
 /// clients that failed together do not retry together.
@@ -63,6 +67,9 @@ pub struct CachedToken {
     pub scope: Option<String>,
     /// The header value `<prefix> <token>`, rendered once for the prefix it was made with.
     pub rendered: OnceLock<(String, http::HeaderValue)>,
+    /// Its sealed value in the shared cache, when it came from there or went there: an
+    /// upstream's 401 evicts exactly that value from Redis, not a newer one.
+    pub shared: Option<Vec<u8>>,
 }
 
 /// Lifetimes longer than this are cut to it, so instant arithmetic cannot overflow on a
@@ -194,6 +201,9 @@ struct SlotState {
     backoff_until: Option<Instant>,
     last_error: Option<Arc<TokenError>>,
     last_refresh: Option<SystemTime>,
+    /// The shared cache's value of a token an upstream refused: the next fetch deletes it
+    /// from Redis (if it is still there) before looking.
+    refused: Option<Vec<u8>>,
 }
 
 impl Slot {
@@ -236,6 +246,8 @@ pub struct TokenCache {
     source: Arc<dyn FetchToken>,
     metrics: Arc<Metrics>,
     flights: Arc<Flights>,
+    /// The fleet's Redis (`shared_cache:`), asked at a local miss before the provider.
+    shared: Option<Arc<SharedCache>>,
 }
 
 /// How many fetches run now, so a shutdown can let them finish: a refresh whose response
@@ -276,7 +288,16 @@ impl TokenCache {
             source: Arc::new(source),
             metrics,
             flights: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// Shares tokens with the fleet through `shared`: a local miss looks there before it
+    /// fetches, and a fetch stores its token there.
+    #[must_use]
+    pub fn with_shared_cache(mut self, shared: Arc<SharedCache>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Returns once no fetch is running (at once if none is).
@@ -341,7 +362,8 @@ impl TokenCache {
                     Some(token) if now < token.expires_at => {
                         let backing_off = state.backoff_until.is_some_and(|until| now < until);
                         if state.flight.is_none() && !backing_off && self.source.blocked(config).is_none() {
-                            state.flight = Some(self.start_fetch(slot, config));
+                            let refused = state.refused.take();
+                            state.flight = Some(self.start_fetch(slot, config, Some(token.clone()), refused));
                         }
                         return Ok((token, Lookup::RefreshAhead));
                     }
@@ -361,7 +383,8 @@ impl TokenCache {
                             last_error: state.last_error.clone(),
                         });
                     }
-                    let flight = self.start_fetch(slot, config);
+                    let refused = state.refused.take();
+                    let flight = self.start_fetch(slot, config, None, refused);
                     state.flight = Some(flight.clone());
                     flight
                 }
@@ -386,6 +409,7 @@ impl TokenCache {
         let mut state = slot.lock();
         if state.token.as_ref().is_some_and(|token| Arc::ptr_eq(token, refused)) {
             slot.set_token(&mut state, None);
+            state.refused.clone_from(&refused.shared);
             true
         } else {
             false
@@ -441,22 +465,38 @@ impl TokenCache {
     }
 
     /// Starts the one fetch for `slot` as its own task; the caller records the receiver.
-    fn start_fetch(&self, slot: &Arc<Slot>, config: &Arc<AuthConfig>) -> watch::Receiver<Option<Outcome>> {
+    /// `current` is the token it replaces (refresh-ahead), `refused` the shared cache's
+    /// value of one an upstream refused.
+    fn start_fetch(
+        &self,
+        slot: &Arc<Slot>,
+        config: &Arc<AuthConfig>,
+        current: Option<Arc<CachedToken>>,
+        refused: Option<Vec<u8>>,
+    ) -> watch::Receiver<Option<Outcome>> {
         let (done, flight) = watch::channel(None);
         let (slot, config, source) = (Arc::clone(slot), Arc::clone(config), Arc::clone(&self.source));
         let metrics = Arc::clone(&self.metrics);
+        // A user grant's token request spends a refresh token this process keeps alone.
+        let shared = self.shared.clone().filter(|_| !config.grant.is_user_grant());
         let in_flight = InFlight::start(&self.flights);
         tokio::spawn(async move {
             let _in_flight = in_flight;
-            let started = Instant::now();
-            let outcome = fetch(&*source, &config).await;
+            let outcome = match shared {
+                Some(shared) => {
+                    fleet::obtain(
+                        &shared,
+                        &*source,
+                        &config,
+                        &metrics,
+                        current.as_deref(),
+                        refused.as_deref(),
+                    )
+                    .await
+                }
+                None => fetch_counted(&*source, &config, &metrics).await,
+            };
             let id = config.id.as_str();
-            metrics
-                .token_request_duration
-                .with_label_values(&[id])
-                .observe(started.elapsed().as_secs_f64());
-            let outcome_label = if outcome.is_ok() { "success" } else { "error" };
-            metrics.token_requests.with_label_values(&[id, outcome_label]).inc();
             {
                 let mut state = slot.lock();
                 state.flight = None;
@@ -525,6 +565,20 @@ pub fn unix_seconds(time: SystemTime) -> f64 {
         .map_or(0.0, |since| since.as_secs_f64())
 }
 
+/// One token request, turned into a cache entry, counted and timed in `metrics`.
+async fn fetch_counted(source: &dyn FetchToken, config: &AuthConfig, metrics: &Metrics) -> Outcome {
+    let started = Instant::now();
+    let outcome = fetch(source, config).await;
+    let id = config.id.as_str();
+    metrics
+        .token_request_duration
+        .with_label_values(&[id])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome_label = if outcome.is_ok() { "success" } else { "error" };
+    metrics.token_requests.with_label_values(&[id, outcome_label]).inc();
+    outcome
+}
+
 /// One token request, turned into a cache entry.
 async fn fetch(source: &dyn FetchToken, config: &AuthConfig) -> Outcome {
     let sent = Sent::now();
@@ -585,6 +639,7 @@ fn entry(config: &AuthConfig, response: TokenResponse, sent: Sent) -> Result<Arc
         refresh_at,
         scope: response.scope,
         rendered: OnceLock::new(),
+        shared: None,
     }))
 }
 

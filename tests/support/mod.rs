@@ -73,19 +73,33 @@ impl TokenServer {
     }
 
     pub async fn with(delay: Duration, responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve(None, move |_| delay, responder).await
+    }
+
+    /// Answers request `n` after `delay(n)`.
+    pub async fn with_delays(
+        delay: impl Fn(usize) -> Duration + Send + Sync + 'static,
+        responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         Self::serve(None, delay, responder).await
     }
 
     /// Over TLS with `tls`, which may require client certificates (`TestCa::mtls_server_config`).
     pub async fn with_tls(tls: Arc<rustls::ServerConfig>) -> Self {
-        Self::serve(Some(tls), Duration::ZERO, |n, _| ok_token(&format!("tok-{n}"), 3600)).await
+        Self::serve(
+            Some(tls),
+            |_| Duration::ZERO,
+            |n, _| ok_token(&format!("tok-{n}"), 3600),
+        )
+        .await
     }
 
     async fn serve(
         tls: Option<Arc<rustls::ServerConfig>>,
-        delay: Duration,
+        delay: impl Fn(usize) -> Duration + Send + Sync + 'static,
         responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
     ) -> Self {
+        let delay: Arc<dyn Fn(usize) -> Duration + Send + Sync> = Arc::new(delay);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -101,11 +115,13 @@ impl TokenServer {
                 };
                 while connections.try_join_next().is_some() {}
                 let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
+                let delay = Arc::clone(&delay);
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
                     let record = move |client_certificate: Option<Vec<u8>>| {
                         service_fn(move |request: Request<Incoming>| {
                             let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
+                            let delay = Arc::clone(&delay);
                             let client_certificate = client_certificate.clone();
                             async move {
                                 let (parts, body) = request.into_parts();
@@ -127,7 +143,7 @@ impl TokenServer {
                                     all.push(request.clone());
                                     all.len()
                                 };
-                                tokio::time::sleep(delay).await;
+                                tokio::time::sleep(delay(n)).await;
                                 let (status, content_type, body) = responder(n, &request);
                                 let mut response = Response::new(Full::new(Bytes::from(body)));
                                 *response.status_mut() = StatusCode::from_u16(status).unwrap();

@@ -1,0 +1,322 @@
+//! The fleet-shared token cache (`shared_cache:`): one token per config for every bearerd
+//! that shares a Redis, so a fleet of N replicas asks its provider as often as one does.
+//!
+//! The token cache asks here only when its own slot has no usable token (a local hit never
+//! touches the network), from the one fetch in flight for that slot:
+//! 1. `GET {prefix}:token:{hash}`: a token another process stored, sealed ([`seal`]);
+//! 2. else `SET {prefix}:lease:{hash} <owner> NX PX <timeout>`: the process that takes the
+//!    lease fetches, stores the sealed token with a TTL at its expiry, and releases the
+//!    lease only if it still owns it (compare-and-delete);
+//! 3. the others wait for the value, reading it again with a growing pause, and take the
+//!    lease over when a holder that died lets it expire; after the config's `timeout`
+//!    they fetch alone.
+//!
+//! Redis failing, refusing or slower than [`OP_TIMEOUT`] is never a failed request: the
+//! process fetches alone ([`Found::Alone`], counted as a fallback) and tries Redis again at
+//! its next miss; the connection manager reconnects by itself.
+
+pub mod seal;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+pub use seal::{Sealer, SharedToken, Unsealed};
+
+use crate::config::SharedCacheConfig;
+use crate::metrics::Metrics;
+
+/// The longest one Redis operation may take before this process stops waiting for it and
+/// fetches alone: a shared cache slower than that costs more than it saves.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Waiters read the value again after this pause, doubling up to [`MAX_PAUSE`]: quick
+/// enough to pick a token up soon after it lands, rare enough that a fleet waiting on one
+/// fetch sends Redis a few reads per second each.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+/// Deletes KEYS[1] only while it still holds ARGV[1]: a lease is released only by its
+/// owner, and a token evicted only while it is the one an upstream refused.
+const COMPARE_AND_DELETE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Why Redis gave no answer; the request goes on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedCacheError {
+    #[error("the shared cache at {url} did not answer within {}ms", OP_TIMEOUT.as_millis())]
+    Timeout { url: String },
+    #[error("the shared cache at {url} failed: {cause}")]
+    Redis { url: String, cause: redis::RedisError },
+}
+
+/// A connection to the fleet's Redis, and the keys that name and seal what it holds there.
+pub struct SharedCache {
+    connection: ConnectionManager,
+    sealer: Sealer,
+    /// The URL without its password, for messages.
+    shown: String,
+    metrics: Arc<Metrics>,
+    /// A value that does not open is logged the first time only: every miss would find it
+    /// until it is replaced.
+    reported_unopenable: AtomicBool,
+}
+
+/// What a miss found in the shared cache.
+pub enum Found {
+    /// A token another process stored, and its sealed value (what a 401 evicts).
+    Stored(SharedToken, Vec<u8>),
+    /// This process holds the lease: fetch, then [`Lease::store`] or [`Lease::release`].
+    Leased(Lease),
+    /// Redis failed, or nothing came within the wait: fetch alone.
+    Alone,
+}
+
+impl SharedCache {
+    /// Connects lazily: a Redis that is down at start delays nothing, and the first miss
+    /// finds out.
+    pub fn new(config: &SharedCacheConfig, metrics: Arc<Metrics>) -> Result<Self, SharedCacheError> {
+        let shown = config.redis.to_string();
+        let failed = |cause| SharedCacheError::Redis {
+            url: shown.clone(),
+            cause,
+        };
+        let client = redis::Client::open(config.redis.expose()).map_err(failed)?;
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_lazy_with_config(client, settings).map_err(failed)?;
+        Ok(Self {
+            connection,
+            sealer: Sealer::new(&config.key, &config.prefix),
+            shown,
+            metrics,
+            reported_unopenable: AtomicBool::new(false),
+        })
+    }
+
+    /// Names entries and seals values.
+    #[must_use]
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// Whether Redis answers a `PING` now (for `bearerd check`).
+    pub async fn ping(&self) -> Result<(), SharedCacheError> {
+        self.run::<String>(&redis::cmd("PING")).await.map(drop)
+    }
+
+    /// Looks for the token named `hash`: one that `usable` accepts, or the lease to fetch
+    /// it, waiting at most `wait` (the config's token request timeout, also the lease's
+    /// lifetime) for another process's fetch. `refused` is a value an upstream refused the
+    /// token of: it is deleted first (if still there) and never returned.
+    pub async fn find(
+        self: &Arc<Self>,
+        hash: &str,
+        wait: Duration,
+        refused: Option<&[u8]>,
+        usable: impl Fn(&SharedToken) -> bool,
+    ) -> Found {
+        let key = self.sealer.token_key(hash);
+        if let Some(refused) = refused {
+            let _ = self.compare_and_delete("set", &key, refused).await;
+        }
+        let deadline = Instant::now() + wait;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            match self.get(&key).await {
+                Err(_) => return Found::Alone,
+                Ok(Some((token, value))) if usable(&token) && refused != Some(value.as_slice()) => {
+                    return Found::Stored(token, value);
+                }
+                Ok(_) => {}
+            }
+            match self.take_lease(hash, wait).await {
+                Err(_) => return Found::Alone,
+                // Another holder may have stored its token and released the lease between
+                // our read and our SET: one more read saves a second token request.
+                Ok(Some(lease)) => {
+                    return match self.get(&key).await {
+                        Ok(Some((token, value))) if usable(&token) && refused != Some(value.as_slice()) => {
+                            lease.release().await;
+                            Found::Stored(token, value)
+                        }
+                        _ => Found::Leased(lease),
+                    };
+                }
+                Ok(None) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "no token came from the shared cache while another process held its lease; fetching alone"
+                );
+                return Found::Alone;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    /// The token stored under `key` and its sealed value; a value that does not open is
+    /// absent.
+    async fn get(&self, key: &str) -> Result<Option<(SharedToken, Vec<u8>)>, SharedCacheError> {
+        let value: Option<Vec<u8>> = self
+            .run(redis::cmd("GET").arg(key))
+            .await
+            .inspect_err(|_| self.count("get", "error"))?;
+        let Some(value) = value else {
+            self.count("get", "miss");
+            return Ok(None);
+        };
+        match self.sealer.open(key, &value) {
+            Ok(token) => {
+                self.count("get", "hit");
+                Ok(Some((token, value)))
+            }
+            Err(why) => {
+                self.count("get", "error");
+                if !self.reported_unopenable.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        key,
+                        "a token in the shared cache was not used and will be replaced: {why}"
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The lease on `hash` for `ttl`, when no other process holds it.
+    async fn take_lease(self: &Arc<Self>, hash: &str, ttl: Duration) -> Result<Option<Lease>, SharedCacheError> {
+        let key = self.sealer.lease_key(hash);
+        let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let taken: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl).max(1)),
+            )
+            .await
+            .inspect_err(|_| self.count("lease", "error"))?;
+        if taken.is_none() {
+            self.count("lease", "miss");
+            return Ok(None);
+        }
+        self.count("lease", "ok");
+        Ok(Some(Lease {
+            cache: Arc::clone(self),
+            key,
+            owner,
+            token_key: self.sealer.token_key(hash),
+            released: false,
+        }))
+    }
+
+    /// Deletes `key` if it still holds `value`; counted as `op`.
+    async fn compare_and_delete(&self, op: &'static str, key: &str, value: &[u8]) -> Result<bool, SharedCacheError> {
+        let deleted: i64 = self
+            .run(redis::cmd("EVAL").arg(COMPARE_AND_DELETE).arg(1).arg(key).arg(value))
+            .await
+            .inspect_err(|_| self.count(op, "error"))?;
+        self.count(op, "ok");
+        Ok(deleted == 1)
+    }
+
+    /// Stores `token`, sealed, under `key` until it expires; its sealed value, or `None`
+    /// when it is already expired or Redis failed.
+    async fn put(&self, key: &str, token: &SharedToken) -> Option<Vec<u8>> {
+        let ttl = token.expires_at.duration_since(SystemTime::now()).ok()?;
+        let value = self.sealer.seal(key, token);
+        let stored = self
+            .run::<()>(redis::cmd("SET").arg(key).arg(&value).arg("PX").arg(millis(ttl).max(1)))
+            .await;
+        self.count("set", if stored.is_ok() { "ok" } else { "error" });
+        stored.ok().map(|()| value)
+    }
+
+    /// Sends `command`, giving up after [`OP_TIMEOUT`].
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, SharedCacheError> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(OP_TIMEOUT, command.query_async(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(cause)) => Err(SharedCacheError::Redis {
+                url: self.shown.clone(),
+                cause,
+            }),
+            Err(_) => Err(SharedCacheError::Timeout {
+                url: self.shown.clone(),
+            }),
+        }
+    }
+
+    fn count(&self, op: &str, outcome: &str) {
+        self.metrics
+            .shared_cache_operations
+            .with_label_values(&[op, outcome])
+            .inc();
+    }
+}
+
+/// The right to fetch one token for the fleet, until released or expired. Dropped without
+/// [`Lease::store`] or [`Lease::release`] (its task cancelled), it is released in the
+/// background.
+pub struct Lease {
+    cache: Arc<SharedCache>,
+    key: String,
+    owner: String,
+    token_key: String,
+    released: bool,
+}
+
+impl Lease {
+    /// Stores the token this lease was taken for, then releases the lease; its sealed value
+    /// when Redis took it.
+    pub async fn store(mut self, token: &SharedToken) -> Option<Vec<u8>> {
+        let stored = self.cache.put(&self.token_key, token).await;
+        self.release_now().await;
+        stored
+    }
+
+    /// Releases the lease without a token (the fetch failed): the next process may try.
+    pub async fn release(mut self) {
+        self.release_now().await;
+    }
+
+    async fn release_now(&mut self) {
+        self.released = true;
+        // Lost (expired, taken over): nothing to release, and no error.
+        let _ = self
+            .cache
+            .compare_and_delete("lease", &self.key, self.owner.as_bytes())
+            .await;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let cache = Arc::clone(&self.cache);
+            let (key, owner) = (std::mem::take(&mut self.key), std::mem::take(&mut self.owner));
+            runtime.spawn(async move {
+                let _ = cache.compare_and_delete("lease", &key, owner.as_bytes()).await;
+            });
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

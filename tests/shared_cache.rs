@@ -1,0 +1,527 @@
+//! The fleet-shared token cache against a real `redis-server` (started per test on a free
+//! loopback port, no persistence) and a counting token endpoint: several bearerd processes
+//! share one token, Redis never holds a readable one, a value sealed under another key or
+//! altered is fetched again, a dead lease holder's lease expires into another's fetch, and
+//! a Redis that goes away fails no request.
+#[path = "support/binary.rs"]
+mod binary;
+#[path = "support/redis.rs"]
+mod redis_server;
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use binary::Bearerd;
+use redis_server::RedisServer;
+use support::*;
+
+const PREFIX: &str = "fleet-test";
+
+/// The `billing` config on `tokens`, sharing tokens through `redis` under the key in
+/// `key_file`; `extra` is added to the auth config.
+fn fleet_config(tokens: &TokenServer, redis: &RedisServer, key_file: &Path, extra: &str) -> String {
+    format!(
+        "shared_cache:\n  redis: {}\n  key_file: {}\n  prefix: {PREFIX}\n{}",
+        redis.url(),
+        key_file.display(),
+        billing(tokens, extra)
+    )
+}
+
+/// A key file holding 32 bytes of `byte`, in `dir`.
+fn key_file(dir: &Path, name: &str, byte: u8) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, [byte; 32]).unwrap();
+    path
+}
+
+/// The value of the counter `series` (name and labels exactly as exported), 0 when absent.
+fn sample(exposition: &str, series: &str) -> u64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The token the echo upstream received, from its JSON description.
+async fn token_sent(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap();
+    if status != 200 {
+        return (status, String::from_utf8_lossy(&body).into_owned());
+    }
+    let echoed = Echoed::parse(&body);
+    (
+        status,
+        echoed
+            .header("authorization")
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
+            .to_owned(),
+    )
+}
+
+/// `GET /` on `echo` through the proxy at `proxy` with `X-Auth-Config: billing`.
+async fn get_through(client: &reqwest::Client, echo: &Echo, path: &str) -> (u16, String) {
+    token_sent(get_with_config(client, &format!("http://{}{path}", echo.addr), "billing").await).await
+}
+
+fn proxied(proxy: &str) -> reqwest::Client {
+    proxied_client(proxy.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_processes_answer_200_cold_requests_with_one_token_request() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 7);
+    // One second per token request: every process misses while the first fetch runs.
+    let tokens = TokenServer::with(Duration::from_secs(1), |n, _| {
+        ok_token(&format!("fleet-token-{n}"), 3600)
+    })
+    .await;
+    let echo = Echo::start().await;
+    let config = fleet_config(&tokens, &redis, &key, "");
+    let fleet: Vec<Bearerd> = (0..4).map(|_| Bearerd::start(&config, "info", &[])).collect();
+    let clients: Vec<reqwest::Client> = fleet.iter().map(|bearerd| proxied(&bearerd.proxy)).collect();
+
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            let client = clients[i % 4].clone();
+            let url = format!("http://{}/cold/{i}", echo.addr);
+            tokio::spawn(async move { token_sent(get_with_config(&client, &url, "billing").await).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), (200, "fleet-token-1".to_owned()));
+    }
+    assert_eq!(tokens.count(), 1, "one token request for the whole fleet");
+
+    // Each process counted what it did: one fetched, the others found the token in Redis.
+    let mut fetched = 0;
+    let mut fallbacks = 0;
+    for bearerd in &fleet {
+        let (_, metrics) = bearerd.admin_get("/metrics").await;
+        fetched += sample(
+            &metrics,
+            r#"bearerd_token_requests_total{auth_config="billing",outcome="success"}"#,
+        );
+        fallbacks += sample(
+            &metrics,
+            r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#,
+        );
+        // Exported from the start, so rate() sees the first fallback.
+        assert!(
+            metrics.contains("bearerd_shared_cache_fallbacks_total{auth_config=\"billing\"} "),
+            "{metrics}"
+        );
+    }
+    assert_eq!((fetched, fallbacks), (1, 0));
+
+    // Redis holds the sealed token under a name that says nothing of the config, and the
+    // lease is released.
+    let values = redis.values(PREFIX);
+    assert_eq!(
+        values.len(),
+        1,
+        "{:?}",
+        values.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    let (name, value) = &values[0];
+    let hash = name.strip_prefix(&format!("{PREFIX}:token:")).unwrap();
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{name}"
+    );
+    for readable in [&b"fleet-token"[..], b"billing", b"p@ss"] {
+        assert!(
+            !value.windows(readable.len()).any(|w| w == readable),
+            "{name} holds {readable:?}"
+        );
+    }
+    // Nor does any log line carry the token or the Redis values.
+    for bearerd in &fleet {
+        assert!(!bearerd.logs().contains("fleet-token"), "{}", bearerd.logs());
+    }
+}
+
+#[tokio::test]
+async fn a_value_sealed_under_another_key_or_altered_is_fetched_again() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (key_file(dir.path(), "ours", 1), key_file(dir.path(), "theirs", 2));
+    let tokens = TokenServer::with(Duration::ZERO, |n, _| ok_token(&format!("tok-{n}"), 3600)).await;
+    let echo = Echo::start().await;
+    // Each get is a new process (a cold local cache), so each looks in Redis.
+    let get = |key: &Path| {
+        let yaml = fleet_config(&tokens, &redis, key, "");
+        let echo = &echo;
+        async move {
+            let bearerd = start_bearerd(&yaml).await;
+            let got = get_through(&proxied_client(bearerd.proxy_addr), echo, "/").await;
+            (got, metrics(&bearerd).await)
+        }
+    };
+    let ((_, first), _) = get(&ours).await;
+    assert_eq!(first, "tok-1");
+    let ((_, from_redis), _) = get(&ours).await;
+    assert_eq!(from_redis, "tok-1", "an intact value is used");
+    let our_name = redis.values(PREFIX)[0].0.clone();
+
+    // Another key names its tokens differently too; its value copied over ours does not open.
+    let ((_, second), _) = get(&theirs).await;
+    assert_eq!(second, "tok-2");
+    let values = redis.values(PREFIX);
+    assert_eq!(values.len(), 2);
+    let (_, their_value) = values.iter().find(|(name, _)| *name != our_name).unwrap();
+    redis.set(&our_name, their_value, 3_600_000);
+    let ((status, third), metrics_text) = get(&ours).await;
+    assert_eq!((status, third.as_str()), (200, "tok-3"));
+    // Read twice: before the lease, and once more after taking it.
+    assert_eq!(
+        sample(
+            &metrics_text,
+            r#"bearerd_shared_cache_operations_total{op="get",outcome="error"}"#
+        ),
+        2
+    );
+    assert_eq!(tokens.count(), 3);
+
+    // The refetched token replaced it; one altered byte makes it unusable again.
+    let (_, mut value) = redis
+        .values(PREFIX)
+        .into_iter()
+        .find(|(name, _)| *name == our_name)
+        .unwrap();
+    assert_ne!(&value, their_value);
+    let last = value.len() - 1;
+    value[last] ^= 0x01;
+    redis.set(&our_name, &value, 3_600_000);
+    let ((status, fourth), _) = get(&ours).await;
+    assert_eq!((status, fourth.as_str()), (200, "tok-4"));
+    let ((_, again), _) = get(&ours).await;
+    assert_eq!(again, "tok-4");
+    assert_eq!(tokens.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_lets_another_process_fetch_once_its_lease_expires() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 9);
+    // The first token request never gets its answer in time; later ones are answered at once.
+    let tokens = TokenServer::with_delays(
+        |n| {
+            if n == 1 {
+                Duration::from_secs(60)
+            } else {
+                Duration::ZERO
+            }
+        },
+        |n, _| ok_token(&format!("tok-{n}"), 3600),
+    )
+    .await;
+    let echo = Echo::start().await;
+    let config = fleet_config(&tokens, &redis, &key, "    timeout: 2s\n");
+    let holder = Bearerd::start(&config, "info", &[]);
+    let waiter = Bearerd::start(&config, "info", &[]);
+
+    // Its request fails with the process; only the other process's matters here.
+    let stuck = {
+        let client = proxied(&holder.proxy);
+        let url = format!("http://{}/stuck", echo.addr);
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .header("x-auth-config", "billing")
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    eventually("the holder's token request", || async { tokens.count() == 1 }).await;
+    let lease = format!("{PREFIX}:lease:");
+    let mut connection = redis.connection();
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{lease}*"))
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(leases.len(), 1, "the holder took the lease");
+    let mut holder = holder;
+    holder.signal("KILL");
+    holder.exit_status().await;
+    assert!(stuck.await.unwrap().is_err(), "the killed process answered");
+
+    let (status, token) = get_through(&proxied(&waiter.proxy), &echo, "/after").await;
+    assert_eq!((status, token.as_str()), (200, "tok-2"));
+    assert_eq!(tokens.count(), 2);
+    let (_, metrics) = waiter.admin_get("/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#
+        ),
+        0,
+        "took the expired lease over rather than fetching alone"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"bearerd_shared_cache_operations_total{op="lease",outcome="ok"}"#
+        ),
+        2,
+        "taken, then released"
+    );
+    assert_eq!(redis.values(PREFIX).len(), 1, "the new token stored, the lease gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_fails_no_request_and_the_fleet_returns_to_it() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 5);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let yaml = fleet_config(&tokens, &redis, &key, "");
+    let a = start_bearerd(&yaml).await;
+    let a_client = proxied_client(a.proxy_addr);
+    assert_eq!(get_through(&a_client, &echo, "/").await, (200, "tok-1".to_owned()));
+
+    redis.stop();
+    // A local hit needs no Redis; a cold process fetches alone and says so.
+    assert_eq!(get_through(&a_client, &echo, "/").await, (200, "tok-1".to_owned()));
+    let b = start_bearerd(&yaml).await;
+    let b_client = proxied_client(b.proxy_addr);
+    assert_eq!(get_through(&b_client, &echo, "/").await, (200, "tok-2".to_owned()));
+    let fallbacks = r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#;
+    assert_eq!(sample(&metrics(&b).await, fallbacks), 1);
+    assert!(
+        sample(
+            &metrics(&b).await,
+            r#"bearerd_shared_cache_operations_total{op="get",outcome="error"}"#
+        ) >= 1
+    );
+    let (status, ready) = get_text(&format!("http://{}/readyz", b.admin_addr)).await;
+    assert_eq!(status, 200, "{ready}");
+
+    redis.restart();
+    // The next process finds Redis again, fetches under the lease and stores its token ...
+    let c = start_bearerd(&yaml).await;
+    assert_eq!(
+        get_through(&proxied_client(c.proxy_addr), &echo, "/").await,
+        (200, "tok-3".to_owned())
+    );
+    assert_eq!(sample(&metrics(&c).await, fallbacks), 0);
+    // ... which the process that fell back picks up at its next miss (its token refused).
+    let mut served_from_redis = false;
+    for _ in 0..5 {
+        let (status, token) = get_through(&b_client, &echo, "/only/tok-3").await;
+        if (status, token.as_str()) == (200, "tok-3") {
+            served_from_redis = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(served_from_redis, "b went back to Redis");
+    assert_eq!(redis.values(PREFIX).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_refreshes_ahead_for_the_fleet() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 3);
+    // 4 s tokens, refreshed from 2 s on: both processes reach the window with the same token.
+    let tokens = TokenServer::with(Duration::ZERO, |n, _| ok_token(&format!("tok-{n}"), 4)).await;
+    let echo = Echo::start().await;
+    let yaml = fleet_config(&tokens, &redis, &key, "    expiry_skew: 0s\n    refresh_before: 2s\n");
+    let (a, b) = (start_bearerd(&yaml).await, start_bearerd(&yaml).await);
+    let (a_client, b_client) = (proxied_client(a.proxy_addr), proxied_client(b.proxy_addr));
+    assert_eq!(get_through(&a_client, &echo, "/").await, (200, "tok-1".to_owned()));
+    assert_eq!(get_through(&b_client, &echo, "/").await, (200, "tok-1".to_owned()));
+    assert_eq!(tokens.count(), 1);
+
+    // Requests keep coming to both; each is served (the old token while the refresh runs)
+    // until both send the new one.
+    let mut both_new = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let (a_got, b_got) = tokio::join!(get_through(&a_client, &echo, "/"), get_through(&b_client, &echo, "/"));
+        for (status, token) in [&a_got, &b_got] {
+            assert_eq!(*status, 200);
+            assert!(token == "tok-1" || token == "tok-2", "{token}");
+        }
+        if a_got.1 == "tok-2" && b_got.1 == "tok-2" {
+            both_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(both_new, "both processes moved to the refreshed token");
+    assert_eq!(tokens.count(), 2, "one refresh for the fleet");
+    for server in [&a, &b] {
+        let text = metrics(server).await;
+        assert_eq!(
+            sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#),
+            0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_evicts_from_redis_only_the_token_it_refused() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 4);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let yaml = fleet_config(&tokens, &redis, &key, "");
+    let (a, b) = (start_bearerd(&yaml).await, start_bearerd(&yaml).await);
+    let (a_client, b_client) = (proxied_client(a.proxy_addr), proxied_client(b.proxy_addr));
+    assert_eq!(get_through(&a_client, &echo, "/").await, (200, "tok-1".to_owned()));
+    assert_eq!(get_through(&b_client, &echo, "/").await, (200, "tok-1".to_owned()));
+
+    // The upstream now wants tok-2: a's 401 on tok-1 removes tok-1 from Redis, and a fetches.
+    assert_eq!(
+        get_through(&a_client, &echo, "/only/tok-2").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(tokens.count(), 2);
+    // b's 401 on the same tok-1 finds a newer token in Redis: it is kept and used.
+    assert_eq!(
+        get_through(&b_client, &echo, "/only/tok-2").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(tokens.count(), 2, "tok-2 was not evicted by a 401 that tok-1 got");
+    assert_eq!(redis.values(PREFIX).len(), 1);
+}
+
+/// `bearerd check` on `config`: exit code, stdout and stderr.
+fn check(config: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bearerd.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bearerd"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_whether_redis_answers_without_its_password() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 6);
+    let tokens = TokenServer::start().await;
+    let (code, stdout, stderr) = check(&fleet_config(&tokens, &redis, &key, ""));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().last().unwrap(),
+        format!("shared_cache: redis://127.0.0.1:{} answers", redis.port)
+    );
+
+    redis.stop();
+    let with_password = fleet_config(&tokens, &redis, &key, "").replace(
+        &redis.url(),
+        &format!("redis://default:s3cret-pw@127.0.0.1:{}", redis.port),
+    );
+    let (code, stdout, stderr) = check(&with_password);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!(
+            "shared_cache: FAILED: the shared cache at redis://default:[redacted]@127.0.0.1:{} ",
+            redis.port
+        )),
+        "{last}"
+    );
+    assert!(
+        !stdout.contains("s3cret-pw") && !stderr.contains("s3cret-pw"),
+        "{stdout}{stderr}"
+    );
+    // The auth config's own row still passed: only Redis failed.
+    assert!(stdout.lines().nth(1).unwrap().contains(" ok "), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steady_traffic_over_four_processes_waits_on_the_token_endpoint_only_at_the_start() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 8);
+    // 4 s tokens refreshed from 2 s on: at most one token request per 2 s for the fleet.
+    let tokens = TokenServer::with(Duration::from_millis(100), |n, _| ok_token(&format!("tok-{n}"), 4)).await;
+    let echo = Echo::start().await;
+    let yaml = fleet_config(&tokens, &redis, &key, "    expiry_skew: 0s\n    refresh_before: 2s\n");
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        fleet.push(start_bearerd(&yaml).await);
+    }
+    let clients: Vec<reqwest::Client> = fleet.iter().map(|b| proxied_client(b.proxy_addr)).collect();
+    // Each process's first request waits for its token (fetched by one, read by the rest).
+    for client in &clients {
+        assert_eq!(get_through(client, &echo, "/first").await, (200, "tok-1".to_owned()));
+    }
+    assert_eq!(tokens.count(), 1);
+
+    let started = tokio::time::Instant::now();
+    let run = Duration::from_secs(10);
+    let senders: Vec<_> = (0..8)
+        .map(|i| {
+            let client = clients[i % 4].clone();
+            let url = format!("http://{}/steady", echo.addr);
+            tokio::spawn(async move {
+                let (mut sent, mut failed) = (0, 0);
+                while started.elapsed() < run {
+                    let status = get_with_config(&client, &url, "billing").await.status();
+                    sent += 1;
+                    if status != 200 {
+                        failed += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (sent, failed)
+            })
+        })
+        .collect();
+    let mut totals = (0, 0);
+    for sender in senders {
+        let (sent, failed) = sender.await.unwrap();
+        totals = (totals.0 + sent, totals.1 + failed);
+    }
+    let elapsed = started.elapsed();
+    assert!(totals.0 > 100, "{totals:?}");
+    assert_eq!(totals.1, 0, "no request failed");
+    // Each process waited on a fetch for its first request only; later ones were hits or
+    // refresh-ahead uses of a valid token.
+    for server in &fleet {
+        let text = metrics(server).await;
+        assert_eq!(
+            sample(
+                &text,
+                r#"bearerd_token_cache_lookups_total{auth_config="billing",result="miss"}"#
+            ),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#),
+            0
+        );
+    }
+    // One refresh per refresh interval for the whole fleet, not one per process.
+    let most = elapsed.as_secs() / 2 + 2;
+    let fetched = tokens.count();
+    assert!(
+        fetched as u64 <= most,
+        "{fetched} token requests in {elapsed:?} (at most {most})"
+    );
+    eprintln!("{fetched} token requests for 4 processes in {elapsed:?} of steady traffic");
+}

@@ -1,0 +1,150 @@
+//! A real `redis-server` on a free loopback port, with its own configuration and no
+//! persistence, stopped by its PID on drop (`#[path = "support/redis.rs"] mod redis_server;`
+//! beside `mod support;`).
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::WAIT;
+
+/// A `redis-server` process; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one on a port the kernel picked as free.
+    pub fn start() -> Self {
+        let mut server = Self {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // The kernel names a free port; redis-server binds it a moment later. Another
+        // process may take it in between, so a start that fails is tried on a new port.
+        for _ in 0..5 {
+            server.port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL, by its PID) and waits for it: Redis is gone, as in a crash.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !self.spawn() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A plain connection for the test's own reads and writes.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(WAIT)
+            .unwrap()
+    }
+
+    /// Every key whose name starts with `prefix`, and its raw value.
+    pub fn values(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let mut connection = self.connection();
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut connection)
+            .unwrap();
+        keys.sort();
+        keys.into_iter()
+            .filter_map(|key| {
+                let value: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(&mut connection).unwrap();
+                value.map(|value| (key, value))
+            })
+            .collect()
+    }
+
+    /// Sets `key` to `value` (raw bytes) for `ttl_ms`.
+    pub fn set(&self, key: &str, value: &[u8], ttl_ms: u64) {
+        let mut connection = self.connection();
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query(&mut connection)
+            .unwrap();
+    }
+
+    /// Starts the process and waits (bounded) until it answers `PING`; false when it exited
+    /// instead (its port was taken).
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if self.answers() {
+                self.child = Some(child);
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server on port {} did not answer PING", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+            .is_ok_and(|pong| pong == "PONG")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
