@@ -82,10 +82,14 @@ impl Sealer {
     }
 
     /// The hash that names `config`'s token: its token-shaping fields and a keyed digest of
-    /// its credential, never the credential itself.
+    /// its credential and of `workload` (who its token files say the workload is; empty
+    /// without them), never either itself.
     #[must_use]
-    pub fn token_hash(&self, config: &AuthConfig) -> String {
-        let credential = hmac::sign(&self.name, &credential_bytes(&config.credential));
+    pub fn token_hash(&self, config: &AuthConfig, workload: &[u8]) -> String {
+        let credential = hmac::sign(
+            &self.name,
+            &[&credential_bytes(&config.credential), b"\x1f".as_slice(), workload].concat(),
+        );
         let mut shaped = config.token_shape().into_bytes();
         shaped.push(0x1f);
         shaped.extend_from_slice(credential.as_ref());
@@ -150,8 +154,8 @@ impl Sealer {
 }
 
 /// What identifies the client to the provider, tagged by kind: a client secret, the public
-/// half of a signing key, the client certificate. An assertion is named by its file's path,
-/// which is among the token-shaping fields.
+/// half of a signing key, the client certificate. An assertion's file path is among the
+/// token-shaping fields, and what the file says of the workload is the hash's `workload`.
 fn credential_bytes(credential: &Credential) -> Vec<u8> {
     let (kind, bytes): (&[u8], Vec<u8>) = match credential {
         Credential::Secret(secret) => (b"secret", secret.expose().as_bytes().to_vec()),
@@ -240,10 +244,29 @@ mod tests {
         }
     }
 
+    impl Sealer {
+        /// The hash of a config without workload token files.
+        fn token_hash_of(&self, config: &AuthConfig) -> String {
+            self.token_hash(config, b"")
+        }
+    }
+
+    #[test]
+    fn two_workloads_behind_one_token_file_path_never_share_a_token() {
+        let sealer = sealer(1);
+        let config = config("a", "    client_secret: s1\n");
+        let one = sealer.token_hash(&config, b"\"https://k8s\"\x1f\"system:serviceaccount:a:b\"\x1f\"x\"");
+        let again = sealer.token_hash(&config, b"\"https://k8s\"\x1f\"system:serviceaccount:a:b\"\x1f\"x\"");
+        let other = sealer.token_hash(&config, b"\"https://k8s\"\x1f\"system:serviceaccount:a:c\"\x1f\"x\"");
+        assert_eq!(one, again);
+        assert_ne!(one, other);
+        assert_ne!(one, sealer.token_hash_of(&config));
+    }
+
     #[test]
     fn the_token_hash_follows_what_shapes_the_token_not_the_config_id() {
         let sealer = sealer(1);
-        let hash = |id, fields| sealer.token_hash(&config(id, fields));
+        let hash = |id, fields| sealer.token_hash_of(&config(id, fields));
         let base = hash("a", "    client_secret: s1\n");
         assert_eq!(base.len(), 64);
         assert_eq!(hash("b", "    client_secret: s1\n"), base, "another id, the same token");
@@ -258,7 +281,7 @@ mod tests {
         // The credential's digest is keyed: another key_file, another name.
         assert_ne!(
             super::Sealer::new(&SealingKey::parse(&[3; 32]).unwrap(), "fleet")
-                .token_hash(&config("a", "    client_secret: s1\n")),
+                .token_hash_of(&config("a", "    client_secret: s1\n")),
             base
         );
         assert_eq!(sealer.token_key(&base), format!("fleet:token:{base}"));
@@ -282,8 +305,8 @@ mod tests {
             )
         };
         let sealer = sealer(1);
-        let a = sealer.token_hash(&config("a", &fields(&one)));
-        assert_eq!(sealer.token_hash(&config("b", &fields(&one))), a);
-        assert_ne!(sealer.token_hash(&config("a", &fields(&two))), a);
+        let a = sealer.token_hash_of(&config("a", &fields(&one)));
+        assert_eq!(sealer.token_hash_of(&config("b", &fields(&one))), a);
+        assert_ne!(sealer.token_hash_of(&config("a", &fields(&two))), a);
     }
 }

@@ -707,6 +707,25 @@ fn read_token_file(what: &'static str, path: &std::path::Path, jwt: bool) -> Res
     Ok(Assertion::new(trimmed))
 }
 
+/// Who `config`'s workload token files say the workload is, read as the next token request
+/// would read them: for a JWT its issuer, subject and audience (a rotation keeps them), for
+/// an opaque token the token itself; empty for a config without such files. Two processes
+/// share a token only when this is the same for both, since pods reading one path may hold
+/// different service accounts' tokens. It names a shared token through a keyed digest
+/// only, never as it is.
+pub(crate) fn workload_identity(config: &AuthConfig) -> Result<Vec<u8>, TokenError> {
+    let mut identity = Vec::new();
+    for file in token_files(config) {
+        let token = read_token_file(file.what, file.path, file.jwt)?;
+        match jwt::identity(token.expose()) {
+            Some(claims) => identity.extend_from_slice(claims.as_bytes()),
+            None => identity.extend_from_slice(token.expose().as_bytes()),
+        }
+        identity.push(0x1e);
+    }
+    Ok(identity)
+}
+
 /// A file a config sends a workload's token from at every token request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenFile<'a> {
@@ -960,6 +979,39 @@ fn seconds(value: Option<f64>) -> Result<Duration, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workloads_identity_survives_its_files_rotation_and_differs_between_workloads() {
+        use base64::Engine as _;
+        let jwt = |claims: &str| {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            format!("{}.{}.c2ln", b64.encode(r#"{"alg":"RS256"}"#), b64.encode(claims))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let yaml = format!(
+            "auth_configs:\n  - id: a\n    token_url: https://idp.test/t\n    client_id: c\n    client_auth: federated_jwt\n    assertion_file: {}\n    allowed_hosts: [h.test]\n",
+            file.display()
+        );
+        let config = crate::config::Config::from_yaml("t", &yaml, &crate::config::Env::new())
+            .unwrap()
+            .auth_config("a")
+            .unwrap();
+        let identity = |claims: &str| {
+            std::fs::write(&file, jwt(claims)).unwrap();
+            workload_identity(&config).unwrap()
+        };
+        let first = identity(r#"{"iss":"https://k8s","sub":"system:serviceaccount:a:b","aud":"x","exp":4102444800}"#);
+        let rotated = identity(r#"{"iss":"https://k8s","sub":"system:serviceaccount:a:b","aud":"x","exp":4102448400}"#);
+        let other = identity(r#"{"iss":"https://k8s","sub":"system:serviceaccount:a:c","aud":"x","exp":4102444800}"#);
+        assert_eq!(first, rotated);
+        assert_ne!(first, other);
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            workload_identity(&config).is_err(),
+            "an unreadable file names no workload"
+        );
+    }
 
     fn secret() -> ClientSecret {
         ClientSecret::new("p@ss:w0rd/+%=&?")

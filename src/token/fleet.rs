@@ -26,7 +26,11 @@ pub(super) async fn obtain(
     current: Option<&CachedToken>,
     refused: Option<&[u8]>,
 ) -> Outcome {
-    let hash = shared.sealer().token_hash(config);
+    let Ok(workload) = super::endpoint::workload_identity(config) else {
+        // The token file cannot be used: the fetch says why, and backs off.
+        return fetch_counted(source, config, metrics).await;
+    };
+    let hash = shared.sealer().token_hash(config, &workload);
     let current = current.map(|token| (&token.token, wall_clock(token.expires_at)));
     let usable = |stored: &SharedToken| match current {
         None => SystemTime::now() < stored.expires_at,

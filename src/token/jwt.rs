@@ -32,6 +32,17 @@ pub fn assertion_expiry(assertion: &str) -> Result<Option<SystemTime>, NotAJwt> 
     claims(assertion).map(|claims| exp(&claims)).ok_or(NotAJwt)
 }
 
+/// Who a workload's JWT says it is: its `iss`, `sub` and `aud` claims as written (the same
+/// for each rotation of one workload's token, different between workloads), or `None` when
+/// `token` is not a JWT. Used only to name a shared token ([`crate::shared_cache`]), never
+/// shown: the provider, not bearerd, decides what the token proves.
+#[must_use]
+pub fn identity(token: &str) -> Option<String> {
+    let claims = claims(token)?;
+    let claim = |name| claims.get(name).map(Value::to_string).unwrap_or_default();
+    Some([claim("iss"), claim("sub"), claim("aud")].join("\u{1f}"))
+}
+
 /// Why an assertion was refused. It says what a JWT is, never what was found instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("does not hold a JWT (three base64url parts, the first two JSON objects)")]
@@ -184,6 +195,19 @@ mod tests {
         assert_eq!(expiry(&jwt(r#"{"exp":184467440737095516150}"#)), None);
         // Far, but a time all the same: it bounds nothing `expires_in` does not.
         assert_eq!(expiry(&jwt(r#"{"exp":253402300799}"#)), Some(at(253_402_300_799)));
+    }
+
+    #[test]
+    fn a_workloads_identity_is_its_issuer_subject_and_audience_across_rotations() {
+        let first = jwt(r#"{"iss":"https://k8s","sub":"system:serviceaccount:a:b","aud":["x"],"exp":1,"jti":"1"}"#);
+        let rotated = jwt(r#"{"jti":"2","exp":2,"aud":["x"],"sub":"system:serviceaccount:a:b","iss":"https://k8s"}"#);
+        let other = jwt(r#"{"iss":"https://k8s","sub":"system:serviceaccount:a:c","aud":["x"],"exp":1}"#);
+        let audience = jwt(r#"{"iss":"https://k8s","sub":"system:serviceaccount:a:b","aud":"y","exp":1}"#);
+        assert_eq!(identity(&first), identity(&rotated));
+        assert!(identity(&first).is_some());
+        assert_ne!(identity(&first), identity(&other));
+        assert_ne!(identity(&first), identity(&audience));
+        assert_eq!(identity("opaque"), None);
     }
 
     #[test]
