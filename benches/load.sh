@@ -34,6 +34,9 @@
 #   upstream, https and intercepted over TLS to the upstream directly).
 # - startup: start to /readyz with 100 auth configs.
 # - burst: 10,000 concurrent requests on a cold cache against a slow token endpoint.
+# - multicore: the plain path with nothing pinned: nginx with 2 worker processes (its
+#   upstream too) against bearerd with `worker_threads: 2`, wrk with 2 threads (no target:
+#   the figure users with more than one core ask for).
 #
 # The upstreams and the proxies are pinned to CPU 0, the load generator to CPU 1; CONNECTIONS
 # (50) keep-alive connections, REPS (3) repetitions of DURATION (10) seconds for each path,
@@ -47,7 +50,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODES=${MODES:-plain https intercept latency startup burst}
+MODES=${MODES:-plain https intercept latency startup burst multicore}
 DURATION=${DURATION:-10}
 REPS=${REPS:-3}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -59,7 +62,7 @@ UPSTREAM_TLS=18443 NGINX_HTTPS=18086 NGINX_TERM=18446 HAPROXY=18088 BEARERD_TLS=
 source benches/common.sh
 has() { [[ " $MODES " == *" $1 "* ]]; }
 for mode in $MODES; do
-  case $mode in plain | https | intercept | latency | startup | burst) ;; *) echo "load.sh: unknown mode $mode" >&2; exit 2 ;; esac
+  case $mode in plain | https | intercept | latency | startup | burst | multicore) ;; *) echo "load.sh: unknown mode $mode" >&2; exit 2 ;; esac
 done
 tls_modes() { has https || has intercept || has latency; }
 
@@ -133,7 +136,9 @@ measure() { # rep name "procs" command...
     requests=$(field requests) rps=$(field rps) p50=$(field p50_us) p99=$(field p99_us) late=$(field late)
     [ "$(field errors)" = 0 ] || { echo "load.sh: $name had errors: $out" >&2; exit 1; }
   else
-    out=$(timeout $((DURATION + 30)) taskset -c 1 "$@")
+    local pin=(taskset -c 1)
+    [ -z "${UNPINNED:-}" ] || pin=()
+    out=$(timeout $((DURATION + 30)) "${pin[@]}" "$@")
     after=$(ticks "${procs[@]}")
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
@@ -593,6 +598,58 @@ non-2xx: $BURST_ERRORS.
 MD
 fi
 
+if has multicore; then
+  echo "multicore: $REPS x ${DURATION}s, $CONNECTIONS connections, nothing pinned..." >&2
+  UPSTREAM_MC=18071 NGINX_MC=18072 BEARERD_MC=18073 ADMIN_MC=18074
+  two_workers() { sed 's/^worker_processes 1;/worker_processes 2;/'; }
+  nginx_conf upstream-mc "server { listen 127.0.0.1:$UPSTREAM_MC; location / { return 200 'ok'; } }" | two_workers \
+    > "$WORK/upstream-mc.conf"
+  nginx_conf proxy-mc "upstream api { server 127.0.0.1:$UPSTREAM_MC; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_MC;
+    location / {
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection '';
+      proxy_set_header Authorization 'Bearer static-token-for-the-benchmark';
+    }
+  }" | two_workers > "$WORK/nginx-mc.conf"
+  nginx -c "$WORK/upstream-mc.conf" -p "$WORK" -e "$WORK/upstream-mc-error.log" &
+  PIDS+=($!)
+  MC_UPSTREAM_PID=$!
+  nginx -c "$WORK/nginx-mc.conf" -p "$WORK" -e "$WORK/nginx-mc-error.log" &
+  PIDS+=($!)
+  MC_NGINX_PID=$!
+  wait_http "http://127.0.0.1:$UPSTREAM_MC/"
+  wait_http "http://127.0.0.1:$NGINX_MC/"
+  MC_NGINX_PROCS="$MC_NGINX_PID $(children "$MC_NGINX_PID")"
+  { BEARERD=$BEARERD_MC ADMIN=$ADMIN_MC bearerd_config "$TOKENS"; echo "worker_threads: 2"; } > "$WORK/bearerd-mc.yaml"
+  RUST_LOG=warn "$BIN" --config "$WORK/bearerd-mc.yaml" 2>"$WORK/bearerd-mc.log" &
+  MC_BEARERD_PID=$!
+  PIDS+=($MC_BEARERD_PID)
+  wait_ready "$ADMIN_MC" "$MC_BEARERD_PID" "$WORK/bearerd-mc.log"
+  sed "s/$UPSTREAM/$UPSTREAM_MC/g" "$WORK/proxy.lua" > "$WORK/proxy-mc.lua"
+  for rep in $(seq 1 "$REPS"); do
+    UNPINNED=1 measure "$rep" mc-nginx "$MC_NGINX_PROCS" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+      -s "$WORK/proxy-mc.lua" "http://127.0.0.1:$NGINX_MC/"
+    UNPINNED=1 measure "$rep" mc-bearerd "$MC_BEARERD_PID" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+      -s "$WORK/proxy-mc.lua" "http://127.0.0.1:$BEARERD_MC/"
+  done
+  report multicore <<MD
+## Two cores
+
+The plain path with nothing pinned: the upstream and nginx with 2 worker processes each,
+bearerd with \`worker_threads: 2\`, wrk with 2 threads and $CONNECTIONS connections, all sharing
+the machine's $(nproc) CPUs. No target: the figure for users with more than one core.
+
+$(table_head)
+$(row mc-nginx "nginx, 2 workers")
+$(row mc-bearerd "bearerd, 2 worker threads")
+
+bearerd / nginx throughput: $(ratio "$(col mc-bearerd 1)" "$(col mc-nginx 1)"); CPU per request: $(ratio "$(col mc-bearerd 4)" "$(col mc-nginx 4)").
+MD
+fi
+
 # --- report -------------------------------------------------------------------------------
 
 versions="wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), nginx $(nginx -v 2>&1 | cut -d/ -f2)"
@@ -605,7 +662,7 @@ if tls_modes; then versions+=", HAProxy $(haproxy -v | awk 'NR == 1 {print $3}')
   echo "Upstreams and proxies pinned to CPU 0, the load generator (wrk, or benches/loadgen.rs) to CPU 1;"
   echo "$CONNECTIONS keep-alive connections, ${DURATION} s per run, median of $REPS runs, the paths of a mode taking turns."
   echo "CPU is the proxy's (for direct, the upstream's), from /proc/PID/stat, split into user and kernel time."
-  for part in plain https intercept latency startup burst; do
+  for part in plain https intercept latency startup burst multicore; do
     if [ -f "$WORK/report.$part" ]; then echo; cat "$WORK/report.$part"; fi
   done
 } > "$RESULTS"
