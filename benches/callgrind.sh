@@ -8,11 +8,8 @@
 #
 # Runs bearerd (release, symbols kept) under callgrind on one CPU, as in benches/load.sh:
 # a warm-up with wrk, then counters zeroed, DURATION seconds of wrk (50 connections,
-# absolute-form requests, cached token), counters dumped. MODE=https puts the upstream
-# behind TLS (nginx, TLS 1.3, a certificate for localhost bearerd trusts through
-# `tls.ca_file`; an `upstream_tls: true` route; HTTP/1.1 by ALPN, as nginx offers by
-# default). Prints the instructions per request (bearerd's own count of answered requests)
-# and the functions with the most
+# absolute-form requests, cached token), counters dumped. Prints the instructions per
+# request (bearerd's own count of answered requests) and the functions with the most
 # instructions, themselves and with what they call (TOP of each, 25 unless set; KEEP=FILE
 # keeps callgrind's output for callgrind_annotate). Stops everything it starts by PID.
 set -euo pipefail
@@ -28,38 +25,14 @@ CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
   timeout 900 cargo build --release --locked --quiet --target-dir "$TARGET"
 BIN=$TARGET/release/bearerd
 
-MODE=${MODE:-plain}
-if [[ $MODE == https ]]; then
-  need openssl
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost -keyout "$WORK/upstream.key" -out "$WORK/upstream.pem" 2>/dev/null
-  nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM ssl; ssl_certificate $WORK/upstream.pem;
-    ssl_certificate_key $WORK/upstream.key; ssl_protocols TLSv1.3; location / { return 200 'ok'; } }" \
-    > "$WORK/upstream.conf"
-  upstream_url=https://localhost:$UPSTREAM/
-  sed -i "s|127.0.0.1:$UPSTREAM|localhost:$UPSTREAM|g" "$WORK/proxy.lua"
-else
-  upstream_conf > "$WORK/upstream.conf"
-  upstream_url=http://127.0.0.1:$UPSTREAM/
-fi
+upstream_conf > "$WORK/upstream.conf"
 nginx -c "$WORK/upstream.conf" -p "$WORK" -e "$WORK/upstream-error.log" &
 PIDS+=($!)
 python3 "$WORK/tokens.py" "$TOKENS" 0 &
 PIDS+=($!)
-if [[ $MODE == https ]]; then
-  for _ in $(seq 1 500); do
-    curl -s -o /dev/null --max-time 1 --cacert "$WORK/upstream.pem" "$upstream_url" && break
-    sleep 0.02
-  done
-else
-  wait_http "$upstream_url"
-fi
+wait_http "http://127.0.0.1:$UPSTREAM/"
 wait_http "http://127.0.0.1:$TOKENS/"
 bearerd_config "$TOKENS" > "$WORK/bearerd.yaml"
-if [[ $MODE == https ]]; then
-  printf 'tls:\n  ca_file: %s\n' "$WORK/upstream.pem" >> "$WORK/bearerd.yaml"
-  sed -i 's|  - match: { host: 127.0.0.1 }|  - match: { host: localhost }\n    upstream_tls: true|' "$WORK/bearerd.yaml"
-fi
 RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
   "$BIN" --config "$WORK/bearerd.yaml" 2>"$WORK/bearerd.log" &
 BEARERD_PID=$!
