@@ -236,7 +236,7 @@ fn the_workload_identity_variant_validates_and_gives_its_tokens_to_the_sidecar_o
     // place (the token paths pointed at a test's directory).
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, projected_token()).unwrap();
+    std::fs::write(&token, workload_jwt(3600)).unwrap();
     let configmap = yaml(&workload_identity().join("configmap.yaml"));
     let data = at(&configmap, "data");
     let credentials = dir.path().join("gcp-credentials.json");
@@ -516,24 +516,6 @@ fn the_configmaps_config_passes_bearerd_check_offline_with_the_secret_mounted() 
     assert!(stderr.contains("auth config `billing`: client_secret_file"), "{stderr}");
 }
 
-/// A JWT shaped like a projected service-account token, expiring in an hour.
-fn projected_token() -> String {
-    use base64::Engine;
-    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    format!(
-        "{}.{}.c2lnbmF0dXJl",
-        b64(r#"{"alg":"RS256","kid":"cluster"}"#),
-        b64(&format!(
-            r#"{{"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:billing:billing-app","aud":["api://AzureADTokenExchange"],"exp":{exp}}}"#
-        ))
-    )
-}
-
 #[test]
 fn every_example_config_passes_bearerd_check_offline() {
     let dir = tempfile::tempdir().unwrap();
@@ -545,19 +527,17 @@ fn every_example_config_passes_bearerd_check_offline() {
     std::fs::write(&state_key, format!("{}\n", "5a".repeat(32))).unwrap();
     let refresh_token = dir.path().join("refresh-token");
     std::fs::write(&refresh_token, "dummy-refresh-token\n").unwrap();
-    // A workload's JWT as a kubelet or the SPIFFE helper writes it, an hour from expiry.
+    // A workload's JWT as a kubelet or the SPIFFE helper writes it, an hour from expiry:
+    // every example that sends one reads this file.
     let workload_token = dir.path().join("workload-token");
     std::fs::write(&workload_token, format!("{}\n", workload_jwt(3600))).unwrap();
-    // A projected service-account token, as the kubelet writes it (valid for an hour).
-    let sa_token = dir.path().join("sa-token");
-    std::fs::write(&sa_token, projected_token()).unwrap();
     // Google's sample credential file, its credential_source.file pointed at that token.
     let sample = std::fs::read_to_string(root().join("config/examples/google-workload-identity.json")).unwrap();
     assert!(sample.contains("\"/var/run/secrets/tokens/gcp-token\""));
     let credentials = dir.path().join("credentials.json");
     std::fs::write(
         &credentials,
-        sample.replace("/var/run/secrets/tokens/gcp-token", sa_token.to_str().unwrap()),
+        sample.replace("/var/run/secrets/tokens/gcp-token", workload_token.to_str().unwrap()),
     )
     .unwrap();
     // Dummy values for what the examples read from the environment, including what Azure
@@ -565,7 +545,7 @@ fn every_example_config_passes_bearerd_check_offline() {
     let env = [
         ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
         ("AZURE_TENANT_ID", "0b8e5f2a-57b4-4ea4-9f8b-1cf2e8d7c3a1"),
-        ("AZURE_FEDERATED_TOKEN_FILE", sa_token.to_str().unwrap()),
+        ("AZURE_FEDERATED_TOKEN_FILE", workload_token.to_str().unwrap()),
         ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
         ("GOOGLE_APPLICATION_CREDENTIALS", credentials.to_str().unwrap()),
         ("PAYMENTS_KEY_FILE", key.to_str().unwrap()),

@@ -492,12 +492,7 @@ impl TokenClient {
         let transport = |err: reqwest::Error| transport_error(err, &endpoint, config.timeout);
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("no content type")
-            .to_owned();
+        let content_type = content_type_of(&response);
         let mut body = read_body(response)
             .await
             .map_err(|err| err.map_or(TokenError::TooLarge, transport))?;
@@ -823,6 +818,16 @@ fn encode_body(kind: RequestBody, params: &[(&str, &str)]) -> (&'static str, Str
 }
 
 /// The whole body, at most [`MAX_RESPONSE_BYTES`]; `Err(None)` when it is larger.
+/// The response's `Content-Type`, as errors quote it.
+pub(super) fn content_type_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type")
+        .to_owned()
+}
+
 pub(super) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
     if response
         .content_length()

@@ -10,7 +10,7 @@ use http::header;
 use serde_json::Value;
 
 use super::discovery::quote;
-use super::endpoint::{TokenError, TokenResponse, read_body, transport_error};
+use super::endpoint::{TokenError, TokenResponse, content_type_of, read_body, transport_error};
 use crate::config::{AuthConfig, Impersonation, endpoint_name, parse_timestamp};
 use crate::secret::AccessToken;
 
@@ -34,12 +34,7 @@ pub(super) async fn generate_access_token(
         .await
         .map_err(|err| transport_error(err, &endpoint, timeout))?;
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("no content type")
-        .to_owned();
+    let content_type = content_type_of(&response);
     let body = read_body(response)
         .await
         .map_err(|err| err.map_or(TokenError::TooLarge, |err| transport_error(err, &endpoint, timeout)))?;
