@@ -4,7 +4,7 @@
 //!
 //! A user grant (`authorization_code`, `refresh_token`) is not refreshed: with rotation, a
 //! refresh by `check` would spend the refresh token the running bearerd holds. Its row says
-//! whether `state.file` holds a refresh token, or that a consent is required (which is not
+//! whether `state.file` (with `shared_cache:`, Redis) holds a refresh token, or that a consent is required (which is not
 //! a failure: it is the state of a config nobody has consented for yet).
 //!
 //! A config that sends a workload's token (`assertion_file`, `subject_token_file`) lists
@@ -20,13 +20,13 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{AuthConfig, Config, Grant, TokenEndpoint, endpoint_name, format_timestamp};
+use crate::config::{AuthConfig, Config, Grant, SharedCacheConfig, TokenEndpoint, endpoint_name, format_timestamp};
 use crate::metrics::Metrics;
 use crate::shared_cache::SharedCache;
-use crate::state::{StateStore, record_key};
+use crate::state::{Record, StateStore, record_key};
 use crate::token::{
-    TokenClient, TokenError, TokenFileState, TokenResponse, holds_refresh_token, inspect_token_file, remedy,
-    token_files,
+    TokenClient, TokenError, TokenFileState, TokenResponse, entry_hash, holds_refresh_token, inspect_token_file,
+    remedy, token_files,
 };
 use crate::{StartError, tls};
 
@@ -169,18 +169,30 @@ async fn user_grant(client: &TokenClient, config: &Config, auth_config: &AuthCon
     {
         return Outcome::Failed(err.to_string());
     }
-    let Some(state) = &config.state else {
-        return Outcome::Failed("no state: block".into());
+    let record = match (&config.shared_cache, &config.state) {
+        (Some(shared), _) => match fleet_record(shared, auth_config).await {
+            Ok(record) => record,
+            Err(err) => return Outcome::Failed(err),
+        },
+        (None, Some(state)) => match StateStore::read(&state.file, &state.key) {
+            Ok(records) => records.unwrap_or_default().remove(&record_key(auth_config)),
+            Err(err) => return Outcome::Failed(err.to_string()),
+        },
+        (None, None) => return Outcome::Failed("no state: block".into()),
     };
-    let records = match StateStore::read(&state.file, &state.key) {
-        Ok(records) => records.unwrap_or_default(),
-        Err(err) => return Outcome::Failed(err.to_string()),
-    };
-    if holds_refresh_token(auth_config, records.get(&record_key(auth_config))) {
+    if holds_refresh_token(auth_config, record.as_ref()) {
         Outcome::Consented
     } else {
         Outcome::ConsentRequired(remedy(auth_config))
     }
+}
+
+/// The user grant's record in the fleet's Redis, read as a refresh would read it.
+async fn fleet_record(shared: &SharedCacheConfig, auth_config: &AuthConfig) -> Result<Option<Record>, String> {
+    let cache = SharedCache::new(shared, Arc::new(Metrics::new())).map_err(|err| crate::chain(&err))?;
+    let hash = entry_hash(&cache, auth_config).map_err(|err| err.to_string())?;
+    let read = cache.read_grant(&hash).await.map_err(|err| crate::chain(&err))?;
+    Ok(read.map(|(record, _)| record))
 }
 
 /// The rows as an aligned table with a header.

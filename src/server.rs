@@ -65,11 +65,19 @@ impl Server {
         );
         let state = config.state.as_ref().map(StateStore::open).transpose()?.map(Arc::new);
         let client: Arc<dyn RequestToken> = Arc::new(TokenClient::new(roots)?);
-        let grants = Arc::new(Grants::new(client, state, Arc::clone(&metrics)));
+        let mut grants = Grants::new(client, state, Arc::clone(&metrics));
+        let shared = match &config.shared_cache {
+            Some(shared) => Some(Arc::new(SharedCache::new(shared, Arc::clone(&metrics))?)),
+            None => None,
+        };
+        if let Some(shared) = &shared {
+            // One record per user grant for the fleet, rotated under the token's lease.
+            grants = grants.with_shared_cache(Arc::clone(shared));
+        }
+        let grants = Arc::new(grants);
         let mut tokens = TokenCache::new(Arc::clone(&grants), Arc::clone(&metrics));
-        if let Some(shared) = &config.shared_cache {
-            let shared = SharedCache::new(shared, Arc::clone(&metrics))?;
-            tokens = tokens.with_shared_cache(Arc::new(shared));
+        if let Some(shared) = shared {
+            tokens = tokens.with_shared_cache(shared);
         }
         let bind = |what, addr| async move {
             let listener = TcpListener::bind(addr)

@@ -6,6 +6,8 @@
 //! authorization endpoint, redirects followed with a cookie jar as a browser would.
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/redis.rs"]
+mod redis_server;
 mod support;
 
 use std::collections::HashMap;
@@ -501,13 +503,22 @@ const STATE_KEY: &str = "8f6a1c0e9b7d3f2a5c4e6b8d0a2c4e6f8a1b3c5d7e9f0a2b4c6d8e0
 /// client), its discovery from the provider's issuer and its state in `dir`.
 fn user_config(provider: &Provider, dir: &Path, client_id: &str, secret: Option<&str>) -> String {
     std::fs::write(dir.join("state-key"), format!("{STATE_KEY}\n")).unwrap();
+    let keeper = format!(
+        "state:\n  file: {0}/state.json\n  key_file: {0}/state-key\n",
+        dir.display()
+    );
+    user_config_keeping(provider, &keeper, client_id, secret)
+}
+
+/// As [`user_config`], the refresh token kept where `keeper` (a `state:` or `shared_cache:`
+/// block) says.
+fn user_config_keeping(provider: &Provider, keeper: &str, client_id: &str, secret: Option<&str>) -> String {
     let auth = match secret {
         Some(secret) => format!("    client_secret: '{secret}'\n"),
         None => "    client_auth: none\n".to_owned(),
     };
     format!(
-        "state:\n  file: {0}/state.json\n  key_file: {0}/state-key\nauth_configs:\n  - id: interop\n    grant: authorization_code\n    issuer: {1}\n    client_id: {client_id}\n{auth}    scopes: [openid, offline_access, api.read]\n    authorize_params: {{ prompt: consent }}\n    allowed_hosts: [127.0.0.1]\n",
-        dir.display(),
+        "{keeper}auth_configs:\n  - id: interop\n    grant: authorization_code\n    issuer: {0}\n    client_id: {client_id}\n{auth}    scopes: [openid, offline_access, api.read]\n    authorize_params: {{ prompt: consent }}\n    allowed_hosts: [127.0.0.1]\n",
         provider.issuer
     )
 }
@@ -800,6 +811,122 @@ async fn authorization_code_with_rotating_refresh_tokens_across_a_restart_and_a_
         .chain([HARD_SECRET, loaded.as_str()])
     {
         assert!(!all_logs.contains(secret), "a secret in the logs");
+    }
+}
+
+/// Two replicas of one `authorization_code` config keep its refresh token in Redis
+/// (`shared_cache:`): one consent, given through either, serves both, and however the two
+/// share the requests, every refresh token is spent exactly once. The provider revokes a
+/// reused refresh token and counts it as refused, so two replicas rotating the same one
+/// would fail this test.
+#[tokio::test]
+async fn two_replicas_share_one_consent_through_redis_and_spend_each_refresh_token_once() {
+    let provider = Provider::start_for_users().await;
+    let echo = Echo::start().await;
+    let redis = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_key = [0x5a_u8; 32];
+    std::fs::write(dir.path().join("cache-key"), cache_key).unwrap();
+    let keeper = format!(
+        "shared_cache:\n  redis: {}\n  key_file: {}/cache-key\n  prefix: fleet\n",
+        redis.url(),
+        dir.path().display()
+    );
+    let yaml = user_config_keeping(&provider, &keeper, "bearerd-user", Some(HARD_SECRET));
+    let replicas = [
+        binary::Bearerd::start(&yaml, "info", &[]),
+        binary::Bearerd::start(&yaml, "info", &[]),
+    ];
+    for replica in &replicas {
+        let before = token_via(&replica.proxy, &echo).await.unwrap_err();
+        assert_eq!((before.status, before.code.as_str()), (502, "token_unavailable"));
+        assert!(
+            before
+                .message
+                .ends_with("needs a new consent: open /authorize/interop on the admin listener"),
+            "{}",
+            before.message
+        );
+    }
+
+    // The consent goes through the first replica; the second has none of its own.
+    let page = consent(&replicas[0].admin, "interop").await;
+    assert!(page.contains("<h1>Connected: interop</h1>"), "{page}");
+    eventually("the second replica to serve with the fleet's consent", || async {
+        token_via(&replicas[1].proxy, &echo).await.is_ok()
+    })
+    .await;
+
+    // 30 s of 5-second tokens, a request through each replica every 100 ms, side by side.
+    let mut access: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        let (first, second) = tokio::join!(
+            token_via(&replicas[0].proxy, &echo),
+            token_via(&replicas[1].proxy, &echo)
+        );
+        for token in [first, second] {
+            let token = token.unwrap_or_else(|e| panic!("{e:?}"));
+            if !access.contains(&token) {
+                assert!(
+                    provider.accepts(&token, "bearerd-user").await,
+                    "a token the provider does not take"
+                );
+                access.push(token);
+            }
+        }
+    }
+    assert!(access.len() >= 6, "{} access tokens", access.len());
+
+    // Every refresh rotated its refresh token and none was refused (reused), and the two
+    // replicas' own counts of refreshes add up to the provider's.
+    let success = r#"bearerd_token_requests_total{auth_config="interop",outcome="success"}"#;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (refreshed, counted) = loop {
+        let (refreshed, rotated, refused) = provider.refreshes("bearerd-user").await;
+        assert_eq!((rotated, refused), (refreshed, 0), "every refresh rotated once");
+        let mut counted = Vec::new();
+        for replica in &replicas {
+            counted.push(metric(&replica.admin_get("/metrics").await.1, success).unwrap_or(0));
+        }
+        if counted.iter().sum::<u64>() == refreshed {
+            break (refreshed, counted);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replicas counted {counted:?} refreshes, the provider {refreshed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // One refresh per token for the pair (refresh-ahead: at most one more, in flight at
+    // the end), not one per replica.
+    assert!(
+        refreshed + 1 >= access.len() as u64 && refreshed <= access.len() as u64,
+        "{refreshed} refreshes for {} tokens ({counted:?} per replica)",
+        access.len()
+    );
+    eprintln!(
+        "{refreshed} refreshes for the pair ({counted:?} per replica), {} access tokens",
+        access.len()
+    );
+
+    // Redis holds the grant's record sealed: it opens with the key into the newest refresh
+    // token, which the provider takes, and no value holds it or an access token readable.
+    let refresh_token = redis.grant_refresh_token("fleet", &cache_key);
+    let live = provider
+        .introspect(&refresh_token, "bearerd-user", HARD_SECRET, true)
+        .await;
+    assert_eq!(live["active"], true, "{live}");
+    redis.assert_holds_none_of("fleet:", &[&access[..], std::slice::from_ref(&refresh_token)].concat());
+    let logs: String = replicas.iter().map(binary::Bearerd::logs).collect();
+    for secret in access
+        .iter()
+        .map(String::as_str)
+        .chain([refresh_token.as_str(), HARD_SECRET])
+    {
+        assert!(!logs.contains(secret), "a secret in the logs");
     }
 }
 

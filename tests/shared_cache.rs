@@ -525,3 +525,100 @@ async fn steady_traffic_over_four_processes_waits_on_the_token_endpoint_only_at_
     );
     eprintln!("{fetched} token requests for 4 processes in {elapsed:?} of steady traffic");
 }
+
+/// A `refresh_token` config `crm` whose file holds `rt-from-file`, keeping its refresh
+/// token in `redis` (no `state:` block).
+fn crm_fleet(dir: &Path, tokens: &TokenServer, redis: &RedisServer, key_file: &Path) -> String {
+    std::fs::write(dir.join("refresh-token"), "rt-from-file\n").unwrap();
+    format!(
+        "shared_cache:\n  redis: {}\n  key_file: {}\n  prefix: {PREFIX}\nauth_configs:\n  - id: crm\n    grant: refresh_token\n    refresh_token_file: {}/refresh-token\n    token_url: {}\n    client_id: crm-client\n    client_secret: crm-secret\n    allowed_hosts: [127.0.0.1]\n",
+        redis.url(),
+        key_file.display(),
+        dir.display(),
+        tokens.url()
+    )
+}
+
+/// `GET path` on `echo` through the proxy at `proxy` as config `crm`.
+async fn crm_through(proxy: &str, echo: &Echo, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", echo.addr);
+    token_sent(get_with_config(&proxied(proxy), &url, "crm").await).await
+}
+
+/// The refresh token each request to `tokens` sent.
+fn refresh_tokens_sent(tokens: &TokenServer) -> Vec<String> {
+    tokens
+        .requests()
+        .iter()
+        .map(|request| {
+            form_urlencoded::parse(request.body.as_bytes())
+                .find(|(name, _)| name == "refresh_token")
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A user grant with `shared_cache:` keeps its refresh token in Redis, sealed: the replicas
+/// share it with no consent of their own, the one that refreshes sends the newest, and
+/// while Redis does not answer none sends any (that could race another's rotation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_grants_refresh_token_lives_in_redis_and_is_never_sent_without_it() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 11);
+    // Answers the nth request with access token at<n> and refresh token rt<n>.
+    let tokens = TokenServer::with(Duration::ZERO, |n, _| {
+        (
+            200,
+            "application/json",
+            format!(r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#),
+        )
+    })
+    .await;
+    let echo = Echo::start().await;
+    let yaml = crm_fleet(dir.path(), &tokens, &redis, &key);
+    let replicas = [Bearerd::start(&yaml, "trace", &[]), Bearerd::start(&yaml, "trace", &[])];
+
+    assert_eq!(crm_through(&replicas[0].proxy, &echo, "/x").await, (200, "at1".into()));
+    assert_eq!(crm_through(&replicas[1].proxy, &echo, "/x").await, (200, "at1".into()));
+    assert_eq!(refresh_tokens_sent(&tokens), ["rt-from-file"]);
+    // The second replica's upstream refuses at1: its refresh sends rt1, which the first
+    // replica's refresh put in Redis.
+    assert_eq!(
+        crm_through(&replicas[1].proxy, &echo, "/only/at2").await,
+        (200, "at2".into())
+    );
+    assert_eq!(refresh_tokens_sent(&tokens), ["rt-from-file", "rt1"]);
+
+    // Redis holds one record, which opens with the key into rt2; nothing there is readable.
+    assert_eq!(redis.grant_refresh_token(PREFIX, &[11; 32]), "rt2");
+    redis.assert_holds_none_of(PREFIX, &["rt-from-file", "rt1", "rt2", "at1", "at2"]);
+
+    // Redis hangs: the first replica's upstream refuses its at1, and no refresh token is
+    // sent without Redis.
+    redis.pause();
+    let (status, body) = crm_through(&replicas[0].proxy, &echo, "/only/at3").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("the shared cache holding its refresh token did not answer"),
+        "{body}"
+    );
+    assert_eq!(refresh_tokens_sent(&tokens), ["rt-from-file", "rt1"]);
+    // Back: once its back-off ends, it refreshes with the newest, rt2.
+    redis.resume();
+    eventually("the first replica to refresh with Redis back", || async {
+        crm_through(&replicas[0].proxy, &echo, "/only/at3").await == (200, "at3".into())
+    })
+    .await;
+    assert_eq!(refresh_tokens_sent(&tokens), ["rt-from-file", "rt1", "rt2"]);
+
+    // A new replica (a new pod) needs no consent: it takes at3 from Redis.
+    let third = Bearerd::start(&yaml, "trace", &[]);
+    assert_eq!(crm_through(&third.proxy, &echo, "/x").await, (200, "at3".into()));
+    assert_eq!(tokens.count(), 3);
+    let logs: String = replicas.iter().chain([&third]).map(Bearerd::logs).collect();
+    for secret in ["rt-from-file", "rt1", "rt2", "rt3", "at1", "at2", "at3", "crm-secret"] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+}

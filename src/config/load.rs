@@ -199,7 +199,8 @@ impl Loader<'_> {
         let ca_file = self.ca_file(raw_top.tls.and_then(|tls| tls.ca_file));
 
         let auth_configs = self.finish_auth_configs(validated, &routes);
-        if !state_set {
+        // With shared_cache, the user grants keep their refresh tokens in Redis.
+        if !state_set && shared_cache.is_none() {
             self.require_state(&auth_configs);
         }
         let by_id: HashMap<String, usize> = auth_configs
@@ -240,7 +241,7 @@ impl Loader<'_> {
                 Some(&user.id),
                 "grant",
                 format!(
-                    "{} keeps its refresh token in state.file: add a state: block (file, key_file)",
+                    "{} keeps its refresh token in state.file: add a state: block (file, key_file), or a shared_cache: block to keep it in Redis",
                     user.grant.as_str()
                 ),
             );

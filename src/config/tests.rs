@@ -1223,7 +1223,7 @@ fn the_refresh_token_grant_starts_from_its_file_and_needs_state() {
     assert_eq!(
         errors(&crm(&format!("    grant: refresh_token\n{file}")), &Env::new()),
         [
-            "test.yaml: auth config `crm`: grant: refresh_token keeps its refresh token in state.file: add a state: block (file, key_file)"
+            "test.yaml: auth config `crm`: grant: refresh_token keeps its refresh token in state.file: add a state: block (file, key_file), or a shared_cache: block to keep it in Redis"
         ]
     );
     std::fs::write(dir.path().join("rt"), "\n").unwrap();

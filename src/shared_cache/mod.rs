@@ -28,6 +28,7 @@ pub use seal::{Sealer, SharedToken, Unsealed};
 
 use crate::config::SharedCacheConfig;
 use crate::metrics::Metrics;
+use crate::state::Record;
 
 /// The longest one Redis operation may take before this process stops waiting for it and
 /// fetches alone: a shared cache slower than that costs more than it saves.
@@ -43,6 +44,14 @@ const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// owner, and a token evicted only while it is the one an upstream refused.
 const COMPARE_AND_DELETE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Replaces KEYS[1] with ARGV[2] (deletes it when ARGV[2] is empty) only while it still
+/// holds ARGV[1] (is absent when ARGV[1] is empty; no sealed value is empty): a user
+/// grant's record changes only from the version its writer read.
+const COMPARE_AND_SET: &str = "local held = redis.call('GET', KEYS[1]) or ''
+if held ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1";
 
 /// Why Redis gave no answer; the request goes on without it.
 #[derive(Debug, thiserror::Error)]
@@ -182,12 +191,7 @@ impl SharedCache {
             }
             Err(why) => {
                 self.count("get", "error");
-                if !self.reported_unopenable.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        key,
-                        "a token in the shared cache was not used and will be replaced: {why}"
-                    );
-                }
+                self.report_unopenable(key, why);
                 Ok(None)
             }
         }
@@ -232,6 +236,77 @@ impl SharedCache {
         Ok(deleted == 1)
     }
 
+    /// The record of the user grant named `hash` (its refresh token), and its sealed value
+    /// (the version a [`SharedCache::replace_grant`] compares with). A value that does not
+    /// open is absent: the grant needs a new consent, which replaces it.
+    pub async fn read_grant(&self, hash: &str) -> Result<Option<(Record, Vec<u8>)>, SharedCacheError> {
+        let key = self.sealer.grant_key(hash);
+        let value: Option<Vec<u8>> = self
+            .run(redis::cmd("GET").arg(&key))
+            .await
+            .inspect_err(|_| self.count("get", "error"))?;
+        let Some(value) = value else {
+            self.count("get", "miss");
+            return Ok(None);
+        };
+        match self.sealer.open_record(&key, &value) {
+            Ok(record) => {
+                self.count("get", "hit");
+                Ok(Some((record, value)))
+            }
+            Err(why) => {
+                self.count("get", "error");
+                self.report_unopenable(&key, why);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Replaces the record of the user grant named `hash` with `new` (removes it when
+    /// `None`), if it still holds `expected` (the sealed value read; `None`: absent). Whether
+    /// it did: `false` means another process changed it since (a consent, or a rotation).
+    pub async fn replace_grant(
+        &self,
+        hash: &str,
+        expected: Option<&[u8]>,
+        new: Option<&Record>,
+    ) -> Result<bool, SharedCacheError> {
+        let key = self.sealer.grant_key(hash);
+        let new = new
+            .map(|record| self.sealer.seal_record(&key, record))
+            .unwrap_or_default();
+        let replaced: i64 = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(COMPARE_AND_SET)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(expected.unwrap_or_default())
+                    .arg(new),
+            )
+            .await
+            .inspect_err(|_| self.count("set", "error"))?;
+        self.count("set", "ok");
+        Ok(replaced == 1)
+    }
+
+    /// A new consent for the user grant named `hash`: its `record` replaces whatever the
+    /// fleet held, and the access token of the consent before goes with it, so no process
+    /// takes that one from Redis any more.
+    pub async fn consented(&self, hash: &str, record: Option<&Record>) -> Result<(), SharedCacheError> {
+        let key = self.sealer.grant_key(hash);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(self.sealer.token_key(hash)).ignore();
+        match record {
+            Some(record) => pipe.set(&key, self.sealer.seal_record(&key, record)).ignore(),
+            None => pipe.del(&key).ignore(),
+        };
+        let mut connection = self.connection.clone();
+        let written = self.timed(pipe.query_async::<()>(&mut connection)).await;
+        self.count("set", if written.is_ok() { "ok" } else { "error" });
+        written
+    }
+
     /// Stores `token`, sealed, under `key` until it expires; its sealed value, or `None`
     /// when it is already expired or Redis failed.
     async fn put(&self, key: &str, token: &SharedToken) -> Option<Vec<u8>> {
@@ -247,7 +322,13 @@ impl SharedCache {
     /// Sends `command`, giving up after [`OP_TIMEOUT`].
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, SharedCacheError> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(OP_TIMEOUT, command.query_async(&mut connection)).await {
+        self.timed(command.query_async(&mut connection)).await
+    }
+
+    /// `query`'s answer, or why there is none: Redis failed, or took longer than
+    /// [`OP_TIMEOUT`].
+    async fn timed<T>(&self, query: impl Future<Output = redis::RedisResult<T>>) -> Result<T, SharedCacheError> {
+        match tokio::time::timeout(OP_TIMEOUT, query).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(cause)) => Err(SharedCacheError::Redis {
                 url: self.shown.clone(),
@@ -256,6 +337,17 @@ impl SharedCache {
             Err(_) => Err(SharedCacheError::Timeout {
                 url: self.shown.clone(),
             }),
+        }
+    }
+
+    /// Logs a value that does not open, the first time only: every miss would find it
+    /// until it is replaced.
+    fn report_unopenable(&self, key: &str, why: Unsealed) {
+        if !self.reported_unopenable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                key,
+                "a value in the shared cache was not used and will be replaced: {why}"
+            );
         }
     }
 

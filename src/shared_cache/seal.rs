@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, Credential};
 use crate::secret::{AccessToken, SealingKey};
+use crate::state::Record;
 
 /// The first bytes of every value, naming its format.
 const FORMAT: &[u8] = b"v1";
@@ -92,6 +93,12 @@ impl Sealer {
         );
         let mut shaped = config.token_shape().into_bytes();
         shaped.push(0x1f);
+        // A user grant's token is whoever consented: the replicas of one service (one
+        // config id) share it, and another service's config of the same shape does not.
+        if config.grant.is_user_grant() {
+            shaped.extend_from_slice(config.id.as_bytes());
+            shaped.push(0x1f);
+        }
         shaped.extend_from_slice(credential.as_ref());
         hex(digest(&SHA256, &shaped).as_ref())
     }
@@ -100,6 +107,12 @@ impl Sealer {
     #[must_use]
     pub fn token_key(&self, hash: &str) -> String {
         format!("{}:token:{hash}", self.prefix)
+    }
+
+    /// `{prefix}:grant:{hash}`: where a user grant's sealed refresh token lives.
+    #[must_use]
+    pub fn grant_key(&self, hash: &str) -> String {
+        format!("{}:grant:{hash}", self.prefix)
     }
 
     /// `{prefix}:lease:{hash}`: held by the one process fetching that token.
@@ -111,7 +124,7 @@ impl Sealer {
     /// `token` sealed for the entry `key`, with a fresh random nonce.
     ///
     /// # Panics
-    /// Never: the JSON holds only strings and numbers, and no token nears AES-GCM's limit.
+    /// Never: the JSON holds only strings and numbers.
     #[must_use]
     pub fn seal(&self, key: &str, token: &SharedToken) -> Vec<u8> {
         let plain = Plain {
@@ -120,36 +133,62 @@ impl Sealer {
             refresh_at: unix_millis(token.refresh_at),
             scope: token.scope.as_deref(),
         };
-        let mut sealed = serde_json::to_vec(&plain).expect("strings and numbers serialize");
-        let nonce = self
-            .seal
-            .seal_in_place_append_tag(Aad::from(key.as_bytes()), &mut sealed)
-            .expect("AES-GCM seals any message shorter than 64 GiB");
-        [FORMAT, nonce.as_ref(), &sealed].concat()
+        self.seal_bytes(key, serde_json::to_vec(&plain).expect("strings and numbers serialize"))
     }
 
     /// The token in `value`, read from the entry `key`.
     pub fn open(&self, key: &str, value: &[u8]) -> Result<SharedToken, Unsealed> {
-        let rest = value.strip_prefix(FORMAT).ok_or(Unsealed::Malformed)?;
-        let (nonce, sealed) = rest.split_at_checked(NONCE_LEN).ok_or(Unsealed::Malformed)?;
-        let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| Unsealed::Malformed)?;
-        let mut sealed = sealed.to_vec();
-        let plain = self
-            .seal
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(key.as_bytes()),
-                &mut sealed,
-            )
-            .map_err(|_| Unsealed::Foreign)?;
+        let plain = self.open_bytes(key, value)?;
         // Sealed by a bearerd holding the key: a shape it does not read is a newer format.
-        let plain: Plain = serde_json::from_slice(plain).map_err(|_| Unsealed::Malformed)?;
+        let plain: Plain = serde_json::from_slice(&plain).map_err(|_| Unsealed::Malformed)?;
         Ok(SharedToken {
             token: AccessToken::new(plain.token),
             expires_at: from_unix_millis(plain.expires_at),
             refresh_at: from_unix_millis(plain.refresh_at),
             scope: plain.scope.map(str::to_owned),
         })
+    }
+
+    /// A user grant's `record` (its refresh token) sealed for the entry `key`.
+    ///
+    /// # Panics
+    /// Never: a record holds only strings and numbers.
+    #[must_use]
+    pub fn seal_record(&self, key: &str, record: &Record) -> Vec<u8> {
+        self.seal_bytes(key, serde_json::to_vec(record).expect("strings and numbers serialize"))
+    }
+
+    /// The user grant's record in `value`, read from the entry `key`.
+    pub fn open_record(&self, key: &str, value: &[u8]) -> Result<Record, Unsealed> {
+        let plain = self.open_bytes(key, value)?;
+        serde_json::from_slice(&plain).map_err(|_| Unsealed::Malformed)
+    }
+
+    /// `v1` ‖ nonce ‖ AES-256-GCM(`plain`), with `key` as associated data.
+    fn seal_bytes(&self, key: &str, mut plain: Vec<u8>) -> Vec<u8> {
+        let nonce = self
+            .seal
+            .seal_in_place_append_tag(Aad::from(key.as_bytes()), &mut plain)
+            .expect("AES-GCM seals any message shorter than 64 GiB");
+        [FORMAT, nonce.as_ref(), &plain].concat()
+    }
+
+    fn open_bytes(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, Unsealed> {
+        let rest = value.strip_prefix(FORMAT).ok_or(Unsealed::Malformed)?;
+        let (nonce, sealed) = rest.split_at_checked(NONCE_LEN).ok_or(Unsealed::Malformed)?;
+        let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| Unsealed::Malformed)?;
+        let mut sealed = sealed.to_vec();
+        let plain_len = self
+            .seal
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(key.as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| Unsealed::Foreign)?
+            .len();
+        sealed.truncate(plain_len);
+        Ok(sealed)
     }
 }
 

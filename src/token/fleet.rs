@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{CachedToken, FetchToken, Outcome, fetch_counted};
+use super::{CachedToken, FetchToken, Outcome, TokenError, fetch_counted};
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
-use crate::shared_cache::{Found, SharedCache, SharedToken};
+use crate::shared_cache::{Found, OP_TIMEOUT, SharedCache, SharedToken};
 
 /// A token for `config` from the fleet: one another process stored, or one this process
 /// fetches under the lease (and stores), or, when Redis fails, one it fetches alone.
@@ -26,17 +26,25 @@ pub(super) async fn obtain(
     current: Option<&CachedToken>,
     refused: Option<&[u8]>,
 ) -> Outcome {
-    let Ok(workload) = super::endpoint::workload_identity(config) else {
+    let Ok(hash) = entry_hash(shared, config) else {
         // The token file cannot be used: the fetch says why, and backs off.
         return fetch_counted(source, config, metrics).await;
     };
-    let hash = shared.sealer().token_hash(config, &workload);
     let current = current.map(|token| (&token.token, wall_clock(token.expires_at)));
     let usable = |stored: &SharedToken| match current {
         None => SystemTime::now() < stored.expires_at,
         Some((token, expires_at)) => stored.token != *token && stored.expires_at > expires_at,
     };
-    match shared.find(&hash, config.timeout, refused, usable).await {
+    // A user grant's holder reads its refresh token before the token request and writes
+    // twice after it (the rotated refresh token, then the access token): its lease lasts
+    // that much longer than the request may, so no other process takes it over and sends a
+    // refresh token that is being rotated.
+    let wait = if config.grant.is_user_grant() {
+        config.timeout + 3 * OP_TIMEOUT
+    } else {
+        config.timeout
+    };
+    match shared.find(&hash, wait, refused, usable).await {
         Found::Stored(stored, value) => {
             tracing::debug!(auth_config = %config.id, "took the access token from the shared cache");
             Ok(Arc::new(local(stored, value)))
@@ -54,6 +62,12 @@ pub(super) async fn obtain(
                 Err(err)
             }
         },
+        // A user grant's refresh token lives in Redis and is rotated only under the lease:
+        // without either, sending it could race another process's rotation and revoke the
+        // fleet's consent. The token held serves on until it expires.
+        Found::Alone if config.grant.is_user_grant() => Err(Arc::new(TokenError::State(
+            "the shared cache holding its refresh token did not answer, or another bearerd held the refresh for longer than the timeout; only the holder of the lease may rotate it".into(),
+        ))),
         Found::Alone => {
             metrics
                 .shared_cache_fallbacks
@@ -62,6 +76,15 @@ pub(super) async fn obtain(
             fetch_counted(source, config, metrics).await
         }
     }
+}
+
+/// The hash that names `config`'s token, lease and (user grants) refresh token in Redis.
+///
+/// # Errors
+/// A token file of `config` that cannot be read says why.
+pub fn entry_hash(shared: &SharedCache, config: &AuthConfig) -> Result<String, TokenError> {
+    let workload = super::endpoint::workload_identity(config)?;
+    Ok(shared.sealer().token_hash(config, &workload))
 }
 
 /// `token` as the fleet shares it.

@@ -4,33 +4,79 @@
 //! once the provider refuses theirs (`invalid_grant`: revoked, expired, or rotated by
 //! someone else), send nothing more until a new consent brings a new one.
 //!
+//! With `shared_cache:`, the refresh token lives in Redis instead of `state.file`, one record
+//! for every replica of the config, and only the process holding the token's lease (see
+//! [`super::fleet`]) sends and rotates it; each write compares with the version it read, so
+//! a consent that lands meanwhile is never overwritten.
+//!
 //! A `refresh_token` config starts from `refresh_token_file`. Its record remembers a hash of
 //! the file it started from: the same file again after a restart is the token already
 //! spent, and a changed file is a new start (the new consent of this grant).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{AuthorizationServer, FetchToken, GrantRequest, RequestToken, TokenError, TokenResponse};
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 use crate::secret::{AuthorizationCode, RefreshToken};
+use crate::shared_cache::SharedCache;
 use crate::state::{Record, StateStore, record_key, sha256_hex};
+
+/// How long what this process read of a grant's record in Redis answers
+/// [`FetchToken::blocked`] before it is read again: a consent given through another replica
+/// reaches this one within about that long.
+const REREAD: Duration = Duration::from_secs(1);
 
 /// The token source of every auth config: each grant's requests to its token endpoint.
 pub struct Grants {
     endpoint: Arc<dyn RequestToken>,
-    /// `state.file`, open; `None` when no config has ever needed it.
-    state: Option<Arc<StateStore>>,
+    /// Where the user grants' refresh tokens are; `None` when no config has ever needed it.
+    keeper: Option<Keeper>,
     metrics: Arc<Metrics>,
+}
+
+/// Where the user grants keep their refresh tokens.
+enum Keeper {
+    /// `state.file`: this process's own.
+    File(Arc<StateStore>),
+    /// The fleet's Redis (`shared_cache:`): one record per grant for every replica.
+    Fleet(Fleet),
+}
+
+/// The user grants' records in Redis, and what this process last read of each.
+struct Fleet {
+    cache: Arc<SharedCache>,
+    /// By entry hash: answers [`FetchToken::blocked`] without a round trip.
+    known: Arc<Mutex<HashMap<String, Known>>>,
+}
+
+/// A grant's record as this process last read (or wrote) it.
+struct Known {
+    record: Option<Record>,
+    read_at: Instant,
+    /// A read of it is on its way.
+    rereading: bool,
+}
+
+/// A grant's record as read, and its version for the compare-and-set that replaces it.
+#[derive(Clone, Default)]
+struct Read {
+    record: Option<Record>,
+    /// Redis: the sealed value read (`None`: absent). `state.file` compares records.
+    sealed: Option<Vec<u8>>,
 }
 
 /// The refresh token a user grant would send now, and the record it was read from.
 struct Current {
     token: RefreshToken,
-    /// Its record as read, for the compare-and-set that replaces it.
-    record: Option<Record>,
+    /// Its record as read.
+    read: Read,
     /// `refresh_token` grant: the hash of the file the record starts from.
     seed_sha256: Option<String>,
 }
@@ -40,9 +86,20 @@ impl Grants {
     pub fn new(endpoint: Arc<dyn RequestToken>, state: Option<Arc<StateStore>>, metrics: Arc<Metrics>) -> Self {
         Self {
             endpoint,
-            state,
+            keeper: state.map(Keeper::File),
             metrics,
         }
+    }
+
+    /// Keeps the user grants' refresh tokens in the fleet's Redis instead of `state.file`,
+    /// shared by every replica (the token cache must share tokens through the same `shared`).
+    #[must_use]
+    pub fn with_shared_cache(mut self, shared: Arc<SharedCache>) -> Self {
+        self.keeper = Some(Keeper::Fleet(Fleet {
+            cache: shared,
+            known: Arc::default(),
+        }));
+        self
     }
 
     /// Sets `bearerd_consent_required` for every user grant among `configs`: at start, after
@@ -50,6 +107,10 @@ impl Grants {
     pub fn publish(&self, configs: &[Arc<AuthConfig>]) {
         for config in configs.iter().filter(|c| c.grant.is_user_grant()) {
             self.publish_one(config);
+            if let Some(Keeper::Fleet(fleet)) = &self.keeper {
+                // What this process knows of the fleet's record comes with a read.
+                fleet.reread_publishing(Arc::clone(config), Arc::clone(&self.metrics));
+            }
         }
     }
 
@@ -61,24 +122,22 @@ impl Grants {
             .set(i64::from(required));
     }
 
-    fn store(&self) -> Result<&Arc<StateStore>, TokenError> {
-        self.state.as_ref().ok_or_else(|| {
+    fn keeper(&self) -> Result<&Keeper, TokenError> {
+        self.keeper.as_ref().ok_or_else(|| {
             TokenError::State(
                 "no state.file is open: a state: block added by a reload takes effect at a restart".into(),
             )
         })
     }
 
-    /// The refresh token to send for `config` now.
-    fn current(config: &AuthConfig, store: &StateStore) -> Option<Current> {
-        current(config, store.get(&record_key(config)))
-    }
-
     /// One refresh for a user grant: the token it holds is sent, and the response's new
-    /// refresh token, if any, is in `state.file` before the access token is returned.
+    /// refresh token, if any, is kept (`state.file`, or the fleet's Redis) before the access
+    /// token is returned.
     async fn refresh(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
-        let store = self.store()?;
-        let Some(current) = Self::current(config, store) else {
+        let store = self.keeper()?;
+        let read = store.read(config).await?;
+        let Some(current) = current(config, read) else {
+            self.publish_one(config);
             return Err(consent_required(config, None));
         };
         match self
@@ -88,14 +147,15 @@ impl Grants {
         {
             Ok(mut response) => {
                 let newest = response.refresh_token.take().unwrap_or_else(|| current.token.clone());
-                let unchanged = current.record.as_ref().is_some_and(|record| {
+                let unchanged = current.read.record.as_ref().is_some_and(|record| {
                     record.refresh_token.as_ref() == Some(&newest) && record.seed_sha256 == current.seed_sha256
                 });
                 if !unchanged {
                     let record = Record::new(&config.id, Some(newest), current.seed_sha256.clone());
                     // Ok(false): a consent came meanwhile and its newer refresh token stays;
                     // this access token is good all the same.
-                    persist(store, config, current.record, Some(record))
+                    store
+                        .replace(config, current.read, Some(record))
                         .await
                         .map_err(|err| {
                             TokenError::State(format!(
@@ -103,6 +163,8 @@ impl Grants {
                             ))
                         })?;
                 }
+                // A consent given through another replica ends this one's consent_required.
+                self.publish_one(config);
                 Ok(response)
             }
             Err(TokenError::Refused {
@@ -118,7 +180,7 @@ impl Grants {
                     .seed_sha256
                     .clone()
                     .map(|seed| Record::new(&config.id, None, Some(seed)));
-                match persist(store, config, current.record, spent).await {
+                match store.replace(config, current.read, spent).await {
                     Ok(false) => {
                         // A consent replaced the refused token meanwhile.
                         return Err(TokenError::Refused {
@@ -142,27 +204,28 @@ impl Grants {
 
 /// The refresh token `config` would send, given its `record`; `None` when it holds none the
 /// provider may still honour (a new consent is needed).
-fn current(config: &AuthConfig, record: Option<Record>) -> Option<Current> {
-    let held = |record: &Option<Record>| record.as_ref().and_then(|r| r.refresh_token.clone());
+fn current(config: &AuthConfig, read: Read) -> Option<Current> {
+    let held = |read: &Read| read.record.as_ref().and_then(|r| r.refresh_token.clone());
     let Some(first) = &config.first_refresh_token else {
-        return held(&record).map(|token| Current {
+        return held(&read).map(|token| Current {
             token,
-            record,
+            read,
             seed_sha256: None,
         });
     };
     let seed_sha256 = sha256_hex(first.token.expose().as_bytes());
-    let started_here = record
+    let started_here = read
+        .record
         .as_ref()
         .is_some_and(|r| r.seed_sha256.as_deref() == Some(&seed_sha256));
     let token = if started_here {
-        held(&record)?
+        held(&read)?
     } else {
         first.token.clone()
     };
     Some(Current {
         token,
-        record,
+        read,
         seed_sha256: Some(seed_sha256),
     })
 }
@@ -171,7 +234,14 @@ fn current(config: &AuthConfig, record: Option<Record>) -> Option<Current> {
 /// given its `record` in `state.file`; if not, a new consent is needed.
 #[must_use]
 pub fn holds_refresh_token(config: &AuthConfig, record: Option<&Record>) -> bool {
-    current(config, record.cloned()).is_some()
+    current(
+        config,
+        Read {
+            record: record.cloned(),
+            sealed: None,
+        },
+    )
+    .is_some()
 }
 
 /// What a consent's code exchange gave.
@@ -200,7 +270,7 @@ impl Grants {
         redirect_uri: &str,
         code_verifier: &str,
     ) -> Result<Consented, TokenError> {
-        let store = self.store()?;
+        let store = self.keeper()?;
         let grant = GrantRequest::AuthorizationCode {
             code,
             redirect_uri,
@@ -210,11 +280,7 @@ impl Grants {
         let refresh_token = response.refresh_token.take();
         let refresh_token_kept = refresh_token.is_some();
         let record = refresh_token.map(|token| Record::new(&config.id, Some(token), None));
-        let (store, key) = (Arc::clone(store), record_key(config));
-        let written = tokio::task::spawn_blocking(move || store.put(&key, record))
-            .await
-            .map_err(|err| format!("writing state.file stopped: {err}"))
-            .and_then(|written| written.map_err(|err| err.to_string()));
+        let written = store.consented(config, record).await;
         self.publish_one(config);
         written.map_err(|err| {
             TokenError::State(format!(
@@ -244,11 +310,12 @@ impl FetchToken for Grants {
         if !config.grant.is_user_grant() {
             return None;
         }
-        match self.store() {
+        match self.keeper() {
             Err(err) => Some(err),
-            Ok(store) => Self::current(config, store)
-                .is_none()
-                .then(|| consent_required(config, None)),
+            // Not known yet (Redis): the fetch reads it.
+            Ok(store) => store
+                .known(config)
+                .and_then(|read| current(config, read).is_none().then(|| consent_required(config, None))),
         }
     }
 }
@@ -274,19 +341,191 @@ pub fn remedy(config: &AuthConfig) -> String {
     }
 }
 
-/// Replaces `config`'s record (if still `expected`) and writes `state.file`, off the async
-/// threads: the write ends with two fsyncs.
-async fn persist(
-    store: &Arc<StateStore>,
-    config: &AuthConfig,
-    expected: Option<Record>,
-    new: Option<Record>,
-) -> Result<bool, String> {
-    let (store, key) = (Arc::clone(store), record_key(config));
-    tokio::task::spawn_blocking(move || store.replace(&key, expected.as_ref(), new))
-        .await
-        .map_err(|err| format!("writing state.file stopped: {err}"))?
-        .map_err(|err| err.to_string())
+impl Keeper {
+    /// `config`'s record now. From Redis, a failure is the refresh's: without the record
+    /// there is no refresh token to send.
+    async fn read(&self, config: &AuthConfig) -> Result<Read, TokenError> {
+        match self {
+            Self::File(store) => Ok(Read {
+                record: store.get(&record_key(config)),
+                sealed: None,
+            }),
+            Self::Fleet(fleet) => {
+                let unreadable = |err: &dyn std::fmt::Display| {
+                    TokenError::State(format!(
+                        "its refresh token could not be read from the shared cache: {err}"
+                    ))
+                };
+                let hash = super::fleet::entry_hash(&fleet.cache, config)?;
+                let read = fleet.cache.read_grant(&hash).await.map_err(|err| unreadable(&err))?;
+                let read = read.map_or_else(Read::default, |(record, sealed)| Read {
+                    record: Some(record),
+                    sealed: Some(sealed),
+                });
+                fleet.learn(hash, read.record.clone());
+                Ok(read)
+            }
+        }
+    }
+
+    /// `config`'s record as known without waiting: `state.file`'s, or what this process last
+    /// read of the fleet's (`None` when it has read nothing yet; read again in the
+    /// background when older than [`REREAD`]).
+    fn known(&self, config: &AuthConfig) -> Option<Read> {
+        match self {
+            Self::File(store) => Some(Read {
+                record: store.get(&record_key(config)),
+                sealed: None,
+            }),
+            Self::Fleet(fleet) => {
+                let hash = super::fleet::entry_hash(&fleet.cache, config).ok()?;
+                fleet.known(hash)
+            }
+        }
+    }
+
+    /// Replaces `config`'s record with `new`, if it is still as `expected` was read.
+    /// `Ok(false)`: another writer (a consent) changed it meanwhile, and its record stays.
+    async fn replace(&self, config: &AuthConfig, expected: Read, new: Option<Record>) -> Result<bool, String> {
+        match self {
+            // Off the async threads: the write ends with two fsyncs.
+            Self::File(store) => {
+                let (store, key) = (Arc::clone(store), record_key(config));
+                tokio::task::spawn_blocking(move || store.replace(&key, expected.record.as_ref(), new))
+                    .await
+                    .map_err(|err| format!("writing state.file stopped: {err}"))?
+                    .map_err(|err| err.to_string())
+            }
+            Self::Fleet(fleet) => {
+                let hash = super::fleet::entry_hash(&fleet.cache, config).map_err(|err| err.to_string())?;
+                let replaced = fleet
+                    .cache
+                    .replace_grant(&hash, expected.sealed.as_deref(), new.as_ref())
+                    .await
+                    .map_err(|err| err.to_string())?;
+                if replaced {
+                    fleet.learn(hash, new);
+                } else {
+                    fleet.forget(&hash);
+                }
+                Ok(replaced)
+            }
+        }
+    }
+
+    /// A consent's `record` replaces `config`'s, whatever it held.
+    async fn consented(&self, config: &AuthConfig, record: Option<Record>) -> Result<(), String> {
+        match self {
+            Self::File(store) => {
+                let (store, key) = (Arc::clone(store), record_key(config));
+                tokio::task::spawn_blocking(move || store.put(&key, record))
+                    .await
+                    .map_err(|err| format!("writing state.file stopped: {err}"))?
+                    .map_err(|err| err.to_string())
+            }
+            Self::Fleet(fleet) => {
+                let hash = super::fleet::entry_hash(&fleet.cache, config).map_err(|err| err.to_string())?;
+                fleet
+                    .cache
+                    .consented(&hash, record.as_ref())
+                    .await
+                    .map_err(|err| err.to_string())?;
+                fleet.learn(hash, record);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Fleet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What this process read or wrote of the record named `hash` just now.
+    fn learn(&self, hash: String, record: Option<Record>) {
+        self.lock().insert(
+            hash,
+            Known {
+                record,
+                read_at: Instant::now(),
+                rereading: false,
+            },
+        );
+    }
+
+    /// The record named `hash` changed under this process: it is unknown until read again.
+    fn forget(&self, hash: &str) {
+        self.lock().remove(hash);
+    }
+
+    /// What this process knows of the record named `hash`; older than [`REREAD`], it is
+    /// read again in the background (one read at a time).
+    fn known(&self, hash: String) -> Option<Read> {
+        let mut known = self.lock();
+        let entry = known.get_mut(&hash)?;
+        let read = Read {
+            record: entry.record.clone(),
+            sealed: None,
+        };
+        if !entry.rereading
+            && entry.read_at.elapsed() >= REREAD
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            entry.rereading = true;
+            let (cache, known) = (Arc::clone(&self.cache), Arc::clone(&self.known));
+            runtime.spawn(async move {
+                let record = cache.read_grant(&hash).await;
+                let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
+                match record {
+                    Ok(record) => {
+                        known.insert(
+                            hash,
+                            Known {
+                                record: record.map(|(record, _)| record),
+                                read_at: Instant::now(),
+                                rereading: false,
+                            },
+                        );
+                    }
+                    // Redis did not answer: the next look tries again.
+                    Err(_) => {
+                        if let Some(entry) = known.get_mut(&hash) {
+                            entry.rereading = false;
+                            entry.read_at = Instant::now();
+                        }
+                    }
+                }
+            });
+        }
+        Some(read)
+    }
+
+    /// Reads `config`'s record in the background and sets its `bearerd_consent_required`.
+    fn reread_publishing(&self, config: Arc<AuthConfig>, metrics: Arc<Metrics>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(hash) = super::fleet::entry_hash(&self.cache, &config) else {
+            return;
+        };
+        let fleet = Fleet {
+            cache: Arc::clone(&self.cache),
+            known: Arc::clone(&self.known),
+        };
+        runtime.spawn(async move {
+            let Ok(record) = fleet.cache.read_grant(&hash).await else {
+                return;
+            };
+            let record = record.map(|(record, _)| record);
+            let required = !holds_refresh_token(&config, record.as_ref());
+            fleet.learn(hash, record);
+            metrics
+                .consent_required
+                .with_label_values(&[config.id.as_str()])
+                .set(i64::from(required));
+        });
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub use endpoint::{
     AuthorizationServer, GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenFile,
     TokenFileState, TokenResponse, basic_auth, inspect_token_file, parse_response, token_files,
 };
+pub use fleet::entry_hash;
 pub use grants::{Consented, Grants, holds_refresh_token, remedy};
 
 use crate::config::{AuthConfig, CacheKey};
@@ -477,8 +478,7 @@ impl TokenCache {
         let (done, flight) = watch::channel(None);
         let (slot, config, source) = (Arc::clone(slot), Arc::clone(config), Arc::clone(&self.source));
         let metrics = Arc::clone(&self.metrics);
-        // A user grant's token request spends a refresh token this process keeps alone.
-        let shared = self.shared.clone().filter(|_| !config.grant.is_user_grant());
+        let shared = self.shared.clone();
         let in_flight = InFlight::start(&self.flights);
         tokio::spawn(async move {
             let _in_flight = in_flight;

@@ -48,6 +48,27 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server without losing what it holds (SIGSTOP): every operation times out,
+    /// as with a Redis that hangs, until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server answer again (SIGCONT), with everything it held.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
@@ -84,6 +105,29 @@ impl RedisServer {
                 value.map(|value| (key, value))
             })
             .collect()
+    }
+
+    /// The refresh token of the one user grant under `prefix`, opened with the shared
+    /// cache's `key` as bearerd seals it.
+    pub fn grant_refresh_token(&self, prefix: &str, key: &[u8]) -> String {
+        let sealer = bearerd::shared_cache::Sealer::new(&bearerd::secret::SealingKey::parse(key).unwrap(), prefix);
+        let grants = self.values(&format!("{prefix}:grant:"));
+        assert_eq!(grants.len(), 1, "one record per grant: {grants:?}");
+        let (name, value) = &grants[0];
+        let record = sealer.open_record(name, value).unwrap();
+        record.refresh_token.expect("a refresh token").expose().to_owned()
+    }
+
+    /// Asserts that no value under `prefix` holds any of `secrets` readable.
+    pub fn assert_holds_none_of<S: AsRef<str>>(&self, prefix: &str, secrets: &[S]) {
+        for (name, value) in self.values(prefix) {
+            for secret in secrets.iter().map(AsRef::as_ref) {
+                assert!(
+                    !value.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{name} holds a token readable"
+                );
+            }
+        }
     }
 
     /// Sets `key` to `value` (raw bytes) for `ttl_ms`.
