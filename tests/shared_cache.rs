@@ -622,3 +622,87 @@ async fn a_user_grants_refresh_token_lives_in_redis_and_is_never_sent_without_it
         assert!(!logs.contains(secret), "{secret} in the logs");
     }
 }
+
+/// The refresh token refused (`invalid_grant`) through one replica is a new consent for
+/// every replica, with that one token request: the others read the spent record and send
+/// nothing. A new `refresh_token_file` is the new consent, spent once for the fleet, and
+/// `bearerd check` reads the record in Redis without spending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_token_is_a_new_consent_for_every_replica_and_one_file_renews_them_all() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 12);
+    let tokens = TokenServer::with(Duration::ZERO, |n, _| {
+        if n == 1 {
+            (
+                400,
+                "application/json",
+                r#"{"error":"invalid_grant","error_description":"refresh token already used"}"#.to_owned(),
+            )
+        } else {
+            (
+                200,
+                "application/json",
+                format!(
+                    r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#
+                ),
+            )
+        }
+    })
+    .await;
+    let echo = Echo::start().await;
+    let yaml = crm_fleet(dir.path(), &tokens, &redis, &key);
+    let consent_row = |stdout: &str| {
+        let row = stdout.lines().find(|line| line.starts_with("crm ")).unwrap().to_owned();
+        row.split_whitespace().nth(3).unwrap().to_owned()
+    };
+    // Nothing in Redis yet: the file's token would be sent.
+    let (code, stdout, stderr) = check(&yaml);
+    assert_eq!(
+        (code, consent_row(&stdout).as_str()),
+        (Some(0), "consented"),
+        "{stdout}{stderr}"
+    );
+
+    let replicas = [Bearerd::start(&yaml, "info", &[]), Bearerd::start(&yaml, "info", &[])];
+    let consent_needed = "needs a new consent: put a new refresh token in refresh_token_file";
+    for replica in &replicas {
+        let (status, body) = crm_through(&replica.proxy, &echo, "/x").await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains(consent_needed), "{body}");
+        let (_, metrics) = replica.admin_get("/metrics").await;
+        assert_eq!(sample(&metrics, r#"bearerd_consent_required{auth_config="crm"}"#), 1);
+    }
+    assert_eq!(
+        refresh_tokens_sent(&tokens),
+        ["rt-from-file"],
+        "one token request for the fleet"
+    );
+    let (code, stdout, stderr) = check(&yaml);
+    assert_eq!(
+        (code, consent_row(&stdout).as_str()),
+        (Some(0), "consent_required"),
+        "{stdout}{stderr}"
+    );
+
+    // A new refresh token in the file (the Secret both replicas mount): spent once, and
+    // both replicas serve with what it brought.
+    std::fs::write(dir.path().join("refresh-token"), "rt-new\n").unwrap();
+    for replica in &replicas {
+        eventually("the replica to take the new refresh token", || async {
+            crm_through(&replica.proxy, &echo, "/x").await == (200, "at2".into())
+        })
+        .await;
+        let (_, metrics) = replica.admin_get("/metrics").await;
+        assert_eq!(sample(&metrics, r#"bearerd_consent_required{auth_config="crm"}"#), 0);
+    }
+    assert_eq!(refresh_tokens_sent(&tokens), ["rt-from-file", "rt-new"]);
+    assert_eq!(redis.grant_refresh_token(PREFIX, &[12; 32]), "rt2");
+    let (code, stdout, stderr) = check(&yaml);
+    assert_eq!(
+        (code, consent_row(&stdout).as_str()),
+        (Some(0), "consented"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(tokens.count(), 2, "check spent nothing");
+}
