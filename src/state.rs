@@ -48,6 +48,11 @@ pub struct Record {
     /// record started from, so a new file is told from the one already used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_sha256: Option<String>,
+    /// `refresh_token` grant: the hashes of the files this record's line replaced, newest
+    /// last (a few). A process that still reads one of them (a Secret not yet updated in
+    /// its pod) has an old file, not a new start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded_seeds: Vec<String>,
     /// When it was written, in Unix seconds.
     pub updated_at: u64,
 }
@@ -62,10 +67,31 @@ impl Record {
             auth_config: auth_config.to_owned(),
             refresh_token,
             seed_sha256,
+            superseded_seeds: Vec::new(),
             updated_at,
         }
     }
+
+    /// This record as the successor of `before`: the files `before` started from, or
+    /// replaced, are superseded (at most [`SUPERSEDED_KEPT`], newest last).
+    #[must_use]
+    pub fn succeeding(mut self, before: Option<&Record>) -> Self {
+        let Some(before) = before else {
+            return self;
+        };
+        let mut seeds = before.superseded_seeds.clone();
+        seeds.extend(before.seed_sha256.clone());
+        seeds.retain(|seed| Some(seed) != self.seed_sha256.as_ref());
+        seeds.dedup();
+        let skip = seeds.len().saturating_sub(SUPERSEDED_KEPT);
+        self.superseded_seeds = seeds.split_off(skip);
+        self
+    }
 }
+
+/// How many replaced `refresh_token_file` hashes a record remembers: more than a Secret
+/// is rotated while its pods catch up.
+const SUPERSEDED_KEPT: usize = 8;
 
 /// The plaintext is the only place a refresh token is written out.
 #[allow(clippy::ref_option)] // serde's `serialize_with` lends the field as it is
@@ -331,6 +357,24 @@ mod tests {
             key_file: dir.join("key"),
             key: SealingKey::parse(&[key; 32]).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_successor_remembers_the_files_its_line_replaced_a_few_and_never_its_own() {
+        let seed = |n: usize| Some(format!("{n:064x}"));
+        let mut line = Record::new("crm", None, seed(0));
+        for n in 1..=10 {
+            line = Record::new("crm", None, seed(n)).succeeding(Some(&line));
+        }
+        let expected: Vec<String> = (2..=9).map(|n| format!("{n:064x}")).collect();
+        assert_eq!(line.superseded_seeds, expected);
+        // A rotation on the same line keeps the list, without the line's own file.
+        let rotated = Record::new("crm", Some(RefreshToken::new("rt")), seed(10)).succeeding(Some(&line));
+        assert_eq!(rotated.superseded_seeds, expected);
+        // Going back to an older file takes it off the list and supersedes the newer.
+        let back = Record::new("crm", None, seed(9)).succeeding(Some(&rotated));
+        assert_eq!(back.superseded_seeds.last(), seed(10).as_ref());
+        assert!(!back.superseded_seeds.contains(&format!("{:064x}", 9)));
     }
 
     fn record(token: &str) -> Record {

@@ -151,7 +151,8 @@ impl Grants {
                     record.refresh_token.as_ref() == Some(&newest) && record.seed_sha256 == current.seed_sha256
                 });
                 if !unchanged {
-                    let record = Record::new(&config.id, Some(newest), current.seed_sha256.clone());
+                    let record = Record::new(&config.id, Some(newest), current.seed_sha256.clone())
+                        .succeeding(current.read.record.as_ref());
                     // Ok(false): a consent came meanwhile and its newer refresh token stays;
                     // this access token is good all the same.
                     store
@@ -179,7 +180,7 @@ impl Grants {
                 let spent = current
                     .seed_sha256
                     .clone()
-                    .map(|seed| Record::new(&config.id, None, Some(seed)));
+                    .map(|seed| Record::new(&config.id, None, Some(seed)).succeeding(current.read.record.as_ref()));
                 match store.replace(config, current.read, spent).await {
                     Ok(false) => {
                         // A consent replaced the refused token meanwhile.
@@ -214,14 +215,18 @@ fn current(config: &AuthConfig, read: Read) -> Option<Current> {
         });
     };
     let seed_sha256 = sha256_hex(first.token.expose().as_bytes());
+    // The record started from this file, or from a newer one that replaced it (another
+    // replica read the rotated Secret first): either way, the file's token is spent.
     let started_here = read
         .record
         .as_ref()
-        .is_some_and(|r| r.seed_sha256.as_deref() == Some(&seed_sha256));
-    let token = if started_here {
-        held(&read)?
+        .is_some_and(|r| r.seed_sha256.as_deref() == Some(&seed_sha256) || r.superseded_seeds.contains(&seed_sha256));
+    let (token, seed_sha256) = if started_here {
+        // The record's line goes on from the file it started from.
+        let line = read.record.as_ref().and_then(|r| r.seed_sha256.clone());
+        (held(&read)?, line.unwrap_or(seed_sha256))
     } else {
-        first.token.clone()
+        (first.token.clone(), seed_sha256)
     };
     Some(Current {
         token,
@@ -842,6 +847,29 @@ mod tests {
         assert_eq!(endpoint.sent(), ["rt-file", "rt-file", "rt-file"]);
         assert_eq!(gauge(&metrics), 0);
         assert_eq!(on_disk(dir.path(), &config).as_deref(), Some("rt3"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_still_reading_the_replaced_file_goes_on_from_the_record_not_the_spent_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = config(dir.path(), "rt-old");
+        let endpoint = Scripted::new(&[]);
+        let (cache, _, _) = start(dir.path(), &endpoint);
+        assert_eq!(access_token(&cache, &old).await.unwrap(), "at1");
+        // The Secret is rotated; this process reads the new file first: a new start.
+        let new = config(dir.path(), "rt-new");
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(access_token(&cache, &new).await.unwrap(), "at2");
+        // Another replica still reads the old file (its pod has not seen the Secret yet):
+        // the old file's token is spent, so it goes on from the record.
+        let (lagging, _, metrics) = start(dir.path(), &endpoint);
+        assert_eq!(access_token(&lagging, &old).await.unwrap(), "at3");
+        assert_eq!(gauge(&metrics), 0);
+        // The record's line still starts from the new file: a replica reading it goes on too.
+        let (current, _, _) = start(dir.path(), &endpoint);
+        assert_eq!(access_token(&current, &new).await.unwrap(), "at4");
+        assert_eq!(endpoint.sent(), ["rt-old", "rt-new", "rt2", "rt3"]);
+        assert_eq!(on_disk(dir.path(), &new).as_deref(), Some("rt4"));
     }
 
     #[tokio::test(start_paused = true)]
