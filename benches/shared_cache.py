@@ -12,9 +12,10 @@ refresh_before 1s). CLIENTS threads (default 16) send requests round-robin over 
 for DURATION seconds (default 20). Prints the token requests per 5 s lifetime for the whole
 fleet, and the failed requests (should be 0).
 
-Then, MISSES times (default 100), a fresh bearerd whose first request is a local miss that
-Redis answers (the token is there): the first request's time less the second's (a local
-hit) is what the Redis round trip adds; prints its median and p99.
+Then, MISSES times (default 100), a fresh bearerd whose first `bench` request is a local
+miss that Redis answers (the token is there), after one `warmup` request (another config,
+also answered from Redis) has opened its Redis connection: that first request's time less
+the second's (a local hit) is what the Redis round trip adds; prints its median and p99.
 Stops every process it starts by PID.
 """
 import http.server
@@ -129,6 +130,13 @@ auth_configs:
     allowed_hosts: [127.0.0.1]
     expiry_skew: 0s
     refresh_before: 1s
+  - id: warmup
+    token_url: http://127.0.0.1:{tokens_port}/token
+    client_id: warmup
+    client_secret: bench-secret
+    allowed_hosts: [127.0.0.1]
+    expiry_skew: 0s
+    refresh_before: 1s
 """)
     process = start([BIN, "run", "--config", config], stderr=subprocess.DEVNULL,
                     env={**os.environ, "RUST_LOG": "error"})
@@ -142,9 +150,9 @@ auth_configs:
     sys.exit("bearerd did not start")
 
 
-def get(proxy, upstream_port):
+def get(proxy, upstream_port, config="bench"):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{proxy}"}))
-    request = urllib.request.Request(f"http://127.0.0.1:{upstream_port}/", headers={"x-auth-config": "bench"})
+    request = urllib.request.Request(f"http://127.0.0.1:{upstream_port}/", headers={"x-auth-config": config})
     started = time.perf_counter()
     try:
         with opener.open(request, timeout=10) as response:
@@ -185,13 +193,15 @@ def steady(n, directory, tokens_port, upstream_port):
 
 def misses(directory, redis_port, tokens_port, upstream_port):
     warm, warm_proxy = bearerd(directory, "warm", redis_port, tokens_port)
-    get(warm_proxy, upstream_port)
     added = []
     for i in range(MISSES):
-        # Keeps the shared token refreshed ahead, so every fresh process finds one.
+        # Keeps the shared tokens refreshed ahead, so every fresh process finds them.
         get(warm_proxy, upstream_port)
+        get(warm_proxy, upstream_port, "warmup")
         process, proxy = bearerd(directory, f"m{i}", redis_port, tokens_port)
         before = Tokens.count
+        # Opens the Redis connection, so the miss below pays a round trip, not a connect.
+        get(proxy, upstream_port, "warmup")
         ok1, miss = get(proxy, upstream_port)
         ok2, hit = get(proxy, upstream_port)
         stop(process)
