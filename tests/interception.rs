@@ -426,36 +426,20 @@ async fn an_upstream_whose_certificate_is_not_trusted_is_502_inside_the_tunnel()
 /// curl, unmodified, as an app behind `HTTPS_PROXY` that trusts `ca_bundle_out`: `url` with
 /// `version` (`--http1.1`, `--http2`); the echo's body and the HTTP version curl spoke.
 async fn curl(bearerd: &Bearerd, bundle: &Path, version: &str, url: &str) -> (Echoed, String) {
-    let proxy = format!("http://{}", bearerd.proxy);
-    let mut curl = tokio::process::Command::new("curl");
-    curl.args(["-sS", "--fail", "--max-time", "10", version, "--cacert"])
-        .arg(bundle)
-        .args(["-w", "\n%{http_version}", url]);
-    for name in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        curl.env_remove(name);
-    }
-    curl.env("HTTPS_PROXY", &proxy)
-        .env("https_proxy", &proxy)
-        .env_remove("CURL_CA_BUNDLE")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(WAIT, curl.output())
-        .await
-        .expect("curl hung")
-        .unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "curl {url}: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let proxy = std::ffi::OsString::from(format!("http://{}", bearerd.proxy));
+    let args = [
+        "-sS",
+        "--fail",
+        "--max-time",
+        "10",
+        version,
+        "--cacert",
+        &bundle.display().to_string(),
+        "-w",
+        "\n%{http_version}",
+        url,
+    ];
+    let stdout = curl_output(&args, &[("HTTPS_PROXY", &proxy), ("https_proxy", &proxy)]).await;
     let (body, spoken) = stdout.rsplit_once('\n').unwrap();
     (Echoed::parse(body.as_bytes()), spoken.to_owned())
 }

@@ -1066,35 +1066,8 @@ impl Drop for ResourceServer {
 
 /// curl (`--fail` off) for `url` with `env`, no other proxy or CA variables: (status, body).
 async fn curl(url: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (u16, String) {
-    let mut curl = tokio::process::Command::new("curl");
-    curl.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .arg(url);
-    for name in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "CURL_CA_BUNDLE",
-        "SSL_CERT_FILE",
-    ] {
-        curl.env_remove(name);
-    }
-    curl.envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
-    let output = tokio::time::timeout(WAIT, curl.output())
-        .await
-        .expect("curl hung")
-        .unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "curl {url}: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let args = [&["-sS", "--max-time", "10", "-w", "\n%{http_code}"], args, &[url]].concat();
+    let stdout = curl_output(&args, env).await;
     let (body, status) = stdout.rsplit_once('\n').unwrap();
     (status.parse().unwrap(), body.to_owned())
 }

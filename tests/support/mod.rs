@@ -1193,3 +1193,40 @@ pub fn chunked_length(buf: &[u8]) -> Option<usize> {
         at += size + 2;
     }
 }
+
+/// curl, unmodified, with `args`, as an app configured only by `env`: the proxy and CA
+/// variables of the test's own environment are removed first. Asserts that it succeeded
+/// (within `WAIT`) and returns what it printed.
+pub async fn curl_output<A: AsRef<std::ffi::OsStr>>(args: &[A], env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut curl = tokio::process::Command::new("curl");
+    curl.args(args);
+    for name in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "CURL_CA_BUNDLE",
+        "SSL_CERT_FILE",
+    ] {
+        curl.env_remove(name);
+    }
+    curl.envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(WAIT, curl.output())
+        .await
+        .expect("curl hung")
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "curl {:?}: {}{stdout}",
+        args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
