@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{AuthConfig, Config, Grant, TokenEndpoint, endpoint_name, format_timestamp};
+use crate::config::{AuthConfig, Config, Grant, SharedCacheConfig, TokenEndpoint, endpoint_name, format_timestamp};
 use crate::metrics::Metrics;
 use crate::shared_cache::SharedCache;
 use crate::state::{StateStore, record_key};
@@ -150,14 +150,19 @@ fn inspect_files(auth_config: &AuthConfig) -> Vec<FileRow> {
 /// else the line to print and whether it passed.
 pub async fn shared_cache(config: &Config, offline: bool) -> Option<(String, bool)> {
     let shared = config.shared_cache.as_ref().filter(|_| !offline)?;
-    let answer = match SharedCache::new(shared, Arc::new(Metrics::new())) {
-        Ok(cache) => cache.ping().await,
-        Err(err) => Err(err),
-    };
-    Some(match answer {
+    Some(match ping(config, shared).await {
         Ok(()) => (format!("shared_cache: {} answers", shared.redis), true),
-        Err(err) => (format!("shared_cache: FAILED: {}", crate::chain(&err)), false),
+        Err(err) => (format!("shared_cache: FAILED: {err}"), false),
     })
+}
+
+/// `PING` to the shared cache's Redis, trusting (over TLS) the roots a running bearerd
+/// trusts.
+async fn ping(config: &Config, shared: &SharedCacheConfig) -> Result<(), String> {
+    let roots = tls::load_roots(config.ca_file.as_deref()).map_err(|err| crate::chain(&err))?;
+    let cache =
+        SharedCache::new(shared, &roots.certificates, Arc::new(Metrics::new())).map_err(|err| crate::chain(&err))?;
+    cache.ping().await.map_err(|err| crate::chain(&err))
 }
 
 /// A user grant, without spending anything: its consent's start (`authorization_code`: the

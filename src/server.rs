@@ -57,6 +57,12 @@ impl Server {
         let roots = tls::load_roots(config.ca_file.as_deref())?;
         let metrics = Arc::new(metrics::Metrics::new());
         let interception = start_interception(&config, &roots.certificates, &metrics)?;
+        let shared_cache = config
+            .shared_cache
+            .as_ref()
+            .map(|shared| SharedCache::new(shared, &roots.certificates, Arc::clone(&metrics)))
+            .transpose()?
+            .map(Arc::new);
         let roots = Arc::new(roots.store);
         let upstream = Upstream::new(
             tls::client_config(Arc::clone(&roots))?,
@@ -67,9 +73,8 @@ impl Server {
         let client: Arc<dyn RequestToken> = Arc::new(TokenClient::new(roots)?);
         let grants = Arc::new(Grants::new(client, state, Arc::clone(&metrics)));
         let mut tokens = TokenCache::new(Arc::clone(&grants), Arc::clone(&metrics));
-        if let Some(shared) = &config.shared_cache {
-            let shared = SharedCache::new(shared, Arc::clone(&metrics))?;
-            tokens = tokens.with_shared_cache(Arc::new(shared));
+        if let Some(shared) = &shared_cache {
+            tokens = tokens.with_shared_cache(Arc::clone(shared));
         }
         let bind = |what, addr| async move {
             let listener = TcpListener::bind(addr)
@@ -105,6 +110,9 @@ impl Server {
             tokio::spawn(check_secrets_daily(Arc::clone(&proxy))),
         ]);
         shared.spawn(start_prefetch(&proxy, &config));
+        if let Some(cache) = shared_cache {
+            shared.spawn([tokio::spawn(async move { cache.connect().await })]);
+        }
         check_secrets(&proxy);
         tracing::info!(%proxy_addr, %admin_addr, auth_configs = config.auth_configs.len(), "bearerd is serving");
         Ok(Self {

@@ -397,8 +397,9 @@ async fn a_401_evicts_from_redis_only_the_token_it_refused() {
     assert_eq!(redis.values(PREFIX).len(), 1);
 }
 
-/// `bearerd check` on `config`: exit code, stdout and stderr.
-fn check(config: &str) -> (Option<i32>, String, String) {
+/// `bearerd check` on `config`, which must exit with `code`: its last line (what it found of
+/// the shared cache) and everything it wrote, stdout first.
+fn check(config: &str, code: i32) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bearerd.yaml");
     std::fs::write(&path, config).unwrap();
@@ -408,11 +409,10 @@ fn check(config: &str) -> (Option<i32>, String, String) {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(code), "{all}");
+    (stdout.lines().last().unwrap_or_default().to_owned(), all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,21 +421,15 @@ async fn check_says_whether_redis_answers_without_its_password() {
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(dir.path(), "cache-key", 6);
     let tokens = TokenServer::start().await;
-    let (code, stdout, stderr) = check(&fleet_config(&tokens, &redis, &key, ""));
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert_eq!(
-        stdout.lines().last().unwrap(),
-        format!("shared_cache: redis://127.0.0.1:{} answers", redis.port)
-    );
+    let (last, _) = check(&fleet_config(&tokens, &redis, &key, ""), 0);
+    assert_eq!(last, format!("shared_cache: redis://127.0.0.1:{} answers", redis.port));
 
     redis.stop();
     let with_password = fleet_config(&tokens, &redis, &key, "").replace(
         &redis.url(),
         &format!("redis://default:s3cret-pw@127.0.0.1:{}", redis.port),
     );
-    let (code, stdout, stderr) = check(&with_password);
-    assert_eq!(code, Some(1), "{stdout}{stderr}");
-    let last = stdout.lines().last().unwrap();
+    let (last, all) = check(&with_password, 1);
     assert!(
         last.starts_with(&format!(
             "shared_cache: FAILED: the shared cache at redis://default:[redacted]@127.0.0.1:{} ",
@@ -443,12 +437,9 @@ async fn check_says_whether_redis_answers_without_its_password() {
         )),
         "{last}"
     );
-    assert!(
-        !stdout.contains("s3cret-pw") && !stderr.contains("s3cret-pw"),
-        "{stdout}{stderr}"
-    );
+    assert!(!all.contains("s3cret-pw"), "{all}");
     // The auth config's own row still passed: only Redis failed.
-    assert!(stdout.lines().nth(1).unwrap().contains(" ok "), "{stdout}");
+    assert!(all.lines().nth(1).unwrap().contains(" ok "), "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -524,4 +515,83 @@ async fn steady_traffic_over_four_processes_waits_on_the_token_endpoint_only_at_
         "{fetched} token requests in {elapsed:?} (at most {most})"
     );
     eprintln!("{fetched} token requests for 4 processes in {elapsed:?} of steady traffic");
+}
+
+/// What `bearerd` logged of Redis at start: that it answers, or why it does not.
+async fn redis_at_start(bearerd: &Bearerd) -> String {
+    let said =
+        |line: &str| line.contains("the shared cache answers") || line.contains("the shared cache does not answer");
+    let logs = bearerd
+        .logs_when("the shared cache's start-up line", |logs| logs.lines().any(said))
+        .await;
+    logs.lines().find(|line| said(line)).unwrap().to_owned()
+}
+
+/// The fallbacks `bearerd` counted for `billing`.
+async fn fallbacks(bearerd: &Bearerd) -> u64 {
+    let (_, text) = bearerd.admin_get("/metrics").await;
+    sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_against_the_roots_bearerd_trusts() {
+    let ca = TestCa::new();
+    let redis = RedisServer::start_tls(&ca);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 10);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let untrusting = fleet_config(&tokens, &redis, &key, "");
+    assert!(untrusting.contains(&format!("redis: rediss://127.0.0.1:{}\n", redis.port)));
+    let trusting = format!("tls:\n  ca_file: {}\n{untrusting}", ca.write_ca(dir.path()).display());
+
+    // With the test CA in tls.ca_file, two processes share one token over TLS.
+    let (a, b) = (
+        Bearerd::start(&trusting, "info", &[]),
+        Bearerd::start(&trusting, "info", &[]),
+    );
+    for bearerd in [&a, &b] {
+        let line = redis_at_start(bearerd).await;
+        assert!(line.contains("the shared cache answers"), "{line}");
+    }
+    assert_eq!(
+        get_through(&proxied(&a.proxy), &echo, "/").await,
+        (200, "tok-1".to_owned())
+    );
+    assert_eq!(
+        get_through(&proxied(&b.proxy), &echo, "/").await,
+        (200, "tok-1".to_owned())
+    );
+    assert_eq!(tokens.count(), 1, "b took a's token from Redis");
+    assert_eq!((fallbacks(&a).await, fallbacks(&b).await), (0, 0));
+    let stored = redis.values(PREFIX);
+    assert_eq!(stored.len(), 1);
+
+    // Without it, nothing vouches for the server's certificate: the process says so at
+    // start, fetches alone, counts it, and serves; Redis keeps a's token.
+    let c = Bearerd::start(&untrusting, "info", &[]);
+    let line = redis_at_start(&c).await;
+    assert!(
+        line.contains("the shared cache does not answer") && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+    assert_eq!(
+        get_through(&proxied(&c.proxy), &echo, "/").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(tokens.count(), 2);
+    assert_eq!(fallbacks(&c).await, 1);
+    assert_eq!(redis.values(PREFIX), stored);
+
+    // `bearerd check` connects the same way, and says why it failed.
+    let (last, _) = check(&trusting, 0);
+    assert_eq!(last, format!("shared_cache: rediss://127.0.0.1:{} answers", redis.port));
+    let (last, _) = check(&untrusting, 1);
+    assert!(
+        last.starts_with(&format!(
+            "shared_cache: FAILED: the shared cache at rediss://127.0.0.1:{} ",
+            redis.port
+        )) && last.contains("UnknownIssuer"),
+        "{last}"
+    );
 }
