@@ -533,6 +533,55 @@ async fn fallbacks(bearerd: &Bearerd) -> u64 {
     sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#)
 }
 
+/// Two processes on `sharing` share one token through `redis`; a third on `refused` says at
+/// start that Redis does not answer and `why`, fetches alone, counts it, serves, and leaves
+/// Redis as it was. The three processes, logging at `rust_log`.
+async fn two_share_and_one_is_refused(
+    (sharing, refused, why): (&str, &str, &str),
+    rust_log: &str,
+    (tokens, echo, redis): (&TokenServer, &Echo, &RedisServer),
+) -> [Bearerd; 3] {
+    let (a, b) = (
+        Bearerd::start(sharing, rust_log, &[]),
+        Bearerd::start(sharing, rust_log, &[]),
+    );
+    for bearerd in [&a, &b] {
+        let line = redis_at_start(bearerd).await;
+        assert!(line.contains("the shared cache answers"), "{line}");
+    }
+    assert_eq!(
+        get_through(&proxied(&a.proxy), echo, "/").await,
+        (200, "tok-1".to_owned())
+    );
+    assert_eq!(
+        get_through(&proxied(&b.proxy), echo, "/").await,
+        (200, "tok-1".to_owned())
+    );
+    assert_eq!(tokens.count(), 1, "b took a's token from Redis");
+    assert_eq!((fallbacks(&a).await, fallbacks(&b).await), (0, 0));
+    let stored = redis.values(PREFIX);
+    assert_eq!(stored.len(), 1);
+
+    let c = Bearerd::start(refused, rust_log, &[]);
+    let line = redis_at_start(&c).await;
+    assert!(
+        line.contains("the shared cache does not answer") && line.contains(why),
+        "{line}"
+    );
+    assert_eq!(
+        get_through(&proxied(&c.proxy), echo, "/").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(tokens.count(), 2);
+    assert_eq!(fallbacks(&c).await, 1);
+    c.logs_when("the fallback's warning", |logs| {
+        logs.contains("fetching the token alone")
+    })
+    .await;
+    assert_eq!(redis.values(PREFIX), stored);
+    [a, b, c]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_verifies_the_server_against_the_roots_bearerd_trusts() {
     let ca = TestCa::new();
@@ -545,43 +594,14 @@ async fn rediss_verifies_the_server_against_the_roots_bearerd_trusts() {
     assert!(untrusting.contains(&format!("redis: rediss://127.0.0.1:{}\n", redis.port)));
     let trusting = format!("tls:\n  ca_file: {}\n{untrusting}", ca.write_ca(dir.path()).display());
 
-    // With the test CA in tls.ca_file, two processes share one token over TLS.
-    let (a, b) = (
-        Bearerd::start(&trusting, "info", &[]),
-        Bearerd::start(&trusting, "info", &[]),
-    );
-    for bearerd in [&a, &b] {
-        let line = redis_at_start(bearerd).await;
-        assert!(line.contains("the shared cache answers"), "{line}");
-    }
-    assert_eq!(
-        get_through(&proxied(&a.proxy), &echo, "/").await,
-        (200, "tok-1".to_owned())
-    );
-    assert_eq!(
-        get_through(&proxied(&b.proxy), &echo, "/").await,
-        (200, "tok-1".to_owned())
-    );
-    assert_eq!(tokens.count(), 1, "b took a's token from Redis");
-    assert_eq!((fallbacks(&a).await, fallbacks(&b).await), (0, 0));
-    let stored = redis.values(PREFIX);
-    assert_eq!(stored.len(), 1);
-
-    // Without it, nothing vouches for the server's certificate: the process says so at
-    // start, fetches alone, counts it, and serves; Redis keeps a's token.
-    let c = Bearerd::start(&untrusting, "info", &[]);
-    let line = redis_at_start(&c).await;
-    assert!(
-        line.contains("the shared cache does not answer") && line.contains("UnknownIssuer"),
-        "{line}"
-    );
-    assert_eq!(
-        get_through(&proxied(&c.proxy), &echo, "/").await,
-        (200, "tok-2".to_owned())
-    );
-    assert_eq!(tokens.count(), 2);
-    assert_eq!(fallbacks(&c).await, 1);
-    assert_eq!(redis.values(PREFIX), stored);
+    // With the test CA in tls.ca_file, two processes share one token over TLS. Without it,
+    // nothing vouches for the server's certificate: the process fetches alone.
+    two_share_and_one_is_refused(
+        (&trusting, &untrusting, "UnknownIssuer"),
+        "info",
+        (&tokens, &echo, &redis),
+    )
+    .await;
 
     // `bearerd check` connects the same way, and says why it failed.
     let (last, _) = check(&trusting, 0);
@@ -594,4 +614,56 @@ async fn rediss_verifies_the_server_against_the_roots_bearerd_trusts() {
         )) && last.contains("UnknownIssuer"),
         "{last}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_and_password_share_the_token_and_the_password_shows_nowhere() {
+    const USER: &str = "fleet-user";
+    const PASSWORD: &str = "acl-pw-Zq81xT";
+    const WRONG: &str = "wrong-pw-Kd47vN";
+    let redis = RedisServer::start_with_user(USER, PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 11);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let right = fleet_config(&tokens, &redis, &key, "");
+    assert!(right.contains(&format!("redis: redis://{USER}:{PASSWORD}@127.0.0.1:{}\n", redis.port)));
+    let wrong = right.replace(&redis.url(), &redis.url_as(USER, WRONG));
+
+    // Logged in as the ACL user (the default user can do nothing), two processes share one
+    // token; with a wrong password, Redis refuses and the process fetches alone.
+    let fleet = two_share_and_one_is_refused(
+        (&right, &wrong, "Password authentication failed"),
+        "trace",
+        (&tokens, &echo, &redis),
+    )
+    .await;
+
+    // Neither password anywhere bearerd writes or answers, at trace level.
+    let mut said = Vec::new();
+    for bearerd in &fleet {
+        said.push(bearerd.logs());
+        for path in ["/configs", "/metrics"] {
+            let (status, body) = bearerd.admin_get(path).await;
+            assert_eq!(status, 200, "{path}");
+            said.push(body);
+        }
+    }
+    let (last, all) = check(&right, 0);
+    assert_eq!(
+        last,
+        format!(
+            "shared_cache: redis://{USER}:[redacted]@127.0.0.1:{} answers",
+            redis.port
+        )
+    );
+    said.push(all);
+    let (last, all) = check(&wrong, 1);
+    assert!(last.contains("Password authentication failed"), "{last}");
+    said.push(all);
+    for text in &said {
+        for password in [PASSWORD, WRONG] {
+            assert!(!text.contains(password), "{password} in {text}");
+        }
+    }
 }
