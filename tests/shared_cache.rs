@@ -1,8 +1,9 @@
 //! The fleet-shared token cache against a real `redis-server` (started per test on a free
 //! loopback port, no persistence) and a counting token endpoint: several bearerd processes
 //! share one token, Redis never holds a readable one, a value sealed under another key or
-//! altered is fetched again, a dead lease holder's lease expires into another's fetch, and
-//! a Redis that goes away fails no request.
+//! altered is fetched again (and logged once per incident), a dead lease holder's lease
+//! expires into another's fetch, a Redis that goes away fails no request, `rediss://` is
+//! verified against the roots bearerd trusts, and an ACL password shows nowhere.
 #[path = "support/binary.rs"]
 mod binary;
 #[path = "support/redis.rs"]
@@ -12,6 +13,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use bearerd::secret::{AccessToken, SealingKey};
+use bearerd::shared_cache::{Sealer, SharedToken};
 use binary::Bearerd;
 use redis_server::RedisServer;
 use support::*;
@@ -666,4 +669,77 @@ async fn an_acl_user_and_password_share_the_token_and_the_password_shows_nowhere
             assert!(!text.contains(password), "{password} in {text}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_value_is_logged_once_per_incident_not_per_read() {
+    const UNREADABLE: &str = "was not used and will be replaced";
+    const WAITED: &str = "while another process held its lease";
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 12);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = Bearerd::start(&fleet_config(&tokens, &redis, &key, "    timeout: 1s\n"), "info", &[]);
+    let client = proxied(&bearerd.proxy);
+    assert_eq!(get_through(&client, &echo, "/").await, (200, "tok-1".to_owned()));
+    let name = redis.values(PREFIX)[0].0.clone();
+    let lease = name.replace(":token:", ":lease:");
+    // A token sealed for this very entry, under another key.
+    let foreign = || {
+        let sealer = Sealer::new(&SealingKey::parse(&[13; 32]).unwrap(), PREFIX);
+        let now = std::time::SystemTime::now();
+        let token = SharedToken {
+            token: AccessToken::new("foreign-token"),
+            expires_at: now + Duration::from_secs(3600),
+            refresh_at: now + Duration::from_secs(3000),
+            scope: None,
+        };
+        redis.set(&name, &sealer.seal(&name, &token), 3_600_000);
+    };
+    let count = |logs: &str, what: &str| logs.lines().filter(|line| line.contains(what)).count();
+
+    // Another process seems to hold the lease: each refetch reads the unreadable value until
+    // its wait ends, then fetches alone. Two refetches, many reads, one line.
+    foreign();
+    redis.set(&lease, b"another-process", 60_000);
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-2").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-3").await,
+        (200, "tok-3".to_owned())
+    );
+    let logs = bearerd.logs_when("both waits", |logs| count(logs, WAITED) == 2).await;
+    assert_eq!(count(&logs, UNREADABLE), 1, "{logs}");
+    let (_, text) = bearerd.admin_get("/metrics").await;
+    let unreadable_reads = sample(
+        &text,
+        r#"bearerd_shared_cache_operations_total{op="get",outcome="error"}"#,
+    );
+    assert!(unreadable_reads >= 4, "{unreadable_reads}");
+    assert_eq!(fallbacks(&bearerd).await, 2);
+
+    // The lease free again: this process fetches under it and replaces the value (still the
+    // same incident). A new unreadable value after that is a new incident, logged again.
+    let deleted: i64 = redis::cmd("DEL").arg(&lease).query(&mut redis.connection()).unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-4").await,
+        (200, "tok-4".to_owned())
+    );
+    let ours = Sealer::new(&SealingKey::parse(&[12; 32]).unwrap(), PREFIX);
+    let (_, stored) = &redis.values(PREFIX)[0];
+    assert_eq!(ours.open(&name, stored).unwrap().token.expose(), "tok-4");
+    foreign();
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-5").await,
+        (200, "tok-5".to_owned())
+    );
+    let logs = bearerd
+        .logs_when("the second incident", |logs| count(logs, UNREADABLE) >= 2)
+        .await;
+    assert_eq!(count(&logs, UNREADABLE), 2, "{logs}");
+    assert_eq!(tokens.count(), 5);
 }

@@ -17,8 +17,8 @@
 
 pub mod seal;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -66,9 +66,12 @@ pub struct SharedCache {
     /// The URL without its password, for messages.
     shown: String,
     metrics: Arc<Metrics>,
-    /// A value that does not open is logged the first time only: every miss would find it
-    /// until it is replaced.
-    reported_unopenable: AtomicBool,
+    /// The entries whose unreadable value was logged. Per entry, until a value there opens
+    /// or this process stores one: one incident is read many times (twice per miss, again
+    /// and again while waiting on a lease holder, at every miss that then fetches alone), and
+    /// a line per read would bury it; per process, a later incident (another entry, or the
+    /// same one after it was repaired) would go unlogged. At most one entry per config.
+    reported_unreadable: Mutex<HashSet<String>>,
 }
 
 /// What a miss found in the shared cache.
@@ -110,7 +113,7 @@ impl SharedCache {
             sealer: Sealer::new(&config.key, &config.prefix),
             shown,
             metrics,
-            reported_unopenable: AtomicBool::new(false),
+            reported_unreadable: Mutex::default(),
         })
     }
 
@@ -207,11 +210,12 @@ impl SharedCache {
         match self.sealer.open(key, &value) {
             Ok(token) => {
                 self.count("get", "hit");
+                self.readable(key);
                 Ok(Some((token, value)))
             }
             Err(why) => {
                 self.count("get", "error");
-                if !self.reported_unopenable.swap(true, Ordering::Relaxed) {
+                if self.reported().insert(key.to_owned()) {
                     tracing::warn!(
                         key,
                         "a token in the shared cache was not used and will be replaced: {why}"
@@ -220,6 +224,18 @@ impl SharedCache {
                 Ok(None)
             }
         }
+    }
+
+    /// `key` holds a value that opens: an unreadable one there later is a new incident.
+    fn readable(&self, key: &str) {
+        let mut reported = self.reported();
+        if !reported.is_empty() {
+            reported.remove(key);
+        }
+    }
+
+    fn reported(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.reported_unreadable.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The lease on `hash` for `ttl`, when no other process holds it.
@@ -270,6 +286,9 @@ impl SharedCache {
             .run::<()>(redis::cmd("SET").arg(key).arg(&value).arg("PX").arg(millis(ttl).max(1)))
             .await;
         self.count("set", if stored.is_ok() { "ok" } else { "error" });
+        if stored.is_ok() {
+            self.readable(key);
+        }
         stored.ok().map(|()| value)
     }
 
