@@ -150,14 +150,23 @@ fn inspect_files(auth_config: &AuthConfig) -> Vec<FileRow> {
 /// else the line to print and whether it passed.
 pub async fn shared_cache(config: &Config, offline: bool) -> Option<(String, bool)> {
     let shared = config.shared_cache.as_ref().filter(|_| !offline)?;
-    let answer = match SharedCache::new(shared, Arc::new(Metrics::new())) {
-        Ok(cache) => cache.ping().await,
-        Err(err) => Err(err),
-    };
-    Some(match answer {
+    Some(match ping(config, shared).await {
         Ok(()) => (format!("shared_cache: {} answers", shared.redis), true),
-        Err(err) => (format!("shared_cache: FAILED: {}", crate::chain(&err)), false),
+        Err(err) => (format!("shared_cache: FAILED: {err}"), false),
     })
+}
+
+/// `PING` to the shared cache's Redis, trusting (over TLS) the roots a running bearerd
+/// trusts.
+async fn ping(config: &Config, shared: &SharedCacheConfig) -> Result<(), String> {
+    let cache = connect(config, shared)?;
+    cache.ping().await.map_err(|err| crate::chain(&err))
+}
+
+/// The shared cache's Redis, trusting (over TLS) the roots a running bearerd trusts.
+fn connect(config: &Config, shared: &SharedCacheConfig) -> Result<SharedCache, String> {
+    let roots = tls::load_roots(config.ca_file.as_deref()).map_err(|err| crate::chain(&err))?;
+    SharedCache::new(shared, &roots.certificates, Arc::new(Metrics::new())).map_err(|err| crate::chain(&err))
 }
 
 /// A user grant, without spending anything: its consent's start (`authorization_code`: the
@@ -170,7 +179,7 @@ async fn user_grant(client: &TokenClient, config: &Config, auth_config: &AuthCon
         return Outcome::Failed(err.to_string());
     }
     let record = match (&config.shared_cache, &config.state) {
-        (Some(shared), _) => match fleet_record(shared, auth_config).await {
+        (Some(shared), _) => match fleet_record(config, shared, auth_config).await {
             Ok(record) => record,
             Err(err) => return Outcome::Failed(err),
         },
@@ -188,8 +197,12 @@ async fn user_grant(client: &TokenClient, config: &Config, auth_config: &AuthCon
 }
 
 /// The user grant's record in the fleet's Redis, read as a refresh would read it.
-async fn fleet_record(shared: &SharedCacheConfig, auth_config: &AuthConfig) -> Result<Option<Record>, String> {
-    let cache = SharedCache::new(shared, Arc::new(Metrics::new())).map_err(|err| crate::chain(&err))?;
+async fn fleet_record(
+    config: &Config,
+    shared: &SharedCacheConfig,
+    auth_config: &AuthConfig,
+) -> Result<Option<Record>, String> {
+    let cache = connect(config, shared)?;
     let hash = entry_hash(&cache, auth_config).map_err(|err| err.to_string())?;
     let read = cache.read_grant(&hash).await.map_err(|err| crate::chain(&err))?;
     Ok(read.map(|(record, _)| record))

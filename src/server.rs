@@ -57,6 +57,12 @@ impl Server {
         let roots = tls::load_roots(config.ca_file.as_deref())?;
         let metrics = Arc::new(metrics::Metrics::new());
         let interception = start_interception(&config, &roots.certificates, &metrics)?;
+        let shared_cache = config
+            .shared_cache
+            .as_ref()
+            .map(|shared| SharedCache::new(shared, &roots.certificates, Arc::clone(&metrics)))
+            .transpose()?
+            .map(Arc::new);
         let roots = Arc::new(roots.store);
         let upstream = Upstream::new(
             tls::client_config(Arc::clone(&roots))?,
@@ -66,18 +72,14 @@ impl Server {
         let state = config.state.as_ref().map(StateStore::open).transpose()?.map(Arc::new);
         let client: Arc<dyn RequestToken> = Arc::new(TokenClient::new(roots)?);
         let mut grants = Grants::new(client, state, Arc::clone(&metrics));
-        let shared = match &config.shared_cache {
-            Some(shared) => Some(Arc::new(SharedCache::new(shared, Arc::clone(&metrics))?)),
-            None => None,
-        };
-        if let Some(shared) = &shared {
+        if let Some(shared) = &shared_cache {
             // One record per user grant for the fleet, rotated under the token's lease.
             grants = grants.with_shared_cache(Arc::clone(shared));
         }
         let grants = Arc::new(grants);
         let mut tokens = TokenCache::new(Arc::clone(&grants), Arc::clone(&metrics));
-        if let Some(shared) = shared {
-            tokens = tokens.with_shared_cache(shared);
+        if let Some(shared) = &shared_cache {
+            tokens = tokens.with_shared_cache(Arc::clone(shared));
         }
         let bind = |what, addr| async move {
             let listener = TcpListener::bind(addr)
@@ -113,6 +115,9 @@ impl Server {
             tokio::spawn(check_secrets_daily(Arc::clone(&proxy))),
         ]);
         shared.spawn(start_prefetch(&proxy, &config));
+        if let Some(cache) = shared_cache {
+            shared.spawn([tokio::spawn(async move { cache.connect().await })]);
+        }
         check_secrets(&proxy);
         tracing::info!(%proxy_addr, %admin_addr, auth_configs = config.auth_configs.len(), "bearerd is serving");
         Ok(Self {

@@ -85,6 +85,30 @@ impl Roots {
     }
 }
 
+/// A certificate as PEM: base64 in lines of 64 characters (RFC 7468).
+#[must_use]
+pub fn pem_certificate(der: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut pem = String::with_capacity(encoded.len() + encoded.len() / 64 + 60);
+    pem.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Makes aws-lc-rs the process's default rustls provider, for clients that build their
+/// configuration with `ClientConfig::builder()` (the Redis client): with it installed, they
+/// use the tree's one provider even if another provider's feature is ever compiled in
+/// (without it, such a build would panic at their first TLS connection). A provider
+/// installed earlier is kept.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// A client configuration trusting `roots` that presents `chain` (RFC 8705 `tls_client_auth`).
 pub fn client_config_with_certificate(
     roots: Arc<RootCertStore>,

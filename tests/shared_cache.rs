@@ -1,8 +1,9 @@
 //! The fleet-shared token cache against a real `redis-server` (started per test on a free
 //! loopback port, no persistence) and a counting token endpoint: several bearerd processes
 //! share one token, Redis never holds a readable one, a value sealed under another key or
-//! altered is fetched again, a dead lease holder's lease expires into another's fetch, and
-//! a Redis that goes away fails no request.
+//! altered is fetched again (and logged once per incident), a dead lease holder's lease
+//! expires into another's fetch, a Redis that goes away fails no request, `rediss://` is
+//! verified against the roots bearerd trusts, and an ACL password shows nowhere.
 #[path = "support/binary.rs"]
 mod binary;
 #[path = "support/redis.rs"]
@@ -12,6 +13,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use bearerd::secret::{AccessToken, SealingKey};
+use bearerd::shared_cache::{Sealer, SharedToken};
 use binary::Bearerd;
 use redis_server::RedisServer;
 use support::*;
@@ -397,8 +400,9 @@ async fn a_401_evicts_from_redis_only_the_token_it_refused() {
     assert_eq!(redis.values(PREFIX).len(), 1);
 }
 
-/// `bearerd check` on `config`: exit code, stdout and stderr.
-fn check(config: &str) -> (Option<i32>, String, String) {
+/// `bearerd check` on `config`, which must exit with `code`: its last line (what it found of
+/// the shared cache) and everything it wrote, stdout first.
+fn check(config: &str, code: i32) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bearerd.yaml");
     std::fs::write(&path, config).unwrap();
@@ -408,11 +412,10 @@ fn check(config: &str) -> (Option<i32>, String, String) {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(code), "{all}");
+    (stdout.lines().last().unwrap_or_default().to_owned(), all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,21 +424,15 @@ async fn check_says_whether_redis_answers_without_its_password() {
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(dir.path(), "cache-key", 6);
     let tokens = TokenServer::start().await;
-    let (code, stdout, stderr) = check(&fleet_config(&tokens, &redis, &key, ""));
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert_eq!(
-        stdout.lines().last().unwrap(),
-        format!("shared_cache: redis://127.0.0.1:{} answers", redis.port)
-    );
+    let (last, _) = check(&fleet_config(&tokens, &redis, &key, ""), 0);
+    assert_eq!(last, format!("shared_cache: redis://127.0.0.1:{} answers", redis.port));
 
     redis.stop();
     let with_password = fleet_config(&tokens, &redis, &key, "").replace(
         &redis.url(),
         &format!("redis://default:s3cret-pw@127.0.0.1:{}", redis.port),
     );
-    let (code, stdout, stderr) = check(&with_password);
-    assert_eq!(code, Some(1), "{stdout}{stderr}");
-    let last = stdout.lines().last().unwrap();
+    let (last, all) = check(&with_password, 1);
     assert!(
         last.starts_with(&format!(
             "shared_cache: FAILED: the shared cache at redis://default:[redacted]@127.0.0.1:{} ",
@@ -443,12 +440,9 @@ async fn check_says_whether_redis_answers_without_its_password() {
         )),
         "{last}"
     );
-    assert!(
-        !stdout.contains("s3cret-pw") && !stderr.contains("s3cret-pw"),
-        "{stdout}{stderr}"
-    );
+    assert!(!all.contains("s3cret-pw"), "{all}");
     // The auth config's own row still passed: only Redis failed.
-    assert!(stdout.lines().nth(1).unwrap().contains(" ok "), "{stdout}");
+    assert!(all.lines().nth(1).unwrap().contains(" ok "), "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -657,12 +651,8 @@ async fn a_refused_refresh_token_is_a_new_consent_for_every_replica_and_one_file
         row.split_whitespace().nth(3).unwrap().to_owned()
     };
     // Nothing in Redis yet: the file's token would be sent.
-    let (code, stdout, stderr) = check(&yaml);
-    assert_eq!(
-        (code, consent_row(&stdout).as_str()),
-        (Some(0), "consented"),
-        "{stdout}{stderr}"
-    );
+    let (_, all) = check(&yaml, 0);
+    assert_eq!(consent_row(&all), "consented", "{all}");
 
     let replicas = [Bearerd::start(&yaml, "info", &[]), Bearerd::start(&yaml, "info", &[])];
     let consent_needed = "needs a new consent: put a new refresh token in refresh_token_file";
@@ -678,12 +668,8 @@ async fn a_refused_refresh_token_is_a_new_consent_for_every_replica_and_one_file
         ["rt-from-file"],
         "one token request for the fleet"
     );
-    let (code, stdout, stderr) = check(&yaml);
-    assert_eq!(
-        (code, consent_row(&stdout).as_str()),
-        (Some(0), "consent_required"),
-        "{stdout}{stderr}"
-    );
+    let (_, all) = check(&yaml, 0);
+    assert_eq!(consent_row(&all), "consent_required", "{all}");
 
     // A new refresh token in the file (the Secret both replicas mount): spent once, and
     // both replicas serve with what it brought.
@@ -698,11 +684,231 @@ async fn a_refused_refresh_token_is_a_new_consent_for_every_replica_and_one_file
     }
     assert_eq!(refresh_tokens_sent(&tokens), ["rt-from-file", "rt-new"]);
     assert_eq!(redis.grant_refresh_token(PREFIX, &[12; 32]), "rt2");
-    let (code, stdout, stderr) = check(&yaml);
-    assert_eq!(
-        (code, consent_row(&stdout).as_str()),
-        (Some(0), "consented"),
-        "{stdout}{stderr}"
-    );
+    let (_, all) = check(&yaml, 0);
+    assert_eq!(consent_row(&all), "consented", "{all}");
     assert_eq!(tokens.count(), 2, "check spent nothing");
+}
+
+/// What `bearerd` logged of Redis at start: that it answers, or why it does not.
+async fn redis_at_start(bearerd: &Bearerd) -> String {
+    let said =
+        |line: &str| line.contains("the shared cache answers") || line.contains("the shared cache does not answer");
+    let logs = bearerd
+        .logs_when("the shared cache's start-up line", |logs| logs.lines().any(said))
+        .await;
+    logs.lines().find(|line| said(line)).unwrap().to_owned()
+}
+
+/// The fallbacks `bearerd` counted for `billing`.
+async fn fallbacks(bearerd: &Bearerd) -> u64 {
+    let (_, text) = bearerd.admin_get("/metrics").await;
+    sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#)
+}
+
+/// Two processes on `sharing` share one token through `redis`; a third on `refused` says at
+/// start that Redis does not answer and `why`, fetches alone, counts it, serves, and leaves
+/// Redis as it was. The three processes, logging at `rust_log`.
+async fn two_share_and_one_is_refused(
+    (sharing, refused, why): (&str, &str, &str),
+    rust_log: &str,
+    (tokens, echo, redis): (&TokenServer, &Echo, &RedisServer),
+) -> [Bearerd; 3] {
+    let (a, b) = (
+        Bearerd::start(sharing, rust_log, &[]),
+        Bearerd::start(sharing, rust_log, &[]),
+    );
+    for bearerd in [&a, &b] {
+        let line = redis_at_start(bearerd).await;
+        assert!(line.contains("the shared cache answers"), "{line}");
+    }
+    assert_eq!(
+        get_through(&proxied(&a.proxy), echo, "/").await,
+        (200, "tok-1".to_owned())
+    );
+    assert_eq!(
+        get_through(&proxied(&b.proxy), echo, "/").await,
+        (200, "tok-1".to_owned())
+    );
+    assert_eq!(tokens.count(), 1, "b took a's token from Redis");
+    assert_eq!((fallbacks(&a).await, fallbacks(&b).await), (0, 0));
+    let stored = redis.values(PREFIX);
+    assert_eq!(stored.len(), 1);
+
+    let c = Bearerd::start(refused, rust_log, &[]);
+    let line = redis_at_start(&c).await;
+    assert!(
+        line.contains("the shared cache does not answer") && line.contains(why),
+        "{line}"
+    );
+    assert_eq!(
+        get_through(&proxied(&c.proxy), echo, "/").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(tokens.count(), 2);
+    assert_eq!(fallbacks(&c).await, 1);
+    c.logs_when("the fallback's warning", |logs| {
+        logs.contains("fetching the token alone")
+    })
+    .await;
+    assert_eq!(redis.values(PREFIX), stored);
+    [a, b, c]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_against_the_roots_bearerd_trusts() {
+    let ca = TestCa::new();
+    let redis = RedisServer::start_tls(&ca);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 10);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let untrusting = fleet_config(&tokens, &redis, &key, "");
+    assert!(untrusting.contains(&format!("redis: rediss://127.0.0.1:{}\n", redis.port)));
+    let trusting = format!("tls:\n  ca_file: {}\n{untrusting}", ca.write_ca(dir.path()).display());
+
+    // With the test CA in tls.ca_file, two processes share one token over TLS. Without it,
+    // nothing vouches for the server's certificate: the process fetches alone.
+    two_share_and_one_is_refused(
+        (&trusting, &untrusting, "UnknownIssuer"),
+        "info",
+        (&tokens, &echo, &redis),
+    )
+    .await;
+
+    // `bearerd check` connects the same way, and says why it failed.
+    let (last, _) = check(&trusting, 0);
+    assert_eq!(last, format!("shared_cache: rediss://127.0.0.1:{} answers", redis.port));
+    let (last, _) = check(&untrusting, 1);
+    assert!(
+        last.starts_with(&format!(
+            "shared_cache: FAILED: the shared cache at rediss://127.0.0.1:{} ",
+            redis.port
+        )) && last.contains("UnknownIssuer"),
+        "{last}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_and_password_share_the_token_and_the_password_shows_nowhere() {
+    const USER: &str = "fleet-user";
+    const PASSWORD: &str = "acl-pw-Zq81xT";
+    const WRONG: &str = "wrong-pw-Kd47vN";
+    let redis = RedisServer::start_with_user(USER, PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 11);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let right = fleet_config(&tokens, &redis, &key, "");
+    assert!(right.contains(&format!("redis: redis://{USER}:{PASSWORD}@127.0.0.1:{}\n", redis.port)));
+    let wrong = right.replace(&redis.url(), &redis.url_as(USER, WRONG));
+
+    // Logged in as the ACL user (the default user can do nothing), two processes share one
+    // token; with a wrong password, Redis refuses and the process fetches alone.
+    let fleet = two_share_and_one_is_refused(
+        (&right, &wrong, "Password authentication failed"),
+        "trace",
+        (&tokens, &echo, &redis),
+    )
+    .await;
+
+    // Neither password anywhere bearerd writes or answers, at trace level.
+    let mut said = Vec::new();
+    for bearerd in &fleet {
+        said.push(bearerd.logs());
+        for path in ["/configs", "/metrics"] {
+            let (status, body) = bearerd.admin_get(path).await;
+            assert_eq!(status, 200, "{path}");
+            said.push(body);
+        }
+    }
+    let (last, all) = check(&right, 0);
+    assert_eq!(
+        last,
+        format!(
+            "shared_cache: redis://{USER}:[redacted]@127.0.0.1:{} answers",
+            redis.port
+        )
+    );
+    said.push(all);
+    let (last, all) = check(&wrong, 1);
+    assert!(last.contains("Password authentication failed"), "{last}");
+    said.push(all);
+    for text in &said {
+        for password in [PASSWORD, WRONG] {
+            assert!(!text.contains(password), "{password} in {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_value_is_logged_once_per_incident_not_per_read() {
+    const UNREADABLE: &str = "was not used and will be replaced";
+    const WAITED: &str = "while another process held its lease";
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "cache-key", 12);
+    let tokens = TokenServer::start().await;
+    let echo = Echo::start().await;
+    let bearerd = Bearerd::start(&fleet_config(&tokens, &redis, &key, "    timeout: 1s\n"), "info", &[]);
+    let client = proxied(&bearerd.proxy);
+    assert_eq!(get_through(&client, &echo, "/").await, (200, "tok-1".to_owned()));
+    let name = redis.values(PREFIX)[0].0.clone();
+    let lease = name.replace(":token:", ":lease:");
+    // A token sealed for this very entry, under another key.
+    let foreign = || {
+        let sealer = Sealer::new(&SealingKey::parse(&[13; 32]).unwrap(), PREFIX);
+        let now = std::time::SystemTime::now();
+        let token = SharedToken {
+            token: AccessToken::new("foreign-token"),
+            expires_at: now + Duration::from_secs(3600),
+            refresh_at: now + Duration::from_secs(3000),
+            scope: None,
+        };
+        redis.set(&name, &sealer.seal(&name, &token), 3_600_000);
+    };
+    let count = |logs: &str, what: &str| logs.lines().filter(|line| line.contains(what)).count();
+
+    // Another process seems to hold the lease: each refetch reads the unreadable value until
+    // its wait ends, then fetches alone. Two refetches, many reads, one line.
+    foreign();
+    redis.set(&lease, b"another-process", 60_000);
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-2").await,
+        (200, "tok-2".to_owned())
+    );
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-3").await,
+        (200, "tok-3".to_owned())
+    );
+    let logs = bearerd.logs_when("both waits", |logs| count(logs, WAITED) == 2).await;
+    assert_eq!(count(&logs, UNREADABLE), 1, "{logs}");
+    let (_, text) = bearerd.admin_get("/metrics").await;
+    let unreadable_reads = sample(
+        &text,
+        r#"bearerd_shared_cache_operations_total{op="get",outcome="error"}"#,
+    );
+    assert!(unreadable_reads >= 4, "{unreadable_reads}");
+    assert_eq!(fallbacks(&bearerd).await, 2);
+
+    // The lease free again: this process fetches under it and replaces the value (still the
+    // same incident). A new unreadable value after that is a new incident, logged again.
+    let deleted: i64 = redis::cmd("DEL").arg(&lease).query(&mut redis.connection()).unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-4").await,
+        (200, "tok-4".to_owned())
+    );
+    let ours = Sealer::new(&SealingKey::parse(&[12; 32]).unwrap(), PREFIX);
+    let (_, stored) = &redis.values(PREFIX)[0];
+    assert_eq!(ours.open(&name, stored).unwrap().token.expose(), "tok-4");
+    foreign();
+    assert_eq!(
+        get_through(&client, &echo, "/only/tok-5").await,
+        (200, "tok-5".to_owned())
+    );
+    let logs = bearerd
+        .logs_when("the second incident", |logs| count(logs, UNREADABLE) >= 2)
+        .await;
+    assert_eq!(count(&logs, UNREADABLE), 2, "{logs}");
+    assert_eq!(tokens.count(), 5);
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rustls_pki_types::CertificateDer;
 
-use super::ca::pem_certificate;
+use crate::tls::pem_certificate;
 
 /// Public certificates only: anyone on the machine may read them.
 const MODE: u32 = 0o644;

@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use super::InterceptError;
 use crate::config::{HostPattern, OperatorCa};
+use crate::tls::pem_certificate;
 
 /// How long a generated CA is valid: it lives as long as the process, which may run for
 /// years, and its key dies with it.
@@ -221,18 +222,4 @@ fn offset_time(time: SystemTime) -> time::OffsetDateTime {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
     time::OffsetDateTime::from_unix_timestamp(seconds).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
-
-/// A certificate as PEM: base64 in lines of 64 characters (RFC 7468).
-pub(super) fn pem_certificate(der: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut pem = String::with_capacity(encoded.len() + encoded.len() / 64 + 60);
-    pem.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in encoded.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
 }

@@ -17,11 +17,12 @@
 
 pub mod seal;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
 pub use seal::{Sealer, SharedToken, Unsealed};
@@ -29,10 +30,15 @@ pub use seal::{Sealer, SharedToken, Unsealed};
 use crate::config::SharedCacheConfig;
 use crate::metrics::Metrics;
 use crate::state::Record;
+use crate::tls;
 
 /// The longest one Redis operation may take before this process stops waiting for it and
 /// fetches alone: a shared cache slower than that costs more than it saves.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long [`SharedCache::ping`] waits: long enough for the connection's own retries to
+/// end, so that a refused connection, certificate or password is reported as itself.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Waiters read the value again after this pause, doubling up to [`MAX_PAUSE`]: quick
 /// enough to pick a token up soon after it lands, rare enough that a fleet waiting on one
@@ -56,8 +62,8 @@ return 1";
 /// Why Redis gave no answer; the request goes on without it.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedCacheError {
-    #[error("the shared cache at {url} did not answer within {}ms", OP_TIMEOUT.as_millis())]
-    Timeout { url: String },
+    #[error("the shared cache at {url} did not answer within {}ms", within.as_millis())]
+    Timeout { url: String, within: Duration },
     #[error("the shared cache at {url} failed: {cause}")]
     Redis { url: String, cause: redis::RedisError },
 }
@@ -69,9 +75,12 @@ pub struct SharedCache {
     /// The URL without its password, for messages.
     shown: String,
     metrics: Arc<Metrics>,
-    /// A value that does not open is logged the first time only: every miss would find it
-    /// until it is replaced.
-    reported_unopenable: AtomicBool,
+    /// The entries whose unreadable value was logged. Per entry, until a value there opens
+    /// or this process stores one: one incident is read many times (twice per miss, again
+    /// and again while waiting on a lease holder, at every miss that then fetches alone), and
+    /// a line per read would bury it; per process, a later incident (another entry, or the
+    /// same one after it was repaired) would go unlogged. At most one entry per config.
+    reported_unreadable: Mutex<HashSet<String>>,
 }
 
 /// What a miss found in the shared cache.
@@ -86,18 +95,26 @@ pub enum Found {
 
 impl SharedCache {
     /// Connects lazily: a Redis that is down at start delays nothing, and the first miss
-    /// finds out.
-    pub fn new(config: &SharedCacheConfig, metrics: Arc<Metrics>) -> Result<Self, SharedCacheError> {
+    /// finds out. A `rediss://` server must present a certificate that `roots` (every root
+    /// bearerd trusts: [`crate::tls::load_roots`]) vouch for.
+    pub fn new(
+        config: &SharedCacheConfig,
+        roots: &[CertificateDer<'static>],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SharedCacheError> {
         let shown = config.redis.to_string();
         let failed = |cause| SharedCacheError::Redis {
             url: shown.clone(),
             cause,
         };
-        let client = redis::Client::open(config.redis.expose()).map_err(failed)?;
+        let client = client(config, roots).map_err(failed)?;
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
             .set_number_of_retries(2)
+            // The retries of one connection fit in one operation's time (the crate's first
+            // pause alone would be 100 ms), so what Redis said shows rather than a timeout.
+            .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client, settings).map_err(failed)?;
         Ok(Self {
@@ -105,7 +122,7 @@ impl SharedCache {
             sealer: Sealer::new(&config.key, &config.prefix),
             shown,
             metrics,
-            reported_unopenable: AtomicBool::new(false),
+            reported_unreadable: Mutex::default(),
         })
     }
 
@@ -115,9 +132,24 @@ impl SharedCache {
         &self.sealer
     }
 
+    /// Connects at start, and says whether Redis answers: the first miss then finds the
+    /// connection (and its TLS handshake) made, and a Redis that cannot be used (its
+    /// certificate, its password) is logged at once, with why.
+    pub async fn connect(&self) {
+        match self.ping().await {
+            Ok(()) => tracing::info!(redis = %self.shown, "the shared cache answers"),
+            Err(err) => tracing::warn!(
+                error = %crate::chain(&err),
+                "the shared cache does not answer; tokens are fetched alone until it does"
+            ),
+        }
+    }
+
     /// Whether Redis answers a `PING` now (for `bearerd check`).
     pub async fn ping(&self) -> Result<(), SharedCacheError> {
-        self.run::<String>(&redis::cmd("PING")).await.map(drop)
+        self.run_within::<String>(&redis::cmd("PING"), PING_TIMEOUT)
+            .await
+            .map(drop)
     }
 
     /// Looks for the token named `hash`: one that `usable` accepts, or the lease to fetch
@@ -139,14 +171,14 @@ impl SharedCache {
         let mut pause = FIRST_PAUSE;
         loop {
             match self.get(&key).await {
-                Err(_) => return Found::Alone,
+                Err(err) => return fall_back(&err),
                 Ok(Some((token, value))) if usable(&token) && refused != Some(value.as_slice()) => {
                     return Found::Stored(token, value);
                 }
                 Ok(_) => {}
             }
             match self.take_lease(hash, wait).await {
-                Err(_) => return Found::Alone,
+                Err(err) => return fall_back(&err),
                 // Another holder may have stored its token and released the lease between
                 // our read and our SET: one more read saves a second token request.
                 Ok(Some(lease)) => {
@@ -187,6 +219,7 @@ impl SharedCache {
         match self.sealer.open(key, &value) {
             Ok(token) => {
                 self.count("get", "hit");
+                self.readable(key);
                 Ok(Some((token, value)))
             }
             Err(why) => {
@@ -195,6 +228,18 @@ impl SharedCache {
                 Ok(None)
             }
         }
+    }
+
+    /// `key` holds a value that opens: an unreadable one there later is a new incident.
+    fn readable(&self, key: &str) {
+        let mut reported = self.reported();
+        if !reported.is_empty() {
+            reported.remove(key);
+        }
+    }
+
+    fn reported(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.reported_unreadable.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The lease on `hash` for `ttl`, when no other process holds it.
@@ -252,6 +297,7 @@ impl SharedCache {
         match self.sealer.open_record(&key, &value) {
             Ok(record) => {
                 self.count("get", "hit");
+                self.readable(&key);
                 Ok(Some((record, value)))
             }
             Err(why) => {
@@ -302,7 +348,7 @@ impl SharedCache {
             None => pipe.del(&key).ignore(),
         };
         let mut connection = self.connection.clone();
-        let written = self.timed(pipe.query_async::<()>(&mut connection)).await;
+        let written = self.timed(pipe.query_async::<()>(&mut connection), OP_TIMEOUT).await;
         self.count("set", if written.is_ok() { "ok" } else { "error" });
         written
     }
@@ -316,19 +362,34 @@ impl SharedCache {
             .run::<()>(redis::cmd("SET").arg(key).arg(&value).arg("PX").arg(millis(ttl).max(1)))
             .await;
         self.count("set", if stored.is_ok() { "ok" } else { "error" });
+        if stored.is_ok() {
+            self.readable(key);
+        }
         stored.ok().map(|()| value)
     }
 
     /// Sends `command`, giving up after [`OP_TIMEOUT`].
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, SharedCacheError> {
-        let mut connection = self.connection.clone();
-        self.timed(command.query_async(&mut connection)).await
+        self.run_within(command, OP_TIMEOUT).await
     }
 
-    /// `query`'s answer, or why there is none: Redis failed, or took longer than
-    /// [`OP_TIMEOUT`].
-    async fn timed<T>(&self, query: impl Future<Output = redis::RedisResult<T>>) -> Result<T, SharedCacheError> {
-        match tokio::time::timeout(OP_TIMEOUT, query).await {
+    /// Sends `command`, giving up after `within`.
+    async fn run_within<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+        within: Duration,
+    ) -> Result<T, SharedCacheError> {
+        let mut connection = self.connection.clone();
+        self.timed(command.query_async(&mut connection), within).await
+    }
+
+    /// `query`'s answer, or why there is none: Redis failed, or took longer than `within`.
+    async fn timed<T>(
+        &self,
+        query: impl Future<Output = redis::RedisResult<T>>,
+        within: Duration,
+    ) -> Result<T, SharedCacheError> {
+        match tokio::time::timeout(within, query).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(cause)) => Err(SharedCacheError::Redis {
                 url: self.shown.clone(),
@@ -336,14 +397,15 @@ impl SharedCache {
             }),
             Err(_) => Err(SharedCacheError::Timeout {
                 url: self.shown.clone(),
+                within,
             }),
         }
     }
 
-    /// Logs a value that does not open, the first time only: every miss would find it
-    /// until it is replaced.
+    /// Logs a value that does not open under `key`, once until a readable value is back
+    /// there (see `reported_unreadable`).
     fn report_unopenable(&self, key: &str, why: Unsealed) {
-        if !self.reported_unopenable.swap(true, Ordering::Relaxed) {
+        if self.reported().insert(key.to_owned()) {
             tracing::warn!(
                 key,
                 "a value in the shared cache was not used and will be replaced: {why}"
@@ -407,6 +469,33 @@ impl Drop for Lease {
             });
         }
     }
+}
+
+/// Says why this fetch goes without Redis (a refused TLS certificate or password shows here
+/// and nowhere else once running): a line per token fetched alone, never more often than
+/// the token requests themselves.
+fn fall_back(err: &SharedCacheError) -> Found {
+    tracing::warn!(error = %crate::chain(err), "the shared cache failed; fetching the token alone");
+    Found::Alone
+}
+
+/// The client for `config.redis`. Over TLS it trusts exactly `roots`: the crate's own
+/// default would be the system store alone, without webpki's roots or `tls.ca_file`. It
+/// takes roots only as PEM, and builds its rustls configuration with the process's default
+/// provider, which is made aws-lc-rs first.
+fn client(config: &SharedCacheConfig, roots: &[CertificateDer<'static>]) -> redis::RedisResult<redis::Client> {
+    if !config.redis.tls() {
+        return redis::Client::open(config.redis.expose());
+    }
+    tls::install_default_provider();
+    let pem: String = roots.iter().map(tls::pem_certificate).collect();
+    redis::Client::build_with_tls(
+        config.redis.expose(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.into_bytes()),
+        },
+    )
 }
 
 fn millis(duration: Duration) -> u64 {

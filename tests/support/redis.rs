@@ -7,22 +7,54 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::WAIT;
+use crate::support::{TestCa, WAIT};
 
 /// A `redis-server` process; killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// TLS only (no plain port), with a certificate for `127.0.0.1` signed by this CA (PEM).
+    tls_ca: Option<String>,
+    /// An ACL user with every right, and its password; the `default` user is disabled.
+    user: Option<(String, String)>,
 }
 
 impl RedisServer {
     /// Starts one on a port the kernel picked as free.
     pub fn start() -> Self {
+        Self::start_with(None, None)
+    }
+
+    /// Serving TLS only (`rediss://`), with `ca`'s server certificate; clients need not
+    /// present one.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca), None)
+    }
+
+    /// With one ACL user, `user` with `password`, allowed everything; `default` is disabled,
+    /// so a connection without that password can do nothing.
+    pub fn start_with_user(user: &str, password: &str) -> Self {
+        Self::start_with(None, Some((user, password)))
+    }
+
+    fn start_with(ca: Option<&TestCa>, user: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(ca) = ca {
+            for (name, pem) in [
+                ("ca.pem", &ca.ca_pem),
+                ("server.pem", &ca.server_cert_pem),
+                ("server-key.pem", &ca.server_key_pem),
+            ] {
+                std::fs::write(dir.path().join(name), pem).unwrap();
+            }
+        }
         let mut server = Self {
             child: None,
             port: 0,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+            tls_ca: ca.map(|ca| ca.ca_pem.clone()),
+            user: user.map(|(user, password)| (user.to_owned(), password.to_owned())),
         };
         // The kernel names a free port; redis-server binds it a moment later. Another
         // process may take it in between, so a start that fails is tried on a new port.
@@ -35,9 +67,36 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` over TLS, with the ACL user and its password
+    /// when there is one).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.user {
+            Some((user, password)) => self.url_as(user, password),
+            None => format!("{}://127.0.0.1:{}", self.scheme(), self.port),
+        }
+    }
+
+    /// The URL with `user` and `password`, right or wrong.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("{}://{user}:{password}@127.0.0.1:{}", self.scheme(), self.port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls_ca.is_some() { "rediss" } else { "redis" }
+    }
+
+    /// A client for [`Self::url`] that trusts the server's CA alone.
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls_ca {
+            None => redis::Client::open(self.url()),
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone().into_bytes()),
+                },
+            ),
+        }
     }
 
     /// Kills the server (SIGKILL, by its PID) and waits for it: Redis is gone, as in a crash.
@@ -85,10 +144,7 @@ impl RedisServer {
 
     /// A plain connection for the test's own reads and writes.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(WAIT)
-            .unwrap()
+        self.client().unwrap().get_connection_with_timeout(WAIT).unwrap()
     }
 
     /// Every key whose name starts with `prefix`, and its raw value.
@@ -145,8 +201,33 @@ impl RedisServer {
     /// Starts the process and waits (bounded) until it answers `PING`; false when it exited
     /// instead (its port was taken).
     fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new("redis-server");
+        if self.tls_ca.is_some() {
+            let file = |name: &str| self.dir.path().join(name);
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(file("server-key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        if let Some((user, password)) = &self.user {
+            command.args(["--user", "default", "off"]).args([
+                "--user",
+                user,
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ]);
+        }
+        let mut child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -177,7 +258,7 @@ impl RedisServer {
     }
 
     fn answers(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
+        let Ok(client) = self.client() else {
             return false;
         };
         client
