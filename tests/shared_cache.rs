@@ -11,6 +11,7 @@ mod redis_server;
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bearerd::secret::{AccessToken, SealingKey};
@@ -445,79 +446,224 @@ async fn check_says_whether_redis_answers_without_its_password() {
     assert!(all.lines().nth(1).unwrap().contains(" ok "), "{all}");
 }
 
+/// Token requests the fleet sends in [`a_minute_of_steady_traffic_over_four_processes_fetches_once_per_refresh`]:
+/// 5 s tokens (`expiry_skew: 0s`) whose lifetime counts from the request's sending, refreshed
+/// once `refresh_before: 2s` remains, so each token request comes at least 3 s after the
+/// previous one, and (the fleet reacting at once) about that.
+const STEADY_LIFETIME: u64 = 5;
+const STEADY_REFRESH_BEFORE: u64 = 2;
+const STEADY_TRAFFIC: Duration = Duration::from_secs(60);
+/// Traffic starts this long after the first token request arrived (or later, if the first
+/// requests took longer): the end of traffic then lies half a refresh period past the
+/// 20th, away from where a few milliseconds would change the count.
+const STEADY_OFFSET: Duration = Duration::from_millis(1500);
+
+/// One request of the steady traffic: when it started (after it passed the fence), and the
+/// number of the token the upstream received.
+struct Sent {
+    started: std::time::Instant,
+    token: usize,
+}
+
+/// One token request the endpoint answered: when it arrived and when it was answered.
+struct Issued {
+    received: std::time::Instant,
+    answered: std::time::Instant,
+}
+
+/// The steady test's token endpoint, what it answered, and the fence between it and the
+/// traffic. Requests hold a read guard while in flight. Before it answers a refresh, the
+/// token endpoint takes the write guard: it waits for every request in flight to finish,
+/// and none starts until it answered. A request waiting on that token request would never
+/// finish (the endpoint gives up on it, and the check names it); one that does finish got
+/// an older token. So every request got a token answered before it started, or it waited:
+/// no clock decides it.
+#[derive(Default)]
+struct Fenced {
+    fence: Arc<tokio::sync::RwLock<()>>,
+    issued: Arc<std::sync::Mutex<Vec<Issued>>>,
+}
+
+impl Fenced {
+    /// Answers each token request after 1 s with a token for `STEADY_LIFETIME`; fenced from
+    /// the second on (the first is the cold start: every request waits on it).
+    async fn token_endpoint(&self) -> TokenServer {
+        let (fence, issued) = (Arc::clone(&self.fence), Arc::clone(&self.issued));
+        TokenServer::with_waits(
+            move |n| {
+                let (fence, issued) = (Arc::clone(&fence), Arc::clone(&issued));
+                Box::pin(async move {
+                    let received = std::time::Instant::now();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Given up well before the clients' own timeout (WAIT), so a request
+                    // that waits gets its token and the check names it.
+                    let _drained = if n > 1 {
+                        tokio::time::timeout(WAIT / 2, fence.write()).await.ok()
+                    } else {
+                        None
+                    };
+                    issued.lock().unwrap().push(Issued {
+                        received,
+                        answered: std::time::Instant::now(),
+                    });
+                })
+            },
+            |n, _| ok_token(&format!("tok-{n}"), STEADY_LIFETIME),
+        )
+        .await
+    }
+
+    /// When the first token request arrived.
+    fn first_received(&self) -> std::time::Instant {
+        self.issued.lock().unwrap()[0].received
+    }
+
+    /// Eight senders, two per client, each sending `GET url` then pausing 20 ms until
+    /// `end`: the requests answered 200, and the answers of the others.
+    async fn traffic(
+        &self,
+        clients: &[reqwest::Client],
+        url: &str,
+        end: tokio::time::Instant,
+    ) -> (Vec<Sent>, Vec<(u16, String)>) {
+        let senders: Vec<_> = (0..8)
+            .map(|i| {
+                let (client, url) = (clients[i % clients.len()].clone(), url.to_owned());
+                let fence = Arc::clone(&self.fence);
+                tokio::spawn(async move {
+                    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+                    while tokio::time::Instant::now() < end {
+                        let in_flight = fence.read().await;
+                        let started = std::time::Instant::now();
+                        let answer = client.get(&url).header("x-auth-config", "billing").send().await;
+                        match answer {
+                            Ok(response) => match token_sent(response).await {
+                                (200, token) => sent.push(Sent {
+                                    started,
+                                    token: token.strip_prefix("tok-").unwrap().parse().unwrap(),
+                                }),
+                                other => failed.push(other),
+                            },
+                            // Timed out (after WAIT) or refused: failed all the same.
+                            Err(err) => failed.push((0, err.to_string())),
+                        }
+                        drop(in_flight);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    (sent, failed)
+                })
+            })
+            .collect();
+        let (mut sent, mut failed) = (Vec::new(), Vec::new());
+        for sender in senders {
+            let (ok, not) = sender.await.unwrap();
+            sent.extend(ok);
+            failed.extend(not);
+        }
+        (sent, failed)
+    }
+
+    /// Checks that no request waited: each carried a token answered before it started, and
+    /// never one older than the previous (still valid while its successor is fetched).
+    /// Returns how many started while a token request was in flight.
+    fn check_no_request_waited(&self, sent: &[Sent]) -> usize {
+        let issued = self.issued.lock().unwrap();
+        let mut during_fetches = 0;
+        for request in sent {
+            let newest = issued.iter().filter(|t| t.answered < request.started).count();
+            assert!(
+                request.token <= newest && request.token + 1 >= newest,
+                "a request that started after tok-{newest} was answered got tok-{} (waited, or an expired token)",
+                request.token
+            );
+            if issued
+                .iter()
+                .any(|t| t.received < request.started && request.started < t.answered)
+            {
+                during_fetches += 1;
+            }
+        }
+        during_fetches
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn steady_traffic_over_four_processes_waits_on_the_token_endpoint_only_at_the_start() {
+async fn a_minute_of_steady_traffic_over_four_processes_fetches_once_per_refresh() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(dir.path(), "cache-key", 8);
-    // 4 s tokens refreshed from 2 s on: at most one token request per 2 s for the fleet.
-    let tokens = TokenServer::with(Duration::from_millis(100), |n, _| ok_token(&format!("tok-{n}"), 4)).await;
+    let fenced = Fenced::default();
+    let tokens = fenced.token_endpoint().await;
     let echo = Echo::start().await;
-    let yaml = fleet_config(&tokens, &redis, &key, "    expiry_skew: 0s\n    refresh_before: 2s\n");
-    let mut fleet = Vec::new();
-    for _ in 0..4 {
-        fleet.push(start_bearerd(&yaml).await);
+    let yaml = fleet_config(
+        &tokens,
+        &redis,
+        &key,
+        &format!("    expiry_skew: 0s\n    refresh_before: {STEADY_REFRESH_BEFORE}s\n"),
+    );
+    let fleet: Vec<Bearerd> = (0..4).map(|_| Bearerd::start(&yaml, "info", &[])).collect();
+    for bearerd in &fleet {
+        let line = redis_at_start(bearerd).await;
+        assert!(line.contains("the shared cache answers"), "{line}");
     }
-    let clients: Vec<reqwest::Client> = fleet.iter().map(|b| proxied_client(b.proxy_addr)).collect();
-    // Each process's first request waits for its token (fetched by one, read by the rest).
+    let clients: Vec<reqwest::Client> = fleet.iter().map(|bearerd| proxied(&bearerd.proxy)).collect();
+    // The first request waits for the first token; the others find it in Redis.
     for client in &clients {
         assert_eq!(get_through(client, &echo, "/first").await, (200, "tok-1".to_owned()));
     }
     assert_eq!(tokens.count(), 1);
 
-    let started = tokio::time::Instant::now();
-    let run = Duration::from_secs(10);
-    let senders: Vec<_> = (0..8)
-        .map(|i| {
-            let client = clients[i % 4].clone();
-            let url = format!("http://{}/steady", echo.addr);
-            tokio::spawn(async move {
-                let (mut sent, mut failed) = (0, 0);
-                while started.elapsed() < run {
-                    let status = get_with_config(&client, &url, "billing").await.status();
-                    sent += 1;
-                    if status != 200 {
-                        failed += 1;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                (sent, failed)
-            })
-        })
-        .collect();
-    let mut totals = (0, 0);
-    for sender in senders {
-        let (sent, failed) = sender.await.unwrap();
-        totals = (totals.0 + sent, totals.1 + failed);
-    }
-    let elapsed = started.elapsed();
-    assert!(totals.0 > 100, "{totals:?}");
-    assert_eq!(totals.1, 0, "no request failed");
-    // Each process waited on a fetch for its first request only; later ones were hits or
-    // refresh-ahead uses of a valid token.
+    let first_received = fenced.first_received();
+    tokio::time::sleep_until((first_received + STEADY_OFFSET).into()).await;
+    let end = tokio::time::Instant::now() + STEADY_TRAFFIC;
+    let (sent, failed) = fenced
+        .traffic(&clients, &format!("http://{}/steady", echo.addr), end)
+        .await;
+    assert_eq!(failed, Vec::<(u16, String)>::new(), "no request failed");
+    let fetched = tokens.count();
+    assert_eq!(
+        fenced.issued.lock().unwrap().len(),
+        fetched,
+        "every token request answered"
+    );
+    let during_fetches = fenced.check_no_request_waited(&sent);
+    assert!(during_fetches > 0, "requests were served while tokens were fetched");
     for server in &fleet {
-        let text = metrics(server).await;
-        assert_eq!(
+        let (_, text) = server.admin_get("/metrics").await;
+        let lookups = |result| {
             sample(
                 &text,
-                r#"bearerd_token_cache_lookups_total{auth_config="billing",result="miss"}"#
-            ),
-            1,
-            "{text}"
-        );
+                &format!(r#"bearerd_token_cache_lookups_total{{auth_config="billing",result="{result}"}}"#),
+            )
+        };
+        assert_eq!(lookups("miss"), 1, "only the first request of each process waited");
         assert_eq!(
             sample(&text, r#"bearerd_shared_cache_fallbacks_total{auth_config="billing"}"#),
             0
         );
     }
-    // One refresh per refresh interval for the whole fleet, not one per process.
-    let most = elapsed.as_secs() / 2 + 2;
-    let fetched = tokens.count();
+    // One token request per refresh period for the fleet. A refresh is requested no sooner
+    // than 3 s after the previous token's request was sent (the first's was sent before the
+    // endpoint received it), by a request started before `end`: at most
+    // 1 + floor(span / 3 s) token requests, `span` running from the first's arrival to `end`
+    // (61.5 s when the first requests took less than 1.5 s). The design's count is that
+    // maximum: the fleet starts each refresh at the first request after the refresh time,
+    // which comes within milliseconds; one fewer allows it 75 to 236 ms on average (a
+    // loaded machine). Later than 1 s, a token would expire before its successor came, and
+    // a request would have waited (checked above).
+    let span = end.into_std() - first_received;
+    let period = Duration::from_secs(STEADY_LIFETIME - STEADY_REFRESH_BEFORE);
+    let most = 1 + span.as_millis() / period.as_millis();
     assert!(
-        fetched as u64 <= most,
-        "{fetched} token requests in {elapsed:?} (at most {most})"
+        (most - 1..=most).contains(&(fetched as u128)),
+        "{fetched} token requests over {span:?} (expected {most}, or {} on a slow machine)",
+        most - 1
     );
-    eprintln!("{fetched} token requests for 4 processes in {elapsed:?} of steady traffic");
+    eprintln!(
+        "{fetched} token requests for 4 processes in {}s of steady traffic ({} requests, {during_fetches} started while a token was fetched; {STEADY_LIFETIME}s tokens refreshed {STEADY_REFRESH_BEFORE}s before expiry)",
+        STEADY_TRAFFIC.as_secs(),
+        sent.len()
+    );
 }
 
 /// A `refresh_token` config `crm` whose file holds `rt-from-file`, keeping its refresh

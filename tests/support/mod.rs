@@ -4,8 +4,10 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +59,9 @@ pub type Reply = (u16, &'static str, String);
 
 type Responder = dyn Fn(usize, &Recorded) -> Reply + Send + Sync;
 
+/// What the token endpoint waits for before it answers request `n`.
+pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A token endpoint on loopback that records every request and answers with `responder`
 /// (given the 1-based request number), after `delay`. Dropping it closes its listener and
 /// every connection.
@@ -73,7 +78,7 @@ impl TokenServer {
     }
 
     pub async fn with(delay: Duration, responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Self {
-        Self::serve(None, move |_| delay, responder).await
+        Self::with_delays(move |_| delay, responder).await
     }
 
     /// Answers request `n` after `delay(n)`.
@@ -81,14 +86,22 @@ impl TokenServer {
         delay: impl Fn(usize) -> Duration + Send + Sync + 'static,
         responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
     ) -> Self {
-        Self::serve(None, delay, responder).await
+        Self::with_waits(move |n| Box::pin(tokio::time::sleep(delay(n))), responder).await
+    }
+
+    /// Answers request `n` once `wait(n)` is done.
+    pub async fn with_waits(
+        wait: impl Fn(usize) -> Wait + Send + Sync + 'static,
+        responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(None, wait, responder).await
     }
 
     /// Over TLS with `tls`, which may require client certificates (`TestCa::mtls_server_config`).
     pub async fn with_tls(tls: Arc<rustls::ServerConfig>) -> Self {
         Self::serve(
             Some(tls),
-            |_| Duration::ZERO,
+            |_| Box::pin(std::future::ready(())),
             |n, _| ok_token(&format!("tok-{n}"), 3600),
         )
         .await
@@ -96,10 +109,10 @@ impl TokenServer {
 
     async fn serve(
         tls: Option<Arc<rustls::ServerConfig>>,
-        delay: impl Fn(usize) -> Duration + Send + Sync + 'static,
+        wait: impl Fn(usize) -> Wait + Send + Sync + 'static,
         responder: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
     ) -> Self {
-        let delay: Arc<dyn Fn(usize) -> Duration + Send + Sync> = Arc::new(delay);
+        let wait: Arc<dyn Fn(usize) -> Wait + Send + Sync> = Arc::new(wait);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -115,13 +128,13 @@ impl TokenServer {
                 };
                 while connections.try_join_next().is_some() {}
                 let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
-                let delay = Arc::clone(&delay);
+                let wait = Arc::clone(&wait);
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
                     let record = move |client_certificate: Option<Vec<u8>>| {
                         service_fn(move |request: Request<Incoming>| {
                             let (recorded, responder) = (Arc::clone(&recorded), Arc::clone(&responder));
-                            let delay = Arc::clone(&delay);
+                            let wait = Arc::clone(&wait);
                             let client_certificate = client_certificate.clone();
                             async move {
                                 let (parts, body) = request.into_parts();
@@ -143,7 +156,7 @@ impl TokenServer {
                                     all.push(request.clone());
                                     all.len()
                                 };
-                                tokio::time::sleep(delay(n)).await;
+                                wait(n).await;
                                 let (status, content_type, body) = responder(n, &request);
                                 let mut response = Response::new(Full::new(Bytes::from(body)));
                                 *response.status_mut() = StatusCode::from_u16(status).unwrap();
