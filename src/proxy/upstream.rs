@@ -167,9 +167,10 @@ impl Upstream {
             };
             // bearerd's client answers from its own arm: nothing of its exchange is held
             // while hyper's runs (a future keeps whatever lives across an await), and its
-            // response becomes a `Permitted` in one step.
-            let body = match (body, pool) {
-                (Outgoing::Full(body), Some(pool)) => {
+            // response becomes a `Permitted` in one step. `body` is matched alone: a tuple
+            // with `pool` would be a temporary kept in the future for the whole match.
+            let body = match body {
+                Outgoing::Full(body) if let Some(pool) = pool => {
                     match pool
                         .send(&request.method, &request.uri, lines, &request.headers, &body)
                         .await?
@@ -183,7 +184,7 @@ impl Upstream {
                         h1::Sent::Http2 => Outgoing::Full(body),
                     }
                 }
-                (body, _) => body,
+                body => body,
             };
             let response = Box::pin(self.via_hyper(request, lines, body)).await?;
             Ok::<_, BoxError>(response.map(|body| Permitted { body, _permit: permit }))
