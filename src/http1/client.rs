@@ -717,7 +717,9 @@ struct Host {
 
 struct Idle {
     connection: Box<Connection>,
-    since: Instant,
+    /// When it has been idle for [`POOL_IDLE_TIMEOUT`]: kept rather than when it became idle,
+    /// so each look is a comparison of instants, not a subtraction.
+    expires: Instant,
 }
 
 impl Host {
@@ -729,7 +731,7 @@ impl Host {
     fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.lock();
         while let Some(mut idle) = idle.pop() {
-            if idle.since.elapsed() < POOL_IDLE_TIMEOUT && idle.connection.is_usable() {
+            if Instant::now() < idle.expires && idle.connection.is_usable() {
                 return Some(idle.connection);
             }
         }
@@ -739,7 +741,7 @@ impl Host {
     /// Closes (drops) the connections idle for too long: the front of the list, found with one
     /// look at the front and a binary search only when it has expired. Whether any are left.
     fn sweep(idle: &mut Vec<Idle>, now: Instant) -> bool {
-        let expired = |idle: &Idle| now.duration_since(idle.since) >= POOL_IDLE_TIMEOUT;
+        let expired = |idle: &Idle| now >= idle.expires;
         if idle.first().is_some_and(expired) {
             let expired = idle.partition_point(expired);
             idle.drain(..expired);
@@ -842,7 +844,10 @@ impl Pool {
         let now = Instant::now();
         {
             let mut idle = host.lock();
-            idle.push(Idle { connection, since: now });
+            idle.push(Idle {
+                connection,
+                expires: now + POOL_IDLE_TIMEOUT,
+            });
             Host::sweep(&mut idle, now);
         }
         let since_start = self.since_start(now);
