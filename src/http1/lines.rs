@@ -158,11 +158,14 @@ impl RequestLines {
     /// The first value of `name` among the lines and what was added.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         let name = name.as_str().as_bytes();
-        let lines = self.lines().filter(|_| self.may_have(name));
-        lines
-            .chain(self.added())
-            .find(|(line, _)| line.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
+        let named = |(line, _): &(&[u8], &[u8])| line.eq_ignore_ascii_case(name);
+        // Asked once, not per line: the lines are searched only when one may be named so.
+        let line = if self.may_have(name) {
+            self.lines().find(named)
+        } else {
+            None
+        };
+        line.or_else(|| self.added().find(named)).map(|(_, value)| value)
     }
 
     /// Adds `X-Request-Id: id`, in place of every line (and addition) of that name.

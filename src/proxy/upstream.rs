@@ -165,18 +165,28 @@ impl Upstream {
                 Some(scheme) if *scheme == Scheme::HTTPS => Some(&self.tls),
                 _ => None,
             };
-            let response = match (body, pool) {
-                (Outgoing::Full(body), Some(pool)) => {
+            // bearerd's client answers from its own arm: nothing of its exchange is held
+            // while hyper's runs (a future keeps whatever lives across an await), and its
+            // response becomes a `Permitted` in one step. `body` is matched alone: a tuple
+            // with `pool` would be a temporary kept in the future for the whole match.
+            let body = match body {
+                Outgoing::Full(body) if let Some(pool) = pool => {
                     match pool
                         .send(&request.method, &request.uri, lines, &request.headers, &body)
                         .await?
                     {
-                        h1::Sent::Response(response) => response.map(Received::H1),
-                        h1::Sent::Http2 => Box::pin(self.via_hyper(request, lines, Outgoing::Full(body))).await?,
+                        h1::Sent::Response(response) => {
+                            return Ok(response.map(|body| Permitted {
+                                body: Received::H1(body),
+                                _permit: permit,
+                            }));
+                        }
+                        h1::Sent::Http2 => Outgoing::Full(body),
                     }
                 }
-                (body, _) => Box::pin(self.via_hyper(request, lines, body)).await?,
+                body => body,
             };
+            let response = Box::pin(self.via_hyper(request, lines, body)).await?;
             Ok::<_, BoxError>(response.map(|body| Permitted { body, _permit: permit }))
         });
         let outcome = match timer {
