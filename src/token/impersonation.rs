@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use http::header;
 use serde_json::Value;
 
+use super::answer::{TokenError, TokenResponse, content_type_of, read_body, transport_error};
 use super::discovery::quote;
-use super::endpoint::{TokenError, TokenResponse, content_type_of, read_body, transport_error};
 use crate::config::{AuthConfig, Impersonation, endpoint_name, parse_timestamp};
 use crate::secret::AccessToken;
 

@@ -23,6 +23,7 @@
 //! expired token is never handed out. Fetches run as their own tasks, so a request that
 //! gives up does not cancel a fetch other requests wait for.
 
+mod answer;
 mod discovery;
 mod endpoint;
 mod fleet;
@@ -40,9 +41,10 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use answer::{MAX_RESPONSE_BYTES, TokenError, TokenResponse};
 pub use endpoint::{
-    AuthorizationServer, GrantRequest, MAX_RESPONSE_BYTES, RequestToken, TokenClient, TokenError, TokenFile,
-    TokenFileState, TokenResponse, basic_auth, inspect_token_file, parse_response, token_files,
+    AuthorizationServer, GrantRequest, RequestToken, TokenClient, TokenFile, TokenFileState, basic_auth,
+    inspect_token_file, parse_response, token_files,
 };
 pub use fleet::entry_hash;
 pub use grants::{Consented, Grants, holds_refresh_token, remedy};
