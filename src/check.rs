@@ -4,8 +4,9 @@
 //!
 //! A user grant (`authorization_code`, `refresh_token`) is not refreshed: with rotation, a
 //! refresh by `check` would spend the refresh token the running bearerd holds. Its row says
-//! whether `state.file` (with `shared_cache:`, Redis) holds a refresh token, or that a consent is required (which is not
-//! a failure: it is the state of a config nobody has consented for yet).
+//! whether `state.file` (with `shared_cache:`, Redis) holds a refresh token, or that a
+//! consent is required (which is not a failure: it is the state of a config nobody has
+//! consented for yet).
 //!
 //! A config that sends a workload's token (`assertion_file`, `subject_token_file`) lists
 //! each file under the table with what reading it found: readable, a JWT, when it expires.

@@ -208,6 +208,16 @@ impl SharedCache {
     /// The token stored under `key` and its sealed value; a value that does not open is
     /// absent.
     async fn get(&self, key: &str) -> Result<Option<(SharedToken, Vec<u8>)>, SharedCacheError> {
+        self.get_sealed(key, Sealer::open).await
+    }
+
+    /// What `open` reads from the value under `key`, and that sealed value; a value that
+    /// does not open is absent (counted, and logged once per incident).
+    async fn get_sealed<T>(
+        &self,
+        key: &str,
+        open: impl FnOnce(&Sealer, &str, &[u8]) -> Result<T, Unsealed>,
+    ) -> Result<Option<(T, Vec<u8>)>, SharedCacheError> {
         let value: Option<Vec<u8>> = self
             .run(redis::cmd("GET").arg(key))
             .await
@@ -216,11 +226,11 @@ impl SharedCache {
             self.count("get", "miss");
             return Ok(None);
         };
-        match self.sealer.open(key, &value) {
-            Ok(token) => {
+        match open(&self.sealer, key, &value) {
+            Ok(opened) => {
                 self.count("get", "hit");
                 self.readable(key);
-                Ok(Some((token, value)))
+                Ok(Some((opened, value)))
             }
             Err(why) => {
                 self.count("get", "error");
@@ -285,27 +295,7 @@ impl SharedCache {
     /// (the version a [`SharedCache::replace_grant`] compares with). A value that does not
     /// open is absent: the grant needs a new consent, which replaces it.
     pub async fn read_grant(&self, hash: &str) -> Result<Option<(Record, Vec<u8>)>, SharedCacheError> {
-        let key = self.sealer.grant_key(hash);
-        let value: Option<Vec<u8>> = self
-            .run(redis::cmd("GET").arg(&key))
-            .await
-            .inspect_err(|_| self.count("get", "error"))?;
-        let Some(value) = value else {
-            self.count("get", "miss");
-            return Ok(None);
-        };
-        match self.sealer.open_record(&key, &value) {
-            Ok(record) => {
-                self.count("get", "hit");
-                self.readable(&key);
-                Ok(Some((record, value)))
-            }
-            Err(why) => {
-                self.count("get", "error");
-                self.report_unopenable(&key, why);
-                Ok(None)
-            }
-        }
+        self.get_sealed(&self.sealer.grant_key(hash), Sealer::open_record).await
     }
 
     /// Replaces the record of the user grant named `hash` with `new` (removes it when

@@ -50,6 +50,7 @@ enum Keeper {
 }
 
 /// The user grants' records in Redis, and what this process last read of each.
+#[derive(Clone)]
 struct Fleet {
     cache: Arc<SharedCache>,
     /// By entry hash: answers [`FetchToken::blocked`] without a round trip.
@@ -64,19 +65,19 @@ struct Known {
     rereading: bool,
 }
 
-/// A grant's record as read, and its version for the compare-and-set that replaces it.
-#[derive(Clone, Default)]
+/// A grant's record as read, where, and its version for the compare-and-set that replaces
+/// it.
 struct Read {
+    /// Where it was read: its key in `state.file`, or its entry hash in Redis.
+    key: String,
     record: Option<Record>,
     /// Redis: the sealed value read (`None`: absent). `state.file` compares records.
     sealed: Option<Vec<u8>>,
 }
 
-/// The refresh token a user grant would send now, and the record it was read from.
+/// The refresh token a user grant would send now.
 struct Current {
     token: RefreshToken,
-    /// Its record as read.
-    read: Read,
     /// `refresh_token` grant: the hash of the file the record starts from.
     seed_sha256: Option<String>,
 }
@@ -136,7 +137,7 @@ impl Grants {
     async fn refresh(&self, config: &AuthConfig) -> Result<TokenResponse, TokenError> {
         let store = self.keeper()?;
         let read = store.read(config).await?;
-        let Some(current) = current(config, read) else {
+        let Some(current) = current(config, read.record.as_ref()) else {
             self.publish_one(config);
             return Err(consent_required(config, None));
         };
@@ -147,16 +148,16 @@ impl Grants {
         {
             Ok(mut response) => {
                 let newest = response.refresh_token.take().unwrap_or_else(|| current.token.clone());
-                let unchanged = current.read.record.as_ref().is_some_and(|record| {
+                let unchanged = read.record.as_ref().is_some_and(|record| {
                     record.refresh_token.as_ref() == Some(&newest) && record.seed_sha256 == current.seed_sha256
                 });
                 if !unchanged {
                     let record = Record::new(&config.id, Some(newest), current.seed_sha256.clone())
-                        .succeeding(current.read.record.as_ref());
+                        .succeeding(read.record.as_ref());
                     // Ok(false): a consent came meanwhile and its newer refresh token stays;
                     // this access token is good all the same.
                     store
-                        .replace(config, current.read, Some(record))
+                        .replace(read, Some(record))
                         .await
                         .map_err(|err| {
                             TokenError::State(format!(
@@ -180,8 +181,8 @@ impl Grants {
                 let spent = current
                     .seed_sha256
                     .clone()
-                    .map(|seed| Record::new(&config.id, None, Some(seed)).succeeding(current.read.record.as_ref()));
-                match store.replace(config, current.read, spent).await {
+                    .map(|seed| Record::new(&config.id, None, Some(seed)).succeeding(read.record.as_ref()));
+                match store.replace(read, spent).await {
                     Ok(false) => {
                         // A consent replaced the refused token meanwhile.
                         return Err(TokenError::Refused {
@@ -205,32 +206,28 @@ impl Grants {
 
 /// The refresh token `config` would send, given its `record`; `None` when it holds none the
 /// provider may still honour (a new consent is needed).
-fn current(config: &AuthConfig, read: Read) -> Option<Current> {
-    let held = |read: &Read| read.record.as_ref().and_then(|r| r.refresh_token.clone());
+fn current(config: &AuthConfig, record: Option<&Record>) -> Option<Current> {
+    let held = || record.and_then(|r| r.refresh_token.clone());
     let Some(first) = &config.first_refresh_token else {
-        return held(&read).map(|token| Current {
+        return held().map(|token| Current {
             token,
-            read,
             seed_sha256: None,
         });
     };
     let seed_sha256 = sha256_hex(first.token.expose().as_bytes());
     // The record started from this file, or from a newer one that replaced it (another
     // replica read the rotated Secret first): either way, the file's token is spent.
-    let started_here = read
-        .record
-        .as_ref()
+    let started_here = record
         .is_some_and(|r| r.seed_sha256.as_deref() == Some(&seed_sha256) || r.superseded_seeds.contains(&seed_sha256));
     let (token, seed_sha256) = if started_here {
         // The record's line goes on from the file it started from.
-        let line = read.record.as_ref().and_then(|r| r.seed_sha256.clone());
-        (held(&read)?, line.unwrap_or(seed_sha256))
+        let line = record.and_then(|r| r.seed_sha256.clone());
+        (held()?, line.unwrap_or(seed_sha256))
     } else {
         (first.token.clone(), seed_sha256)
     };
     Some(Current {
         token,
-        read,
         seed_sha256: Some(seed_sha256),
     })
 }
@@ -239,14 +236,7 @@ fn current(config: &AuthConfig, read: Read) -> Option<Current> {
 /// given its `record` in `state.file`; if not, a new consent is needed.
 #[must_use]
 pub fn holds_refresh_token(config: &AuthConfig, record: Option<&Record>) -> bool {
-    current(
-        config,
-        Read {
-            record: record.cloned(),
-            sealed: None,
-        },
-    )
-    .is_some()
+    current(config, record).is_some()
 }
 
 /// What a consent's code exchange gave.
@@ -318,9 +308,11 @@ impl FetchToken for Grants {
         match self.keeper() {
             Err(err) => Some(err),
             // Not known yet (Redis): the fetch reads it.
-            Ok(store) => store
-                .known(config)
-                .and_then(|read| current(config, read).is_none().then(|| consent_required(config, None))),
+            Ok(store) => store.known(config).and_then(|read| {
+                current(config, read.record.as_ref())
+                    .is_none()
+                    .then(|| consent_required(config, None))
+            }),
         }
     }
 }
@@ -351,24 +343,32 @@ impl Keeper {
     /// there is no refresh token to send.
     async fn read(&self, config: &AuthConfig) -> Result<Read, TokenError> {
         match self {
-            Self::File(store) => Ok(Read {
-                record: store.get(&record_key(config)),
-                sealed: None,
-            }),
+            Self::File(store) => {
+                let key = record_key(config);
+                Ok(Read {
+                    record: store.get(&key),
+                    key,
+                    sealed: None,
+                })
+            }
             Self::Fleet(fleet) => {
-                let unreadable = |err: &dyn std::fmt::Display| {
-                    TokenError::State(format!(
-                        "its refresh token could not be read from the shared cache: {err}"
-                    ))
-                };
                 let hash = super::fleet::entry_hash(&fleet.cache, config)?;
-                let read = fleet.cache.read_grant(&hash).await.map_err(|err| unreadable(&err))?;
-                let read = read.map_or_else(Read::default, |(record, sealed)| Read {
-                    record: Some(record),
-                    sealed: Some(sealed),
-                });
-                fleet.learn(hash, read.record.clone());
-                Ok(read)
+                let (record, sealed) = fleet
+                    .cache
+                    .read_grant(&hash)
+                    .await
+                    .map_err(|err| {
+                        TokenError::State(format!(
+                            "its refresh token could not be read from the shared cache: {err}"
+                        ))
+                    })?
+                    .unzip();
+                fleet.learn(hash.clone(), record.clone());
+                Ok(Read {
+                    key: hash,
+                    record,
+                    sealed,
+                })
             }
         }
     }
@@ -378,10 +378,14 @@ impl Keeper {
     /// background when older than [`REREAD`]).
     fn known(&self, config: &AuthConfig) -> Option<Read> {
         match self {
-            Self::File(store) => Some(Read {
-                record: store.get(&record_key(config)),
-                sealed: None,
-            }),
+            Self::File(store) => {
+                let key = record_key(config);
+                Some(Read {
+                    record: store.get(&key),
+                    key,
+                    sealed: None,
+                })
+            }
             Self::Fleet(fleet) => {
                 let hash = super::fleet::entry_hash(&fleet.cache, config).ok()?;
                 fleet.known(hash)
@@ -389,29 +393,28 @@ impl Keeper {
         }
     }
 
-    /// Replaces `config`'s record with `new`, if it is still as `expected` was read.
+    /// Replaces the record `expected` was read from with `new`, if it is still as read.
     /// `Ok(false)`: another writer (a consent) changed it meanwhile, and its record stays.
-    async fn replace(&self, config: &AuthConfig, expected: Read, new: Option<Record>) -> Result<bool, String> {
+    async fn replace(&self, expected: Read, new: Option<Record>) -> Result<bool, String> {
         match self {
             // Off the async threads: the write ends with two fsyncs.
             Self::File(store) => {
-                let (store, key) = (Arc::clone(store), record_key(config));
-                tokio::task::spawn_blocking(move || store.replace(&key, expected.record.as_ref(), new))
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || store.replace(&expected.key, expected.record.as_ref(), new))
                     .await
                     .map_err(|err| format!("writing state.file stopped: {err}"))?
                     .map_err(|err| err.to_string())
             }
             Self::Fleet(fleet) => {
-                let hash = super::fleet::entry_hash(&fleet.cache, config).map_err(|err| err.to_string())?;
                 let replaced = fleet
                     .cache
-                    .replace_grant(&hash, expected.sealed.as_deref(), new.as_ref())
+                    .replace_grant(&expected.key, expected.sealed.as_deref(), new.as_ref())
                     .await
                     .map_err(|err| err.to_string())?;
                 if replaced {
-                    fleet.learn(hash, new);
+                    fleet.learn(expected.key, new);
                 } else {
-                    fleet.forget(&hash);
+                    fleet.forget(&expected.key);
                 }
                 Ok(replaced)
             }
@@ -469,33 +472,19 @@ impl Fleet {
     fn known(&self, hash: String) -> Option<Read> {
         let mut known = self.lock();
         let entry = known.get_mut(&hash)?;
-        let read = Read {
-            record: entry.record.clone(),
-            sealed: None,
-        };
+        let record = entry.record.clone();
         if !entry.rereading
             && entry.read_at.elapsed() >= REREAD
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             entry.rereading = true;
-            let (cache, known) = (Arc::clone(&self.cache), Arc::clone(&self.known));
+            let (fleet, hash) = (self.clone(), hash.clone());
             runtime.spawn(async move {
-                let record = cache.read_grant(&hash).await;
-                let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
-                match record {
-                    Ok(record) => {
-                        known.insert(
-                            hash,
-                            Known {
-                                record: record.map(|(record, _)| record),
-                                read_at: Instant::now(),
-                                rereading: false,
-                            },
-                        );
-                    }
+                match fleet.cache.read_grant(&hash).await {
+                    Ok(read) => fleet.learn(hash, read.map(|(record, _)| record)),
                     // Redis did not answer: the next look tries again.
                     Err(_) => {
-                        if let Some(entry) = known.get_mut(&hash) {
+                        if let Some(entry) = fleet.lock().get_mut(&hash) {
                             entry.rereading = false;
                             entry.read_at = Instant::now();
                         }
@@ -503,7 +492,11 @@ impl Fleet {
                 }
             });
         }
-        Some(read)
+        Some(Read {
+            key: hash,
+            record,
+            sealed: None,
+        })
     }
 
     /// Reads `config`'s record in the background and sets its `bearerd_consent_required`.
@@ -514,15 +507,12 @@ impl Fleet {
         let Ok(hash) = super::fleet::entry_hash(&self.cache, &config) else {
             return;
         };
-        let fleet = Fleet {
-            cache: Arc::clone(&self.cache),
-            known: Arc::clone(&self.known),
-        };
+        let fleet = self.clone();
         runtime.spawn(async move {
-            let Ok(record) = fleet.cache.read_grant(&hash).await else {
+            let Ok(read) = fleet.cache.read_grant(&hash).await else {
                 return;
             };
-            let record = record.map(|(record, _)| record);
+            let record = read.map(|(record, _)| record);
             let required = !holds_refresh_token(&config, record.as_ref());
             fleet.learn(hash, record);
             metrics
