@@ -707,15 +707,7 @@ async fn a_user_grants_refresh_token_lives_in_redis_and_is_never_sent_without_it
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(dir.path(), "cache-key", 11);
-    // Answers the nth request with access token at<n> and refresh token rt<n>.
-    let tokens = TokenServer::with(Duration::ZERO, |n, _| {
-        (
-            200,
-            "application/json",
-            format!(r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#),
-        )
-    })
-    .await;
+    let tokens = TokenServer::with(Duration::ZERO, rotating).await;
     let echo = Echo::start().await;
     let yaml = crm_fleet(dir.path(), &tokens, &redis, &key);
     let replicas = [Bearerd::start(&yaml, "trace", &[]), Bearerd::start(&yaml, "trace", &[])];
@@ -772,22 +764,8 @@ async fn a_refused_refresh_token_is_a_new_consent_for_every_replica_and_one_file
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(dir.path(), "cache-key", 12);
-    let tokens = TokenServer::with(Duration::ZERO, |n, _| {
-        if n == 1 {
-            (
-                400,
-                "application/json",
-                r#"{"error":"invalid_grant","error_description":"refresh token already used"}"#.to_owned(),
-            )
-        } else {
-            (
-                200,
-                "application/json",
-                format!(
-                    r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#
-                ),
-            )
-        }
+    let tokens = TokenServer::with(Duration::ZERO, |n, recorded| {
+        if n == 1 { invalid_grant() } else { rotating(n, recorded) }
     })
     .await;
     let echo = Echo::start().await;

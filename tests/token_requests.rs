@@ -396,15 +396,6 @@ async fn a_refresh_authenticates_every_way_as_a_form_or_as_json() {
     }
 }
 
-/// Answers the `n`th token request with access token `at<n>` and refresh token `rt<n>`.
-fn rotating(n: usize, _: &Recorded) -> Reply {
-    (
-        200,
-        "application/json",
-        format!(r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#),
-    )
-}
-
 #[tokio::test]
 async fn a_consents_code_exchange_and_its_refresh_go_as_json_with_client_secret_jwt() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,23 +26,6 @@ fn crm(dir: &Path, tokens: &TokenServer, first: &str) -> String {
     )
 }
 
-/// Answers the `n`th request with access token `at<n>` and refresh token `rt<n>`.
-fn rotating(n: usize, _: &Recorded) -> Reply {
-    (
-        200,
-        "application/json",
-        format!(r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#),
-    )
-}
-
-fn invalid_grant() -> Reply {
-    (
-        400,
-        "application/json",
-        r#"{"error":"invalid_grant","error_description":"refresh token already used"}"#.to_owned(),
-    )
-}
-
 /// The refresh token the state file holds, read from the disk with the key.
 fn on_disk(dir: &Path) -> Vec<Option<String>> {
     let key = SealingKey::parse(KEY_HEX.as_bytes()).unwrap();

@@ -1243,3 +1243,21 @@ pub async fn curl_output<A: AsRef<std::ffi::OsStr>>(args: &[A], env: &[(&str, &s
     );
     stdout
 }
+
+/// Answers the `n`th token request with access token `at<n>` and refresh token `rt<n>`.
+pub fn rotating(n: usize, _: &Recorded) -> Reply {
+    (
+        200,
+        "application/json",
+        format!(r#"{{"access_token":"at{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt{n}"}}"#),
+    )
+}
+
+/// The provider's refusal of a spent refresh token (RFC 6749 §5.2 `invalid_grant`).
+pub fn invalid_grant() -> Reply {
+    (
+        400,
+        "application/json",
+        r#"{"error":"invalid_grant","error_description":"refresh token already used"}"#.to_owned(),
+    )
+}
