@@ -737,6 +737,13 @@ async fn a_user_grants_refresh_token_lives_in_redis_and_is_never_sent_without_it
         "{body}"
     );
     assert_eq!(refresh_tokens_sent(&tokens), ["rt-from-file", "rt1"]);
+    // The log says so too, and not that it fetches alone (it does not).
+    let logs = replicas[0]
+        .logs_when("the user grant's warning", |logs| {
+            logs.contains("the refresh token is sent only under the lease")
+        })
+        .await;
+    assert!(!logs.contains("fetching the token alone"), "{logs}");
     // Back: once its back-off ends, it refreshes with the newest, rt2.
     redis.resume();
     eventually("the first replica to refresh with Redis back", || async {

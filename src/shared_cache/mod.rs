@@ -89,8 +89,18 @@ pub enum Found {
     Stored(SharedToken, Vec<u8>),
     /// This process holds the lease: fetch, then [`Lease::store`] or [`Lease::release`].
     Leased(Lease),
-    /// Redis failed, or nothing came within the wait: fetch alone.
-    Alone,
+    /// Redis failed, or nothing came within the wait: fetch alone (a grant whose refresh
+    /// token lives in Redis may not; the caller says which, and logs why).
+    Alone(Without),
+}
+
+/// Why a miss goes on without the shared cache.
+pub enum Without {
+    /// Redis failed: a refused TLS certificate or password shows here and nowhere else once
+    /// running.
+    Failed(SharedCacheError),
+    /// Another process held the lease for the whole wait and stored nothing.
+    Waited(Duration),
 }
 
 impl SharedCache {
@@ -171,14 +181,14 @@ impl SharedCache {
         let mut pause = FIRST_PAUSE;
         loop {
             match self.get(&key).await {
-                Err(err) => return fall_back(&err),
+                Err(err) => return Found::Alone(Without::Failed(err)),
                 Ok(Some((token, value))) if usable(&token) && refused != Some(value.as_slice()) => {
                     return Found::Stored(token, value);
                 }
                 Ok(_) => {}
             }
             match self.take_lease(hash, wait).await {
-                Err(err) => return fall_back(&err),
+                Err(err) => return Found::Alone(Without::Failed(err)),
                 // Another holder may have stored its token and released the lease between
                 // our read and our SET: one more read saves a second token request.
                 Ok(Some(lease)) => {
@@ -194,11 +204,7 @@ impl SharedCache {
             }
             let now = Instant::now();
             if now >= deadline {
-                tracing::warn!(
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    "no token came from the shared cache while another process held its lease; fetching alone"
-                );
-                return Found::Alone;
+                return Found::Alone(Without::Waited(wait));
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(MAX_PAUSE);
@@ -459,14 +465,6 @@ impl Drop for Lease {
             });
         }
     }
-}
-
-/// Says why this fetch goes without Redis (a refused TLS certificate or password shows here
-/// and nowhere else once running): a line per token fetched alone, never more often than
-/// the token requests themselves.
-fn fall_back(err: &SharedCacheError) -> Found {
-    tracing::warn!(error = %crate::chain(err), "the shared cache failed; fetching the token alone");
-    Found::Alone
 }
 
 /// The client for `config.redis`. Over TLS it trusts exactly `roots`: the crate's own

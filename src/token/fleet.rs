@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::{CachedToken, FetchToken, Outcome, TokenError, fetch_counted};
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
-use crate::shared_cache::{Found, OP_TIMEOUT, SharedCache, SharedToken};
+use crate::shared_cache::{Found, OP_TIMEOUT, SharedCache, SharedToken, Without};
 
 /// A token for `config` from the fleet: one another process stored, or one this process
 /// fetches under the lease (and stores), or, when Redis fails, one it fetches alone.
@@ -65,16 +65,41 @@ pub(super) async fn obtain(
         // A user grant's refresh token lives in Redis and is rotated only under the lease:
         // without either, sending it could race another process's rotation and revoke the
         // fleet's consent. The token held serves on until it expires.
-        Found::Alone if config.grant.is_user_grant() => Err(Arc::new(TokenError::State(
-            "the shared cache holding its refresh token did not answer, or another bearerd held the refresh for longer than the timeout; only the holder of the lease may rotate it".into(),
-        ))),
-        Found::Alone => {
+        Found::Alone(without) if config.grant.is_user_grant() => {
+            say_why(
+                &config.id,
+                &without,
+                "the refresh token is sent only under the lease: no token",
+            );
+            Err(Arc::new(TokenError::State(
+                "the shared cache holding its refresh token did not answer, or another bearerd held the refresh for longer than the timeout; only the holder of the lease may rotate it".into(),
+            )))
+        }
+        Found::Alone(without) => {
+            say_why(&config.id, &without, "fetching the token alone");
             metrics
                 .shared_cache_fallbacks
                 .with_label_values(&[config.id.as_str()])
                 .inc();
             fetch_counted(source, config, metrics).await
         }
+    }
+}
+
+/// Says why a miss goes on without the shared cache, and what comes of it: a line per miss
+/// that does, never more often than the token requests themselves.
+fn say_why(config: &str, without: &Without, outcome: &str) {
+    match without {
+        Without::Failed(err) => tracing::warn!(
+            auth_config = %config,
+            error = %crate::chain(err),
+            "the shared cache failed; {outcome}"
+        ),
+        Without::Waited(wait) => tracing::warn!(
+            auth_config = %config,
+            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "no token came from the shared cache while another process held its lease; {outcome}"
+        ),
     }
 }
 
