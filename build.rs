@@ -11,6 +11,11 @@
 //!
 //! Only for release builds on x86_64-unknown-linux-gnu, whose default linker reads the list;
 //! other targets (the musl image's GNU ld among them) link as before.
+//!
+//! A release build on Linux is also stripped here, by the linker (`--strip-all`), rather than
+//! by the profile's `strip`: cargo hashes that setting into every symbol name, so a build
+//! keeping its symbols for `benches/startup_order.sh` (`BEARERD_KEEP_SYMBOLS=1`) would name
+//! the functions differently from the build users run, and the list would match nothing.
 
 use std::env;
 use std::path::Path;
@@ -19,6 +24,7 @@ fn main() {
     let order = Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("src/startup.order");
     println!("cargo::rerun-if-changed={}", order.display());
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=BEARERD_KEEP_SYMBOLS");
     let target = (
         env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default(),
         env::var("CARGO_CFG_TARGET_OS").unwrap_or_default(),
@@ -30,5 +36,8 @@ fn main() {
             "cargo::rustc-link-arg-bin=bearerd=-Wl,--symbol-ordering-file={},--no-warn-symbol-ordering",
             order.display()
         );
+    }
+    if release && target.1 == "linux" && env::var_os("BEARERD_KEEP_SYMBOLS").is_none() {
+        println!("cargo::rustc-link-arg-bin=bearerd=-Wl,--strip-all");
     }
 }

@@ -18,7 +18,7 @@ source benches/common.sh
 need valgrind curl openssl python3
 
 echo "building bearerd (release, with symbols)..." >&2
-CARGO_PROFILE_RELEASE_STRIP=false timeout 1800 cargo build --release --locked --quiet
+BEARERD_KEEP_SYMBOLS=1 timeout 1800 cargo build --release --locked --quiet
 BIN=$PWD/target/release/bearerd
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=order \
